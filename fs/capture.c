@@ -1,0 +1,1335 @@
+/* The capture engine: a point-in-time cut of a live store.
+ *
+ * 1. Watch every directory of the store (inotify) and copy every plain file, draining the
+ *    event queue before each copy so that any later write to it marks it dirty.
+ * 2. Recopy dirty files until a drain finds nothing new.
+ * 3. Hold every database still: rollback-mode ones with SQLite's SHARED lock (taken as an OFD
+ *    lock), WAL-mode ones with a read transaction. A marker written into our own inotify queue
+ *    right after the last one splits the queue into "before the cut" and "after".
+ * 4. Drain up to the marker. Any plain file written before it is stale: release, recopy,
+ *    retry. Otherwise the cut holds: copy the databases that changed, release.
+ * 5. Make the database copies self-contained, digest, write the manifest, rename into place.
+ * Every file in the snapshot then holds what its live file held at the instant of step 3. */
+#include "capture.h"
+#include "copy.h"
+#include "manifest.h"
+#include "sha256.h"
+#include "sqlcap.h"
+#include "util.h"
+#include "watch.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <limits.h>
+#include <linux/openat2.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* A recorded identity is only trusted as proof of "unchanged" when the file's ctime was older
+ * than this when it was recorded: timestamps come from a coarse clock, so a write in the same
+ * tick as our stat could otherwise leave every field of the identity the same. */
+#define CAP_RACY_NS 2000000000LL
+#define CAP_LOCK_WAIT 2.0          /* seconds to wait for one database lock per attempt */
+
+static volatile sig_atomic_t cap_stop;
+void cap_interrupt(void) { cap_stop = 1; }
+
+enum { K_NONE = 0, K_DIR = 'd', K_FILE = 'f', K_DB = 's', K_LINK = 'l', K_SKIP = 'x',
+       K_COMPANION = 'c' };
+enum { DB_ROLLBACK, DB_WAL };
+
+struct ent {
+	char *path;              /* relative to the store; "" is the root */
+	const char *name;        /* last component, inside path */
+	size_t parent;
+	char kind;               /* K_*; K_NONE until classified, or once gone */
+	unsigned dirty : 1, copied : 1, reused : 1, rescan : 1, hot : 1, dbcopied : 1;
+	unsigned dirty_count;
+	struct stat st;          /* source, as copied */
+	uint64_t size;
+	int has_digest;
+	uint8_t digest[32];
+	int64_t mtime_ns;        /* for reused entries: the previous snapshot's */
+	char *ident;             /* identity to record, or NULL */
+	/* databases, while a cut is attempted */
+	int dirfd, dbfd;
+	sqlite3 *db;
+	int dbmode;
+	int locked, pinned;
+	int wal_phase;           /* order of its WAL pin in this attempt, -1 if none */
+	int active_phase;        /* last marker phase in which it was written, -2 if none */
+	char *db_ident;          /* identity taken before the lock */
+};
+
+struct cap {
+	const struct cap_opts *o;
+	struct cap_stats *st;
+	int storefd, parentfd, stagefd, workfd, prevfd;
+	char stage_name[NAME_MAX + 1], work_name[NAME_MAX + 1];
+	struct wt *w;
+	struct ent *e;
+	size_t n, cap;
+	struct ut_map index;
+	struct mf prev;
+	int have_prev;
+	/* event bookkeeping for one cut attempt */
+	int overflow;
+	int in_attempt, phase, end_phase, broken;
+	const char *broken_why;
+	double progress_at;
+	uint64_t total_bytes, done_bytes;
+	double lock_t0;
+	int64_t cut_ns;
+};
+
+static int cap_openat2(int dirfd, const char *path, int flags)
+{
+	/* Never let a symlink (or "..") inside the store lead a path walk anywhere else. */
+	struct open_how how = { .flags = (uint64_t)(flags | O_CLOEXEC),
+				.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS };
+	int fd = (int)syscall(SYS_openat2, dirfd, path[0] ? path : ".", &how, sizeof how);
+	return fd < 0 ? -errno : fd;
+}
+
+static int64_t cap_ns(struct timespec t) { return ut_ts_ns(t); }
+
+static char *cap_ident(const struct stat *s, int64_t at)
+{
+	char buf[160];
+	if (cap_ns(s->st_ctim) + CAP_RACY_NS >= at)
+		return NULL;
+	snprintf(buf, sizeof buf, "%" PRIx64 ".%" PRIu64 ".%" PRId64 ".%" PRId64 ".%" PRId64,
+		 (uint64_t)s->st_dev, (uint64_t)s->st_ino, (int64_t)s->st_size,
+		 cap_ns(s->st_mtim), cap_ns(s->st_ctim));
+	return strdup(buf);
+}
+
+static const char *cap_where(const struct cap *c, const struct ent *e)
+{
+	static __thread char buf[PATH_MAX + 64];
+	snprintf(buf, sizeof buf, "%s/%s", c->o->store, e->path);
+	return buf;
+}
+
+/* ---- entries ---------------------------------------------------------------------------- */
+
+static int cap_add(struct cap *c, size_t parent, const char *name, char kind, size_t *out)
+{
+	if (c->n == c->cap) {
+		size_t cap = c->cap ? c->cap * 2 : 1024;
+		struct ent *ne = realloc(c->e, cap * sizeof *ne);
+		if (!ne)
+			return -ENOMEM;
+		c->e = ne;
+		c->cap = cap;
+		/* The index borrows path strings, which did not move; nothing to redo. */
+	}
+	struct ent *e = &c->e[c->n];
+	memset(e, 0, sizeof *e);
+	const char *pp = c->n ? c->e[parent].path : "";
+	size_t len = strlen(pp) + strlen(name) + 2;
+	e->path = malloc(len);
+	if (!e->path)
+		return -ENOMEM;
+	if (pp[0])
+		snprintf(e->path, len, "%s/%s", pp, name);
+	else
+		snprintf(e->path, len, "%s", name);
+	e->name = strrchr(e->path, '/') ? strrchr(e->path, '/') + 1 : e->path;
+	e->parent = parent;
+	e->kind = kind;
+	e->dirfd = e->dbfd = -1;
+	e->wal_phase = -1;
+	e->active_phase = -2;
+	if (ut_map_put(&c->index, e->path, c->n)) {
+		free(e->path);
+		return -ENOMEM;
+	}
+	*out = c->n++;
+	return 0;
+}
+
+static int cap_lookup(const struct cap *c, size_t dir, const char *name, size_t *idx)
+{
+	char buf[PATH_MAX * 2];
+	const char *pp = c->e[dir].path;
+	snprintf(buf, sizeof buf, pp[0] ? "%s/%s" : "%s%s", pp, name);
+	return ut_map_get(&c->index, buf, idx);
+}
+
+static int cap_is_companion_name(const char *name, size_t *baselen)
+{
+	static const char *sfx[] = { "-wal", "-shm", "-journal" };
+	size_t n = strlen(name);
+	for (unsigned i = 0; i < 3; i++) {
+		size_t s = strlen(sfx[i]);
+		if (n > s && !strcmp(name + n - s, sfx[i])) {
+			*baselen = n - s;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* The database a -wal/-shm/-journal name belongs to, if that database is known. */
+static int cap_companion_of(const struct cap *c, size_t dir, const char *name, size_t *db)
+{
+	size_t bl;
+	char base[NAME_MAX + 1];
+	if (!cap_is_companion_name(name, &bl) || bl > NAME_MAX)
+		return 0;
+	memcpy(base, name, bl);
+	base[bl] = 0;
+	return cap_lookup(c, dir, base, db) && c->e[*db].kind == K_DB;
+}
+
+/* Remove what the staging tree holds for entry i (and below, for a directory). */
+static void cap_unstage(struct cap *c, size_t i)
+{
+	if (c->e[i].path[0])
+		cp_rmtree(c->stagefd, c->e[i].path);
+	c->e[i].copied = 0;
+	c->e[i].reused = 0;
+}
+
+static void cap_forget(struct cap *c, size_t i)
+{
+	struct ent *e = &c->e[i];
+	if (e->kind == K_DIR) {
+		/* Children have higher indices; mark every entry below this path gone. */
+		size_t len = strlen(e->path);
+		for (size_t j = i + 1; j < c->n; j++)
+			if (c->e[j].kind != K_NONE && !strncmp(c->e[j].path, e->path, len) &&
+			    c->e[j].path[len] == '/') {
+				c->e[j].kind = K_NONE;
+				ut_map_del(&c->index, c->e[j].path);
+			}
+	}
+	cap_unstage(c, i);
+	e->kind = K_NONE;
+	ut_map_del(&c->index, e->path);
+}
+
+/* Read one directory: add new entries, forget vanished ones, watch it. */
+static int cap_scan_dir(struct cap *c, size_t di)
+{
+	int rc = 0;
+	int fd = cap_openat2(c->storefd, c->e[di].path, O_RDONLY | O_DIRECTORY);
+	if (fd < 0) {
+		if (fd == -ENOENT || fd == -ENOTDIR || fd == -ELOOP) {
+			if (di == 0) {
+				log_err("%s: the store directory vanished", c->o->store);
+				return -ENOENT;
+			}
+			c->e[c->e[di].parent].rescan = 1;
+			return 0;
+		}
+		log_err("cannot read directory %s: %s", cap_where(c, &c->e[di]), strerror(-fd));
+		return fd;
+	}
+	c->e[di].rescan = 0;
+	/* Watch before listing, so that an entry created meanwhile is reported. */
+	rc = wt_add(c->w, fd, (uint32_t)di);
+	if (rc == -ENOSPC) {
+		log_err("too many directories to watch (raise fs.inotify.max_user_watches)");
+		goto out;
+	}
+	if (rc)
+		goto out;
+	if (fstat(fd, &c->e[di].st) < 0) {
+		rc = -errno;
+		goto out;
+	}
+	if (di && mkdirat(c->stagefd, c->e[di].path, 0700) < 0 && errno != EEXIST) {
+		rc = -errno;
+		log_err("cannot create %s in the snapshot: %s", c->e[di].path, strerror(errno));
+		goto out;
+	}
+	int dfd = dup(fd);
+	DIR *d = dfd < 0 ? NULL : fdopendir(dfd);
+	if (!d) {
+		rc = -errno;
+		if (dfd >= 0)
+			close(dfd);
+		goto out;
+	}
+	/* Entries seen now; anything known but not seen is gone. */
+	char *seen = calloc(c->n + 1, 1);
+	size_t seen_n = c->n;
+	if (!seen) {
+		closedir(d);
+		rc = -ENOMEM;
+		goto out;
+	}
+	struct dirent *de;
+	errno = 0;
+	while ((de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		struct stat st;
+		if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			continue; /* vanished: the delete event will follow */
+		/* A regular file may become K_DB or K_COMPANION once its content is seen. */
+		char kind = S_ISDIR(st.st_mode) ? K_DIR : S_ISREG(st.st_mode) ? K_FILE :
+			    S_ISLNK(st.st_mode) ? K_LINK : K_SKIP;
+		size_t idx;
+		if (cap_lookup(c, di, de->d_name, &idx)) {
+			int was_dir = c->e[idx].kind == K_DIR;
+			int same_type = was_dir == (kind == K_DIR) &&
+					(c->e[idx].kind == K_LINK) == (kind == K_LINK) &&
+					(c->e[idx].kind == K_SKIP) == (kind == K_SKIP);
+			if (same_type && c->e[idx].st.st_ino == st.st_ino) {
+				if (idx < seen_n)
+					seen[idx] = 1;
+				continue;
+			}
+			cap_forget(c, idx); /* replaced by something else: start over for it */
+		}
+		rc = cap_add(c, di, de->d_name, kind, &idx);
+		if (rc)
+			break;
+		c->e[idx].st = st;
+		c->e[idx].dirty = 1;
+		if (kind == K_DIR)
+			c->e[idx].rescan = 1;
+		if (kind == K_SKIP)
+			log_warn("skipping %s: not a regular file, directory or symlink",
+				 cap_where(c, &c->e[idx]));
+	}
+	if (!rc && errno)
+		rc = -errno;
+	closedir(d);
+	for (size_t j = di + 1; !rc && j < seen_n; j++)
+		if (c->e[j].kind != K_NONE && c->e[j].parent == di && !seen[j])
+			cap_forget(c, j);
+	free(seen);
+out:
+	close(fd);
+	return rc;
+}
+
+/* Rescan every directory that asked for it, until none does (new subdirectories ask). */
+static int cap_rescan(struct cap *c)
+{
+	int again = 1;
+	while (again) {
+		again = 0;
+		for (size_t i = 0; i < c->n; i++) {
+			if (c->e[i].kind == K_DIR && c->e[i].rescan) {
+				int rc = cap_scan_dir(c, i);
+				if (rc)
+					return rc;
+				again = 1;
+			}
+		}
+	}
+	return 0;
+}
+
+/* ---- events ----------------------------------------------------------------------------- */
+
+static void cap_break(struct cap *c, const char *why)
+{
+	if (c->in_attempt && c->phase < c->end_phase && !c->broken) {
+		c->broken = 1;
+		c->broken_why = why;
+	}
+}
+
+static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
+{
+	struct cap *c = ctx;
+	if (dir == WT_OVERFLOW) {
+		c->overflow = 1;
+		cap_break(c, "event queue overflow");
+		return;
+	}
+	if (dir == WT_MARKER) {
+		c->phase++;
+		return;
+	}
+	if (dir >= c->n || c->e[dir].kind != K_DIR)
+		return;
+	if (!name[0]) {
+		if (mask & (IN_DELETE_SELF | IN_MOVE_SELF))
+			c->e[c->e[dir].parent].rescan = 1;
+		if (mask & IN_ATTRIB)
+			c->e[dir].rescan = 1; /* re-stat it */
+		return;
+	}
+	size_t i;
+	if (cap_companion_of(c, dir, name, &i)) {
+		/* A writer's journal comes and goes with every transaction: not a tree change. The
+		 * -shm is written by readers too (ourselves included), so it says nothing. */
+		if (strcmp(name + strlen(name) - 4, "-shm"))
+			c->e[i].active_phase = c->phase;
+		return;
+	}
+	int structural = mask & (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO);
+	if (!cap_lookup(c, dir, name, &i)) {
+		if (structural) {
+			c->e[dir].rescan = 1;
+			cap_break(c, c->e[dir].path[0] ? c->e[dir].path : ".");
+		}
+		return;
+	}
+	struct ent *e = &c->e[i];
+	if (e->kind == K_DB && !structural) {
+		e->active_phase = c->phase;
+		return;
+	}
+	e->dirty = 1;
+	e->dirty_count++;
+	if (structural || e->kind == K_DIR)
+		c->e[dir].rescan = 1;
+	if (e->kind != K_SKIP)
+		cap_break(c, e->path);
+}
+
+static int cap_drain(struct cap *c)
+{
+	int rc = wt_drain(c->w, cap_event, c);
+	return rc < 0 ? rc : 0;
+}
+
+/* ---- copying files ---------------------------------------------------------------------- */
+
+static void cap_progress(struct cap *c, int force)
+{
+	if (!c->o->progress)
+		return;
+	double now = ut_now();
+	if (!force && now - c->progress_at < 1.0)
+		return;
+	c->progress_at = now;
+	char a[32], b[32];
+	ut_format_bytes(c->done_bytes, a, sizeof a);
+	ut_format_bytes(c->total_bytes, b, sizeof b);
+	fprintf(stderr, "stillctl: progress: %s of %s, %" PRIu64 " files, %u retries\n", a, b,
+		c->st->files, c->st->retries);
+}
+
+static void cap_apply_owner(int fd, const struct stat *s)
+{
+	/* Without privilege ownership cannot be kept; that is what cp -a does too. */
+	if (fchown(fd, s->st_uid, s->st_gid) < 0 && errno != EPERM)
+		log_warn("cannot set owner: %s", strerror(errno));
+	fchmod(fd, s->st_mode & 07777);
+}
+
+/* Share the previous snapshot's copy of e when it is proven to hold the same bytes. */
+static int cap_link_prev(struct cap *c, struct ent *e, const struct mf_entry *pe)
+{
+	char proc[64];
+	struct stat ps;
+	int fd = cap_openat2(c->prevfd, e->path, O_PATH | O_NOFOLLOW);
+	if (fd < 0)
+		return fd;
+	int rc = -ESTALE;
+	/* The previous copy must still be what its manifest says it is. */
+	if (fstat(fd, &ps) < 0 || !S_ISREG(ps.st_mode) || (uint64_t)ps.st_size != pe->size ||
+	    cap_ns(ps.st_mtim) != pe->mtime_ns)
+		goto out;
+	snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+	unlinkat(c->stagefd, e->path, 0);
+	if (linkat(AT_FDCWD, proc, c->stagefd, e->path, AT_SYMLINK_FOLLOW) < 0) {
+		rc = -errno;
+		goto out;
+	}
+	e->size = pe->size;
+	e->has_digest = pe->has_digest;
+	memcpy(e->digest, pe->digest, 32);
+	e->mtime_ns = pe->mtime_ns;
+	e->reused = 1;
+	e->copied = 1;
+	c->st->bytes_linked += pe->size;
+	rc = 0;
+out:
+	close(fd);
+	return rc;
+}
+
+static const struct mf_entry *cap_prev_same(const struct cap *c, const struct ent *e,
+					   const char *ident)
+{
+	if (!c->have_prev || !ident)
+		return NULL;
+	const struct mf_entry *pe = mf_find(&c->prev, e->path);
+	if (!pe || pe->kind != e->kind || !pe->ident || strcmp(pe->ident, ident) ||
+	    pe->mode != (e->st.st_mode & 07777) || pe->uid != e->st.st_uid ||
+	    pe->gid != e->st.st_gid)
+		return NULL;
+	return pe;
+}
+
+static int cap_copy_link(struct cap *c, struct ent *e)
+{
+	char target[PATH_MAX + 1];
+	int pfd = cap_openat2(c->storefd, c->e[e->parent].path, O_PATH | O_DIRECTORY);
+	if (pfd < 0)
+		return pfd == -ENOENT ? 0 : pfd;
+	ssize_t n = readlinkat(pfd, e->name, target, PATH_MAX);
+	int rc = n < 0 ? -errno : 0;
+	if (!rc)
+		rc = fstatat(pfd, e->name, &e->st, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+	close(pfd);
+	if (rc == -ENOENT || rc == -EINVAL) {
+		c->e[e->parent].rescan = 1;
+		return 0;
+	}
+	if (rc)
+		return rc;
+	target[n] = 0;
+	unlinkat(c->stagefd, e->path, 0);
+	if (symlinkat(target, c->stagefd, e->path) < 0)
+		return -errno;
+	fchownat(c->stagefd, e->path, e->st.st_uid, e->st.st_gid, AT_SYMLINK_NOFOLLOW);
+	e->size = (uint64_t)n;
+	sha256(target, (size_t)n, e->digest);
+	e->has_digest = 1;
+	e->mtime_ns = cap_ns(e->st.st_mtim);
+	e->copied = 1;
+	return 0;
+}
+
+/* Copy (or share) one regular file; classifies it as a database on the way. */
+static int cap_copy_file(struct cap *c, struct ent *e)
+{
+	int rc, src, dst = -1;
+	struct cp_result r;
+
+	src = cap_openat2(c->storefd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+	if (src < 0) {
+		if (src == -ENOENT || src == -ELOOP || src == -ENXIO) {
+			c->e[e->parent].rescan = 1; /* gone or replaced: the rescan sorts it out */
+			return 0;
+		}
+		log_err("cannot read %s: %s", cap_where(c, e), strerror(-src));
+		return src;
+	}
+	int64_t at = cap_ns(ut_realtime());
+	if (fstat(src, &e->st) < 0) {
+		rc = -errno;
+		goto out;
+	}
+	if (!S_ISREG(e->st.st_mode)) {
+		c->e[e->parent].rescan = 1;
+		rc = 0;
+		goto out;
+	}
+	uint8_t head[16] = { 0 };
+	if (e->st.st_size >= 512 && pread(src, head, sizeof head, 0) == (ssize_t)sizeof head &&
+	    sq_is_header(head)) {
+		e->kind = K_DB; /* captured under its lock later */
+		rc = 0;
+		goto out;
+	}
+	free(e->ident);
+	e->ident = cap_ident(&e->st, at);
+	const struct mf_entry *pe = cap_prev_same(c, e, e->ident);
+	if (pe && cap_link_prev(c, e, pe) == 0) {
+		c->done_bytes += e->size;
+		rc = 0;
+		goto out;
+	}
+	unlinkat(c->stagefd, e->path, 0);
+	dst = openat(c->stagefd, e->path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (dst < 0) {
+		rc = -errno;
+		log_err("cannot create %s in the snapshot: %s", e->path, strerror(-rc));
+		goto out;
+	}
+	rc = cp_file(src, dst, 1, &r);
+	if (rc) {
+		log_err("cannot copy %s: %s", cap_where(c, e), strerror(-rc));
+		goto out;
+	}
+	cap_apply_owner(dst, &e->st);
+	e->size = r.size;
+	e->has_digest = 1;
+	memcpy(e->digest, r.digest, 32);
+	e->copied = 1;
+	e->reused = 0;
+	c->st->bytes_copied += r.written;
+	c->done_bytes += r.size;
+out:
+	if (dst >= 0)
+		close(dst);
+	close(src);
+	return rc;
+}
+
+/* Copy every dirty non-database entry. Each is made clean just before it is read. */
+static int cap_copy_dirty(struct cap *c, int *copied)
+{
+	*copied = 0;
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (cap_stop)
+			return -EINTR;
+		if (!e->dirty || (e->kind != K_FILE && e->kind != K_LINK)) {
+			if (e->kind == K_DIR || e->kind == K_DB || e->kind == K_COMPANION)
+				e->dirty = 0;
+			continue;
+		}
+		size_t db;
+		if (e->kind == K_FILE && cap_companion_of(c, e->parent, e->name, &db)) {
+			e->kind = K_COMPANION;
+			e->dirty = 0;
+			cap_unstage(c, i);
+			continue;
+		}
+		int rc = cap_drain(c);
+		if (rc)
+			return rc;
+		if (!e->dirty)
+			continue; /* only possible if the drain forgot it */
+		e->dirty = 0;
+		rc = e->kind == K_LINK ? cap_copy_link(c, e) : cap_copy_file(c, e);
+		if (rc)
+			return rc;
+		(*copied)++;
+		cap_progress(c, 0);
+	}
+	return 0;
+}
+
+/* Every file is classified by the copy that reads it; but where a -wal/-shm/-journal sits
+ * beside a file, that file is classified first, so its companions are never copied. */
+static int cap_classify_dbs(struct cap *c)
+{
+	for (size_t k = 0; k < c->n; k++) {
+		size_t bl, i;
+		char base[NAME_MAX + 1];
+		if (c->e[k].kind != K_FILE || !c->e[k].dirty ||
+		    !cap_is_companion_name(c->e[k].name, &bl) || bl > NAME_MAX)
+			continue;
+		memcpy(base, c->e[k].name, bl);
+		base[bl] = 0;
+		if (!cap_lookup(c, c->e[k].parent, base, &i))
+			continue;
+		struct ent *e = &c->e[i];
+		if (e->kind != K_FILE || e->st.st_size < 512)
+			continue;
+		int fd = cap_openat2(c->storefd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+		if (fd < 0)
+			continue; /* the copy reports it */
+		uint8_t head[16];
+		if (pread(fd, head, sizeof head, 0) == (ssize_t)sizeof head && sq_is_header(head)) {
+			e->kind = K_DB;
+			e->dirty = 0;
+		}
+		close(fd);
+	}
+	return 0;
+}
+
+/* ---- databases -------------------------------------------------------------------------- */
+
+static void cap_db_release(struct cap *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->db) {
+			sqlite3_exec(e->db, "ROLLBACK", NULL, NULL, NULL);
+			sqlite3_close(e->db);
+			e->db = NULL;
+		}
+		if (e->dbfd >= 0) {
+			sq_unlock(e->dbfd);
+			close(e->dbfd);
+			e->dbfd = -1;
+		}
+		if (e->dirfd >= 0) {
+			close(e->dirfd);
+			e->dirfd = -1;
+		}
+		e->locked = e->pinned = 0;
+		e->wal_phase = -1;
+	}
+}
+
+static char *cap_db_ident(struct ent *e, int dirfd)
+{
+	struct stat s, w;
+	char name[NAME_MAX + 16];
+	int64_t at = cap_ns(ut_realtime());
+	if (fstatat(dirfd, e->name, &s, AT_SYMLINK_NOFOLLOW) < 0)
+		return NULL;
+	char *a = cap_ident(&s, at), *b = NULL, *out = NULL;
+	snprintf(name, sizeof name, "%s-wal", e->name);
+	int has_wal = fstatat(dirfd, name, &w, AT_SYMLINK_NOFOLLOW) == 0;
+	if (has_wal)
+		b = cap_ident(&w, at);
+	if (a && (!has_wal || b) && asprintf(&out, "%s/%s", a, has_wal ? b : "-") < 0)
+		out = NULL;
+	free(a);
+	free(b);
+	return out;
+}
+
+static int cap_wal_present(int dirfd, const char *name)
+{
+	char wal[NAME_MAX + 16];
+	struct stat st;
+	snprintf(wal, sizeof wal, "%s-wal", name);
+	return fstatat(dirfd, wal, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_size > 0;
+}
+
+/* Open what each database needs, before any lock is taken, to keep lock holds short. */
+static int cap_db_prepare(struct cap *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->kind != K_DB)
+			continue;
+		e->dirfd = cap_openat2(c->storefd, c->e[e->parent].path, O_PATH | O_DIRECTORY);
+		if (e->dirfd < 0) {
+			int rc = e->dirfd;
+			e->dirfd = -1;
+			c->e[e->parent].rescan = 1;
+			return rc == -ENOENT ? -EAGAIN : rc;
+		}
+		free(e->db_ident);
+		e->db_ident = cap_db_ident(e, e->dirfd);
+		e->dbmode = cap_wal_present(e->dirfd, e->name) ? DB_WAL : DB_ROLLBACK;
+		if (e->dbmode == DB_WAL) {
+			/* No descriptor of ours on this file from here on: closing one would drop the
+			 * POSIX locks SQLite takes for the connection. */
+			int rc = sq_open_ro(e->dirfd, e->name, &e->db);
+			if (rc) {
+				log_err("cannot open database %s: %s", cap_where(c, e),
+					e->db ? sqlite3_errmsg(e->db) : strerror(-rc));
+				return rc;
+			}
+		} else {
+			e->dbfd = openat(e->dirfd, e->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+			if (e->dbfd < 0) {
+				int rc = -errno;
+				if (rc == -ENOENT) {
+					c->e[e->parent].rescan = 1;
+					return -EAGAIN;
+				}
+				log_err("cannot read database %s: %s", cap_where(c, e), strerror(-rc));
+				return rc;
+			}
+		}
+	}
+	return 0;
+}
+
+static int cap_db_stage_path(struct cap *c, const struct ent *e, const char *suffix, char *buf,
+			     size_t len)
+{
+	int n = snprintf(buf, len, "/proc/self/fd/%d/%s%s", c->stagefd, e->path, suffix);
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+static int cap_copy_fd_to_stage(struct cap *c, int src, const char *rel, uint64_t *written)
+{
+	struct cp_result r;
+	unlinkat(c->stagefd, rel, 0);
+	int dst = openat(c->stagefd, rel, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (dst < 0)
+		return -errno;
+	int rc = cp_file(src, dst, 0, &r);
+	close(dst);
+	*written = r.written;
+	return rc;
+}
+
+/* Under the cut: copy one database that changed since the previous snapshot. */
+static int cap_db_copy(struct cap *c, struct ent *e)
+{
+	char path[PATH_MAX + 64];
+	uint64_t w = 0;
+	int rc;
+	if (e->dbmode == DB_WAL) {
+		rc = cap_db_stage_path(c, e, "", path, sizeof path);
+		if (!rc) {
+			unlinkat(c->stagefd, e->path, 0);
+			rc = sq_backup_to(e->db, path);
+		}
+		struct stat st;
+		if (!rc && fstatat(c->stagefd, e->path, &st, 0) == 0)
+			w = (uint64_t)st.st_size;
+	} else {
+		rc = cap_copy_fd_to_stage(c, e->dbfd, e->path, &w);
+		if (!rc && e->hot) {
+			/* The crashed writer's journal goes beside the private copy, which SQLite then
+			 * rolls back; the live store is never touched. */
+			char jname[NAME_MAX + 16], jrel[PATH_MAX + 16];
+			uint64_t jw = 0;
+			snprintf(jname, sizeof jname, "%s-journal", e->name);
+			snprintf(jrel, sizeof jrel, "%s-journal", e->path);
+			int jfd = openat(e->dirfd, jname, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+			rc = jfd < 0 ? -errno : cap_copy_fd_to_stage(c, jfd, jrel, &jw);
+			if (jfd >= 0)
+				close(jfd);
+		}
+	}
+	if (rc) {
+		log_err("cannot copy database %s: %s", cap_where(c, e), strerror(-rc));
+		return rc;
+	}
+	e->dbcopied = 1;
+	e->copied = 1;
+	e->reused = 0;
+	c->st->bytes_copied += w;
+	return 0;
+}
+
+/* One attempt at a cut. 0 when the snapshot's databases are staged, -EAGAIN to retry. */
+static int cap_attempt(struct cap *c)
+{
+	int rc = cap_db_prepare(c);
+	if (rc)
+		goto out;
+	c->lock_t0 = ut_now();
+	int nrollback = 0, nwal = 0;
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->kind != K_DB || e->dbmode != DB_ROLLBACK)
+			continue;
+		rc = sq_lock_shared(e->dbfd, CAP_LOCK_WAIT);
+		if (rc) {
+			if (rc == -EAGAIN)
+				log_info("database %s stayed write-locked; retrying", e->path);
+			goto out;
+		}
+		e->locked = 1;
+		nrollback++;
+		/* A writer may have switched it to WAL before our lock. */
+		if (cap_wal_present(e->dirfd, e->name)) {
+			rc = -EAGAIN;
+			goto out;
+		}
+		rc = sq_journal_is_hot(e->dirfd, e->name, e->dbfd);
+		if (rc < 0)
+			goto out;
+		e->hot = rc == 1;
+	}
+	if (nrollback == 0)
+		c->lock_t0 = 0;
+	c->in_attempt = 1;
+	c->broken = 0;
+	c->phase = -1;
+	c->end_phase = INT_MAX;
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->kind != K_DB || e->dbmode != DB_WAL)
+			continue;
+		rc = wt_marker(c->w, (unsigned)nwal);
+		if (rc)
+			goto out;
+		e->wal_phase = nwal++;
+		rc = sq_begin_read(e->db, CAP_LOCK_WAIT);
+		if (rc) {
+			if (rc == -EIO)
+				log_err("cannot read database %s: %s", cap_where(c, e), sqlite3_errmsg(e->db));
+			else
+				rc = -EAGAIN;
+			goto out;
+		}
+		e->pinned = 1;
+	}
+	c->cut_ns = cap_ns(ut_realtime());
+	rc = wt_marker(c->w, (unsigned)nwal);
+	if (rc)
+		goto out;
+	c->end_phase = nwal;
+	rc = cap_drain(c);
+	if (rc)
+		goto out;
+	/* A WAL database pinned before the last pin must not have committed in between. */
+	for (size_t i = 0; !c->broken && i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->kind == K_DB && e->wal_phase >= 0 && e->wal_phase < nwal - 1 &&
+		    e->active_phase >= e->wal_phase && e->active_phase < nwal) {
+			c->broken = 1;
+			c->broken_why = e->path;
+		}
+	}
+	if (c->broken || c->overflow) {
+		rc = -EAGAIN;
+		goto out;
+	}
+	/* The cut holds. Copy what changed while everything is still held. */
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->kind != K_DB)
+			continue;
+		char *now = cap_db_ident(e, e->dirfd);
+		const struct mf_entry *pe = e->hot ? NULL : cap_prev_same(c, e, now);
+		free(now);
+		e->dbcopied = 0;
+		if (pe && cap_link_prev(c, e, pe) == 0)
+			continue;
+		rc = cap_db_copy(c, e);
+		if (rc)
+			goto out;
+	}
+	rc = 0;
+out:
+	if (c->lock_t0 > 0) {
+		double held = ut_now() - c->lock_t0;
+		if (rc == 0 && held > c->st->lock_max_s)
+			c->st->lock_max_s = held;
+	}
+	cap_db_release(c);
+	c->in_attempt = 0;
+	return rc;
+}
+
+/* After the locks are gone: make each database copy self-contained and digest it. */
+static int cap_db_finish(struct cap *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->kind != K_DB || !e->dbcopied)
+			continue;
+		char path[PATH_MAX + 64], err[256];
+		int fd = openat(c->stagefd, e->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+		uint8_t hdr[20] = { 0 };
+		int rc = pread(fd, hdr, sizeof hdr, 0) == (ssize_t)sizeof hdr ? 0 : -EIO;
+		close(fd);
+		if (!rc && (e->hot || hdr[18] != 1 || hdr[19] != 1)) {
+			rc = cap_db_stage_path(c, e, "", path, sizeof path);
+			if (!rc && (rc = sq_finish_copy(path, err, sizeof err)))
+				log_err("cannot make the copy of %s self-contained: %s", cap_where(c, e), err);
+		}
+		if (rc)
+			return rc;
+		static const char *sfx[] = { "-journal", "-wal", "-shm" };
+		for (unsigned k = 0; k < 3; k++) {
+			snprintf(path, sizeof path, "%s%s", e->path, sfx[k]);
+			unlinkat(c->stagefd, path, 0);
+		}
+		fd = openat(c->stagefd, e->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+		struct cp_result r;
+		rc = cp_digest_fd(fd, &r);
+		if (!rc) {
+			struct stat src = e->st;
+			cap_apply_owner(fd, &src);
+		}
+		close(fd);
+		if (rc)
+			return rc;
+		e->size = r.size;
+		e->has_digest = 1;
+		memcpy(e->digest, r.digest, 32);
+		free(e->ident);
+		e->ident = e->hot ? NULL : e->db_ident;
+		e->db_ident = NULL;
+		c->done_bytes += r.size;
+	}
+	return 0;
+}
+
+/* ---- finishing -------------------------------------------------------------------------- */
+
+/* A copied file whose bytes equal the previous snapshot's keeps the previous file, so its
+ * mtime stays and uploaders skip it. Everything else new gets the cut time as mtime: later
+ * than any upload of an earlier snapshot, so neither rsync nor aws s3 sync skips it. */
+static int cap_set_times(struct cap *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if ((e->kind != K_FILE && e->kind != K_DB) || !e->copied || e->reused)
+			continue;
+		if (c->have_prev) {
+			const struct mf_entry *pe = mf_find(&c->prev, e->path);
+			if (pe && pe->kind == e->kind && pe->has_digest && e->has_digest &&
+			    pe->size == e->size && !memcmp(pe->digest, e->digest, 32) &&
+			    pe->mode == (e->st.st_mode & 07777) && pe->uid == e->st.st_uid &&
+			    pe->gid == e->st.st_gid) {
+				uint64_t was = e->size;
+				char *ident = e->ident;
+				e->ident = NULL;
+				if (cap_link_prev(c, e, pe) == 0) {
+					c->st->bytes_linked -= was; /* it was copied, then shared */
+					free(e->ident);
+					e->ident = ident;
+					continue;
+				}
+				e->ident = ident;
+			}
+		}
+		e->mtime_ns = c->cut_ns;
+		struct timespec ts[2] = { { c->cut_ns / 1000000000LL, c->cut_ns % 1000000000LL },
+					  { c->cut_ns / 1000000000LL, c->cut_ns % 1000000000LL } };
+		if (utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+static int cap_finish_dirs(struct cap *c)
+{
+	/* Deepest first, so that read-only modes do not get in the way of their children. */
+	for (size_t k = c->n; k-- > 0;) {
+		struct ent *e = &c->e[k];
+		if (e->kind == K_LINK) {
+			struct timespec ts[2] = { e->st.st_atim, e->st.st_mtim };
+			utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW);
+			continue;
+		}
+		if (e->kind != K_DIR)
+			continue;
+		int fd = k ? openat(c->stagefd, e->path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+			   : dup(c->stagefd);
+		if (fd < 0)
+			return -errno;
+		cap_apply_owner(fd, &e->st);
+		struct timespec ts[2] = { e->st.st_atim, e->st.st_mtim };
+		futimens(fd, ts);
+		e->mtime_ns = cap_ns(e->st.st_mtim);
+		close(fd);
+	}
+	return 0;
+}
+
+static int cap_write_manifest(struct cap *c)
+{
+	int fd = openat(c->stagefd, CAP_MANIFEST_NAME, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+	if (fd < 0)
+		return -errno;
+	FILE *f = fdopen(fd, "w");
+	if (!f) {
+		close(fd);
+		return -ENOMEM;
+	}
+	int rc = mf_write_header(f, c->st);
+	for (size_t i = 1; !rc && i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->kind != K_DIR && e->kind != K_FILE && e->kind != K_DB && e->kind != K_LINK)
+			continue;
+		struct mf_entry me = {
+			.kind = e->kind, .mode = e->st.st_mode & 07777, .uid = e->st.st_uid,
+			.gid = e->st.st_gid, .size = e->kind == K_DIR ? 0 : e->size,
+			.mtime_ns = e->mtime_ns, .has_digest = e->has_digest, .ident = e->ident,
+			.path = e->path,
+		};
+		memcpy(me.digest, e->digest, 32);
+		rc = mf_write_entry(f, &me);
+	}
+	if (fflush(f) == EOF && !rc)
+		rc = -errno;
+	if (fclose(f) == EOF && !rc)
+		rc = -errno;
+	return rc;
+}
+
+static void cap_make_id(struct cap_stats *st)
+{
+	struct tm tm;
+	char when[32];
+	unsigned char rnd[4] = { 0 };
+	gmtime_r(&st->cut.tv_sec, &tm);
+	strftime(when, sizeof when, "%Y%m%dT%H%M%S", &tm);
+	if (getentropy(rnd, sizeof rnd) < 0)
+		memcpy(rnd, &st->cut.tv_nsec, sizeof rnd);
+	snprintf(st->id, sizeof st->id, "%s.%03ldZ-%02x%02x%02x%02x", when,
+		 st->cut.tv_nsec / 1000000, rnd[0], rnd[1], rnd[2], rnd[3]);
+}
+
+/* ---- the whole capture ------------------------------------------------------------------ */
+
+static const char *cap_worst(const struct cap *c)
+{
+	static char buf[1024];
+	size_t used = 0;
+	buf[0] = 0;
+	/* Name the files that changed most often: they are why no cut could be had. */
+	for (int shown = 0; shown < 5; shown++) {
+		size_t best = SIZE_MAX;
+		for (size_t i = 0; i < c->n; i++) {
+			if (!c->e[i].dirty_count || (best != SIZE_MAX &&
+						     c->e[i].dirty_count <= c->e[best].dirty_count))
+				continue;
+			if (!c->e[i].path[0] || !strstr(buf, c->e[i].path))
+				best = i;
+		}
+		if (best == SIZE_MAX)
+			break;
+		int n = snprintf(buf + used, sizeof buf - used, "%s%s (%u changes)", used ? ", " : "",
+				 c->e[best].path, c->e[best].dirty_count);
+		if (n < 0 || (size_t)n >= sizeof buf - used)
+			break;
+		used += (size_t)n;
+	}
+	return buf[0] ? buf : (c->broken_why ? c->broken_why : "databases stayed locked");
+}
+
+static int cap_settle(struct cap *c)
+{
+	double deadline = ut_now() + c->o->settle_timeout;
+	for (;;) {
+		if (cap_stop)
+			return -EINTR;
+		int copied, rc;
+		/* Copy and recopy until a drain turns up nothing new. */
+		do {
+			if (c->overflow) {
+				/* Events were lost: every file may be stale and the tree may have moved. */
+				c->overflow = 0;
+				for (size_t i = 0; i < c->n; i++) {
+					c->e[i].dirty = 1;
+					if (c->e[i].kind == K_DIR)
+						c->e[i].rescan = 1;
+				}
+			}
+			rc = cap_drain(c);
+			if (!rc)
+				rc = cap_rescan(c);
+			if (!rc)
+				rc = cap_classify_dbs(c);
+			if (!rc)
+				rc = cap_copy_dirty(c, &copied);
+			if (rc)
+				return rc;
+			if (ut_now() > deadline)
+				goto unsettled;
+		} while (copied || c->overflow);
+		int need_rescan = 0;
+		for (size_t i = 0; i < c->n; i++)
+			need_rescan |= c->e[i].kind == K_DIR && c->e[i].rescan;
+		if (need_rescan)
+			continue;
+		rc = cap_attempt(c);
+		if (rc == 0)
+			return 0;
+		if (rc != -EAGAIN)
+			return rc;
+		c->st->retries++;
+		if (ut_now() > deadline)
+			goto unsettled;
+	}
+unsettled:
+	log_err("no consistent cut within %.0f s; kept changing: %s", c->o->settle_timeout,
+		cap_worst(c));
+	return -EAGAIN;
+}
+
+static int cap_prepare_dest(struct cap *c)
+{
+	char *dup1 = strdup(c->o->dest), *dup2 = strdup(c->o->dest);
+	int rc = 0;
+	if (!dup1 || !dup2) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	/* The snapshot is built beside DEST and renamed onto it, so it appears whole or not. */
+	char *base = basename(dup1), *dir = dirname(dup2);
+	if (!base[0] || !strcmp(base, "/") || !strcmp(base, ".") || !strcmp(base, "..")) {
+		log_err("%s: not a usable snapshot name", c->o->dest);
+		rc = -EINVAL;
+		goto out;
+	}
+	c->parentfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (c->parentfd < 0) {
+		rc = -errno;
+		log_err("%s: %s", dir, strerror(errno));
+		goto out;
+	}
+	struct stat st;
+	if (fstatat(c->parentfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		log_err("%s already exists", c->o->dest);
+		rc = -EEXIST;
+		goto out;
+	}
+	/* Refuse a destination inside the store: the snapshot would contain itself. */
+	struct stat sst, pst;
+	if (fstat(c->storefd, &sst) == 0) {
+		int fd = dup(c->parentfd);
+		while (fd >= 0 && fstat(fd, &pst) == 0) {
+			if (pst.st_dev == sst.st_dev && pst.st_ino == sst.st_ino) {
+				log_err("%s is inside the store %s", c->o->dest, c->o->store);
+				rc = -EINVAL;
+				break;
+			}
+			int up = openat(fd, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+			struct stat ust;
+			if (up < 0 || (fstat(up, &ust) == 0 && ust.st_dev == pst.st_dev &&
+				       ust.st_ino == pst.st_ino)) {
+				if (up >= 0)
+					close(up);
+				break;
+			}
+			close(fd);
+			fd = up;
+		}
+		if (fd >= 0)
+			close(fd);
+		if (rc)
+			goto out;
+	}
+	snprintf(c->stage_name, sizeof c->stage_name, ".%.200s.stillfs-tmp.%d", base, (int)getpid());
+	snprintf(c->work_name, sizeof c->work_name, ".%.200s.stillfs-work.%d", base, (int)getpid());
+	cp_rmtree(c->parentfd, c->stage_name);
+	cp_rmtree(c->parentfd, c->work_name);
+	if (mkdirat(c->parentfd, c->stage_name, 0700) < 0 ||
+	    mkdirat(c->parentfd, c->work_name, 0700) < 0) {
+		rc = -errno;
+		log_err("cannot create the snapshot beside %s: %s", c->o->dest, strerror(errno));
+		goto out;
+	}
+	c->stagefd = openat(c->parentfd, c->stage_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	c->workfd = openat(c->parentfd, c->work_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (c->stagefd < 0 || c->workfd < 0)
+		rc = -errno;
+out:
+	free(dup1);
+	free(dup2);
+	return rc;
+}
+
+static void cap_summary(const struct cap *c)
+{
+	char a[32], b[32];
+	ut_format_bytes(c->st->bytes_copied, a, sizeof a);
+	ut_format_bytes(c->st->bytes_linked, b, sizeof b);
+	log_info("snapshot %s: %" PRIu64 " files, %s copied, %s shared, %.2f s, %u retries, "
+		 "longest lock %.1f ms", c->o->dest, c->st->files, a, b, c->st->duration_s,
+		 c->st->retries, c->st->lock_max_s * 1000);
+}
+
+void cap_opts_init(struct cap_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->settle_timeout = 30;
+}
+
+int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
+{
+	struct cap c = { .o = o, .st = st, .storefd = -1, .parentfd = -1, .stagefd = -1,
+			 .workfd = -1, .prevfd = -1 };
+	int rc;
+	size_t root;
+	double t0 = ut_now();
+
+	memset(st, 0, sizeof *st);
+	cap_stop = 0;
+	c.storefd = open(o->store, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (c.storefd < 0) {
+		rc = -errno;
+		log_err("%s: %s", o->store, errno == ENOTDIR ? "not a directory" : strerror(errno));
+		goto out;
+	}
+	rc = cap_prepare_dest(&c);
+	if (rc)
+		goto out;
+	if (o->previous) {
+		c.prevfd = open(o->previous, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (c.prevfd < 0 || mf_load(c.prevfd, CAP_MANIFEST_NAME, &c.prev) != 0)
+			log_warn("%s: not a readable snapshot; copying everything", o->previous);
+		else
+			c.have_prev = 1;
+	}
+	rc = wt_open(&c.w, c.workfd);
+	if (rc) {
+		log_err("cannot watch the store: %s", strerror(-rc));
+		goto out;
+	}
+	rc = cap_add(&c, 0, "", K_DIR, &root);
+	if (rc)
+		goto out;
+	c.e[root].rescan = 1;
+	rc = cap_rescan(&c);
+	if (rc)
+		goto out;
+	for (size_t i = 0; i < c.n; i++)
+		if (c.e[i].kind == K_FILE)
+			c.total_bytes += (uint64_t)c.e[i].st.st_size;
+	rc = cap_settle(&c);
+	if (rc)
+		goto out;
+	st->cut.tv_sec = c.cut_ns / 1000000000LL;
+	st->cut.tv_nsec = c.cut_ns % 1000000000LL;
+	cap_make_id(st);
+	rc = cap_db_finish(&c);
+	if (!rc)
+		rc = cap_set_times(&c);
+	if (!rc)
+		rc = cap_finish_dirs(&c);
+	if (rc) {
+		log_err("cannot finish the snapshot: %s", strerror(-rc));
+		goto out;
+	}
+	for (size_t i = 0; i < c.n; i++)
+		if (c.e[i].kind == K_FILE || c.e[i].kind == K_DB)
+			st->files++;
+	st->duration_s = ut_now() - t0;
+	rc = cap_write_manifest(&c);
+	if (!rc && o->sync && syncfs(c.stagefd) < 0)
+		rc = -errno;
+	if (rc) {
+		log_err("cannot write the manifest: %s", strerror(-rc));
+		goto out;
+	}
+	char base[NAME_MAX + 1];
+	snprintf(base, sizeof base, "%s", strrchr(o->dest, '/') ? strrchr(o->dest, '/') + 1 : o->dest);
+	if (renameat2(c.parentfd, c.stage_name, c.parentfd, base, RENAME_NOREPLACE) < 0) {
+		rc = -errno;
+		log_err("cannot publish %s: %s", o->dest, strerror(errno));
+		goto out;
+	}
+	c.stage_name[0] = 0;
+	if (!o->quiet)
+		cap_summary(&c);
+out:
+	if (rc == -ENOSPC)
+		log_err("no space left for the snapshot at %s", o->dest);
+	if (rc == -EINTR)
+		log_err("interrupted; nothing was published");
+	cap_db_release(&c);
+	if (c.parentfd >= 0) {
+		if (c.stage_name[0])
+			cp_rmtree(c.parentfd, c.stage_name);
+		if (c.work_name[0])
+			cp_rmtree(c.parentfd, c.work_name);
+	}
+	wt_close(c.w);
+	for (size_t i = 0; i < c.n; i++) {
+		free(c.e[i].path);
+		free(c.e[i].ident);
+		free(c.e[i].db_ident);
+	}
+	free(c.e);
+	ut_map_free(&c.index);
+	if (c.have_prev)
+		mf_free(&c.prev);
+	int fds[] = { c.storefd, c.parentfd, c.stagefd, c.workfd, c.prevfd };
+	for (unsigned i = 0; i < sizeof fds / sizeof fds[0]; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	return rc;
+}
+
+int cap_read_stats(const char *dir, struct cap_stats *st)
+{
+	struct mf m;
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int rc = mf_load(fd, CAP_MANIFEST_NAME, &m);
+	close(fd);
+	if (rc)
+		return rc;
+	*st = m.stats;
+	mf_free(&m);
+	return 0;
+}

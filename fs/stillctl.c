@@ -1,0 +1,154 @@
+/* stillctl: take and check stillfs snapshots without FUSE; talk to a running stillfs. */
+#include "capture.h"
+#include "util.h"
+#include "verify.h"
+#ifdef HAVE_CTL_MOUNT
+#include "ctl_mount.h"
+#endif
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage_text[] =
+	"Usage: stillctl COMMAND [OPTIONS] ARGS\n"
+	"\n"
+	"Commands:\n"
+	"  snapshot [OPTIONS] STORE DEST   write a consistent point-in-time snapshot of the live\n"
+	"                                  directory STORE to DEST (which must not exist)\n"
+	"      --previous DIR        share files unchanged since the earlier snapshot DIR\n"
+	"      --settle-timeout SEC  give up when no consistent cut is found within SEC (30)\n"
+	"      --progress            report progress on stderr every second\n"
+	"      --sync                flush the snapshot to disk before publishing it\n"
+	"      -q, --quiet           no summary line\n"
+	"  verify [OPTIONS] DIR            check a snapshot, or a downloaded copy, against its\n"
+	"                                  manifest: every file present, same size and digest,\n"
+	"                                  every database self-contained and intact\n"
+	"      --ignore-extra        files the manifest does not list are not problems\n"
+	"      --quick               skip PRAGMA integrity_check\n"
+	"  status MOUNTPOINT               show the state of a running stillfs\n"
+	"  refresh MOUNTPOINT              make a running stillfs capture a new generation\n"
+	"  help, --help                    this text;  --version\n"
+	"\n"
+	"Exit status:\n"
+	"  0  success (verify: the copy matches its manifest)\n"
+	"  1  failure: bad input, or verify found problems (listed on stdout)\n"
+	"  2  usage error\n"
+	"  3  snapshot: no consistent cut within the settle timeout (files named on stderr)\n"
+	"  4  snapshot: I/O error, such as a full disk or an unreadable file\n";
+
+static int usage_error(const char *what, const char *arg)
+{
+	fprintf(stderr, "stillctl: %s%s%s\nTry 'stillctl --help'.\n", what, arg ? " " : "",
+		arg ? arg : "");
+	return CAP_EXIT_USAGE;
+}
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	cap_interrupt();
+}
+
+static int cmd_snapshot(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "previous", required_argument, NULL, 'p' },
+		{ "settle-timeout", required_argument, NULL, 't' },
+		{ "progress", no_argument, NULL, 'P' },
+		{ "sync", no_argument, NULL, 's' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 } };
+	struct cap_opts o;
+	struct cap_stats st;
+	int c;
+	char *end;
+	cap_opts_init(&o);
+	while ((c = getopt_long(argc, argv, "+q", opts, NULL)) != -1) {
+		switch (c) {
+		case 'p': o.previous = optarg; break;
+		case 't':
+			o.settle_timeout = strtod(optarg, &end);
+			if (*end || end == optarg || o.settle_timeout <= 0)
+				return usage_error("bad --settle-timeout", optarg);
+			break;
+		case 'P': o.progress = 1; break;
+		case 's': o.sync = 1; break;
+		case 'q': o.quiet = 1; break;
+		case 'h': fputs(usage_text, stdout); return 0;
+		default: return usage_error("bad option for snapshot", NULL);
+		}
+	}
+	if (argc - optind != 2)
+		return usage_error("snapshot needs STORE and DEST", NULL);
+	o.store = argv[optind];
+	o.dest = argv[optind + 1];
+	struct sigaction sa = { .sa_handler = on_signal };
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	int rc = cap_snapshot(&o, &st);
+	switch (rc) {
+	case 0: return CAP_EXIT_OK;
+	case -EAGAIN: return CAP_EXIT_UNSETTLED;
+	case -ENOSPC: case -EIO: case -EACCES: case -EPERM: case -EDQUOT: case -EROFS:
+		return CAP_EXIT_IO;
+	default: return CAP_EXIT_FAIL;
+	}
+}
+
+static int cmd_verify(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "ignore-extra", no_argument, NULL, 'x' },
+		{ "quick", no_argument, NULL, 'k' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 } };
+	struct vf_opts o = { 0 };
+	int c;
+	while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
+		switch (c) {
+		case 'x': o.ignore_extra = 1; break;
+		case 'k': o.quick = 1; break;
+		case 'h': fputs(usage_text, stdout); return 0;
+		default: return usage_error("bad option for verify", NULL);
+		}
+	}
+	if (argc - optind != 1)
+		return usage_error("verify needs one DIR", NULL);
+	int rc = vf_verify(argv[optind], &o, stdout);
+	return rc == 0 ? CAP_EXIT_OK : CAP_EXIT_FAIL;
+}
+
+int main(int argc, char **argv)
+{
+	log_init("stillctl");
+	if (argc < 2)
+		return usage_error("missing command", NULL);
+	const char *cmd = argv[1];
+	if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+		fputs(usage_text, stdout);
+		return 0;
+	}
+	if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) {
+		printf("stillctl %s\n", STILLFS_VERSION);
+		return 0;
+	}
+	argc--;
+	argv++;
+	if (!strcmp(cmd, "snapshot"))
+		return cmd_snapshot(argc, argv);
+	if (!strcmp(cmd, "verify"))
+		return cmd_verify(argc, argv);
+#ifdef HAVE_CTL_MOUNT
+	if (!strcmp(cmd, "status"))
+		return ctl_status(argc, argv);
+	if (!strcmp(cmd, "refresh"))
+		return ctl_refresh(argc, argv);
+#endif
+	return usage_error("unknown command", cmd);
+}

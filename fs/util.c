@@ -1,0 +1,176 @@
+/* Logging and small helpers shared by the engine, stillctl and the daemon. */
+#include "util.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+
+static const char *log_prog = "stillfs";
+static int log_syslog;
+static int log_quiet;
+static char log_last[1024];
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void log_init(const char *prog) { log_prog = prog; }
+void log_to_syslog(int on) { log_syslog = on; if (on) openlog(log_prog, LOG_PID, LOG_DAEMON); }
+void log_set_quiet(int quiet) { log_quiet = quiet; }
+
+static void log_v(int prio, const char *fmt, va_list ap)
+{
+	char msg[1024];
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	pthread_mutex_lock(&log_lock);
+	if (prio == LOG_ERR)
+		snprintf(log_last, sizeof log_last, "%s", msg);
+	if (log_syslog)
+		syslog(prio, "%s", msg);
+	else if (prio != LOG_INFO || !log_quiet)
+		fprintf(stderr, "%s: %s%s\n", log_prog,
+			prio == LOG_WARNING ? "warning: " : "", msg);
+	pthread_mutex_unlock(&log_lock);
+}
+
+void log_err(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_v(LOG_ERR, fmt, ap);
+	va_end(ap);
+}
+
+void log_warn(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_v(LOG_WARNING, fmt, ap);
+	va_end(ap);
+}
+
+void log_info(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_v(LOG_INFO, fmt, ap);
+	va_end(ap);
+}
+
+const char *log_last_error(void) { return log_last; }
+
+double ut_now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + t.tv_nsec / 1e9;
+}
+
+struct timespec ut_realtime(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_REALTIME, &t);
+	return t;
+}
+
+int64_t ut_ts_ns(struct timespec t) { return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec; }
+
+void ut_format_bytes(uint64_t n, char *buf, size_t len)
+{
+	static const char *unit[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+	double v = (double)n;
+	unsigned i = 0;
+	while (v >= 1024 && i < 4) {
+		v /= 1024;
+		i++;
+	}
+	if (i == 0)
+		snprintf(buf, len, "%llu B", (unsigned long long)n);
+	else
+		snprintf(buf, len, "%.1f %s", v, unit[i]);
+}
+
+static size_t ut_hash(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	return (size_t)h;
+}
+
+static const char ut_tomb[] = "";
+
+static int ut_map_grow(struct ut_map *m)
+{
+	size_t cap = m->cap ? m->cap * 2 : 64;
+	struct ut_map n = { calloc(cap, sizeof(char *)), calloc(cap, sizeof(size_t)), cap, 0 };
+	if (!n.keys || !n.vals) {
+		free(n.keys);
+		free(n.vals);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < m->cap; i++)
+		if (m->keys[i] && m->keys[i] != ut_tomb)
+			ut_map_put(&n, m->keys[i], m->vals[i]);
+	ut_map_free(m);
+	*m = n;
+	return 0;
+}
+
+int ut_map_put(struct ut_map *m, const char *key, size_t val)
+{
+	if ((m->n + 1) * 2 > m->cap && ut_map_grow(m))
+		return -ENOMEM;
+	size_t i = ut_hash(key) & (m->cap - 1), tomb = SIZE_MAX;
+	for (; m->keys[i]; i = (i + 1) & (m->cap - 1)) {
+		if (m->keys[i] == ut_tomb) {
+			if (tomb == SIZE_MAX)
+				tomb = i;
+		} else if (!strcmp(m->keys[i], key)) {
+			m->keys[i] = key;
+			m->vals[i] = val;
+			return 0;
+		}
+	}
+	if (tomb != SIZE_MAX)
+		i = tomb;
+	else
+		m->n++;
+	m->keys[i] = key;
+	m->vals[i] = val;
+	return 0;
+}
+
+static size_t ut_map_slot(const struct ut_map *m, const char *key)
+{
+	if (!m->cap)
+		return SIZE_MAX;
+	for (size_t i = ut_hash(key) & (m->cap - 1); m->keys[i]; i = (i + 1) & (m->cap - 1))
+		if (m->keys[i] != ut_tomb && !strcmp(m->keys[i], key))
+			return i;
+	return SIZE_MAX;
+}
+
+int ut_map_get(const struct ut_map *m, const char *key, size_t *val)
+{
+	size_t i = ut_map_slot(m, key);
+	if (i == SIZE_MAX)
+		return 0;
+	if (val)
+		*val = m->vals[i];
+	return 1;
+}
+
+void ut_map_del(struct ut_map *m, const char *key)
+{
+	size_t i = ut_map_slot(m, key);
+	if (i != SIZE_MAX)
+		m->keys[i] = ut_tomb; /* a tombstone keeps later probes of the chain reachable */
+}
+
+void ut_map_free(struct ut_map *m)
+{
+	free(m->keys);
+	free(m->vals);
+	memset(m, 0, sizeof *m);
+}

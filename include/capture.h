@@ -1,0 +1,53 @@
+/* The capture engine: a consistent point-in-time copy of a live store directory.
+ * Knows nothing of FUSE; used by stillctl and (in a helper process) by the stillfs daemon. */
+#ifndef STILL_CAPTURE_H
+#define STILL_CAPTURE_H
+
+#include <stdint.h>
+#include <time.h>
+
+#define CAP_MANIFEST_NAME ".stillfs-manifest"
+
+struct cap_opts {
+	const char *store;        /* live store directory */
+	const char *dest;         /* snapshot to create; must not exist; appears atomically */
+	const char *previous;     /* earlier snapshot to share unchanged files with, or NULL */
+	double settle_timeout;    /* seconds to find a cut before giving up (default 30) */
+	int progress;             /* periodic progress lines on stderr */
+	int quiet;                /* no summary line */
+	int sync;                 /* syncfs the snapshot before publishing it */
+};
+
+struct cap_stats {
+	char id[64];              /* snapshot id, also in the manifest */
+	struct timespec cut;      /* the instant every file in the snapshot reflects */
+	double duration_s;        /* whole capture */
+	double lock_max_s;        /* longest time any database read lock was held */
+	uint64_t files;           /* regular files (incl. databases) in the snapshot */
+	uint64_t bytes_copied;    /* bytes written anew */
+	uint64_t bytes_linked;    /* bytes shared with --previous (hard link or reflink) */
+	unsigned retries;         /* cut attempts that had to be redone */
+};
+
+/* Exit codes shared by stillctl and the daemon's capture helper. */
+enum cap_exit {
+	CAP_EXIT_OK = 0,
+	CAP_EXIT_FAIL = 1,        /* verify found problems / generic failure */
+	CAP_EXIT_USAGE = 2,
+	CAP_EXIT_UNSETTLED = 3,   /* no consistent cut within the settle timeout */
+	CAP_EXIT_IO = 4,          /* I/O error (disk full, unreadable file, ...) */
+};
+
+void cap_opts_init(struct cap_opts *o);
+
+/* Take a snapshot. Returns 0, or a negative errno (-EAGAIN: could not settle). A one-line
+ * reason has been logged on failure, and nothing half-made is left at o->dest. */
+int cap_snapshot(const struct cap_opts *o, struct cap_stats *st);
+
+/* Ask a running cap_snapshot to stop and clean up (async-signal-safe). */
+void cap_interrupt(void);
+
+/* Read the header of DIR's manifest into st. 0 or negative errno. */
+int cap_read_stats(const char *dir, struct cap_stats *st);
+
+#endif

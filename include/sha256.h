@@ -1,0 +1,29 @@
+/* SHA-256 (FIPS 180-4) for content hashes in manifests and verify. Prefix: sha256_.
+ * Uses the x86-64 SHA extensions when the CPU has them, portable C otherwise. */
+#ifndef STILL_SHA256_H
+#define STILL_SHA256_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct sha256 {
+	uint32_t h[8];
+	uint64_t len;             /* bytes fed so far */
+	uint8_t buf[64];          /* partial block awaiting more input */
+	size_t nbuf;
+};
+
+void sha256_init(struct sha256 *s);
+void sha256_update(struct sha256 *s, const void *data, size_t n);
+/* Leaves *s unusable until the next sha256_init. */
+void sha256_final(struct sha256 *s, uint8_t out[32]);
+void sha256(const void *data, size_t n, uint8_t out[32]);       /* one shot */
+void sha256_hex(const uint8_t d[32], char out[65]);             /* lowercase, NUL-terminated */
+int sha256_from_hex(const char *hex, uint8_t out[32]);          /* 0, or -EINVAL if not 64 hex digits */
+int sha256_accelerated(void);                                   /* 1 if the SHA-NI path is in use */
+
+/* For tests and benchmarks: nonzero routes all hashing (process-wide) through the
+ * portable code so it can be checked against, and timed beside, the SHA-NI path. */
+void sha256_force_portable(int on);
+
+#endif

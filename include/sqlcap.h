@@ -1,0 +1,43 @@
+/* SQLite-specific parts of a capture. Prefix: sq_.
+ *
+ * Two ways to hold a database still, chosen per database at cut time:
+ * - rollback mode (or WAL header with no -wal file): an OFD read lock on SQLite's SHARED
+ *   byte range, taken by SQLite's own protocol. No writer can commit while it is held, and
+ *   being an OFD lock it survives any other descriptor of the file being closed;
+ * - WAL mode: a read-only SQLite connection with an open read transaction, which pins a
+ *   snapshot without blocking writers; the copy is made with the backup API.
+ * Paths handed to SQLite are "/proc/self/fd/DIRFD/NAME" and go through a VFS that does not
+ * resolve them, so a store that is mounted over (by stillfs itself) is still reached. */
+#ifndef STILL_SQLCAP_H
+#define STILL_SQLCAP_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sqlite3.h>
+
+/* 1 if the 16 bytes look like an SQLite database header. */
+int sq_is_header(const uint8_t head[16]);
+
+/* Take SQLite's SHARED lock on fd as an OFD read lock, waiting at most timeout seconds.
+ * 0, -EAGAIN (timed out) or -errno. */
+int sq_lock_shared(int fd, double timeout);
+void sq_unlock(int fd);
+
+/* With the SHARED lock held on dbfd: 1 if NAME-journal beside it is hot (its writer died
+ * mid-transaction), 0 if not, or -errno. */
+int sq_journal_is_hot(int dirfd, const char *name, int dbfd);
+
+/* Open a read-only connection to dirfd/name (not yet in a transaction). */
+int sq_open_ro(int dirfd, const char *name, sqlite3 **db);
+/* Begin a read transaction (pins a WAL snapshot). 0, -EBUSY, -EAGAIN or -EIO. */
+int sq_begin_read(sqlite3 *db, double timeout);
+/* Copy the pinned state of db into the new file dst_path with the backup API. */
+int sq_backup_to(sqlite3 *db, const char *dst_path);
+/* Make the private copy at path self-contained: roll back a hot journal beside it, switch to
+ * rollback-journal mode. 0 or -errno; *err gets a message (static or sqlite-owned, short-lived). */
+int sq_finish_copy(const char *path, char *err, size_t errlen);
+/* Run PRAGMA integrity_check on path opened read-only and immutable. 0 if "ok";
+ * -EBADMSG with the first problem in err; -errno if it cannot be opened. */
+int sq_integrity(const char *path, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,38 @@
+/* Small shared helpers: logging, time, errors. Prefix: log_, ut_. */
+#ifndef STILL_UTIL_H
+#define STILL_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+/* Messages go to stderr as "PROG: message"; the daemon may redirect them to syslog. */
+void log_init(const char *prog);
+void log_to_syslog(int on);
+void log_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_set_quiet(int quiet);
+/* Last error message logged with log_err (for status reporting). */
+const char *log_last_error(void);
+
+double ut_now(void);                 /* CLOCK_MONOTONIC seconds */
+struct timespec ut_realtime(void);
+int64_t ut_ts_ns(struct timespec t);
+void ut_format_bytes(uint64_t n, char *buf, size_t len);
+
+
+
+/* A string -> index map (open addressing). Keys are borrowed, not copied. */
+struct ut_map {
+	const char **keys;
+	size_t *vals;
+	size_t cap, n;
+};
+int ut_map_put(struct ut_map *m, const char *key, size_t val);   /* 0 or -ENOMEM */
+int ut_map_get(const struct ut_map *m, const char *key, size_t *val); /* 1 found, 0 not */
+void ut_map_del(struct ut_map *m, const char *key);
+void ut_map_free(struct ut_map *m);
+
+#endif
