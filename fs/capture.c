@@ -903,8 +903,15 @@ static int cap_db_finish(struct cap *c)
 			return -errno;
 		uint8_t hdr[20] = { 0 };
 		int rc = pread(fd, hdr, sizeof hdr, 0) == (ssize_t)sizeof hdr ? 0 : -EIO;
+		if (!rc && !e->hot && (hdr[18] != 1 || hdr[19] != 1)) {
+			/* The copy holds every committed page and no WAL content is pending, so turning
+			 * it into a rollback-journal database only means rewriting the two format-version
+			 * bytes, as journal_mode=DELETE would (without bumping the change counter). */
+			static const uint8_t legacy[2] = { 1, 1 };
+			rc = pwrite(fd, legacy, 2, 18) == 2 ? 0 : -EIO;
+		}
 		close(fd);
-		if (!rc && (e->hot || hdr[18] != 1 || hdr[19] != 1)) {
+		if (!rc && e->hot) {
 			rc = cap_db_stage_path(c, e, "", path, sizeof path);
 			if (!rc && (rc = sq_finish_copy(path, err, sizeof err)))
 				log_err("cannot make the copy of %s self-contained: %s", cap_where(c, e), err);
@@ -968,9 +975,16 @@ static int cap_set_times(struct cap *c)
 				e->ident = ident;
 			}
 		}
-		e->mtime_ns = c->cut_ns;
-		struct timespec ts[2] = { { c->cut_ns / 1000000000LL, c->cut_ns % 1000000000LL },
-					  { c->cut_ns / 1000000000LL, c->cut_ns % 1000000000LL } };
+		/* Whole seconds, as S3 keeps them and rsync compares them; and at least a second
+		 * after the previous snapshot's copy, so that two captures within one second
+		 * still differ. The first whole second after the cut is later than any upload
+		 * that finished before the cut. */
+		time_t sec = (time_t)(c->cut_ns / 1000000000LL) + 1;
+		const struct mf_entry *pe = c->have_prev ? mf_find(&c->prev, e->path) : NULL;
+		if (pe && pe->mtime_ns / 1000000000LL + 1 > sec)
+			sec = (time_t)(pe->mtime_ns / 1000000000LL + 1);
+		e->mtime_ns = (int64_t)sec * 1000000000LL;
+		struct timespec ts[2] = { { sec, 0 }, { sec, 0 } };
 		if (utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
 			return -errno;
 	}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Snapshot mtimes for uploaders. The hazard: a file changes during an upload, keeps its size,
+# and its mtime is older than that upload. Neither rsync (size+mtime) nor aws s3 sync
+# (size, or local mtime newer than the object's upload time) may skip it next time, while
+# files unchanged since --previous must look unchanged to both.
+source "$(dirname "$0")/lib.sh"
+store=$T_WORK/store; mkdir -p "$store/seg"
+for f in a b c; do head -c 100000 /dev/urandom >"$store/seg/$f.bin"; done
+echo v1 >"$store/note.txt"
+sqlite3 "$store/db.sqlite3" 'create table t(x); insert into t values (1);'
+# The engine only trusts a file's identity as proof of "unchanged" once its ctime is 2 s old.
+old_enough() { [ $(( $(date +%s) - $(stat -c %Z "$store/seg/a.bin") )) -ge 3 ]; }
+t_wait_for 10 old_enough
+"$STILLCTL" snapshot -q "$store" "$T_WORK/s1"
+mkdir "$T_WORK/up"; rsync -a "$T_WORK/s1/" "$T_WORK/up/"
+upload_time=$(date +%s.%N)   # what S3 would record as LastModified for every object
+# The hazard: same size, mtime set back before the upload.
+old=$(stat -c %y "$store/seg/b.bin")
+head -c 100000 /dev/urandom >"$store/seg/b.bin"; touch -d "$old" "$store/seg/b.bin"
+echo v2 >"$store/note.txt"; touch -d '2001-01-01' "$store/note.txt"
+sqlite3 "$store/db.sqlite3" 'update t set x = 2;'    # same size, new content
+"$STILLCTL" snapshot -q --previous "$T_WORK/s1" "$store" "$T_WORK/s2"
+for f in seg/b.bin note.txt db.sqlite3; do
+  m=$(stat -c %.9Y "$T_WORK/s2/$f")
+  [ "$(echo "$m > $upload_time" | bc)" = 1 ] || t_fail "$f changed but its mtime $m is not after the upload ($upload_time): s3 sync would skip it"
+done
+for f in seg/a.bin seg/c.bin; do
+  [ "$(stat -c %.9Y "$T_WORK/s1/$f")" = "$(stat -c %.9Y "$T_WORK/s2/$f")" ] || t_fail "$f unchanged but its mtime moved: it would be uploaded again"
+  [ "$(stat -c %i "$T_WORK/s1/$f")" = "$(stat -c %i "$T_WORK/s2/$f")" ] || t_fail "$f unchanged but not shared with --previous"
+done
+# rsync: exactly the changed files are sent, and the result equals the new snapshot.
+sent=$(rsync -a --out-format='%n' "$T_WORK/s2/" "$T_WORK/up/" | grep -v '/$' | sort | tr '\n' ' ')
+[ "$sent" = ".stillfs-manifest db.sqlite3 note.txt seg/b.bin " ] || t_fail "rsync sent [$sent]"
+diff -r "$T_WORK/s2" "$T_WORK/up" || t_fail "rsync copy differs from the snapshot"
+"$STILLCTL" verify "$T_WORK/up" >/dev/null || t_fail "rsync copy does not verify"
