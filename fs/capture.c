@@ -2,12 +2,16 @@
  *
  * 1. Watch every directory of the store (inotify) and copy every plain file, draining the
  *    event queue before each copy so that any later write to it marks it dirty.
- * 2. Recopy dirty files until a drain finds nothing new.
+ * 2. Recopy dirty files until no plain file has been written for a quiet window (--quiet-ms):
+ *    applications such as ChromaDB rewrite a group of files in place, one after another, and
+ *    an instant in the middle of that is a torn state even though it is a true instant.
  * 3. Hold every database still: rollback-mode ones with SQLite's SHARED lock (taken as an OFD
  *    lock), WAL-mode ones with a read transaction. A marker written into our own inotify queue
  *    right after the last one splits the queue into "before the cut" and "after".
- * 4. Drain up to the marker. Any plain file written before it is stale: release, recopy,
- *    retry. Otherwise the cut holds: copy the databases that changed, release.
+ * 4. Drain up to the marker. If a plain file was written before it, keep the rollback locks
+ *    (a writer that persists files and then commits now finishes its files and blocks on the
+ *    commit), wait for the quiet window again, recopy, re-pin the WAL databases, re-check.
+ *    Once clean, the cut holds: copy the databases that changed, release.
  * 5. Make the database copies self-contained, digest, write the manifest, rename into place.
  * Every file in the snapshot then holds what its live file held at the instant of step 3. */
 #include "capture.h"
@@ -24,6 +28,7 @@
 #include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
+#include <poll.h>
 #include <linux/openat2.h>
 #include <signal.h>
 #include <stdio.h>
@@ -39,6 +44,8 @@
  * tick as our stat could otherwise leave every field of the identity the same. */
 #define CAP_RACY_NS 2000000000LL
 #define CAP_LOCK_WAIT 2.0          /* seconds to wait for one database lock per attempt */
+#define CAP_MAX_HOLD 2.0           /* seconds we may keep writers waiting while files settle */
+#define CAP_PRE_QUIET 0.25         /* seconds to look for a quiet window before locking */
 
 static volatile sig_atomic_t cap_stop;
 void cap_interrupt(void) { cap_stop = 1; }
@@ -54,6 +61,7 @@ struct ent {
 	char kind;               /* K_*; K_NONE until classified, or once gone */
 	unsigned dirty : 1, copied : 1, reused : 1, rescan : 1, hot : 1, dbcopied : 1;
 	unsigned dirty_count;
+	double copied_at;        /* when the last copy of it began */
 	struct stat st;          /* source, as copied */
 	uint64_t size;
 	int has_digest;
@@ -89,6 +97,7 @@ struct cap {
 	uint64_t total_bytes, done_bytes;
 	double lock_t0;
 	int64_t cut_ns;
+	double last_change;      /* when a plain file or the tree was last seen changing */
 };
 
 static int cap_openat2(int dirfd, const char *path, int flags)
@@ -271,8 +280,8 @@ static int cap_scan_dir(struct cap *c, size_t di)
 		goto out;
 	}
 	struct dirent *de;
-	errno = 0;
-	while ((de = readdir(d))) {
+	/* readdir reports errors only through errno, which the loop body also sets. */
+	while ((errno = 0, de = readdir(d))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
 		struct stat st;
@@ -377,6 +386,7 @@ static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
 	int structural = mask & (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO);
 	if (!cap_lookup(c, dir, name, &i)) {
 		if (structural) {
+			c->last_change = ut_now();
 			c->e[dir].rescan = 1;
 			cap_break(c, c->e[dir].path[0] ? c->e[dir].path : ".");
 		}
@@ -389,6 +399,8 @@ static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
 	}
 	e->dirty = 1;
 	e->dirty_count++;
+	if (e->kind != K_SKIP)
+		c->last_change = ut_now();
 	if (structural || e->kind == K_DIR)
 		c->e[dir].rescan = 1;
 	if (e->kind != K_SKIP)
@@ -517,6 +529,7 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 		return src;
 	}
 	int64_t at = cap_ns(ut_realtime());
+	e->copied_at = ut_now();
 	if (fstat(src, &e->st) < 0) {
 		rc = -errno;
 		goto out;
@@ -788,14 +801,151 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 	return 0;
 }
 
+/* Bring the staging tree up to date: rescan changed directories, copy dirty files, until a
+ * drain finds nothing more to do. */
+static int cap_catch_up(struct cap *c)
+{
+	int copied, rescans;
+	do {
+		if (c->overflow) {
+			/* Events were lost: every file may be stale and the tree may have moved. */
+			c->overflow = 0;
+			c->last_change = ut_now();
+			for (size_t i = 0; i < c->n; i++) {
+				c->e[i].dirty = 1;
+				if (c->e[i].kind == K_DIR)
+					c->e[i].rescan = 1;
+			}
+		}
+		int rc = cap_drain(c);
+		if (!rc)
+			rc = cap_rescan(c);
+		if (!rc)
+			rc = cap_classify_dbs(c);
+		if (!rc)
+			rc = cap_copy_dirty(c, &copied);
+		if (rc)
+			return rc;
+		rescans = 0;
+		for (size_t i = 0; i < c->n; i++)
+			rescans |= c->e[i].kind == K_DIR && c->e[i].rescan;
+	} while (copied || rescans || c->overflow);
+	return 0;
+}
+
+/* Catch up and wait until no plain file has changed for the quiet window.
+ * 0 when quiet, -EAGAIN if that did not happen before `until`. */
+static int cap_quiet(struct cap *c, double until)
+{
+	double window = c->o->quiet_ms / 1000.0;
+	for (;;) {
+		int rc = cap_catch_up(c);
+		if (rc)
+			return rc;
+		double now = ut_now(), idle = now - c->last_change;
+		if (idle >= window)
+			return 0;
+		if (now >= until)
+			return -EAGAIN;
+		double wait = window - idle < until - now ? window - idle : until - now;
+		struct pollfd p = { .fd = wt_fd(c->w), .events = POLLIN };
+		poll(&p, 1, (int)(wait * 1000) + 1);
+		if (cap_stop)
+			return -EINTR;
+	}
+}
+
+/* A write makes its data visible before its event is queued, so a writer preempted between
+ * the two could hide a change from the last drain. Its ctime moved before the data did:
+ * compare what was copied recently against a fresh stat. */
+static void cap_restat_recent(struct cap *c, double since)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		struct stat st;
+		if (e->kind != K_FILE || !e->copied || e->reused || e->copied_at < since)
+			continue;
+		if (fstatat(c->storefd, e->path, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    st.st_ino != e->st.st_ino || st.st_size != e->st.st_size ||
+		    cap_ns(st.st_mtim) != cap_ns(e->st.st_mtim) ||
+		    cap_ns(st.st_ctim) != cap_ns(e->st.st_ctim)) {
+			e->dirty = 1;
+			e->dirty_count++;
+			c->last_change = ut_now();
+			if (!c->broken) {
+				c->broken = 1;
+				c->broken_why = e->path;
+			}
+		}
+	}
+}
+
+static void cap_unpin(struct cap *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->pinned)
+			sqlite3_exec(e->db, "ROLLBACK", NULL, NULL, NULL);
+		e->pinned = 0;
+		e->wal_phase = -1;
+		e->active_phase = -2;
+	}
+}
+
+/* Pin every WAL database, each behind a marker, then a final marker; drain and judge.
+ * 0 if the cut holds, -EAGAIN if something changed before it, -errno on errors. */
+static int cap_pin_and_check(struct cap *c, double quiet_since)
+{
+	int nwal = 0, rc = 0;
+	c->in_attempt = 1;
+	c->broken = 0;
+	c->phase = -1;
+	c->end_phase = INT_MAX;
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->kind != K_DB || e->dbmode != DB_WAL)
+			continue;
+		rc = wt_marker(c->w, (unsigned)nwal);
+		if (rc)
+			return rc;
+		e->wal_phase = nwal++;
+		rc = sq_begin_read(e->db, CAP_LOCK_WAIT);
+		if (rc) {
+			if (rc != -EIO)
+				return -EAGAIN;
+			log_err("cannot read database %s: %s", cap_where(c, e), sqlite3_errmsg(e->db));
+			return rc;
+		}
+		e->pinned = 1;
+	}
+	c->cut_ns = cap_ns(ut_realtime());
+	c->end_phase = nwal; /* events after this marker come after the cut */
+	rc = wt_marker(c->w, (unsigned)nwal);
+	if (!rc)
+		rc = cap_drain(c);
+	if (rc)
+		return rc;
+	cap_restat_recent(c, quiet_since - 2.0);
+	/* A WAL database pinned before the last pin must not have committed in between. */
+	for (size_t i = 0; !c->broken && i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->kind == K_DB && e->wal_phase >= 0 && e->wal_phase < nwal - 1 &&
+		    e->active_phase >= e->wal_phase && e->active_phase < nwal) {
+			c->broken = 1;
+			c->broken_why = e->path;
+		}
+	}
+	return c->broken || c->overflow ? -EAGAIN : 0;
+}
+
 /* One attempt at a cut. 0 when the snapshot's databases are staged, -EAGAIN to retry. */
-static int cap_attempt(struct cap *c)
+static int cap_attempt(struct cap *c, double deadline)
 {
 	int rc = cap_db_prepare(c);
 	if (rc)
 		goto out;
 	c->lock_t0 = ut_now();
-	int nrollback = 0, nwal = 0;
+	int nrollback = 0;
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
 		if (e->kind != K_DB || e->dbmode != DB_ROLLBACK)
@@ -820,49 +970,33 @@ static int cap_attempt(struct cap *c)
 	}
 	if (nrollback == 0)
 		c->lock_t0 = 0;
-	c->in_attempt = 1;
-	c->broken = 0;
-	c->phase = -1;
-	c->end_phase = INT_MAX;
-	for (size_t i = 0; i < c->n; i++) {
-		struct ent *e = &c->e[i];
-		if (e->kind != K_DB || e->dbmode != DB_WAL)
-			continue;
-		rc = wt_marker(c->w, (unsigned)nwal);
+	/* Writers of rollback databases now wait at their next commit. Files they write before
+	 * it (a persist) are let finish and recopied, then the cut is judged. */
+	double hold_until = ut_now() + CAP_MAX_HOLD;
+	if (nrollback == 0 || hold_until > deadline)
+		hold_until = deadline;
+	for (;;) {
+		rc = cap_quiet(c, hold_until);
 		if (rc)
 			goto out;
-		e->wal_phase = nwal++;
-		rc = sq_begin_read(e->db, CAP_LOCK_WAIT);
-		if (rc) {
-			if (rc == -EIO)
-				log_err("cannot read database %s: %s", cap_where(c, e), sqlite3_errmsg(e->db));
-			else
-				rc = -EAGAIN;
+		for (size_t i = 0; i < c->n; i++)
+			if (c->e[i].kind == K_DB && c->e[i].dirfd < 0) {
+				rc = -EAGAIN; /* a new database appeared: start over to lock it too */
+				goto out;
+			}
+		rc = cap_pin_and_check(c, c->last_change);
+		if (rc != -EAGAIN)
+			break;
+		cap_unpin(c);
+		c->in_attempt = 0;
+		c->st->retries++;
+		if (ut_now() >= hold_until) {
+			rc = -EAGAIN;
 			goto out;
 		}
-		e->pinned = 1;
 	}
-	c->cut_ns = cap_ns(ut_realtime());
-	rc = wt_marker(c->w, (unsigned)nwal);
 	if (rc)
 		goto out;
-	c->end_phase = nwal;
-	rc = cap_drain(c);
-	if (rc)
-		goto out;
-	/* A WAL database pinned before the last pin must not have committed in between. */
-	for (size_t i = 0; !c->broken && i < c->n; i++) {
-		struct ent *e = &c->e[i];
-		if (e->kind == K_DB && e->wal_phase >= 0 && e->wal_phase < nwal - 1 &&
-		    e->active_phase >= e->wal_phase && e->active_phase < nwal) {
-			c->broken = 1;
-			c->broken_why = e->path;
-		}
-	}
-	if (c->broken || c->overflow) {
-		rc = -EAGAIN;
-		goto out;
-	}
 	/* The cut holds. Copy what changed while everything is still held. */
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
@@ -1092,38 +1226,13 @@ static int cap_settle(struct cap *c)
 {
 	double deadline = ut_now() + c->o->settle_timeout;
 	for (;;) {
-		if (cap_stop)
-			return -EINTR;
-		int copied, rc;
-		/* Copy and recopy until a drain turns up nothing new. */
-		do {
-			if (c->overflow) {
-				/* Events were lost: every file may be stale and the tree may have moved. */
-				c->overflow = 0;
-				for (size_t i = 0; i < c->n; i++) {
-					c->e[i].dirty = 1;
-					if (c->e[i].kind == K_DIR)
-						c->e[i].rescan = 1;
-				}
-			}
-			rc = cap_drain(c);
-			if (!rc)
-				rc = cap_rescan(c);
-			if (!rc)
-				rc = cap_classify_dbs(c);
-			if (!rc)
-				rc = cap_copy_dirty(c, &copied);
-			if (rc)
-				return rc;
-			if (ut_now() > deadline)
-				goto unsettled;
-		} while (copied || c->overflow);
-		int need_rescan = 0;
-		for (size_t i = 0; i < c->n; i++)
-			need_rescan |= c->e[i].kind == K_DIR && c->e[i].rescan;
-		if (need_rescan)
-			continue;
-		rc = cap_attempt(c);
+		/* Look for a quiet moment before taking any lock, so that writers are usually held
+		 * only while the databases are copied; if none comes, the attempt waits under lock. */
+		double pre = ut_now() + CAP_PRE_QUIET;
+		int rc = cap_quiet(c, pre < deadline ? pre : deadline);
+		if (rc && rc != -EAGAIN)
+			return rc;
+		rc = cap_attempt(c, deadline);
 		if (rc == 0)
 			return 0;
 		if (rc != -EAGAIN)
@@ -1225,6 +1334,7 @@ void cap_opts_init(struct cap_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	o->settle_timeout = 30;
+	o->quiet_ms = 30;
 }
 
 int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
@@ -1235,6 +1345,7 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	size_t root;
 	double t0 = ut_now();
 
+	unsigned errors_before = log_error_count();
 	memset(st, 0, sizeof *st);
 	cap_stop = 0;
 	c.storefd = open(o->store, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -1262,6 +1373,7 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	if (rc)
 		goto out;
 	c.e[root].rescan = 1;
+	c.last_change = ut_now(); /* writes just before the watches began went unseen */
 	rc = cap_rescan(&c);
 	if (rc)
 		goto out;
@@ -1307,8 +1419,10 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 out:
 	if (rc == -ENOSPC)
 		log_err("no space left for the snapshot at %s", o->dest);
-	if (rc == -EINTR)
+	else if (rc == -EINTR)
 		log_err("interrupted; nothing was published");
+	else if (rc && log_error_count() == errors_before)
+		log_err("snapshot of %s failed: %s", o->store, strerror(-rc));
 	cap_db_release(&c);
 	if (c.parentfd >= 0) {
 		if (c.stage_name[0])

@@ -21,6 +21,9 @@ static const char usage_text[] =
 	"                                  directory STORE to DEST (which must not exist)\n"
 	"      --previous DIR        share files unchanged since the earlier snapshot DIR\n"
 	"      --settle-timeout SEC  give up when no consistent cut is found within SEC (30)\n"
+	"      --quiet-ms MS         files must have been still for MS milliseconds at the cut,\n"
+	"                            so that a group of files rewritten one after another is\n"
+	"                            not caught half-way (30; 0 turns this off)\n"
 	"      --progress            report progress on stderr every second\n"
 	"      --sync                flush the snapshot to disk before publishing it\n"
 	"      -q, --quiet           no summary line\n"
@@ -58,6 +61,7 @@ static int cmd_snapshot(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "previous", required_argument, NULL, 'p' },
 		{ "settle-timeout", required_argument, NULL, 't' },
+		{ "quiet-ms", required_argument, NULL, 'Q' },
 		{ "progress", no_argument, NULL, 'P' },
 		{ "sync", no_argument, NULL, 's' },
 		{ "quiet", no_argument, NULL, 'q' },
@@ -76,6 +80,13 @@ static int cmd_snapshot(int argc, char **argv)
 			if (*end || end == optarg || o.settle_timeout <= 0)
 				return usage_error("bad --settle-timeout", optarg);
 			break;
+		case 'Q': {
+			unsigned long v = strtoul(optarg, &end, 10);
+			if (*end || end == optarg || v > 60000)
+				return usage_error("bad --quiet-ms", optarg);
+			o.quiet_ms = (unsigned)v;
+			break;
+		}
 		case 'P': o.progress = 1; break;
 		case 's': o.sync = 1; break;
 		case 'q': o.quiet = 1; break;

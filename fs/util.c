@@ -12,6 +12,7 @@ static const char *log_prog = "stillfs";
 static int log_syslog;
 static int log_quiet;
 static char log_last[1024];
+static unsigned log_errors;
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void log_init(const char *prog) { log_prog = prog; }
@@ -23,8 +24,10 @@ static void log_v(int prio, const char *fmt, va_list ap)
 	char msg[1024];
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	pthread_mutex_lock(&log_lock);
-	if (prio == LOG_ERR)
+	if (prio == LOG_ERR) {
 		snprintf(log_last, sizeof log_last, "%s", msg);
+		log_errors++;
+	}
 	if (log_syslog)
 		syslog(prio, "%s", msg);
 	else if (prio != LOG_INFO || !log_quiet)
@@ -58,6 +61,7 @@ void log_info(const char *fmt, ...)
 }
 
 const char *log_last_error(void) { return log_last; }
+unsigned log_error_count(void) { return log_errors; }
 
 double ut_now(void)
 {

@@ -13,6 +13,7 @@ struct cap_opts {
 	const char *dest;         /* snapshot to create; must not exist; appears atomically */
 	const char *previous;     /* earlier snapshot to share unchanged files with, or NULL */
 	double settle_timeout;    /* seconds to find a cut before giving up (default 30) */
+	unsigned quiet_ms;        /* files must have been still this long at the cut (default 30) */
 	int progress;             /* periodic progress lines on stderr */
 	int quiet;                /* no summary line */
 	int sync;                 /* syncfs the snapshot before publishing it */

@@ -16,6 +16,8 @@ void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_set_quiet(int quiet);
 /* Last error message logged with log_err (for status reporting). */
 const char *log_last_error(void);
+/* How many errors have been logged so far. */
+unsigned log_error_count(void);
 
 double ut_now(void);                 /* CLOCK_MONOTONIC seconds */
 struct timespec ut_realtime(void);

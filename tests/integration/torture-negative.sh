@@ -30,9 +30,9 @@ persisted_enough() {
   writer_alive
   local p
   p=$(sqlite3 -readonly -cmd '.timeout 2000' "$store/chroma.sqlite3" \
-        'SELECT coalesce(max(seq), 0) FROM max_seq_id' 2>/dev/null) && ((p >= 100))
+        'SELECT coalesce(max(seq), 0) FROM max_seq_id' 2>/dev/null) && ((p >= 1000))
 }
-t_wait_for 30 persisted_enough
+t_wait_for 60 persisted_enough
 
 # judge DIR: returns 0 when the checker passes DIR, 1 when it catches a violation; the checker
 # failing to run at all (exit 2/3, crash) fails the test, it must never count as a catch.

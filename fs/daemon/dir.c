@@ -1,0 +1,285 @@
+/* Directory handles. Offsets are the backing directory's telldir cookies, except at the root:
+ * there stillfs hides its own names from the store's listing and may add `.snapshot`, which
+ * has no cookie of its own, so the root is listed from a private copy indexed 1..n. */
+#include "stillfs.h"
+
+#include "util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct dr_ent {
+	char *name;
+	ino_t ino;
+	unsigned char type;
+};
+
+struct dr {
+	DIR *dp;
+	struct node *node;
+	struct dirent *pending;    /* read but not yet returned (it did not fit) */
+	off_t off;                 /* offset of pending / of the next readdir */
+	struct dr_ent *ents;       /* root only */
+	size_t nents;
+};
+
+static void dr_free_ents(struct dr *d)
+{
+	for (size_t i = 0; i < d->nents; i++)
+		free(d->ents[i].name);
+	free(d->ents);
+	d->ents = NULL;
+	d->nents = 0;
+}
+
+static void dr_free(struct dr *d)
+{
+	if (d->dp)
+		closedir(d->dp);
+	dr_free_ents(d);
+	free(d);
+}
+
+static void dr_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct node *n = nd_of(ino);
+	struct dr *d = NULL;
+	int fd = -1, pinned = 0;
+	int rc = nd_check(n);
+
+	if (!rc && (n->kind == ND_STATUS || !S_ISDIR(n->type)))
+		rc = -ENOTDIR;
+	if (!rc && n->kind == ND_SNAP && !(rc = gen_pin(sf.gm, n->gen)))
+		pinned = 1;
+	if (rc)
+		goto out;
+	if (!(d = calloc(1, sizeof *d))) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	d->node = n;
+	fd = openat(n->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || !(d->dp = fdopendir(fd))) {
+		rc = -errno;
+		goto out;
+	}
+	fd = -1;
+	if (n->kind == ND_SNAP) {
+		/* Immutable: let the kernel cache the listing. */
+		fi->cache_readdir = 1;
+		fi->keep_cache = 1;
+	}
+	fi->fh = (uintptr_t)d;
+	if (fuse_reply_open(req, fi) == 0)
+		return;
+	/* Interrupted: the kernel will not send releasedir. */
+	rc = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	if (d)
+		dr_free(d);
+	if (pinned)
+		gen_unpin(sf.gm, n->gen);
+	if (rc)
+		fuse_reply_err(req, -rc);
+}
+
+static int dr_load_root(struct dr *d)
+{
+	struct dirent *de;
+	size_t cap = 0;
+
+	dr_free_ents(d);
+	rewinddir(d->dp);
+	for (;;) {
+		errno = 0;
+		de = readdir(d->dp);
+		if (!de)
+			break;
+		if (!strcmp(de->d_name, SF_SNAPDIR) || !strcmp(de->d_name, SF_STATUS))
+			continue;
+		if (d->nents + 1 >= cap) {
+			size_t c = cap ? cap * 2 : 64;
+			struct dr_ent *e = realloc(d->ents, c * sizeof *e);
+			if (!e)
+				return -ENOMEM;
+			d->ents = e;
+			cap = c;
+		}
+		struct dr_ent *e = &d->ents[d->nents];
+		if (!(e->name = strdup(de->d_name)))
+			return -ENOMEM;
+		e->ino = de->d_ino;
+		e->type = de->d_type;
+		d->nents++;
+	}
+	if (errno)
+		return -errno;
+	if (sf.o.snapdir_visible) {
+		if (d->nents + 1 > cap) {
+			struct dr_ent *e = realloc(d->ents, (d->nents + 1) * sizeof *e);
+			if (!e)
+				return -ENOMEM;
+			d->ents = e;
+		}
+		struct dr_ent *e = &d->ents[d->nents];
+		if (!(e->name = strdup(SF_SNAPDIR)))
+			return -ENOMEM;
+		e->ino = gen_current_ino(sf.gm);
+		e->type = DT_DIR;
+		d->nents++;
+	}
+	return 0;
+}
+
+static int dr_is_dot(const char *name)
+{
+	return name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]));
+}
+
+/* Add one entry; 1 if it did not fit, 0 if added, -errno if the entry could not be made
+ * (a raced deletion is skipped by the caller). */
+static int dr_add(fuse_req_t req, struct node *dir, int plus, char *buf, size_t *used,
+		  size_t size, const char *name, ino_t ino, unsigned char type, off_t next)
+{
+	size_t len;
+	if (!plus) {
+		struct stat st = { .st_ino = ino, .st_mode = (mode_t)type << 12 };
+		len = fuse_add_direntry(req, buf + *used, size - *used, name, &st, next);
+		if (len > size - *used)
+			return 1;
+		*used += len;
+		return 0;
+	}
+	struct fuse_entry_param e;
+	memset(&e, 0, sizeof e);
+	if (dr_is_dot(name) || (dir == &sf.root && !strcmp(name, SF_SNAPDIR))) {
+		/* No lookup: a listing must not capture a generation, and "." and ".." are the
+		 * kernel's business. Nodeid 0 tells the kernel to make no entry. */
+		e.attr.st_ino = ino;
+		e.attr.st_mode = (mode_t)type << 12;
+	} else {
+		int rc = nd_lookup(dir, name, &e);
+		if (rc)
+			return rc;
+	}
+	len = fuse_add_direntry_plus(req, buf + *used, size - *used, name, &e, next);
+	if (len > size - *used) {
+		if (e.ino)
+			nd_forget(nd_of(e.ino), 1);
+		return 1;
+	}
+	*used += len;
+	return 0;
+}
+
+static void dr_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi, int plus)
+{
+	struct dr *d = (struct dr *)(uintptr_t)fi->fh;
+	size_t used = 0;
+	int rc = nd_check(d->node);
+	char *buf = NULL;
+
+	if (rc)
+		goto out;
+	if (!(buf = malloc(size))) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	if (d->node == &sf.root) {
+		if (off == 0 || !d->ents)
+			rc = dr_load_root(d);
+		for (size_t i = (size_t)off; !rc && i < d->nents; i++) {
+			struct dr_ent *e = &d->ents[i];
+			rc = dr_add(req, d->node, plus, buf, &used, size, e->name, e->ino, e->type,
+				    (off_t)i + 1);
+			if (rc == -ENOENT) {
+				rc = 0;
+			} else if (rc == 1) {
+				rc = 0;
+				break;
+			}
+		}
+		goto out;
+	}
+	if (off != d->off) {
+		seekdir(d->dp, off);
+		d->pending = NULL;
+		d->off = off;
+	}
+	for (;;) {
+		if (!d->pending) {
+			errno = 0;
+			d->pending = readdir(d->dp);
+			if (!d->pending) {
+				rc = -errno;
+				break;
+			}
+		}
+		struct dirent *de = d->pending;
+		rc = dr_add(req, d->node, plus, buf, &used, size, de->d_name, de->d_ino,
+			    de->d_type, de->d_off);
+		if (rc == 1) {
+			rc = 0;
+			break;
+		}
+		if (rc && rc != -ENOENT)
+			break;
+		rc = 0;
+		d->pending = NULL;
+		d->off = de->d_off;
+	}
+out:
+	/* An error after some entries is reported on the next call, with nothing added. */
+	if (rc && used == 0)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_buf(req, buf, used);
+	free(buf);
+}
+
+static void dr_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	dr_read(req, ino, size, off, fi, 0);
+}
+
+static void dr_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			   struct fuse_file_info *fi)
+{
+	dr_read(req, ino, size, off, fi, 1);
+}
+
+static void dr_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct dr *d = (struct dr *)(uintptr_t)fi->fh;
+	struct node *n = d->node;
+	dr_free(d);
+	if (n->kind == ND_SNAP)
+		gen_unpin(sf.gm, n->gen);
+	fuse_reply_err(req, 0);
+}
+
+static void dr_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	struct dr *d = (struct dr *)(uintptr_t)fi->fh;
+	int rc = 0;
+	if (d->node->kind == ND_LIVE && (datasync ? fdatasync(dirfd(d->dp)) : fsync(dirfd(d->dp))) < 0)
+		rc = errno;
+	fuse_reply_err(req, rc);
+}
+
+void dr_register(struct fuse_lowlevel_ops *ops)
+{
+	ops->opendir = dr_opendir;
+	ops->readdir = dr_readdir;
+	ops->readdirplus = dr_readdirplus;
+	ops->releasedir = dr_releasedir;
+	ops->fsyncdir = dr_fsyncdir;
+}

@@ -1,0 +1,307 @@
+/* File handles: open/create, read/write (spliced where the kernel allows), flush, fsync,
+ * release, fallocate, copy_file_range, lseek; and the status file.
+ *
+ * Live files are opened without keep_cache and with zero attribute timeouts, so the kernel
+ * drops cached pages on open and (auto_inval_data) when the store changed underneath; no
+ * direct_io, because SQLite's WAL index (-shm) must be shared-mmap'able. Snapshot files are
+ * immutable per nodeid: keep_cache, and their handles pin their generation. */
+#include "stillfs.h"
+
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+static struct fh *fh_of(struct fuse_file_info *fi)
+{
+	return (struct fh *)(uintptr_t)fi->fh;
+}
+
+static char *fh_status_text(size_t *len)
+{
+	char *gen = gen_status(sf.gm), *buf = NULL;
+	size_t n = 0;
+	FILE *f = open_memstream(&buf, &n);
+	if (!f) {
+		free(gen);
+		return NULL;
+	}
+	fprintf(f, "stillfs: %s\n", STILLFS_VERSION);
+	fprintf(f, "pid: %ld\n", (long)getpid());
+	fprintf(f, "store: %s\n", sf.o.store);
+	fprintf(f, "mountpoint: %s\n", sf.o.mountpoint);
+	fprintf(f, "cache: %s\n", sf.o.cache);
+	fprintf(f, "%s", gen ? gen : "");
+	fclose(f);
+	free(gen);
+	*len = n;
+	return buf;
+}
+
+/* Everything a handle holds besides its memory: descriptor, pin, WAL-index count. */
+static void fh_close(struct fh *h)
+{
+	if (h->fd >= 0)
+		close(h->fd);
+	if (h->node->kind == ND_SNAP)
+		gen_unpin(sf.gm, h->node->gen);
+	if (h->node->kind == ND_LIVE && h->node->is_shm)
+		atomic_fetch_sub(&sf.shm_handles, 1);
+	free(h->text);
+	free(h);
+}
+
+/* Open n for the caller. On success *out holds a handle that fh_close undoes. */
+static int fh_make(struct node *n, struct fuse_file_info *fi, int fd, struct fh **out)
+{
+	struct fh *h = calloc(1, sizeof *h);
+	int rc = 0;
+
+	if (!h) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	h->node = n;
+	h->fd = -1;
+	switch (n->kind) {
+	case ND_STATUS:
+		if ((fi->flags & O_ACCMODE) != O_RDONLY) {
+			rc = -EROFS;
+			goto fail;
+		}
+		if (!(h->text = fh_status_text(&h->len))) {
+			rc = -ENOMEM;
+			goto fail;
+		}
+		/* Made anew at each open and of no fixed size: bypass the page cache. */
+		fi->direct_io = 1;
+		break;
+	case ND_SNAP:
+		if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & (O_TRUNC | O_APPEND))) {
+			rc = -EROFS;
+			goto fail;
+		}
+		if ((rc = gen_pin(sf.gm, n->gen)))
+			goto fail;
+		h->fd = nd_reopen(n, O_RDONLY | (fi->flags & O_NONBLOCK));
+		if (h->fd < 0) {
+			rc = h->fd;
+			gen_unpin(sf.gm, n->gen);
+			goto fail;
+		}
+		fi->keep_cache = 1;
+		break;
+	case ND_LIVE:
+		if (fd >= 0) {
+			h->fd = fd;
+		} else {
+			/* O_DIRECT would impose alignment on our buffers; the kernel side already
+			 * bypasses its cache for such opens. */
+			h->fd = nd_reopen(n, fi->flags & ~(O_NOFOLLOW | O_CREAT | O_EXCL | O_NOCTTY |
+							 O_DIRECT));
+			if (h->fd < 0) {
+				rc = h->fd;
+				goto fail;
+			}
+		}
+		if (n->is_shm)
+			atomic_fetch_add(&sf.shm_handles, 1);
+		break;
+	}
+	fi->fh = (uintptr_t)h;
+	*out = h;
+	return 0;
+fail:
+	free(h);
+	return rc;
+}
+
+static void fh_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct node *n = nd_of(ino);
+	struct fh *h;
+	int rc = nd_check(n);
+
+	if (!rc && n->kind != ND_STATUS && S_ISDIR(n->type))
+		rc = -EISDIR;
+	if (!rc)
+		rc = fh_make(n, fi, -1, &h);
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	if (fuse_reply_open(req, fi) != 0)
+		fh_close(h);       /* interrupted: no release will come */
+}
+
+static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      struct fuse_file_info *fi)
+{
+	struct node *p = nd_of(parent);
+	struct fuse_entry_param e;
+	struct fh *h;
+	int fd = -1, rc = 0;
+
+	if (p->kind == ND_SNAP)
+		rc = -EROFS;
+	else if (p->kind == ND_STATUS || !S_ISDIR(p->type))
+		rc = -ENOTDIR;
+	else if (p == &sf.root && (!strcmp(name, SF_SNAPDIR) || !strcmp(name, SF_STATUS)))
+		rc = -EEXIST;
+	if (rc)
+		goto out;
+	fd = openat(p->fd, name, (fi->flags | O_CREAT | O_CLOEXEC) & ~(O_NOFOLLOW | O_DIRECT),
+		    mode & 07777);
+	if (fd < 0) {
+		rc = -errno;
+		goto out;
+	}
+	if ((rc = op_give(req, p, fd, name, mode)))
+		goto out;
+	if ((rc = nd_lookup(p, name, &e)))
+		goto out;
+	if ((rc = fh_make(nd_of(e.ino), fi, fd, &h))) {
+		nd_forget(nd_of(e.ino), 1);
+		goto out;
+	}
+	if (fuse_reply_create(req, &e, fi) != 0)
+		fh_close(h);
+	return;
+out:
+	if (fd >= 0)
+		close(fd);
+	fuse_reply_err(req, -rc);
+}
+
+static void fh_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct fh *h = fh_of(fi);
+	if (h->text) {
+		size_t start = (size_t)off < h->len ? (size_t)off : h->len;
+		size_t n = h->len - start < size ? h->len - start : size;
+		fuse_reply_buf(req, h->text + start, n);
+		return;
+	}
+	/* Hand the kernel a descriptor: libfuse splices from it when the kernel allows. */
+	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	buf.buf[0].fd = h->fd;
+	buf.buf[0].pos = off;
+	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+
+static void fh_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off,
+			 struct fuse_file_info *fi)
+{
+	struct fh *h = fh_of(fi);
+	if (h->node->kind != ND_LIVE) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	struct fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
+	out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	out.buf[0].fd = h->fd;
+	out.buf[0].pos = off;
+	ssize_t n = fuse_buf_copy(&out, in, 0);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else
+		fuse_reply_write(req, (size_t)n);
+}
+
+static void fh_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fh *h = fh_of(fi);
+	int rc = 0;
+	/* flush comes with every close(2): that is when POSIX drops the closer's locks. */
+	lk_drop_owner(h->node, fi->lock_owner);
+	if (h->node->kind == ND_LIVE) {
+		/* Report the backing close's errors (e.g. a network store's delayed ENOSPC). Our
+		 * own descriptors hold no POSIX locks (only OFD ones), so this drops nothing. */
+		int fd = dup(h->fd);
+		if (fd < 0 || close(fd) < 0)
+			rc = errno;
+	}
+	fuse_reply_err(req, rc);
+}
+
+static void fh_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fh *h = fh_of(fi);
+	if (fi->flock_release && h->fd >= 0)
+		flock(h->fd, LOCK_UN);
+	fh_close(h);
+	fuse_reply_err(req, 0);
+}
+
+static void fh_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	struct fh *h = fh_of(fi);
+	int rc = 0;
+	if (h->node->kind == ND_LIVE && (datasync ? fdatasync(h->fd) : fsync(h->fd)) < 0)
+		rc = errno;
+	fuse_reply_err(req, rc);
+}
+
+static void fh_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+			 struct fuse_file_info *fi)
+{
+	struct fh *h = fh_of(fi);
+	int rc = 0;
+	if (h->node->kind != ND_LIVE)
+		rc = EROFS;
+	else if (fallocate(h->fd, mode, off, len) < 0)
+		rc = errno;
+	fuse_reply_err(req, rc);
+}
+
+static void fh_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+			       struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
+			       struct fuse_file_info *fi_out, size_t len, int flags)
+{
+	struct fh *in = fh_of(fi_in), *out = fh_of(fi_out);
+	if (out->node->kind != ND_LIVE || in->text) {
+		fuse_reply_err(req, out->node->kind != ND_LIVE ? EROFS : EOPNOTSUPP);
+		return;
+	}
+	ssize_t n = copy_file_range(in->fd, &off_in, out->fd, &off_out, len, (unsigned)flags);
+	if (n < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_write(req, (size_t)n);
+}
+
+static void fh_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		     struct fuse_file_info *fi)
+{
+	struct fh *h = fh_of(fi);
+	if (h->text) {
+		fuse_reply_err(req, EOPNOTSUPP);
+		return;
+	}
+	off_t r = lseek(h->fd, off, whence);
+	if (r < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_lseek(req, r);
+}
+
+void fh_register(struct fuse_lowlevel_ops *ops)
+{
+	ops->open = fh_open;
+	ops->create = fh_create;
+	ops->read = fh_read;
+	ops->write_buf = fh_write_buf;
+	ops->flush = fh_flush;
+	ops->release = fh_release;
+	ops->fsync = fh_fsync;
+	ops->fallocate = fh_fallocate;
+	ops->copy_file_range = fh_copy_file_range;
+	ops->lseek = fh_lseek;
+}

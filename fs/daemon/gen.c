@@ -1,0 +1,434 @@
+/* Snapshot generations: which one `.snapshot` shows, when to capture a new one, when an old
+ * one may go. Knows nothing of FUSE or processes; a capture is a callback.
+ *
+ * Rules (see SNAPSHOT GENERATIONS in stillfs(1)):
+ * - `.snapshot` resolves to the current generation; a new one is captured first when there is
+ *   none, or the current one is older than max_age and not pinned.
+ * - A generation is pinned while a handle under it is open and for `linger` seconds after the
+ *   last one closed. Pinning only stops automatic replacement; gen_refresh replaces anyway.
+ * - One capture at a time; whoever asks while it runs waits for it and takes its result.
+ * - An old generation is deleted once it has no handles and neither a handle nor a lookup
+ *   touched it for `linger` seconds (so a path walk that resolved it can still open it).
+ * - After a failed capture the previous generation stays current (or there is none, and
+ *   callers get -EIO) and no new attempt is made for SF_FAIL_BACKOFF seconds. */
+#include "stillfs.h"
+
+#include "copy.h"
+#include "util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct gen {
+	struct gen *next;
+	unsigned long seq;
+	char name[32];             /* directory in the cache */
+	int fd;                    /* O_PATH of the generation root */
+	struct cap_stats stats;
+	double born;               /* monotonic time the capture finished */
+	unsigned handles;
+	double last_close;
+	double last_lookup;
+	unsigned refs;             /* the manager's list (until dead), nodes, borrowers */
+	atomic_int dead;
+};
+
+struct genmgr {
+	struct gen_cfg cfg;
+	pthread_mutex_t mu;
+	pthread_cond_t done;       /* a capture finished */
+	pthread_cond_t wake;       /* something for the housekeeper */
+	struct gen *list;
+	struct gen *cur;
+	unsigned long next_seq;
+	int capturing;
+	unsigned long epoch;       /* captures finished so far */
+	double fail_until;
+	unsigned long n_ok, n_fail, n_deleted;
+	double last_attempt_s;     /* wall time of the last capture, helper included */
+	int last_rc;
+	char last_err[512];
+	struct timespec last_err_at;
+};
+
+int gen_init(struct genmgr **out, const struct gen_cfg *cfg)
+{
+	struct genmgr *gm = calloc(1, sizeof *gm);
+	if (!gm)
+		return -ENOMEM;
+	gm->cfg = *cfg;
+	pthread_mutex_init(&gm->mu, NULL);
+	pthread_cond_init(&gm->done, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&gm->wake, &ca);
+	pthread_condattr_destroy(&ca);
+	*out = gm;
+	return 0;
+}
+
+static void gen_free(struct gen *g)
+{
+	if (g->fd >= 0)
+		close(g->fd);
+	free(g);
+}
+
+static void gen_unref_locked(struct genmgr *gm, struct gen *g)
+{
+	if (--g->refs)
+		return;
+	for (struct gen **pp = &gm->list; *pp; pp = &(*pp)->next)
+		if (*pp == g) {
+			*pp = g->next;
+			break;
+		}
+	gen_free(g);
+}
+
+void gen_destroy(struct genmgr *gm)
+{
+	if (!gm)
+		return;
+	/* Shutdown: the kernel has let go of every node, so every generation can go. */
+	for (struct gen *g = gm->list, *next; g; g = next) {
+		next = g->next;
+		cp_rmtree(gm->cfg.cachefd, g->name);
+		gen_free(g);
+	}
+	pthread_mutex_destroy(&gm->mu);
+	pthread_cond_destroy(&gm->done);
+	pthread_cond_destroy(&gm->wake);
+	free(gm);
+}
+
+int gen_clean_cache(int cachefd, const char *keep)
+{
+	int fd = openat(cachefd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	DIR *d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return -errno;
+	}
+	int rc = 0;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
+		    !strcmp(de->d_name, keep))
+			continue;
+		int r = cp_rmtree(cachefd, de->d_name);
+		if (r && !rc)
+			rc = r;
+	}
+	closedir(d);
+	return rc;
+}
+
+static int gen_pinned(const struct genmgr *gm, const struct gen *g, double now)
+{
+	return g->handles > 0 || (g->last_close > 0 && now < g->last_close + gm->cfg.linger);
+}
+
+static int gen_stale(const struct genmgr *gm, const struct gen *g, double now)
+{
+	return !g || (now - g->born >= gm->cfg.max_age && !gen_pinned(gm, g, now));
+}
+
+/* Called and returns with gm->mu held; drops it while the capture runs. */
+static int gen_capture_locked(struct genmgr *gm)
+{
+	struct gen *prev = gm->cur, *g = NULL;
+	struct cap_stats st;
+	char name[32], err[512] = "";
+	int fd = -1;
+
+	snprintf(name, sizeof name, "gen-%lu", ++gm->next_seq);
+	if (prev)
+		prev->refs++;       /* the capture shares files with it: keep it */
+	gm->capturing = 1;
+	pthread_mutex_unlock(&gm->mu);
+
+	double t0 = ut_now();
+	memset(&st, 0, sizeof st);
+	int rc = gm->cfg.capture(gm->cfg.arg, name, prev ? prev->name : NULL, &st, err,
+				 sizeof err);
+	if (rc == 0) {
+		fd = openat(gm->cfg.cachefd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd < 0) {
+			rc = -errno;
+			snprintf(err, sizeof err, "cannot open the new generation %s: %s", name,
+				 strerror(errno));
+		}
+	}
+	if (rc == 0 && !(g = calloc(1, sizeof *g))) {
+		rc = -ENOMEM;
+		close(fd);
+		cp_rmtree(gm->cfg.cachefd, name);
+	}
+
+	pthread_mutex_lock(&gm->mu);
+	double now = ut_now();
+	gm->capturing = 0;
+	gm->epoch++;
+	gm->last_attempt_s = now - t0;
+	if (rc == 0) {
+		g->seq = gm->next_seq;
+		snprintf(g->name, sizeof g->name, "%s", name);
+		g->fd = fd;
+		g->stats = st;
+		g->born = now;
+		g->refs = 1;
+		g->next = gm->list;
+		gm->list = g;
+		gm->cur = g;
+		gm->n_ok++;
+		gm->fail_until = 0;
+		log_info("generation %lu (%s) ready in %.2f s", g->seq, st.id, gm->last_attempt_s);
+	} else {
+		gm->n_fail++;
+		gm->last_rc = rc;
+		gm->fail_until = now + SF_FAIL_BACKOFF;
+		gm->last_err_at = ut_realtime();
+		snprintf(gm->last_err, sizeof gm->last_err, "%s", err[0] ? err : strerror(-rc));
+		log_err("capture failed (%s): %s; %s", strerror(-rc), gm->last_err,
+			prev ? "still serving the previous generation" : "no generation to serve");
+	}
+	if (prev)
+		gen_unref_locked(gm, prev);
+	pthread_cond_broadcast(&gm->done);
+	pthread_cond_signal(&gm->wake);
+	return rc;
+}
+
+int gen_acquire(struct genmgr *gm, struct gen **out)
+{
+	struct gen *g;
+	pthread_mutex_lock(&gm->mu);
+	if (gm->capturing) {
+		/* Take the result of the capture under way rather than starting another. */
+		unsigned long e = gm->epoch;
+		while (gm->capturing && gm->epoch == e)
+			pthread_cond_wait(&gm->done, &gm->mu);
+	} else {
+		double now = ut_now();
+		if (gen_stale(gm, gm->cur, now) && now >= gm->fail_until)
+			gen_capture_locked(gm);
+	}
+	g = gm->cur;
+	if (g) {
+		g->refs++;
+		g->last_lookup = ut_now();
+	}
+	pthread_mutex_unlock(&gm->mu);
+	*out = g;
+	return g ? 0 : -EIO;
+}
+
+int gen_refresh(struct genmgr *gm)
+{
+	pthread_mutex_lock(&gm->mu);
+	/* A capture already running may have cut before the caller asked: wait, then take one. */
+	while (gm->capturing)
+		pthread_cond_wait(&gm->done, &gm->mu);
+	int rc = gen_capture_locked(gm);
+	pthread_mutex_unlock(&gm->mu);
+	return rc;
+}
+
+void gen_ref(struct genmgr *gm, struct gen *g)
+{
+	pthread_mutex_lock(&gm->mu);
+	g->refs++;
+	pthread_mutex_unlock(&gm->mu);
+}
+
+void gen_unref(struct genmgr *gm, struct gen *g)
+{
+	pthread_mutex_lock(&gm->mu);
+	gen_unref_locked(gm, g);
+	pthread_mutex_unlock(&gm->mu);
+}
+
+int gen_pin(struct genmgr *gm, struct gen *g)
+{
+	int rc = 0;
+	pthread_mutex_lock(&gm->mu);
+	if (atomic_load(&g->dead))
+		rc = -ESTALE;
+	else
+		g->handles++;
+	pthread_mutex_unlock(&gm->mu);
+	return rc;
+}
+
+void gen_unpin(struct genmgr *gm, struct gen *g)
+{
+	pthread_mutex_lock(&gm->mu);
+	g->handles--;
+	g->last_close = ut_now();
+	if (!g->handles)
+		pthread_cond_signal(&gm->wake);
+	pthread_mutex_unlock(&gm->mu);
+}
+
+int gen_dead(const struct gen *g) { return atomic_load(&g->dead); }
+int gen_fd(const struct gen *g) { return g->fd; }
+unsigned long gen_seq(const struct gen *g) { return g->seq; }
+
+unsigned long gen_current_seq(struct genmgr *gm)
+{
+	pthread_mutex_lock(&gm->mu);
+	unsigned long s = gm->cur ? gm->cur->seq : 0;
+	pthread_mutex_unlock(&gm->mu);
+	return s;
+}
+
+ino_t gen_current_ino(struct genmgr *gm)
+{
+	struct stat st;
+	ino_t ino = 1;      /* no generation yet: any constant will do for a listing */
+	pthread_mutex_lock(&gm->mu);
+	if (gm->cur && fstat(gm->cur->fd, &st) == 0)
+		ino = st.st_ino;
+	pthread_mutex_unlock(&gm->mu);
+	return ino;
+}
+
+double gen_reap(struct genmgr *gm, void (*on_dead)(struct gen *g))
+{
+	struct gen *doomed[32];
+	size_t n = 0;
+	double now = ut_now(), next = 60;
+
+	pthread_mutex_lock(&gm->mu);
+	for (struct gen *g = gm->list; g; g = g->next) {
+		if (g == gm->cur || atomic_load(&g->dead) || g->handles)
+			continue;
+		double last = g->last_close > g->last_lookup ? g->last_close : g->last_lookup;
+		if (now < last + gm->cfg.linger) {
+			if (last + gm->cfg.linger - now < next)
+				next = last + gm->cfg.linger - now;
+		} else if (n < sizeof doomed / sizeof doomed[0]) {
+			atomic_store(&g->dead, 1);
+			g->refs++;
+			doomed[n++] = g;
+		}
+	}
+	pthread_mutex_unlock(&gm->mu);
+
+	for (size_t i = 0; i < n; i++) {
+		struct gen *g = doomed[i];
+		int rc = cp_rmtree(gm->cfg.cachefd, g->name);
+		if (rc)
+			log_warn("cannot delete generation %lu: %s", g->seq, strerror(-rc));
+		else
+			log_info("generation %lu deleted", g->seq);
+		/* Nodes the kernel still remembers keep the deleted files open; free their space. */
+		if (on_dead)
+			on_dead(g);
+		pthread_mutex_lock(&gm->mu);
+		gm->n_deleted++;
+		gen_unref_locked(gm, g);   /* ours */
+		gen_unref_locked(gm, g);   /* the list's: a dead generation is not listed for long */
+		pthread_mutex_unlock(&gm->mu);
+	}
+	return n ? 0 : next;
+}
+
+void gen_wait(struct genmgr *gm, double timeout)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += (time_t)timeout;
+	ts.tv_nsec += (long)((timeout - (double)(time_t)timeout) * 1e9);
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&gm->mu);
+	pthread_cond_timedwait(&gm->wake, &gm->mu, &ts);
+	pthread_mutex_unlock(&gm->mu);
+}
+
+void gen_wake(struct genmgr *gm)
+{
+	pthread_mutex_lock(&gm->mu);
+	pthread_cond_signal(&gm->wake);
+	pthread_mutex_unlock(&gm->mu);
+}
+
+static void gen_fmt_time(struct timespec t, char *buf, size_t len)
+{
+	struct tm tm;
+	char s[32];
+	gmtime_r(&t.tv_sec, &tm);
+	strftime(s, sizeof s, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf, len, "%s.%06ldZ", s, t.tv_nsec / 1000);
+}
+
+char *gen_status(struct genmgr *gm)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	if (!f)
+		return NULL;
+	pthread_mutex_lock(&gm->mu);
+	double now = ut_now();
+	struct gen *g = gm->cur;
+	unsigned kept = 0, handles = 0;
+	for (struct gen *i = gm->list; i; i = i->next)
+		if (!atomic_load(&i->dead)) {
+			kept++;
+			handles += i->handles;
+		}
+	if (g) {
+		char cut[64];
+		gen_fmt_time(g->stats.cut, cut, sizeof cut);
+		fprintf(f, "generation: %lu\n", g->seq);
+		fprintf(f, "id: %s\n", g->stats.id);
+		fprintf(f, "cut: %s\n", cut);
+		fprintf(f, "cut_unix: %lld.%09ld\n", (long long)g->stats.cut.tv_sec,
+			g->stats.cut.tv_nsec);
+		fprintf(f, "age_s: %.1f\n", now - g->born);
+		fprintf(f, "capture_s: %.3f\n", g->stats.duration_s);
+		fprintf(f, "files: %" PRIu64 "\n", g->stats.files);
+		fprintf(f, "bytes_copied: %" PRIu64 "\n", g->stats.bytes_copied);
+		fprintf(f, "bytes_shared: %" PRIu64 "\n", g->stats.bytes_linked);
+		fprintf(f, "lock_max_s: %.6f\n", g->stats.lock_max_s);
+		fprintf(f, "retries: %u\n", g->stats.retries);
+		fprintf(f, "pinned: %s\n", gen_pinned(gm, g, now) ? "yes" : "no");
+		fprintf(f, "handles: %u\n", g->handles);
+	} else {
+		fprintf(f, "generation: none\n");
+	}
+	fprintf(f, "capturing: %s\n", gm->capturing ? "yes" : "no");
+	fprintf(f, "generations_kept: %u\n", kept);
+	fprintf(f, "handles_all: %u\n", handles);
+	fprintf(f, "captures_ok: %lu\n", gm->n_ok);
+	fprintf(f, "captures_failed: %lu\n", gm->n_fail);
+	fprintf(f, "generations_deleted: %lu\n", gm->n_deleted);
+	fprintf(f, "last_attempt_s: %.3f\n", gm->last_attempt_s);
+	fprintf(f, "snapshot_max_age_s: %g\n", gm->cfg.max_age);
+	fprintf(f, "snapshot_linger_s: %g\n", gm->cfg.linger);
+	if (gm->last_err[0]) {
+		char at[64];
+		gen_fmt_time(gm->last_err_at, at, sizeof at);
+		fprintf(f, "last_error: %s\n", gm->last_err);
+		fprintf(f, "last_error_at: %s\n", at);
+	} else {
+		fprintf(f, "last_error: none\n");
+	}
+	pthread_mutex_unlock(&gm->mu);
+	fclose(f);
+	return buf;
+}

@@ -1,0 +1,276 @@
+/* Captures run in a helper process: `stillfs --capture-helper` (this binary, through
+ * /proc/self/exe) calls cap_snapshot.
+ *
+ * Why a process: the engine holds SQLite connections on the store's databases, and SQLite
+ * relies on POSIX locks, which belong to a process and are all dropped when that process
+ * closes *any* descriptor of the file. The daemon opens and closes store files all the time
+ * for passthrough; in the same process it would silently drop the engine's locks.
+ *
+ * Protocol (argv): --capture-helper --settle-timeout S STORE DEST [PREVIOUS]
+ *   STORE is /proc/self/fd/N of the store descriptor the daemon opened before mounting
+ *   (inherited, so a store covered by our own mount is still reached), DEST and PREVIOUS are
+ *   /proc/self/fd/M/NAME below the inherited cache descriptor.
+ *   stdin: a pipe the daemon never writes; EOF means the daemon is gone, so give up.
+ *   stdout: one result line, "ok id=... cut=S.N dur=... lock=... files=... copied=...
+ *           linked=... retries=..." or "err ERRNO".
+ *   stderr: the engine's log lines; the daemon logs them and keeps the last as the reason.
+ *   exit status: enum cap_exit. */
+#include "stillfs.h"
+
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static pthread_mutex_t hp_mu = PTHREAD_MUTEX_INITIALIZER;
+static pid_t hp_pid;
+
+void hp_kill(void)
+{
+	pthread_mutex_lock(&hp_mu);
+	if (hp_pid > 0)
+		kill(hp_pid, SIGTERM);
+	pthread_mutex_unlock(&hp_mu);
+}
+
+static int hp_spawn(char *const argv[], int life, int out, int err, pid_t *pid)
+{
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t at;
+	sigset_t none, deflt;
+	int rc;
+
+	posix_spawn_file_actions_init(&fa);
+	posix_spawnattr_init(&at);
+	posix_spawn_file_actions_adddup2(&fa, life, 0);
+	posix_spawn_file_actions_adddup2(&fa, out, 1);
+	posix_spawn_file_actions_adddup2(&fa, err, 2);
+	/* Same number on both sides: only clears close-on-exec, which every other descriptor
+	 * of the daemon keeps (above all /dev/fuse: a helper holding it would keep a dead
+	 * daemon's mount alive). */
+	posix_spawn_file_actions_adddup2(&fa, sf.storefd, sf.storefd);
+	posix_spawn_file_actions_adddup2(&fa, sf.cachefd, sf.cachefd);
+	sigemptyset(&none);
+	sigemptyset(&deflt);
+	sigaddset(&deflt, SIGTERM);
+	sigaddset(&deflt, SIGINT);
+	sigaddset(&deflt, SIGHUP);
+	sigaddset(&deflt, SIGPIPE);
+	sigaddset(&deflt, SIGUSR2);
+	posix_spawnattr_setsigmask(&at, &none);
+	posix_spawnattr_setsigdefault(&at, &deflt);
+	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+	rc = posix_spawn(pid, "/proc/self/exe", &fa, &at, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&at);
+	return -rc;
+}
+
+/* Log complete lines of the helper's stderr; keep the last one as the failure reason. */
+static void hp_log_lines(char *buf, size_t *len, int final, char *last, size_t lastlen)
+{
+	char *start = buf, *nl;
+	while ((nl = memchr(start, '\n', *len - (size_t)(start - buf))) || (final && start < buf + *len)) {
+		if (!nl)
+			nl = buf + *len;
+		*nl = 0;
+		/* The engine prefixes its program name; ours says enough. */
+		const char *msg = start;
+		if (!strncmp(msg, "stillfs: ", 9))
+			msg += 9;
+		if (*msg) {
+			log_info("capture: %s", msg);
+			snprintf(last, lastlen, "%s", msg);
+		}
+		start = nl + 1;
+		if (start > buf + *len)
+			start = buf + *len;
+	}
+	*len -= (size_t)(start - buf);
+	memmove(buf, start, *len);
+}
+
+static int hp_parse(const char *line, struct cap_stats *st)
+{
+	long long sec;
+	long nsec;
+	int e;
+	if (sscanf(line, "err %d", &e) == 1)
+		return e > 0 ? -e : -EIO;
+	if (sscanf(line, "ok id=%47s cut=%lld.%ld dur=%lf lock=%lf files=%" SCNu64
+		   " copied=%" SCNu64 " linked=%" SCNu64 " retries=%u",
+		   st->id, &sec, &nsec, &st->duration_s, &st->lock_max_s, &st->files,
+		   &st->bytes_copied, &st->bytes_linked, &st->retries) != 9)
+		return -EPROTO;
+	st->cut.tv_sec = (time_t)sec;
+	st->cut.tv_nsec = nsec;
+	return 0;
+}
+
+int hp_capture(void *arg, const char *name, const char *prev, struct cap_stats *st, char *err,
+	       size_t errlen)
+{
+	int life[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
+	char store[PATH_MAX], dest[64], prevp[64], settle[32], obuf[1024], ebuf[4096];
+	size_t olen = 0, elen = 0;
+	pid_t pid = -1;
+	int rc, status;
+	(void)arg;
+
+	err[0] = 0;
+	if (atomic_load(&sf.shm_handles) > 0) {
+		/* An SQLite WAL index (-shm) is mapped through the mount: its current contents
+		 * live in the mount's page cache, not in the store's, so the engine must read the
+		 * databases through the mount to see them (and to leave its own marks where
+		 * the application sees them). */
+		snprintf(store, sizeof store, "%s", sf.o.mountpoint);
+	} else {
+		snprintf(store, sizeof store, "/proc/self/fd/%d", sf.storefd);
+	}
+	snprintf(dest, sizeof dest, "/proc/self/fd/%d/%s", sf.cachefd, name);
+	snprintf(prevp, sizeof prevp, "/proc/self/fd/%d/%s", sf.cachefd, prev ? prev : "");
+	snprintf(settle, sizeof settle, "%g", sf.o.settle);
+	char *argv[] = { "stillfs", "--capture-helper", "--settle-timeout", settle, store, dest,
+			 prev ? prevp : NULL, NULL };
+
+	if (pipe2(life, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
+		rc = -errno;
+		snprintf(err, errlen, "cannot start the capture helper: %s", strerror(errno));
+		goto out;
+	}
+	pthread_mutex_lock(&hp_mu);
+	rc = hp_spawn(argv, life[0], out[1], errp[1], &pid);
+	if (!rc)
+		hp_pid = pid;
+	pthread_mutex_unlock(&hp_mu);
+	if (rc) {
+		snprintf(err, errlen, "cannot start the capture helper: %s", strerror(-rc));
+		goto out;
+	}
+	close(life[0]);
+	close(out[1]);
+	close(errp[1]);
+	life[0] = out[1] = errp[1] = -1;
+
+	struct pollfd pf[2] = { { .fd = out[0], .events = POLLIN }, { .fd = errp[0], .events = POLLIN } };
+	while (pf[0].fd >= 0 || pf[1].fd >= 0) {
+		if (poll(pf, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (pf[0].revents) {
+			ssize_t n = read(out[0], obuf + olen, sizeof obuf - 1 - olen);
+			if (n > 0)
+				olen += (size_t)n;
+			else if (n == 0 || errno != EINTR)
+				pf[0].fd = -1;
+		}
+		if (pf[1].revents) {
+			ssize_t n = read(errp[0], ebuf + elen, sizeof ebuf - 1 - elen);
+			if (n > 0) {
+				elen += (size_t)n;
+				if (elen == sizeof ebuf - 1)    /* an endless line: cut it */
+					hp_log_lines(ebuf, &elen, 1, err, errlen);
+				else
+					hp_log_lines(ebuf, &elen, 0, err, errlen);
+			} else if (n == 0 || errno != EINTR) {
+				pf[1].fd = -1;
+			}
+		}
+	}
+	hp_log_lines(ebuf, &elen, 1, err, errlen);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	pthread_mutex_lock(&hp_mu);
+	hp_pid = 0;
+	pthread_mutex_unlock(&hp_mu);
+	obuf[olen] = 0;
+	rc = hp_parse(obuf, st);
+	if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+		rc = -EIO;
+	if (rc && WIFSIGNALED(status)) {
+		rc = -EINTR;
+		snprintf(err, errlen, "capture helper killed by signal %d", WTERMSIG(status));
+	} else if (rc && !err[0]) {
+		snprintf(err, errlen, "capture helper failed (exit status %d)",
+			 WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+	}
+out:
+	for (int i = 0; i < 2; i++) {
+		if (life[i] >= 0)
+			close(life[i]);
+		if (out[i] >= 0)
+			close(out[i]);
+		if (errp[i] >= 0)
+			close(errp[i]);
+	}
+	return rc;
+}
+
+/* ---- the helper process itself ---- */
+
+static void *hp_lifeline(void *arg)
+{
+	char c;
+	(void)arg;
+	for (;;) {
+		ssize_t n = read(0, &c, 1);
+		if (n == 0 || (n < 0 && errno != EINTR))
+			break;
+	}
+	/* The daemon is gone: stop the engine (it cleans up what it made), and do not wait
+	 * forever for it to notice. */
+	cap_interrupt();
+	sleep(10);
+	_exit(CAP_EXIT_FAIL);
+	return NULL;
+}
+
+int hp_main(int argc, char **argv)
+{
+	struct cap_opts o;
+	struct cap_stats st;
+	pthread_t t;
+
+	log_init("stillfs");
+	if (argc < 6 || argc > 7 || strcmp(argv[2], "--settle-timeout")) {
+		fprintf(stderr, "stillfs: --capture-helper is for the daemon's own use\n");
+		return CAP_EXIT_USAGE;
+	}
+	cap_opts_init(&o);
+	o.settle_timeout = atof(argv[3]);
+	o.store = argv[4];
+	o.dest = argv[5];
+	o.previous = argc == 7 ? argv[6] : NULL;
+	if (pthread_create(&t, NULL, hp_lifeline, NULL) == 0)
+		pthread_detach(t);
+	memset(&st, 0, sizeof st);
+	int rc = cap_snapshot(&o, &st);
+	if (rc == 0)
+		printf("ok id=%s cut=%lld.%09ld dur=%.6f lock=%.6f files=%" PRIu64
+		       " copied=%" PRIu64 " linked=%" PRIu64 " retries=%u\n",
+		       st.id, (long long)st.cut.tv_sec, st.cut.tv_nsec, st.duration_s,
+		       st.lock_max_s, st.files, st.bytes_copied, st.bytes_linked, st.retries);
+	else
+		printf("err %d\n", -rc);
+	fflush(stdout);
+	if (rc == 0)
+		return CAP_EXIT_OK;
+	if (rc == -EAGAIN)
+		return CAP_EXIT_UNSETTLED;
+	if (rc == -ENOSPC || rc == -EIO || rc == -EDQUOT)
+		return CAP_EXIT_IO;
+	return CAP_EXIT_FAIL;
+}

@@ -1,0 +1,578 @@
+/* stillfs: mount a live store directory and serve consistent `.snapshot/` generations.
+ *
+ * Start-up order matters: everything that can fail is checked and every descriptor is opened
+ * before mounting (the mountpoint may cover the store itself, and errors must reach the
+ * user's terminal), then the daemon detaches, and only then are threads started. */
+#include "stillfs.h"
+
+#include "util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#define SF_CACHE_MARKER ".stillfs-cache"
+#define SF_DEFAULT_MAX_AGE 10.0
+#define SF_DEFAULT_LINGER 30.0
+#define SF_DEFAULT_THREADS 64
+#define SF_FUSE_MAGIC 0x65735546
+
+enum { SF_EXIT_OK = 0, SF_EXIT_FAIL = 1, SF_EXIT_USAGE = 2 };
+
+static const struct fuse_opt sf_optspec[] = {
+	{ "snapdir=%s", offsetof(struct sf_opts, snapdir_opt), 0 },
+	{ "snapshot_max_age=%lf", offsetof(struct sf_opts, max_age), 0 },
+	{ "snapshot_linger=%lf", offsetof(struct sf_opts, linger), 0 },
+	{ "settle_timeout=%lf", offsetof(struct sf_opts, settle), 0 },
+	{ "cache=%s", offsetof(struct sf_opts, cache_opt), 0 },
+	FUSE_OPT_END
+};
+
+static void sf_usage(const char *prog)
+{
+	printf("usage: %s STORE MOUNTPOINT [options]\n\n"
+	       "Mount the live directory STORE at MOUNTPOINT (which may be STORE itself) and\n"
+	       "serve consistent point-in-time snapshots of it under MOUNTPOINT/.snapshot/.\n\n"
+	       "stillfs options:\n"
+	       "    -o snapdir=hidden|visible  list .snapshot in the root directory (default: hidden)\n"
+	       "    -o snapshot_max_age=SECS   capture anew when .snapshot is opened and the\n"
+	       "                               current generation is older (default: %g)\n"
+	       "    -o snapshot_linger=SECS    keep a generation pinned this long after its\n"
+	       "                               last handle closes (default: %g)\n"
+	       "    -o settle_timeout=SECS     give up a capture when the store never holds still\n"
+	       "                               for a consistent cut (default: 30)\n"
+	       "    -o cache=DIR               where generations are kept (default:\n"
+	       "                               /var/cache/stillfs/ESCAPED-STORE as root,\n"
+	       "                               $XDG_CACHE_HOME/stillfs/ESCAPED-STORE otherwise)\n\n",
+	       prog, SF_DEFAULT_MAX_AGE, SF_DEFAULT_LINGER);
+	printf("Status: cat MOUNTPOINT/%s (or stillctl status MOUNTPOINT).\n\n", SF_STATUS);
+	printf("FUSE options:\n");
+	fuse_cmdline_help();
+	fuse_lowlevel_help();
+}
+
+static int sf_opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	struct sf_opts *o = data;
+	(void)outargs;
+	if (key == FUSE_OPT_KEY_NONOPT && !o->store) {
+		o->store = strdup(arg);
+		return 0;   /* the second one is the mountpoint: fuse_parse_cmdline takes it */
+	}
+	return 1;
+}
+
+/* libfuse's own messages go where ours go (syslog once detached). */
+static void sf_fuse_log(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+	char msg[1024];
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	size_t n = strlen(msg);
+	while (n && msg[n - 1] == '\n')
+		msg[--n] = 0;
+	if (level <= FUSE_LOG_ERR)
+		log_err("%s", msg);
+	else if (level <= FUSE_LOG_WARNING)
+		log_warn("%s", msg);
+	else
+		log_info("%s", msg);
+}
+
+static int sf_is_mountpoint(const char *path)
+{
+	struct statx sx;
+	if (statx(AT_FDCWD, path, AT_NO_AUTOMOUNT, STATX_BASIC_STATS, &sx) < 0)
+		return 0;
+	return (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) &&
+	       (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT);
+}
+
+/* 1 if path equals dir or lies below it (both canonical). */
+static int sf_within(const char *path, const char *dir)
+{
+	size_t n = strlen(dir);
+	if (n == 1)
+		return 1;
+	return !strncmp(path, dir, n) && (path[n] == 0 || path[n] == '/');
+}
+
+/* The default cache name for a store: its path escaped the way systemd-escape --path does,
+ * so "/var/lib/chroma" becomes "var-lib-chroma". */
+static char *sf_escape_path(const char *path)
+{
+	size_t len = strlen(path);
+	char *out = malloc(len * 4 + 2), *p = out;
+	if (!out)
+		return NULL;
+	while (*path == '/')
+		path++;
+	if (!*path) {
+		strcpy(out, "-");
+		return out;
+	}
+	for (const char *s = path; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '/') {
+			if (s[1] && s[1] != '/')
+				*p++ = '-';
+		} else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+			   c == '_' || c == ':' || (c == '.' && s != path)) {
+			*p++ = (char)c;
+		} else {
+			p += sprintf(p, "\\x%02x", c);
+		}
+	}
+	*p = 0;
+	return out;
+}
+
+static char *sf_default_cache(const char *store)
+{
+	char *esc = sf_escape_path(store), *path = NULL;
+	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+	int r = -1;
+	if (!esc)
+		return NULL;
+	if (geteuid() == 0)
+		r = asprintf(&path, "/var/cache/stillfs/%s", esc);
+	else if (xdg && xdg[0] == '/')
+		r = asprintf(&path, "%s/stillfs/%s", xdg, esc);
+	else if (home && home[0] == '/')
+		r = asprintf(&path, "%s/.cache/stillfs/%s", home, esc);
+	free(esc);
+	return r < 0 ? NULL : path;
+}
+
+/* mkdir -p with mode 0700 for what it creates. */
+static int sf_mkdirs(const char *path)
+{
+	char buf[PATH_MAX];
+	if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+		return -ENAMETOOLONG;
+	for (char *p = buf + 1;; p++) {
+		if (*p == '/' || !*p) {
+			char c = *p;
+			*p = 0;
+			if (mkdir(buf, 0700) < 0 && errno != EEXIST)
+				return -errno;
+			*p = c;
+			if (!c)
+				break;
+		}
+	}
+	return 0;
+}
+
+/* Open the cache directory and claim it: a marker file, flock'ed for as long as we run,
+ * says it is ours, so its contents may be deleted and no second daemon shares it. */
+static int sf_open_cache(void)
+{
+	const char *dir = sf.o.cache;
+	int rc = sf_mkdirs(dir), fd;
+	struct stat st;
+
+	if (rc) {
+		fprintf(stderr, "stillfs: cannot create the cache directory %s: %s\n", dir, strerror(-rc));
+		return rc;
+	}
+	sf.cachefd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (sf.cachefd < 0) {
+		rc = -errno;
+		fprintf(stderr, "stillfs: cache directory %s: %s\n", dir, strerror(errno));
+		return rc;
+	}
+	fd = openat(sf.cachefd, SF_CACHE_MARKER, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0 && errno == ENOENT) {
+		/* A new cache must be empty: we delete whatever is in it. */
+		int dfd = openat(sf.cachefd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+		struct dirent *de;
+		int others = 0;
+		while (d && (de = readdir(d)))
+			others |= strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
+		if (d)
+			closedir(d);
+		if (others) {
+			fprintf(stderr, "stillfs: cache directory %s is not empty and not a stillfs "
+				"cache; give an empty or new one with -o cache=DIR\n", dir);
+			return -ENOTEMPTY;
+		}
+		fd = openat(sf.cachefd, SF_CACHE_MARKER, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	}
+	if (fd < 0) {
+		rc = -errno;
+		fprintf(stderr, "stillfs: cache directory %s: %s\n", dir, strerror(errno));
+		return rc;
+	}
+	sf.cachelockfd = fd;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		rc = -errno;
+		fprintf(stderr, "stillfs: cache directory %s is in use by another stillfs\n", dir);
+		return rc;
+	}
+	if (fchmod(sf.cachefd, 0700) < 0 || fstat(sf.cachefd, &st) < 0) {
+		rc = -errno;
+		fprintf(stderr, "stillfs: cache directory %s: %s\n", dir, strerror(errno));
+		return rc;
+	}
+	rc = gen_clean_cache(sf.cachefd, SF_CACHE_MARKER);
+	if (rc)
+		fprintf(stderr, "stillfs: warning: cannot empty the cache %s: %s\n", dir, strerror(-rc));
+	return 0;
+}
+
+/* Everything about paths and options; one line on stderr and non-zero on the first error. */
+static int sf_validate(void)
+{
+	struct sf_opts *o = &sf.o;
+	char *p;
+	struct stat st;
+	struct statfs sfs;
+
+	if (o->snapdir_opt) {
+		if (!strcmp(o->snapdir_opt, "visible"))
+			o->snapdir_visible = 1;
+		else if (strcmp(o->snapdir_opt, "hidden")) {
+			fprintf(stderr, "stillfs: snapdir must be 'hidden' or 'visible', not '%s'\n",
+				o->snapdir_opt);
+			return SF_EXIT_USAGE;
+		}
+	}
+	if (!(o->max_age >= 0) || !(o->linger >= 0) || !(o->settle > 0) || o->max_age > 1e9 ||
+	    o->linger > 1e9 || o->settle > 1e9) {
+		fprintf(stderr, "stillfs: snapshot_max_age and snapshot_linger must be >= 0 and "
+			"settle_timeout > 0 (seconds)\n");
+		return SF_EXIT_USAGE;
+	}
+	if (!(p = realpath(o->store, NULL))) {
+		fprintf(stderr, "stillfs: store %s: %s\n", o->store, strerror(errno));
+		return SF_EXIT_FAIL;
+	}
+	free(o->store);
+	o->store = p;
+	if (stat(o->store, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "stillfs: store %s: not a directory\n", o->store);
+		return SF_EXIT_FAIL;
+	}
+	if (!(p = realpath(o->mountpoint, NULL))) {
+		fprintf(stderr, "stillfs: mountpoint %s: %s\n", o->mountpoint, strerror(errno));
+		return SF_EXIT_FAIL;
+	}
+	free(o->mountpoint);
+	o->mountpoint = p;
+	if (stat(o->mountpoint, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "stillfs: mountpoint %s: not a directory\n", o->mountpoint);
+		return SF_EXIT_FAIL;
+	}
+	int over = !strcmp(o->store, o->mountpoint);
+	if (statfs(o->mountpoint, &sfs) == 0 && sfs.f_type == SF_FUSE_MAGIC &&
+	    sf_is_mountpoint(o->mountpoint)) {
+		fprintf(stderr, "stillfs: mountpoint %s is already a FUSE mount (stillfs running?)\n",
+			o->mountpoint);
+		return SF_EXIT_FAIL;
+	}
+	/* Mounting over the store is fine even when the store is a mount of its own. */
+	if (!over && sf_is_mountpoint(o->mountpoint)) {
+		fprintf(stderr, "stillfs: mountpoint %s is already a mount point\n", o->mountpoint);
+		return SF_EXIT_FAIL;
+	}
+	/* Below the store, the mount would appear inside what it serves, and captures would
+	 * walk into it. */
+	if (!over && sf_within(o->mountpoint, o->store)) {
+		fprintf(stderr, "stillfs: mountpoint %s is inside the store %s (it may be the store "
+			"itself)\n", o->mountpoint, o->store);
+		return SF_EXIT_USAGE;
+	}
+	o->cache = o->cache_opt ? strdup(o->cache_opt) : sf_default_cache(o->store);
+	if (!o->cache) {
+		fprintf(stderr, "stillfs: no cache directory: set HOME or use -o cache=DIR\n");
+		return SF_EXIT_USAGE;
+	}
+	if (o->cache[0] != '/') {
+		char *abs = realpath(".", NULL);
+		if (!abs || asprintf(&p, "%s/%s", abs, o->cache) < 0) {
+			free(abs);
+			fprintf(stderr, "stillfs: cache %s: %s\n", o->cache, strerror(errno));
+			return SF_EXIT_FAIL;
+		}
+		free(abs);
+		free(o->cache);
+		o->cache = p;
+	}
+	if (sf_within(o->cache, o->store) || sf_within(o->cache, o->mountpoint) ||
+	    sf_within(o->store, o->cache)) {
+		fprintf(stderr, "stillfs: the cache %s must be outside the store and the mountpoint\n",
+			o->cache);
+		return SF_EXIT_USAGE;
+	}
+	if (sf_open_cache())
+		return SF_EXIT_FAIL;
+	/* The cache may have been reached through a symlink: check the real place too. */
+	if ((p = realpath(o->cache, NULL))) {
+		int bad = sf_within(p, o->store) || sf_within(p, o->mountpoint);
+		free(o->cache);
+		o->cache = p;
+		if (bad) {
+			fprintf(stderr, "stillfs: the cache %s must be outside the store and the "
+				"mountpoint\n", o->cache);
+			return SF_EXIT_USAGE;
+		}
+	}
+	return SF_EXIT_OK;
+}
+
+static int sf_open_fds(void)
+{
+	struct stat st;
+	sf.storefd = open(sf.o.store, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (sf.storefd < 0 || fstat(sf.storefd, &st) < 0) {
+		fprintf(stderr, "stillfs: store %s: %s\n", sf.o.store, strerror(errno));
+		return -1;
+	}
+	sf.procfd = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (sf.procfd < 0) {
+		fprintf(stderr, "stillfs: /proc/self/fd: %s (is /proc mounted?)\n", strerror(errno));
+		return -1;
+	}
+	sf.root.fd = sf.storefd;
+	sf.root.dev = st.st_dev;
+	sf.root.ino = st.st_ino;
+	sf.root.type = S_IFDIR;
+	sf.root.kind = ND_LIVE;
+	sf.root.is_static = 1;
+	sf.root.nlookup = 2;
+	sf.status.fd = -1;
+	sf.status.ino = (ino_t)0x57111f5ULL << 32;   /* any number; no backing inode */
+	sf.status.type = S_IFREG;
+	sf.status.kind = ND_STATUS;
+	sf.status.is_static = 1;
+	sf.status.nlookup = 1;
+	/* One descriptor per known inode and per lock owner: allow as many as we may. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	return 0;
+}
+
+static void sf_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	/* Reads are served from a descriptor; let libfuse splice them to the kernel. */
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+		conn->want |= FUSE_CAP_SPLICE_WRITE;
+	/* We write as root: the kernel must clear set-ID bits itself on a user's write. */
+	conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
+	/* Never cache writes: the store is also written directly. */
+	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+	/* Pages of live files must be dropped when the store changed them underneath. */
+	if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA)
+		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
+	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
+		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	conn->max_write = 1U << 20;
+	conn->max_readahead = conn->max_readahead > (1U << 20) ? conn->max_readahead : 1U << 20;
+}
+
+static atomic_int sf_hk_stop;
+
+static void sf_on_dead(struct gen *g) { nd_reclaim(g); }
+
+/* Housekeeping: delete old generations, tell the kernel when .snapshot switched, wake lock
+ * waiters that were interrupted or must give up for shutdown. */
+static void *sf_housekeeper(void *arg)
+{
+	unsigned long seen = 0;
+	(void)arg;
+	while (!atomic_load(&sf_hk_stop)) {
+		double next = gen_reap(sf.gm, sf_on_dead);
+		unsigned long cur = gen_current_seq(sf.gm);
+		if (cur != seen) {
+			/* Not needed for correctness (.snapshot is looked up on every walk), but it
+			 * lets the kernel drop the old generation's dentries and forget its nodes. It
+			 * must not run inside a request: it takes the root directory's lock. */
+			if (seen)
+				fuse_lowlevel_notify_inval_entry(sf.se, FUSE_ROOT_ID, SF_SNAPDIR,
+								 strlen(SF_SNAPDIR));
+			seen = cur;
+		}
+		if (fuse_session_exited(sf.se) && !atomic_load(&sf.exiting)) {
+			atomic_store(&sf.exiting, 1);
+			hp_kill();
+		}
+		lk_kick_waiters();
+		gen_wait(sf.gm, next < 1 ? next : 1);
+	}
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts cmd;
+	struct fuse_lowlevel_ops ops;
+	struct fuse_loop_config *lc = NULL;
+	pthread_t hk;
+	int hk_started = 0, mounted = 0, rc = SF_EXIT_FAIL;
+
+	if (argc > 1 && !strcmp(argv[1], "--capture-helper"))
+		return hp_main(argc, argv);
+
+	log_init("stillfs");
+	fuse_set_log_func(sf_fuse_log);
+	memset(&cmd, 0, sizeof cmd);
+	sf.storefd = sf.cachefd = sf.cachelockfd = sf.procfd = -1;
+	sf.o.max_age = SF_DEFAULT_MAX_AGE;
+	sf.o.linger = SF_DEFAULT_LINGER;
+	sf.o.settle = 30;
+	pthread_mutex_init(&sf.mu, NULL);
+
+	if (fuse_opt_parse(&args, &sf.o, sf_optspec, sf_opt_proc) < 0 ||
+	    fuse_parse_cmdline(&args, &cmd) != 0) {
+		rc = SF_EXIT_USAGE;
+		goto out;
+	}
+	if (cmd.show_help) {
+		sf_usage(argv[0]);
+		rc = SF_EXIT_OK;
+		goto out;
+	}
+	if (cmd.show_version) {
+		printf("stillfs %s\n", STILLFS_VERSION);
+		fuse_lowlevel_version();
+		rc = SF_EXIT_OK;
+		goto out;
+	}
+	if (!sf.o.store || !cmd.mountpoint) {
+		fprintf(stderr, "stillfs: usage: stillfs STORE MOUNTPOINT [-o options] "
+			"(see stillfs --help)\n");
+		rc = SF_EXIT_USAGE;
+		goto out;
+	}
+	sf.o.mountpoint = strdup(cmd.mountpoint);
+	if ((rc = sf_validate()) != SF_EXIT_OK)
+		goto out;
+	rc = SF_EXIT_FAIL;
+	if (sf_open_fds() < 0)
+		goto out;
+	umask(0);          /* the kernel has applied the caller's umask to every mode we get */
+	sf.uid = geteuid();
+	sf.gid = getegid();
+	sf.started = ut_realtime();
+	struct gen_cfg gc = { .cachefd = sf.cachefd, .max_age = sf.o.max_age,
+			      .linger = sf.o.linger, .capture = hp_capture };
+	if (nd_init() || lk_init() || gen_init(&sf.gm, &gc)) {
+		fprintf(stderr, "stillfs: out of memory\n");
+		goto out;
+	}
+
+	/* The kernel checks permissions from the attributes we report: the daemon itself runs
+	 * with the rights to do anything. The store's path names the mount in mount tables. */
+	char *fsname = NULL;
+	size_t fl = strlen(sf.o.store);
+	if (!(fsname = malloc(fl * 2 + 16))) {
+		fprintf(stderr, "stillfs: out of memory\n");
+		goto out;
+	}
+	char *q = fsname + sprintf(fsname, "-ofsname=");
+	for (const char *s = sf.o.store; *s; s++) {
+		if (*s == ',' || *s == '\\')
+			*q++ = '\\';
+		*q++ = *s;
+	}
+	*q = 0;
+	if (fuse_opt_add_arg(&args, "-odefault_permissions") || fuse_opt_add_arg(&args, fsname) ||
+	    fuse_opt_add_arg(&args, "-osubtype=stillfs")) {
+		free(fsname);
+		goto out;
+	}
+	free(fsname);
+
+	memset(&ops, 0, sizeof ops);
+	ops.init = sf_init;
+	op_register(&ops);
+	dr_register(&ops);
+	fh_register(&ops);
+	lk_register(&ops);
+	sf.se = fuse_session_new(&args, &ops, sizeof ops, NULL);
+	if (!sf.se) {
+		rc = SF_EXIT_USAGE;      /* libfuse said which option it did not take */
+		goto out;
+	}
+	if (fuse_set_signal_handlers(sf.se) != 0)
+		goto out;
+	if (fuse_session_mount(sf.se, sf.o.mountpoint) != 0)
+		goto out;
+	mounted = 1;
+	if (fuse_daemonize(cmd.foreground) != 0)
+		goto out;
+	if (!cmd.foreground)
+		log_to_syslog(1);
+	log_info("serving %s at %s (cache %s)", sf.o.store, sf.o.mountpoint, sf.o.cache);
+
+	/* Our own thread must not take the signals meant to stop the loop. */
+	sigset_t block, old;
+	sigemptyset(&block);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGHUP);
+	sigaddset(&block, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &block, &old);
+	hk_started = pthread_create(&hk, NULL, sf_housekeeper, NULL) == 0;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (!hk_started) {
+		log_err("cannot start the housekeeping thread");
+		goto out;
+	}
+
+	if (cmd.singlethread) {
+		rc = fuse_session_loop(sf.se);
+	} else {
+		int user_threads = 0;
+		for (int i = 0; i < args.argc; i++)
+			user_threads |= strstr(args.argv[i], "max_threads=") != NULL;
+		for (int i = 0; i < argc; i++)
+			user_threads |= strstr(argv[i], "max_threads=") != NULL;
+		if (!(lc = fuse_loop_cfg_create()))
+			goto out;
+		fuse_loop_cfg_set_clone_fd(lc, (unsigned)cmd.clone_fd);
+		fuse_loop_cfg_set_idle_threads(lc, cmd.max_idle_threads);
+		/* Blocking lock requests and lookups waiting for a capture each hold a thread;
+		 * the live view must still be served meanwhile. */
+		fuse_loop_cfg_set_max_threads(lc, user_threads ? cmd.max_threads : SF_DEFAULT_THREADS);
+		rc = fuse_session_loop_mt(sf.se, lc);
+	}
+	rc = rc == 0 ? SF_EXIT_OK : SF_EXIT_FAIL;
+	log_info("unmounting %s", sf.o.mountpoint);
+out:
+	atomic_store(&sf.exiting, 1);
+	if (hk_started) {
+		atomic_store(&sf_hk_stop, 1);
+		gen_wake(sf.gm);
+		pthread_join(hk, NULL);
+	}
+	if (sf.se) {
+		if (mounted)
+			fuse_session_unmount(sf.se);
+		fuse_remove_signal_handlers(sf.se);
+		fuse_session_destroy(sf.se);
+	}
+	if (lc)
+		fuse_loop_cfg_destroy(lc);
+	gen_destroy(sf.gm);
+	free(cmd.mountpoint);
+	fuse_opt_free_args(&args);
+	return rc;
+}

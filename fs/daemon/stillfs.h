@@ -1,0 +1,180 @@
+/* stillfs daemon internals, shared by the modules in fs/daemon/.
+ *
+ * Modules and prefixes: main.c (sf_: options, mount, housekeeping), node.c (nd_: the inode
+ * table), ops.c (op_: entries and attributes), dir.c (dr_: directory handles), file.c (fh_:
+ * file handles), lock.c (lk_: lock forwarding), gen.c (gen_: snapshot generations, knows
+ * nothing of FUSE), helper.c (hp_: the capture helper process). */
+#ifndef STILLFS_DAEMON_H
+#define STILLFS_DAEMON_H
+
+#define FUSE_USE_VERSION 314
+#include <fuse_lowlevel.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include "capture.h"
+
+#define SF_SNAPDIR ".snapshot"
+#define SF_STATUS ".stillfs-status"
+#define SF_XATTR_REFRESH "user.stillfs.refresh"
+/* Snapshot files never change under a nodeid (nodeids are per generation), so the kernel may
+ * keep their entries, attributes and pages for as long as it likes. */
+#define SF_SNAP_TIMEOUT 86400.0
+/* After a failed capture, lookups serve the previous generation (or EIO) for this long before
+ * another capture is attempted, so a store that never settles does not stall every lookup. */
+#define SF_FAIL_BACKOFF 5.0
+
+enum nd_kind { ND_LIVE, ND_SNAP, ND_STATUS };
+
+struct gen;
+struct genmgr;
+struct lk_owner;
+
+struct node {
+	struct node *hnext;
+	uint64_t nlookup;          /* kernel references (sf.mu); freed at 0 unless static */
+	int fd;                    /* O_PATH descriptor of the backing file */
+	dev_t dev;
+	ino_t ino;
+	mode_t type;               /* S_IFMT bits */
+	enum nd_kind kind;
+	unsigned is_static : 1;    /* the root and the status file: never freed */
+	unsigned is_shm : 1;       /* first looked up as "*-shm": an SQLite WAL index */
+	struct gen *gen;           /* ND_SNAP: the generation it belongs to (holds a reference) */
+	struct lk_owner *owners;   /* POSIX lock owners with an OFD descriptor (sf.mu) */
+};
+
+/* An open file (file.c). Directories have their own handle (dir.c). */
+struct fh {
+	int fd;
+	struct node *node;
+	char *text;                /* the status file: its contents, made at open */
+	size_t len;
+};
+
+struct sf_opts {
+	char *store;               /* absolute, resolved before mounting */
+	char *mountpoint;
+	char *cache;
+	char *cache_opt;           /* -o cache= as given */
+	int snapdir_visible;
+	double max_age;
+	double linger;
+	double settle;
+	char *snapdir_opt;
+};
+
+struct sf {
+	struct fuse_session *se;
+	struct sf_opts o;
+	int storefd;               /* O_PATH of the store, opened before mounting */
+	int cachefd;               /* the cache directory */
+	int cachelockfd;           /* flock'ed marker: one daemon per cache */
+	int procfd;                /* /proc/self/fd, to reopen O_PATH descriptors */
+	struct node root;
+	struct node status;
+	struct genmgr *gm;
+	pthread_mutex_t mu;        /* node table, nlookup counts, lock owners */
+	struct node **tab;
+	size_t tabsize;
+	size_t nnodes;
+	uid_t uid;
+	gid_t gid;
+	struct timespec started;
+	atomic_uint shm_handles;   /* open handles on live "-shm" files */
+	atomic_int exiting;
+};
+
+extern struct sf sf;
+
+/* node.c */
+int nd_init(void);
+struct node *nd_of(fuse_ino_t ino);
+fuse_ino_t nd_id(const struct node *n);
+/* Look NAME up below the live or snapshot directory PARENT; on success the node's lookup
+ * count is raised and *e is ready for fuse_reply_entry. */
+int nd_lookup(struct node *parent, const char *name, struct fuse_entry_param *e);
+/* The node of an already-open O_PATH descriptor (consumed), lookup count raised. */
+int nd_from_fd(int fd, enum nd_kind kind, struct gen *g, struct fuse_entry_param *e);
+void nd_forget(struct node *n, uint64_t nlookup);
+int nd_stat(struct node *n, struct stat *st);
+void nd_fill_timeouts(const struct node *n, struct fuse_entry_param *e);
+double nd_attr_timeout(const struct node *n);
+int nd_reopen(const struct node *n, int flags);
+void nd_procpath(const struct node *n, char *buf, size_t len);
+/* After generation g was deleted: free the space of its files that only we still hold. */
+void nd_reclaim(struct gen *g);
+/* -ESTALE if n belongs to a deleted generation. */
+int nd_check(const struct node *n);
+
+/* ops.c */
+void op_register(struct fuse_lowlevel_ops *ops);
+/* Give a file the daemon just created to the caller (fd >= 0: it is open; else parent/name). */
+int op_give(fuse_req_t req, const struct node *parent, int fd, const char *name, mode_t mode);
+
+/* dir.c */
+void dr_register(struct fuse_lowlevel_ops *ops);
+
+/* file.c */
+void fh_register(struct fuse_lowlevel_ops *ops);
+
+/* lock.c */
+void lk_register(struct fuse_lowlevel_ops *ops);
+int lk_init(void);
+/* Drop every lock OWNER holds on n (POSIX: any close releases all of the process's locks). */
+void lk_drop_owner(struct node *n, uint64_t owner);
+void lk_free_all(struct node *n);
+/* Wake lock waiters blocked in the kernel so they notice interrupts or shutdown. */
+void lk_kick_waiters(void);
+
+/* helper.c */
+int hp_main(int argc, char **argv);
+int hp_capture(void *arg, const char *name, const char *prev, struct cap_stats *st,
+	       char *err, size_t errlen);
+void hp_kill(void);
+
+/* gen.c: the generation manager. No FUSE here; captures go through a callback. */
+typedef int (*gen_capture_fn)(void *arg, const char *name, const char *prev,
+			      struct cap_stats *st, char *err, size_t errlen);
+struct gen_cfg {
+	int cachefd;
+	double max_age;
+	double linger;
+	gen_capture_fn capture;
+	void *arg;
+};
+int gen_init(struct genmgr **out, const struct gen_cfg *cfg);
+void gen_destroy(struct genmgr *gm);
+/* Remove everything but the marker from the cache directory (leftovers of an earlier run). */
+int gen_clean_cache(int cachefd, const char *keep);
+/* The generation `.snapshot` resolves to now, capturing one if needed. Returns a reference
+ * (gen_unref) or -EIO when there is none to serve. */
+int gen_acquire(struct genmgr *gm, struct gen **out);
+/* Capture a new generation now, even if the current one is pinned. 0 or -errno. */
+int gen_refresh(struct genmgr *gm);
+void gen_ref(struct genmgr *gm, struct gen *g);
+void gen_unref(struct genmgr *gm, struct gen *g);
+/* Count an open handle under g; -ESTALE if g was deleted. */
+int gen_pin(struct genmgr *gm, struct gen *g);
+void gen_unpin(struct genmgr *gm, struct gen *g);
+int gen_dead(const struct gen *g);
+int gen_fd(const struct gen *g);
+unsigned long gen_seq(const struct gen *g);
+/* Delete unpinned old generations. Calls on_dead for each before its directory goes.
+ * Returns seconds until the next one may become deletable (or a default tick). */
+double gen_reap(struct genmgr *gm, void (*on_dead)(struct gen *g));
+/* Sequence number of the current generation (0: none); to notice switches. */
+unsigned long gen_current_seq(struct genmgr *gm);
+/* Inode number of the current generation's root, for directory listings (no capture). */
+ino_t gen_current_ino(struct genmgr *gm);
+/* Sleep until woken by gen activity or timeout seconds. */
+void gen_wait(struct genmgr *gm, double timeout);
+void gen_wake(struct genmgr *gm);
+/* "key: value" lines describing the current state. Returns a malloc'd string. */
+char *gen_status(struct genmgr *gm);
+
+#endif
