@@ -60,6 +60,7 @@ struct ent {
 	size_t parent;
 	char kind;               /* K_*; K_NONE until classified, or once gone */
 	unsigned dirty : 1, copied : 1, reused : 1, rescan : 1, hot : 1, dbcopied : 1;
+	unsigned precopied : 1;  /* a database copied before the cut; valid while not dirty */
 	unsigned dirty_count;
 	double copied_at;        /* when the last copy of it began */
 	struct stat st;          /* source, as copied */
@@ -394,7 +395,9 @@ static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
 	}
 	struct ent *e = &c->e[i];
 	if (e->kind == K_DB && !structural) {
+		/* Only the validity of our early copy depends on it, not the cut. */
 		e->active_phase = c->phase;
+		e->dirty = 1;
 		return;
 	}
 	e->dirty = 1;
@@ -542,7 +545,8 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	uint8_t head[16] = { 0 };
 	if (e->st.st_size >= 512 && pread(src, head, sizeof head, 0) == (ssize_t)sizeof head &&
 	    sq_is_header(head)) {
-		e->kind = K_DB; /* captured under its lock later */
+		e->kind = K_DB; /* copied early by cap_precopy_db, judged under its lock */
+		e->dirty = 1;
 		rc = 0;
 		goto out;
 	}
@@ -581,6 +585,55 @@ out:
 	return rc;
 }
 
+static int cap_wal_present(int dirfd, const char *name);
+static char *cap_db_ident(struct ent *e, int dirfd);
+static int cap_copy_fd_to_stage(struct cap *c, int src, const char *rel, uint64_t *written);
+
+/* A rollback-mode database is copied early, without any lock, like a plain file. Every write
+ * to it queues an event before its writer can release the lock we take at the cut, so if none
+ * came since this copy began, the copy is what the cut would have copied, and the lock is
+ * held only for the databases that did change. */
+static int cap_precopy_db(struct cap *c, struct ent *e)
+{
+	uint64_t w = 0;
+	e->dirty = 0;
+	e->precopied = 0;
+	int pfd = cap_openat2(c->storefd, c->e[e->parent].path, O_PATH | O_DIRECTORY);
+	if (pfd < 0) {
+		c->e[e->parent].rescan = 1;
+		return pfd == -ENOENT ? 0 : pfd;
+	}
+	int src = -1, rc = 0;
+	struct stat st;
+	/* A WAL database (one with a -wal) is copied only through SQLite, at the cut. */
+	if (cap_wal_present(pfd, e->name))
+		goto out;
+	src = openat(pfd, e->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (src < 0 || fstat(src, &st) < 0) {
+		c->e[e->parent].rescan = 1;
+		goto out;
+	}
+	char *ident = cap_db_ident(e, pfd);
+	const struct mf_entry *pe = cap_prev_same(c, e, ident);
+	free(ident);
+	if (pe)
+		goto out; /* unchanged since the previous snapshot: shared at the cut */
+	e->copied_at = ut_now();
+	rc = cap_copy_fd_to_stage(c, src, e->path, &w);
+	if (rc) {
+		log_err("cannot copy database %s: %s", cap_where(c, e), strerror(-rc));
+		goto out;
+	}
+	e->precopied = 1;
+	c->st->bytes_copied += w;
+	c->done_bytes += (uint64_t)st.st_size;
+out:
+	if (src >= 0)
+		close(src);
+	close(pfd);
+	return rc;
+}
+
 /* Copy every dirty non-database entry. Each is made clean just before it is read. */
 static int cap_copy_dirty(struct cap *c, int *copied)
 {
@@ -589,8 +642,16 @@ static int cap_copy_dirty(struct cap *c, int *copied)
 		struct ent *e = &c->e[i];
 		if (cap_stop)
 			return -EINTR;
+		if (e->dirty && e->kind == K_DB) {
+			int rc = cap_drain(c);
+			if (!rc && e->dirty)
+				rc = cap_precopy_db(c, e);
+			if (rc)
+				return rc;
+			continue;
+		}
 		if (!e->dirty || (e->kind != K_FILE && e->kind != K_LINK)) {
-			if (e->kind == K_DIR || e->kind == K_DB || e->kind == K_COMPANION)
+			if (e->kind == K_DIR || e->kind == K_COMPANION)
 				e->dirty = 0;
 			continue;
 		}
@@ -802,8 +863,8 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 }
 
 /* Bring the staging tree up to date: rescan changed directories, copy dirty files, until a
- * drain finds nothing more to do. */
-static int cap_catch_up(struct cap *c)
+ * drain finds nothing more to do (0), or `until` passes first (-EAGAIN). */
+static int cap_catch_up(struct cap *c, double until)
 {
 	int copied, rescans;
 	do {
@@ -829,6 +890,8 @@ static int cap_catch_up(struct cap *c)
 		rescans = 0;
 		for (size_t i = 0; i < c->n; i++)
 			rescans |= c->e[i].kind == K_DIR && c->e[i].rescan;
+		if ((copied || rescans || c->overflow) && ut_now() >= until)
+			return -EAGAIN;
 	} while (copied || rescans || c->overflow);
 	return 0;
 }
@@ -839,7 +902,7 @@ static int cap_quiet(struct cap *c, double until)
 {
 	double window = c->o->quiet_ms / 1000.0;
 	for (;;) {
-		int rc = cap_catch_up(c);
+		int rc = cap_catch_up(c, until);
 		if (rc)
 			return rc;
 		double now = ut_now(), idle = now - c->last_change;
@@ -1008,6 +1071,10 @@ static int cap_attempt(struct cap *c, double deadline)
 		e->dbcopied = 0;
 		if (pe && cap_link_prev(c, e, pe) == 0)
 			continue;
+		if (e->dbmode == DB_ROLLBACK && e->precopied && !e->dirty && !e->hot) {
+			e->dbcopied = e->copied = 1;
+			continue;
+		}
 		rc = cap_db_copy(c, e);
 		if (rc)
 			goto out;
@@ -1224,6 +1291,10 @@ static const char *cap_worst(const struct cap *c)
 
 static int cap_settle(struct cap *c)
 {
+	/* The first pass copies the whole store; the settle timeout starts after it. */
+	int first = cap_catch_up(c, 0);
+	if (first && first != -EAGAIN)
+		return first;
 	double deadline = ut_now() + c->o->settle_timeout;
 	for (;;) {
 		/* Look for a quiet moment before taking any lock, so that writers are usually held
@@ -1232,6 +1303,8 @@ static int cap_settle(struct cap *c)
 		int rc = cap_quiet(c, pre < deadline ? pre : deadline);
 		if (rc && rc != -EAGAIN)
 			return rc;
+		if (ut_now() >= deadline)
+			goto unsettled;
 		rc = cap_attempt(c, deadline);
 		if (rc == 0)
 			return 0;

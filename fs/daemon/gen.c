@@ -4,11 +4,11 @@
  * Rules (see SNAPSHOT GENERATIONS in stillfs(1)):
  * - `.snapshot` resolves to the current generation; a new one is captured first when there is
  *   none, or the current one is older than max_age and not pinned.
- * - A generation is pinned while a handle under it is open and for `linger` seconds after the
- *   last one closed. Pinning only stops automatic replacement; gen_refresh replaces anyway.
+ * - A generation is pinned while a handle under it is open and for `linger` seconds after it
+ *   was last used (a handle closed, or a path through .snapshot resolved to it). Pinning only
+ *   stops automatic replacement; gen_refresh replaces anyway.
  * - One capture at a time; whoever asks while it runs waits for it and takes its result.
- * - An old generation is deleted once it has no handles and neither a handle nor a lookup
- *   touched it for `linger` seconds (so a path walk that resolved it can still open it).
+ * - An old generation is deleted as soon as it is no longer pinned.
  * - After a failed capture the previous generation stays current (or there is none, and
  *   callers get -EIO) and no new attempt is made for SF_FAIL_BACKOFF seconds. */
 #include "stillfs.h"
@@ -133,9 +133,17 @@ int gen_clean_cache(int cachefd, const char *keep)
 	return rc;
 }
 
+/* Last time g was used: a handle closed, or a path through .snapshot resolved to it. A
+ * lookup counts because tools look a name up (stat, chdir) and open it moments later without
+ * holding anything in between; they must find the same generation. */
+static double gen_last_use(const struct gen *g)
+{
+	return g->last_close > g->last_lookup ? g->last_close : g->last_lookup;
+}
+
 static int gen_pinned(const struct genmgr *gm, const struct gen *g, double now)
 {
-	return g->handles > 0 || (g->last_close > 0 && now < g->last_close + gm->cfg.linger);
+	return g->handles > 0 || now < gen_last_use(g) + gm->cfg.linger;
 }
 
 static int gen_stale(const struct genmgr *gm, const struct gen *g, double now)
@@ -313,7 +321,7 @@ double gen_reap(struct genmgr *gm, void (*on_dead)(struct gen *g))
 	for (struct gen *g = gm->list; g; g = g->next) {
 		if (g == gm->cur || atomic_load(&g->dead) || g->handles)
 			continue;
-		double last = g->last_close > g->last_lookup ? g->last_close : g->last_lookup;
+		double last = gen_last_use(g);
 		if (now < last + gm->cfg.linger) {
 			if (last + gm->cfg.linger - now < next)
 				next = last + gm->cfg.linger - now;
@@ -337,8 +345,8 @@ double gen_reap(struct genmgr *gm, void (*on_dead)(struct gen *g))
 			on_dead(g);
 		pthread_mutex_lock(&gm->mu);
 		gm->n_deleted++;
-		gen_unref_locked(gm, g);   /* ours */
-		gen_unref_locked(gm, g);   /* the list's: a dead generation is not listed for long */
+		g->refs--;                 /* ours; the list's reference still holds it */
+		gen_unref_locked(gm, g);   /* the list's: nodes may still hold it for a while */
 		pthread_mutex_unlock(&gm->mu);
 	}
 	return n ? 0 : next;

@@ -68,25 +68,41 @@ static int sf_opt_proc(void *data, const char *arg, int key, struct fuse_args *o
 	(void)outargs;
 	if (key == FUSE_OPT_KEY_NONOPT && !o->store) {
 		o->store = strdup(arg);
-		return 0;   /* the second one is the mountpoint: fuse_parse_cmdline takes it */
+		return 0;
 	}
+	/* The second is the mountpoint: noted to check it ourselves, left for libfuse. */
+	if (key == FUSE_OPT_KEY_NONOPT && !o->mountpoint)
+		o->mountpoint = strdup(arg);
 	return 1;
 }
 
-/* libfuse's own messages go where ours go (syslog once detached). */
+/* libfuse's own messages go where ours go (syslog once detached). It builds a line from
+ * several calls, so collect until the newline. */
+__attribute__((format(printf, 2, 0)))
 static void sf_fuse_log(enum fuse_log_level level, const char *fmt, va_list ap)
 {
-	char msg[1024];
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	size_t n = strlen(msg);
-	while (n && msg[n - 1] == '\n')
-		msg[--n] = 0;
-	if (level <= FUSE_LOG_ERR)
-		log_err("%s", msg);
-	else if (level <= FUSE_LOG_WARNING)
-		log_warn("%s", msg);
-	else
-		log_info("%s", msg);
+	static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+	static char line[1024];
+	static size_t len;
+	static enum fuse_log_level worst = FUSE_LOG_DEBUG;
+
+	pthread_mutex_lock(&mu);
+	int n = vsnprintf(line + len, sizeof line - len, fmt, ap);
+	len = n < 0 ? len : len + (size_t)n >= sizeof line ? sizeof line - 1 : len + (size_t)n;
+	worst = level < worst ? level : worst;
+	if (len && (line[len - 1] == '\n' || len == sizeof line - 1)) {
+		while (len && line[len - 1] == '\n')
+			line[--len] = 0;
+		if (worst <= FUSE_LOG_ERR)
+			log_err("%s", line);
+		else if (worst <= FUSE_LOG_WARNING)
+			log_warn("%s", line);
+		else
+			log_info("%s", line);
+		len = 0;
+		worst = FUSE_LOG_DEBUG;
+	}
+	pthread_mutex_unlock(&mu);
 }
 
 static int sf_is_mountpoint(const char *path)
@@ -439,8 +455,15 @@ int main(int argc, char **argv)
 	sf.o.settle = 30;
 	pthread_mutex_init(&sf.mu, NULL);
 
-	if (fuse_opt_parse(&args, &sf.o, sf_optspec, sf_opt_proc) < 0 ||
-	    fuse_parse_cmdline(&args, &cmd) != 0) {
+	if (fuse_opt_parse(&args, &sf.o, sf_optspec, sf_opt_proc) < 0) {
+		rc = SF_EXIT_USAGE;
+		goto out;
+	}
+	if (sf.o.mountpoint && access(sf.o.mountpoint, F_OK) < 0) {
+		fprintf(stderr, "stillfs: mountpoint %s: %s\n", sf.o.mountpoint, strerror(errno));
+		goto out;
+	}
+	if (fuse_parse_cmdline(&args, &cmd) != 0) {
 		rc = SF_EXIT_USAGE;
 		goto out;
 	}
@@ -461,6 +484,7 @@ int main(int argc, char **argv)
 		rc = SF_EXIT_USAGE;
 		goto out;
 	}
+	free(sf.o.mountpoint);
 	sf.o.mountpoint = strdup(cmd.mountpoint);
 	if ((rc = sf_validate()) != SF_EXIT_OK)
 		goto out;
@@ -548,7 +572,8 @@ int main(int argc, char **argv)
 		if (!(lc = fuse_loop_cfg_create()))
 			goto out;
 		fuse_loop_cfg_set_clone_fd(lc, (unsigned)cmd.clone_fd);
-		fuse_loop_cfg_set_idle_threads(lc, cmd.max_idle_threads);
+		if (cmd.max_idle_threads != UINT_MAX)
+			fuse_loop_cfg_set_idle_threads(lc, cmd.max_idle_threads);
 		/* Blocking lock requests and lookups waiting for a capture each hold a thread;
 		 * the live view must still be served meanwhile. */
 		fuse_loop_cfg_set_max_threads(lc, user_threads ? cmd.max_threads : SF_DEFAULT_THREADS);
