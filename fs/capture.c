@@ -587,7 +587,8 @@ out:
 
 static int cap_wal_present(int dirfd, const char *name);
 static char *cap_db_ident(struct ent *e, int dirfd);
-static int cap_copy_fd_to_stage(struct cap *c, int src, const char *rel, uint64_t *written);
+static int cap_copy_fd_to_stage(struct cap *c, int src, const char *rel, int digest,
+				struct cp_result *r);
 
 /* A rollback-mode database is copied early, without any lock, like a plain file. Every write
  * to it queues an event before its writer can release the lock we take at the cut, so if none
@@ -595,7 +596,6 @@ static int cap_copy_fd_to_stage(struct cap *c, int src, const char *rel, uint64_
  * held only for the databases that did change. */
 static int cap_precopy_db(struct cap *c, struct ent *e)
 {
-	uint64_t w = 0;
 	e->dirty = 0;
 	e->precopied = 0;
 	int pfd = cap_openat2(c->storefd, c->e[e->parent].path, O_PATH | O_DIRECTORY);
@@ -619,13 +619,17 @@ static int cap_precopy_db(struct cap *c, struct ent *e)
 	if (pe)
 		goto out; /* unchanged since the previous snapshot: shared at the cut */
 	e->copied_at = ut_now();
-	rc = cap_copy_fd_to_stage(c, src, e->path, &w);
+	/* Digest it now: without a lock, the copy and the hashing overlap. */
+	struct cp_result r;
+	rc = cap_copy_fd_to_stage(c, src, e->path, 1, &r);
 	if (rc) {
 		log_err("cannot copy database %s: %s", cap_where(c, e), strerror(-rc));
 		goto out;
 	}
 	e->precopied = 1;
-	c->st->bytes_copied += w;
+	e->size = r.size;
+	memcpy(e->digest, r.digest, 32);
+	c->st->bytes_copied += r.written;
 	c->done_bytes += (uint64_t)st.st_size;
 out:
 	if (src >= 0)
@@ -808,16 +812,15 @@ static int cap_db_stage_path(struct cap *c, const struct ent *e, const char *suf
 	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
-static int cap_copy_fd_to_stage(struct cap *c, int src, const char *rel, uint64_t *written)
+static int cap_copy_fd_to_stage(struct cap *c, int src, const char *rel, int digest,
+				struct cp_result *r)
 {
-	struct cp_result r;
 	unlinkat(c->stagefd, rel, 0);
 	int dst = openat(c->stagefd, rel, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (dst < 0)
 		return -errno;
-	int rc = cp_file(src, dst, 0, &r);
+	int rc = cp_file(src, dst, digest, r);
 	close(dst);
-	*written = r.written;
 	return rc;
 }
 
@@ -826,7 +829,9 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 {
 	char path[PATH_MAX + 64];
 	uint64_t w = 0;
+	struct cp_result r;
 	int rc;
+	e->precopied = 0;
 	if (e->dbmode == DB_WAL) {
 		rc = cap_db_stage_path(c, e, "", path, sizeof path);
 		if (!rc) {
@@ -837,16 +842,16 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 		if (!rc && fstatat(c->stagefd, e->path, &st, 0) == 0)
 			w = (uint64_t)st.st_size;
 	} else {
-		rc = cap_copy_fd_to_stage(c, e->dbfd, e->path, &w);
+		rc = cap_copy_fd_to_stage(c, e->dbfd, e->path, 0, &r);
+		w = r.written;
 		if (!rc && e->hot) {
 			/* The crashed writer's journal goes beside the private copy, which SQLite then
 			 * rolls back; the live store is never touched. */
 			char jname[NAME_MAX + 16], jrel[PATH_MAX + 16];
-			uint64_t jw = 0;
 			snprintf(jname, sizeof jname, "%s-journal", e->name);
 			snprintf(jrel, sizeof jrel, "%s-journal", e->path);
 			int jfd = openat(e->dirfd, jname, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-			rc = jfd < 0 ? -errno : cap_copy_fd_to_stage(c, jfd, jrel, &jw);
+			rc = jfd < 0 ? -errno : cap_copy_fd_to_stage(c, jfd, jrel, 0, &r);
 			if (jfd >= 0)
 				close(jfd);
 		}
@@ -1104,7 +1109,9 @@ static int cap_db_finish(struct cap *c)
 			return -errno;
 		uint8_t hdr[20] = { 0 };
 		int rc = pread(fd, hdr, sizeof hdr, 0) == (ssize_t)sizeof hdr ? 0 : -EIO;
+		int digested = e->precopied; /* and unchanged since, or it would not be used */
 		if (!rc && !e->hot && (hdr[18] != 1 || hdr[19] != 1)) {
+			digested = 0;
 			/* The copy holds every committed page and no WAL content is pending, so turning
 			 * it into a rollback-journal database only means rewriting the two format-version
 			 * bytes, as journal_mode=DELETE would (without bumping the change counter). */
@@ -1128,21 +1135,21 @@ static int cap_db_finish(struct cap *c)
 		if (fd < 0)
 			return -errno;
 		struct cp_result r;
-		rc = cp_digest_fd(fd, &r);
-		if (!rc) {
-			struct stat src = e->st;
-			cap_apply_owner(fd, &src);
-		}
+		rc = digested ? 0 : cp_digest_fd(fd, &r);
+		if (!rc)
+			cap_apply_owner(fd, &e->st);
 		close(fd);
 		if (rc)
 			return rc;
-		e->size = r.size;
+		if (!digested) {
+			e->size = r.size;
+			memcpy(e->digest, r.digest, 32);
+		}
 		e->has_digest = 1;
-		memcpy(e->digest, r.digest, 32);
 		free(e->ident);
 		e->ident = e->hot ? NULL : e->db_ident;
 		e->db_ident = NULL;
-		c->done_bytes += r.size;
+		c->done_bytes += e->size;
 	}
 	return 0;
 }

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -36,33 +37,187 @@ static int cp_all_zero(const uint8_t *p, size_t n)
 	return memcmp(p, p + 1, n - 1) == 0;
 }
 
-struct cp_hasher {
+/* On a copy from the page cache SHA-256 costs more than the copy itself, so blocks are hashed
+ * by a small pool of threads while this thread reads and writes the next ones. Each block's
+ * digest lands in its slot; slots are recycled in order, and the outer digest is fed in that
+ * order, so the result does not depend on which thread hashed what. One copy at a time uses
+ * the pool; a concurrent one hashes inline. */
+#define CP_SLOTS 8
+#define CP_HASHERS 2
+
+enum { SLOT_FREE, SLOT_READY, SLOT_BUSY, SLOT_DONE };
+
+struct cp_slot {
+	uint8_t *buf;
+	size_t len;
+	int zero;
+	int state;
+	uint8_t digest[32];
+};
+
+struct cp_pipe {
+	int threaded, hash;
+	struct cp_slot slot[CP_SLOTS];
+	unsigned head, fed;  /* next slot to fill; next slot whose digest goes into the outer */
 	struct sha256 outer;
 	uint8_t first[32];
 	uint64_t blocks;
 };
 
-static void cp_hash_block(struct cp_hasher *h, const uint8_t *data, size_t n, int zero)
+static struct {
+	pthread_once_t once;
+	pthread_mutex_t mu;
+	pthread_cond_t work, done;
+	pthread_mutex_t user;   /* held by the one copy that uses the pool */
+	struct cp_pipe *pipe;
+	int started;
+} cp_pool = { PTHREAD_ONCE_INIT, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+	      PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, NULL, 0 };
+
+static void cp_slot_digest(struct cp_slot *sl)
 {
-	uint8_t d[32];
-	if (zero && n == CP_BLOCK)
-		memcpy(d, cp_zero_block_digest, 32);
+	if (sl->zero && sl->len == CP_BLOCK)
+		memcpy(sl->digest, cp_zero_block_digest, 32);
 	else
-		sha256(zero ? cp_zeros : data, n, d);
-	if (h->blocks == 0)
-		memcpy(h->first, d, 32);
-	sha256_update(&h->outer, d, 32);
-	h->blocks++;
+		sha256(sl->zero ? cp_zeros : sl->buf, sl->len, sl->digest);
 }
 
-static void cp_hash_final(struct cp_hasher *h, uint8_t out[32])
+static void *cp_hasher(void *arg)
 {
-	if (h->blocks == 0)
-		sha256("", 0, out);
-	else if (h->blocks == 1)
-		memcpy(out, h->first, 32);
-	else
-		sha256_final(&h->outer, out);
+	(void)arg;
+	pthread_mutex_lock(&cp_pool.mu);
+	for (;;) {
+		struct cp_pipe *p = cp_pool.pipe;
+		struct cp_slot *sl = NULL;
+		for (unsigned i = 0; p && i < CP_SLOTS && !sl; i++)
+			if (p->slot[i].state == SLOT_READY)
+				sl = &p->slot[i];
+		if (!sl) {
+			pthread_cond_wait(&cp_pool.work, &cp_pool.mu);
+			continue;
+		}
+		sl->state = SLOT_BUSY;
+		pthread_mutex_unlock(&cp_pool.mu);
+		cp_slot_digest(sl);
+		pthread_mutex_lock(&cp_pool.mu);
+		sl->state = SLOT_DONE;
+		pthread_cond_broadcast(&cp_pool.done);
+	}
+	return NULL;
+}
+
+static void cp_pool_init(void)
+{
+	sigset_t all, old;
+	/* The hashers must never take a signal meant for the process (stillctl's SIGINT). */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	for (int i = 0; i < CP_HASHERS; i++) {
+		pthread_t th;
+		if (pthread_create(&th, NULL, cp_hasher, NULL) == 0) {
+			pthread_detach(th);
+			cp_pool.started++;
+		}
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+static int cp_pipe_start(struct cp_pipe *p, int hash, int threaded)
+{
+	memset(p, 0, sizeof *p);
+	p->hash = hash;
+	sha256_init(&p->outer);
+	if (threaded) {
+		pthread_once(&cp_pool.once, cp_pool_init);
+		threaded = cp_pool.started > 0 && pthread_mutex_trylock(&cp_pool.user) == 0;
+	}
+	for (unsigned i = 0; i < (threaded ? CP_SLOTS : 1u); i++) {
+		p->slot[i].buf = malloc(CP_BLOCK);
+		if (!p->slot[i].buf) {
+			for (unsigned k = 0; k < i; k++)
+				free(p->slot[k].buf);
+			if (threaded)
+				pthread_mutex_unlock(&cp_pool.user);
+			return -ENOMEM;
+		}
+	}
+	if (threaded) {
+		p->threaded = 1;
+		pthread_mutex_lock(&cp_pool.mu);
+		cp_pool.pipe = p;
+		pthread_mutex_unlock(&cp_pool.mu);
+	}
+	return 0;
+}
+
+static void cp_feed(struct cp_pipe *p, const uint8_t d[32])
+{
+	if (p->blocks++ == 0)
+		memcpy(p->first, d, 32);
+	sha256_update(&p->outer, d, 32);
+}
+
+/* Wait for the oldest outstanding slot and feed its digest. Called with cp_pool.mu held. */
+static void cp_feed_oldest(struct cp_pipe *p)
+{
+	struct cp_slot *sl = &p->slot[p->fed % CP_SLOTS];
+	while (sl->state != SLOT_DONE)
+		pthread_cond_wait(&cp_pool.done, &cp_pool.mu);
+	cp_feed(p, sl->digest);
+	sl->state = SLOT_FREE;
+	p->fed++;
+}
+
+/* The next free slot to fill. */
+static struct cp_slot *cp_pipe_slot(struct cp_pipe *p)
+{
+	if (!p->threaded)
+		return &p->slot[0];
+	if (p->head - p->fed == CP_SLOTS) {
+		pthread_mutex_lock(&cp_pool.mu);
+		cp_feed_oldest(p);
+		pthread_mutex_unlock(&cp_pool.mu);
+	}
+	return &p->slot[p->head % CP_SLOTS];
+}
+
+static void cp_pipe_submit(struct cp_pipe *p, struct cp_slot *sl)
+{
+	if (!p->hash)
+		return;
+	if (!p->threaded) {
+		cp_slot_digest(sl);
+		cp_feed(p, sl->digest);
+		return;
+	}
+	pthread_mutex_lock(&cp_pool.mu);
+	sl->state = SLOT_READY;
+	p->head++;
+	pthread_cond_signal(&cp_pool.work);
+	pthread_mutex_unlock(&cp_pool.mu);
+}
+
+/* Wait for the hashers, write the digest (if wanted) and free everything. */
+static void cp_pipe_finish(struct cp_pipe *p, uint8_t digest[32])
+{
+	if (p->threaded) {
+		pthread_mutex_lock(&cp_pool.mu);
+		while (p->fed != p->head)
+			cp_feed_oldest(p);
+		cp_pool.pipe = NULL;
+		pthread_mutex_unlock(&cp_pool.mu);
+		pthread_mutex_unlock(&cp_pool.user);
+	}
+	if (digest) {
+		if (p->blocks == 0)
+			sha256("", 0, digest);
+		else if (p->blocks == 1)
+			memcpy(digest, p->first, 32);
+		else
+			sha256_final(&p->outer, digest);
+	}
+	for (unsigned i = 0; i < CP_SLOTS; i++)
+		free(p->slot[i].buf);
 }
 
 static int cp_pwrite_all(int fd, const uint8_t *p, size_t n, off_t off)
@@ -145,7 +300,6 @@ int cp_file(int src, int dst, int want_digest, struct cp_result *r)
 {
 	struct stat st;
 	int rc = 0;
-	uint8_t *buf = NULL;
 
 	pthread_once(&cp_once, cp_init_once);
 	if (!cp_zeros)
@@ -172,50 +326,51 @@ int cp_file(int src, int dst, int want_digest, struct cp_result *r)
 		r->written = 0; /* fall back to the read/write loop below */
 	}
 
-	buf = malloc(CP_BLOCK);
-	if (!buf)
-		return -ENOMEM;
-	struct cp_hasher h = { .blocks = 0 };
-	sha256_init(&h.outer);
+	struct cp_pipe p;
+	rc = cp_pipe_start(&p, want_digest, want_digest && size > CP_BLOCK);
+	if (rc)
+		return rc;
 	uint64_t off = 0, data = 0;
 	while (off < size) {
 		size_t n = (size_t)(size - off < CP_BLOCK ? size - off : CP_BLOCK);
+		struct cp_slot *sl = cp_pipe_slot(&p);
 		if (data < off + n && data <= off)
 			data = cp_next_data(src, off, size);
 		if (data >= off + n) { /* the whole block lies in a hole */
-			if (want_digest)
-				cp_hash_block(&h, NULL, n, 1);
+			sl->len = n;
+			sl->zero = 1;
+			cp_pipe_submit(&p, sl);
 			off += n;
 			continue;
 		}
-		ssize_t got = cp_pread_full(src, buf, n, (off_t)off);
+		ssize_t got = cp_pread_full(src, sl->buf, n, (off_t)off);
 		if (got < 0) {
 			rc = (int)got;
-			goto out;
+			break;
 		}
-		int zero = cp_all_zero(buf, (size_t)got);
-		if (want_digest && got > 0)
-			cp_hash_block(&h, buf, (size_t)got, zero);
-		if (dst >= 0 && !zero) {
-			rc = cp_pwrite_all(dst, buf, (size_t)got, (off_t)off);
+		sl->len = (size_t)got;
+		sl->zero = cp_all_zero(sl->buf, (size_t)got);
+		if (dst >= 0 && !sl->zero) {
+			rc = cp_pwrite_all(dst, sl->buf, (size_t)got, (off_t)off);
 			if (rc)
-				goto out;
+				break;
 			r->written += (uint64_t)got;
 		}
+		if (got > 0)
+			cp_pipe_submit(&p, sl);
 		off += (uint64_t)got;
 		if ((size_t)got < n) { /* source shrank under us */
 			size = off;
 			break;
 		}
 	}
+	cp_pipe_finish(&p, want_digest && !rc ? r->digest : NULL);
+	if (rc)
+		return rc;
 	r->size = size;
-	if (want_digest)
-		cp_hash_final(&h, r->digest);
 out_truncate:
 	if (rc == 0 && dst >= 0 && ftruncate(dst, (off_t)r->size) < 0)
 		rc = -errno;
-out:
-	free(buf);
 	return rc;
 }
 
