@@ -52,7 +52,10 @@ void cap_interrupt(void) { cap_stop = 1; }
 
 enum { K_NONE = 0, K_DIR = 'd', K_FILE = 'f', K_DB = 's', K_LINK = 'l', K_SKIP = 'x',
        K_COMPANION = 'c' };
-enum { DB_ROLLBACK, DB_WAL };
+/* DB_WAL_COLD: a -wal but no -shm, so no connection can be open (every WAL connection keeps
+ * the -shm): it is held like a rollback database and recovered from a private copy, because
+ * even a read-only SQLite connection would create the -shm in the store. */
+enum { DB_ROLLBACK, DB_WAL, DB_WAL_COLD };
 
 struct ent {
 	char *path;              /* relative to the store; "" is the root */
@@ -83,7 +86,7 @@ struct cap {
 	const struct cap_opts *o;
 	struct cap_stats *st;
 	int storefd, parentfd, stagefd, workfd, prevfd;
-	char stage_name[NAME_MAX + 1], work_name[NAME_MAX + 1];
+	char stage_name[NAME_MAX + 1], work_name[NAME_MAX + 1], dest_name[NAME_MAX + 1];
 	struct wt *w;
 	struct ent *e;
 	size_t n, cap;
@@ -284,6 +287,9 @@ static int cap_scan_dir(struct cap *c, size_t di)
 	/* readdir reports errors only through errno, which the loop body also sets. */
 	while ((errno = 0, de = readdir(d))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		/* A store restored from a snapshot still has the old manifest: the name is ours. */
+		if (di == 0 && !strcmp(de->d_name, CAP_MANIFEST_NAME))
 			continue;
 		struct stat st;
 		if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
@@ -755,6 +761,14 @@ static char *cap_db_ident(struct ent *e, int dirfd)
 	return out;
 }
 
+static int cap_shm_present(int dirfd, const char *name)
+{
+	char shm[NAME_MAX + 16];
+	struct stat st;
+	snprintf(shm, sizeof shm, "%s-shm", name);
+	return fstatat(dirfd, shm, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
 static int cap_wal_present(int dirfd, const char *name)
 {
 	char wal[NAME_MAX + 16];
@@ -779,7 +793,8 @@ static int cap_db_prepare(struct cap *c)
 		}
 		free(e->db_ident);
 		e->db_ident = cap_db_ident(e, e->dirfd);
-		e->dbmode = cap_wal_present(e->dirfd, e->name) ? DB_WAL : DB_ROLLBACK;
+		e->dbmode = !cap_wal_present(e->dirfd, e->name) ? DB_ROLLBACK :
+			    cap_shm_present(e->dirfd, e->name) ? DB_WAL : DB_WAL_COLD;
 		if (e->dbmode == DB_WAL) {
 			/* No descriptor of ours on this file from here on: closing one would drop the
 			 * POSIX locks SQLite takes for the connection. */
@@ -824,6 +839,20 @@ static int cap_copy_fd_to_stage(struct cap *c, int src, const char *rel, int dig
 	return rc;
 }
 
+/* Copy the database's NAME<suffix> companion beside its private copy. */
+static int cap_copy_companion(struct cap *c, struct ent *e, const char *suffix)
+{
+	char name[NAME_MAX + 16], rel[PATH_MAX + 16];
+	struct cp_result r;
+	snprintf(name, sizeof name, "%s%s", e->name, suffix);
+	snprintf(rel, sizeof rel, "%s%s", e->path, suffix);
+	int fd = openat(e->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	int rc = fd < 0 ? -errno : cap_copy_fd_to_stage(c, fd, rel, 0, &r);
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
 /* Under the cut: copy one database that changed since the previous snapshot. */
 static int cap_db_copy(struct cap *c, struct ent *e)
 {
@@ -844,22 +873,20 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 	} else {
 		rc = cap_copy_fd_to_stage(c, e->dbfd, e->path, 0, &r);
 		w = r.written;
-		if (!rc && e->hot) {
-			/* The crashed writer's journal goes beside the private copy, which SQLite then
-			 * rolls back; the live store is never touched. */
-			char jname[NAME_MAX + 16], jrel[PATH_MAX + 16];
-			snprintf(jname, sizeof jname, "%s-journal", e->name);
-			snprintf(jrel, sizeof jrel, "%s-journal", e->path);
-			int jfd = openat(e->dirfd, jname, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-			rc = jfd < 0 ? -errno : cap_copy_fd_to_stage(c, jfd, jrel, 0, &r);
-			if (jfd >= 0)
-				close(jfd);
+		/* A crashed writer's journal, or a WAL nobody has open, goes beside the private
+		 * copy, which SQLite then recovers; the live store is never touched. */
+		if (!rc && e->hot)
+			rc = cap_copy_companion(c, e, "-journal");
+		if (!rc && e->dbmode == DB_WAL_COLD) {
+			rc = cap_copy_companion(c, e, "-wal");
+			/* A connection that opened meanwhile created the -shm first; it may have
+			 * checkpointed into the file we were reading. */
+			if (!rc && cap_shm_present(e->dirfd, e->name))
+				return -EAGAIN;
 		}
 	}
-	if (rc) {
-		log_err("cannot copy database %s: %s", cap_where(c, e), strerror(-rc));
+	if (rc)
 		return rc;
-	}
 	e->dbcopied = 1;
 	e->copied = 1;
 	e->reused = 0;
@@ -1016,7 +1043,7 @@ static int cap_attempt(struct cap *c, double deadline)
 	int nrollback = 0;
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
-		if (e->kind != K_DB || e->dbmode != DB_ROLLBACK)
+		if (e->kind != K_DB || e->dbmode == DB_WAL)
 			continue;
 		rc = sq_lock_shared(e->dbfd, CAP_LOCK_WAIT);
 		if (rc) {
@@ -1026,8 +1053,9 @@ static int cap_attempt(struct cap *c, double deadline)
 		}
 		e->locked = 1;
 		nrollback++;
-		/* A writer may have switched it to WAL before our lock. */
-		if (cap_wal_present(e->dirfd, e->name)) {
+		/* A writer may have switched it to WAL, or opened the cold WAL, before our lock. */
+		if (e->dbmode == DB_ROLLBACK ? cap_wal_present(e->dirfd, e->name) :
+					       cap_shm_present(e->dirfd, e->name)) {
 			rc = -EAGAIN;
 			goto out;
 		}
@@ -1081,8 +1109,12 @@ static int cap_attempt(struct cap *c, double deadline)
 			continue;
 		}
 		rc = cap_db_copy(c, e);
-		if (rc)
+		if (rc == -EAGAIN)
 			goto out;
+		if (rc) {
+			log_err("cannot copy database %s: %s", cap_where(c, e), strerror(-rc));
+			goto out;
+		}
 	}
 	rc = 0;
 out:
@@ -1109,8 +1141,9 @@ static int cap_db_finish(struct cap *c)
 			return -errno;
 		uint8_t hdr[20] = { 0 };
 		int rc = pread(fd, hdr, sizeof hdr, 0) == (ssize_t)sizeof hdr ? 0 : -EIO;
+		int recover = e->hot || e->dbmode == DB_WAL_COLD;
 		int digested = e->precopied; /* and unchanged since, or it would not be used */
-		if (!rc && !e->hot && (hdr[18] != 1 || hdr[19] != 1)) {
+		if (!rc && !recover && (hdr[18] != 1 || hdr[19] != 1)) {
 			digested = 0;
 			/* The copy holds every committed page and no WAL content is pending, so turning
 			 * it into a rollback-journal database only means rewriting the two format-version
@@ -1119,7 +1152,8 @@ static int cap_db_finish(struct cap *c)
 			rc = pwrite(fd, legacy, 2, 18) == 2 ? 0 : -EIO;
 		}
 		close(fd);
-		if (!rc && e->hot) {
+		if (!rc && recover) {
+			digested = 0;
 			rc = cap_db_stage_path(c, e, "", path, sizeof path);
 			if (!rc && (rc = sq_finish_copy(path, err, sizeof err)))
 				log_err("cannot make the copy of %s self-contained: %s", cap_where(c, e), err);
@@ -1201,8 +1235,9 @@ static int cap_set_times(struct cap *c)
 
 static int cap_finish_dirs(struct cap *c)
 {
-	/* Deepest first, so that read-only modes do not get in the way of their children. */
-	for (size_t k = c->n; k-- > 0;) {
+	/* Deepest first, so that read-only modes do not get in the way of their children; the
+	 * root last of all, after the manifest is written (cap_finish_root). */
+	for (size_t k = c->n; k-- > 1;) {
 		struct ent *e = &c->e[k];
 		if (e->kind == K_LINK) {
 			struct timespec ts[2] = { e->st.st_atim, e->st.st_mtim };
@@ -1211,8 +1246,7 @@ static int cap_finish_dirs(struct cap *c)
 		}
 		if (e->kind != K_DIR)
 			continue;
-		int fd = k ? openat(c->stagefd, e->path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-			   : dup(c->stagefd);
+		int fd = openat(c->stagefd, e->path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0)
 			return -errno;
 		cap_apply_owner(fd, &e->st);
@@ -1222,6 +1256,14 @@ static int cap_finish_dirs(struct cap *c)
 		close(fd);
 	}
 	return 0;
+}
+
+static void cap_finish_root(struct cap *c)
+{
+	struct ent *e = &c->e[0];
+	struct timespec ts[2] = { e->st.st_atim, e->st.st_mtim };
+	cap_apply_owner(c->stagefd, &e->st);
+	futimens(c->stagefd, ts);
 }
 
 static int cap_write_manifest(struct cap *c)
@@ -1380,6 +1422,12 @@ static int cap_prepare_dest(struct cap *c)
 		if (rc)
 			goto out;
 	}
+	if (strlen(base) > NAME_MAX) {
+		log_err("%s: name too long", c->o->dest);
+		rc = -ENAMETOOLONG;
+		goto out;
+	}
+	snprintf(c->dest_name, sizeof c->dest_name, "%s", base);
 	snprintf(c->stage_name, sizeof c->stage_name, ".%.200s.stillfs-tmp.%d", base, (int)getpid());
 	snprintf(c->work_name, sizeof c->work_name, ".%.200s.stillfs-work.%d", base, (int)getpid());
 	cp_rmtree(c->parentfd, c->stage_name);
@@ -1480,15 +1528,15 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 			st->files++;
 	st->duration_s = ut_now() - t0;
 	rc = cap_write_manifest(&c);
+	if (!rc)
+		cap_finish_root(&c);
 	if (!rc && o->sync && syncfs(c.stagefd) < 0)
 		rc = -errno;
 	if (rc) {
 		log_err("cannot write the manifest: %s", strerror(-rc));
 		goto out;
 	}
-	char base[NAME_MAX + 1];
-	snprintf(base, sizeof base, "%s", strrchr(o->dest, '/') ? strrchr(o->dest, '/') + 1 : o->dest);
-	if (renameat2(c.parentfd, c.stage_name, c.parentfd, base, RENAME_NOREPLACE) < 0) {
+	if (renameat2(c.parentfd, c.stage_name, c.parentfd, c.dest_name, RENAME_NOREPLACE) < 0) {
 		rc = -errno;
 		log_err("cannot publish %s: %s", o->dest, strerror(errno));
 		goto out;

@@ -388,6 +388,10 @@ int cp_rmtree(int dirfd, const char *name)
 	int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
+	/* Without privilege a read-only directory cannot be emptied; it is going away anyway. */
+	struct stat st;
+	if (fstat(fd, &st) == 0 && (st.st_mode & S_IRWXU) != S_IRWXU)
+		fchmod(fd, (st.st_mode & 07777) | S_IRWXU);
 	DIR *d = fdopendir(fd);
 	if (!d) {
 		close(fd);

@@ -72,21 +72,41 @@ static int mf_header_line(struct mf *m, const char *key, const char *val)
 	return 0; /* unknown keys are for newer readers */
 }
 
+/* A whole unsigned number in base, nothing else; manifests may come from anywhere. */
+static int mf_num(const char *s, int base, uint64_t max, uint64_t *out)
+{
+	char *end;
+	if (!*s || *s == '-' || *s == '+' || *s == ' ')
+		return -EBADMSG;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, base);
+	if (errno || *end || v > max)
+		return -EBADMSG;
+	*out = v;
+	return 0;
+}
+
 static int mf_entry_line(struct mf *m, char *line)
 {
 	struct mf_entry e = { 0 };
-	char *f[9], *save = NULL;
+	char *f[10], *save = NULL;
+	uint64_t v[5];
 	int n = 0;
-	for (char *t = strtok_r(line, " ", &save); t && n < 9; t = strtok_r(NULL, " ", &save))
+	for (char *t = strtok_r(line, " ", &save); t && n < 10; t = strtok_r(NULL, " ", &save))
 		f[n++] = t;
 	if (n != 9 || strlen(f[0]) != 1 || !strchr("dfsl", f[0][0]))
 		return -EBADMSG;
+	char *mt = f[5][0] == '-' ? f[5] + 1 : f[5]; /* mtimes before 1970 are negative */
+	if (mf_num(f[1], 8, 07777, &v[0]) || mf_num(f[2], 10, UINT32_MAX, &v[1]) ||
+	    mf_num(f[3], 10, UINT32_MAX, &v[2]) || mf_num(f[4], 10, INT64_MAX, &v[3]) ||
+	    mf_num(mt, 10, INT64_MAX, &v[4]))
+		return -EBADMSG;
 	e.kind = f[0][0];
-	e.mode = (uint32_t)strtoul(f[1], NULL, 8);
-	e.uid = (uint32_t)strtoul(f[2], NULL, 10);
-	e.gid = (uint32_t)strtoul(f[3], NULL, 10);
-	e.size = strtoull(f[4], NULL, 10);
-	e.mtime_ns = strtoll(f[5], NULL, 10);
+	e.mode = (uint32_t)v[0];
+	e.uid = (uint32_t)v[1];
+	e.gid = (uint32_t)v[2];
+	e.size = v[3];
+	e.mtime_ns = mt == f[5] ? (int64_t)v[4] : -(int64_t)v[4];
 	if (strcmp(f[6], "-")) {
 		if (sha256_from_hex(f[6], e.digest))
 			return -EBADMSG;

@@ -19,6 +19,8 @@ void log_init(const char *prog) { log_prog = prog; }
 void log_to_syslog(int on) { log_syslog = on; if (on) openlog(log_prog, LOG_PID, LOG_DAEMON); }
 void log_set_quiet(int quiet) { log_quiet = quiet; }
 
+static void log_v(int prio, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
 static void log_v(int prio, const char *fmt, va_list ap)
 {
 	char msg[1024];

@@ -1,6 +1,10 @@
 /* Directory handles. Offsets are the backing directory's telldir cookies, except at the root:
  * there stillfs hides its own names from the store's listing and may add `.snapshot`, which
- * has no cookie of its own, so the root is listed from a private copy indexed 1..n. */
+ * has no cookie of its own, so the root is listed from a private copy indexed 1..n.
+ *
+ * Opening `.snapshot` chooses a generation (capturing one if need be) and pins it for as long
+ * as the handle is open; the handle lists that generation's root. Opening any directory
+ * below it pins that directory's generation. */
 #include "stillfs.h"
 
 #include "util.h"
@@ -21,6 +25,7 @@ struct dr_ent {
 struct dr {
 	DIR *dp;
 	struct node *node;
+	struct gen *gen;           /* the generation pinned by this handle, if any */
 	struct dirent *pending;    /* read but not yet returned (it did not fit) */
 	off_t off;                 /* offset of pending / of the next readdir */
 	struct dr_ent *ents;       /* root only */
@@ -48,12 +53,17 @@ static void dr_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	struct node *n = nd_of(ino);
 	struct dr *d = NULL;
+	struct gen *g = NULL;
 	int fd = -1, pinned = 0;
 	int rc = nd_check(n);
 
 	if (!rc && (n->kind == ND_STATUS || !S_ISDIR(n->type)))
 		rc = -ENOTDIR;
-	if (!rc && n->kind == ND_SNAP && !(rc = gen_pin(sf.gm, n->gen)))
+	if (!rc && n->kind == ND_SNAPDIR)
+		rc = gen_acquire(sf.gm, &g);       /* a reference of our own */
+	else if (!rc && n->kind == ND_SNAP)
+		gen_ref(sf.gm, g = n->gen);
+	if (!rc && g && !(rc = gen_pin(sf.gm, g)))
 		pinned = 1;
 	if (rc)
 		goto out;
@@ -62,7 +72,9 @@ static void dr_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		goto out;
 	}
 	d->node = n;
-	fd = openat(n->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	d->gen = g;
+	fd = openat(n->kind == ND_SNAPDIR ? gen_fd(g) : n->fd, ".",
+		    O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0 || !(d->dp = fdopendir(fd))) {
 		rc = -errno;
 		goto out;
@@ -84,7 +96,9 @@ out:
 	if (d)
 		dr_free(d);
 	if (pinned)
-		gen_unpin(sf.gm, n->gen);
+		gen_unpin(sf.gm, g);
+	if (g)
+		gen_unref(sf.gm, g);
 	if (rc)
 		fuse_reply_err(req, -rc);
 }
@@ -130,7 +144,7 @@ static int dr_load_root(struct dr *d)
 		struct dr_ent *e = &d->ents[d->nents];
 		if (!(e->name = strdup(SF_SNAPDIR)))
 			return -ENOMEM;
-		e->ino = gen_current_ino(sf.gm);
+		e->ino = sf.snapdir.ino;
 		e->type = DT_DIR;
 		d->nents++;
 	}
@@ -144,9 +158,10 @@ static int dr_is_dot(const char *name)
 
 /* Add one entry; 1 if it did not fit, 0 if added, -errno if the entry could not be made
  * (a raced deletion is skipped by the caller). */
-static int dr_add(fuse_req_t req, struct node *dir, int plus, char *buf, size_t *used,
+static int dr_add(fuse_req_t req, struct dr *d, int plus, char *buf, size_t *used,
 		  size_t size, const char *name, ino_t ino, unsigned char type, off_t next)
 {
+	struct node *dir = d->node;
 	size_t len;
 	if (!plus) {
 		struct stat st = { .st_ino = ino, .st_mode = (mode_t)type << 12 };
@@ -164,7 +179,8 @@ static int dr_add(fuse_req_t req, struct node *dir, int plus, char *buf, size_t 
 		e.attr.st_ino = ino;
 		e.attr.st_mode = (mode_t)type << 12;
 	} else {
-		int rc = nd_lookup(dir, name, &e);
+		int rc = dir->kind == ND_SNAPDIR ? nd_lookup_gen(d->gen, name, &e)
+						 : nd_lookup(dir, name, &e);
 		if (rc)
 			return rc;
 	}
@@ -183,7 +199,7 @@ static void dr_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
 	struct dr *d = (struct dr *)(uintptr_t)fi->fh;
 	size_t used = 0;
-	int rc = nd_check(d->node);
+	int rc = d->gen && gen_dead(d->gen) ? -ESTALE : nd_check(d->node);
 	char *buf = NULL;
 
 	if (rc)
@@ -197,7 +213,7 @@ static void dr_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			rc = dr_load_root(d);
 		for (size_t i = (size_t)off; !rc && i < d->nents; i++) {
 			struct dr_ent *e = &d->ents[i];
-			rc = dr_add(req, d->node, plus, buf, &used, size, e->name, e->ino, e->type,
+			rc = dr_add(req, d, plus, buf, &used, size, e->name, e->ino, e->type,
 				    (off_t)i + 1);
 			if (rc == -ENOENT) {
 				rc = 0;
@@ -223,7 +239,7 @@ static void dr_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			}
 		}
 		struct dirent *de = d->pending;
-		rc = dr_add(req, d->node, plus, buf, &used, size, de->d_name, de->d_ino,
+		rc = dr_add(req, d, plus, buf, &used, size, de->d_name, de->d_ino,
 			    de->d_type, de->d_off);
 		if (rc == 1) {
 			rc = 0;
@@ -259,10 +275,12 @@ static void dr_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 static void dr_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct dr *d = (struct dr *)(uintptr_t)fi->fh;
-	struct node *n = d->node;
+	struct gen *g = d->gen;
 	dr_free(d);
-	if (n->kind == ND_SNAP)
-		gen_unpin(sf.gm, n->gen);
+	if (g) {
+		gen_unpin(sf.gm, g);
+		gen_unref(sf.gm, g);
+	}
 	fuse_reply_err(req, 0);
 }
 

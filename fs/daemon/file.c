@@ -69,6 +69,9 @@ static int fh_make(struct node *n, struct fuse_file_info *fi, int fd, struct fh 
 	h->node = n;
 	h->fd = -1;
 	switch (n->kind) {
+	case ND_SNAPDIR:
+		rc = -EISDIR;
+		goto fail;
 	case ND_STATUS:
 		if ((fi->flags & O_ACCMODE) != O_RDONLY) {
 			rc = -EROFS;
@@ -127,7 +130,7 @@ static void fh_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct fh *h;
 	int rc = nd_check(n);
 
-	if (!rc && n->kind != ND_STATUS && S_ISDIR(n->type))
+	if (!rc && (n->kind == ND_SNAPDIR || (n->kind != ND_STATUS && S_ISDIR(n->type))))
 		rc = -EISDIR;
 	if (!rc)
 		rc = fh_make(n, fi, -1, &h);
@@ -147,7 +150,7 @@ static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	struct fh *h;
 	int fd = -1, rc = 0;
 
-	if (p->kind == ND_SNAP)
+	if (p->kind == ND_SNAP || p->kind == ND_SNAPDIR)
 		rc = -EROFS;
 	else if (p->kind == ND_STATUS || !S_ISDIR(p->type))
 		rc = -ENOTDIR;

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 struct gen {
@@ -300,15 +301,27 @@ unsigned long gen_current_seq(struct genmgr *gm)
 	return s;
 }
 
-ino_t gen_current_ino(struct genmgr *gm)
+int gen_open_current(struct genmgr *gm)
 {
-	struct stat st;
-	ino_t ino = 1;      /* no generation yet: any constant will do for a listing */
+	int fd = -ENOENT;
 	pthread_mutex_lock(&gm->mu);
-	if (gm->cur && fstat(gm->cur->fd, &st) == 0)
-		ino = st.st_ino;
+	if (gm->cur) {
+		fd = openat(gm->cur->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0)
+			fd = -errno;
+	}
 	pthread_mutex_unlock(&gm->mu);
-	return ino;
+	return fd;
+}
+
+int gen_stat_current(struct genmgr *gm, struct stat *st)
+{
+	int rc = -ENOENT;
+	pthread_mutex_lock(&gm->mu);
+	if (gm->cur)
+		rc = fstat(gm->cur->fd, st) < 0 ? -errno : 0;
+	pthread_mutex_unlock(&gm->mu);
+	return rc;
 }
 
 double gen_reap(struct genmgr *gm, void (*on_dead)(struct gen *g))

@@ -356,8 +356,7 @@ static int sf_open_fds(void)
 		fprintf(stderr, "stillfs: store %s: %s\n", sf.o.store, strerror(errno));
 		return -1;
 	}
-	sf.procfd = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (sf.procfd < 0) {
+	if (access("/proc/self/fd", X_OK) < 0) {
 		fprintf(stderr, "stillfs: /proc/self/fd: %s (is /proc mounted?)\n", strerror(errno));
 		return -1;
 	}
@@ -368,8 +367,14 @@ static int sf_open_fds(void)
 	sf.root.kind = ND_LIVE;
 	sf.root.is_static = 1;
 	sf.root.nlookup = 2;
+	sf.snapdir.fd = -1;
+	sf.snapdir.ino = (ino_t)0x57111f5ULL << 32;   /* any constant; no backing inode */
+	sf.snapdir.type = S_IFDIR;
+	sf.snapdir.kind = ND_SNAPDIR;
+	sf.snapdir.is_static = 1;
+	sf.snapdir.nlookup = 1;
 	sf.status.fd = -1;
-	sf.status.ino = (ino_t)0x57111f5ULL << 32;   /* any number; no backing inode */
+	sf.status.ino = sf.snapdir.ino + 1;
 	sf.status.type = S_IFREG;
 	sf.status.kind = ND_STATUS;
 	sf.status.is_static = 1;
@@ -406,22 +411,69 @@ static atomic_int sf_hk_stop;
 
 static void sf_on_dead(struct gen *g) { nd_reclaim(g); }
 
+struct sf_names {
+	char **v;
+	size_t n;
+};
+
+static void sf_names_free(struct sf_names *ns)
+{
+	for (size_t i = 0; i < ns->n; i++)
+		free(ns->v[i]);
+	free(ns->v);
+	ns->v = NULL;
+	ns->n = 0;
+}
+
+/* Names in the current generation's root (best effort: an empty list on any error). */
+static void sf_names_load(struct sf_names *ns)
+{
+	int fd = gen_open_current(sf.gm);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *de;
+	size_t cap = 0;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	while ((de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (ns->n == cap) {
+			char **v = realloc(ns->v, (cap = cap ? cap * 2 : 16) * sizeof *v);
+			if (!v)
+				break;
+			ns->v = v;
+		}
+		if (!(ns->v[ns->n] = strdup(de->d_name)))
+			break;
+		ns->n++;
+	}
+	closedir(d);
+}
+
 /* Housekeeping: delete old generations, tell the kernel when .snapshot switched, wake lock
  * waiters that were interrupted or must give up for shutdown. */
 static void *sf_housekeeper(void *arg)
 {
 	unsigned long seen = 0;
+	struct sf_names names = { 0 };
 	(void)arg;
 	while (!atomic_load(&sf_hk_stop)) {
 		double next = gen_reap(sf.gm, sf_on_dead);
 		unsigned long cur = gen_current_seq(sf.gm);
 		if (cur != seen) {
-			/* Not needed for correctness (.snapshot is looked up on every walk), but it
-			 * lets the kernel drop the old generation's dentries and forget its nodes. It
-			 * must not run inside a request: it takes the root directory's lock. */
-			if (seen)
-				fuse_lowlevel_notify_inval_entry(sf.se, FUSE_ROOT_ID, SF_SNAPDIR,
-								 strlen(SF_SNAPDIR));
+			/* Entries below .snapshot are looked up again on every walk anyway, but
+			 * dropping the old generation's lets the kernel forget its nodes (and us
+			 * close their files) now rather than under memory pressure. Never from a
+			 * request: it takes the directory's lock. */
+			for (size_t i = 0; i < names.n; i++)
+				fuse_lowlevel_notify_inval_entry(sf.se, nd_id(&sf.snapdir), names.v[i],
+								 strlen(names.v[i]));
+			sf_names_free(&names);
+			sf_names_load(&names);
 			seen = cur;
 		}
 		if (fuse_session_exited(sf.se) && !atomic_load(&sf.exiting)) {
@@ -431,6 +483,7 @@ static void *sf_housekeeper(void *arg)
 		lk_kick_waiters();
 		gen_wait(sf.gm, next < 1 ? next : 1);
 	}
+	sf_names_free(&names);
 	return NULL;
 }
 
@@ -542,6 +595,12 @@ int main(int argc, char **argv)
 	mounted = 1;
 	if (fuse_daemonize(cmd.foreground) != 0)
 		goto out;
+	/* Only now: /proc/self names the process that opens it, and daemonizing forks. */
+	sf.procfd = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (sf.procfd < 0) {
+		log_err("/proc/self/fd: %s", strerror(errno));
+		goto out;
+	}
 	if (!cmd.foreground)
 		log_to_syslog(1);
 	log_info("serving %s at %s (cache %s)", sf.o.store, sf.o.mountpoint, sf.o.cache);
@@ -579,7 +638,8 @@ int main(int argc, char **argv)
 		fuse_loop_cfg_set_max_threads(lc, user_threads ? cmd.max_threads : SF_DEFAULT_THREADS);
 		rc = fuse_session_loop_mt(sf.se, lc);
 	}
-	rc = rc == 0 ? SF_EXIT_OK : SF_EXIT_FAIL;
+	/* libfuse reports a stop by signal as the signal's number: that is a clean exit. */
+	rc = rc == 0 || rc == SIGTERM || rc == SIGINT || rc == SIGHUP ? SF_EXIT_OK : SF_EXIT_FAIL;
 	log_info("unmounting %s", sf.o.mountpoint);
 out:
 	atomic_store(&sf.exiting, 1);

@@ -94,8 +94,16 @@ static void nd_remove(struct node *n)
 double nd_attr_timeout(const struct node *n)
 {
 	/* Live files may change behind our back (the store is written directly), so the kernel
-	 * must ask every time; snapshot nodes never change. */
-	return n->kind == ND_SNAP ? SF_SNAP_TIMEOUT : 0;
+	 * must ask every time; snapshot nodes never change; `.snapshot` itself mirrors the
+	 * current generation's root, which changes now and then. */
+	switch (n->kind) {
+	case ND_SNAP:
+		return SF_SNAP_TIMEOUT;
+	case ND_SNAPDIR:
+		return 1;
+	default:
+		return 0;
+	}
 }
 
 void nd_fill_timeouts(const struct node *n, struct fuse_entry_param *e)
@@ -115,6 +123,15 @@ int nd_stat(struct node *n, struct stat *st)
 		st->st_gid = sf.gid;
 		st->st_blksize = 4096;
 		st->st_atim = st->st_mtim = st->st_ctim = ut_realtime();
+		return 0;
+	}
+	if (n->kind == ND_SNAPDIR) {
+		/* Never a capture just to stat it: the current generation's root if there is one,
+		 * else the store's; always the same inode number, as it is always the same place. */
+		if (gen_stat_current(sf.gm, st) && fstat(sf.storefd, st) < 0)
+			return -errno;
+		st->st_ino = n->ino;
+		st->st_mode &= ~(mode_t)0222;
 		return 0;
 	}
 	if (fstatat(n->fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
@@ -172,12 +189,26 @@ int nd_from_fd(int fd, enum nd_kind kind, struct gen *g, struct fuse_entry_param
 	return 0;
 }
 
+int nd_lookup_gen(struct gen *g, const char *name, struct fuse_entry_param *e)
+{
+	if (gen_dead(g))
+		return -ESTALE;
+	int fd = openat(gen_fd(g), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int rc = nd_from_fd(fd, ND_SNAP, g, e);
+	/* Every path walk through .snapshot must come back here, so that it may move on to a
+	 * newer generation; below this level entries never change. */
+	e->entry_timeout = 0;
+	return rc;
+}
+
 int nd_lookup(struct node *parent, const char *name, struct fuse_entry_param *e)
 {
 	int rc = nd_check(parent);
 	if (rc)
 		return rc;
-	if (parent->kind == ND_STATUS || !S_ISDIR(parent->type))
+	if (parent->kind == ND_STATUS || parent->kind == ND_SNAPDIR || !S_ISDIR(parent->type))
 		return -ENOTDIR;
 	int fd = openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)

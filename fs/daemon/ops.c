@@ -21,10 +21,10 @@ static int op_reserved(const struct node *parent, const char *name)
 	return parent == &sf.root && (!strcmp(name, SF_SNAPDIR) || !strcmp(name, SF_STATUS));
 }
 
-/* -EROFS / -ENOTDIR / -ESTALE if entries may not be made or removed in parent. */
+/* -EROFS / -ENOTDIR if entries may not be made or removed in parent. */
 static int op_writable_dir(const struct node *parent)
 {
-	if (parent->kind == ND_SNAP)
+	if (parent->kind == ND_SNAP || parent->kind == ND_SNAPDIR)
 		return -EROFS;
 	if (parent->kind == ND_STATUS || !S_ISDIR(parent->type))
 		return -ENOTDIR;
@@ -54,18 +54,37 @@ int op_give(fuse_req_t req, const struct node *parent, int fd, const char *name,
 	return rc < 0 ? -errno : 0;
 }
 
-static int op_lookup_snapdir(struct fuse_entry_param *e)
+/* A name directly below `.snapshot`: this is where a generation is chosen (and captured if
+ * need be). The kernel holds only `.snapshot`'s own lock meanwhile, never one the live view
+ * needs, so a long capture stalls no application. */
+static int op_lookup_snapdir(const char *name, struct fuse_entry_param *e)
 {
 	struct gen *g;
 	int rc = gen_acquire(sf.gm, &g);
 	if (rc)
 		return rc;
-	int fd = fcntl(gen_fd(g), F_DUPFD_CLOEXEC, 0);
-	rc = fd < 0 ? -errno : nd_from_fd(fd, ND_SNAP, g, e);
+	rc = nd_lookup_gen(g, name, e);
+	if (rc == -ENOENT) {
+		/* Misses are not remembered: the next generation may have the name. */
+		memset(e, 0, sizeof *e);
+		rc = 0;
+	}
 	gen_unref(sf.gm, g);
-	/* Every path walk through .snapshot must come back here, so that it may switch to a
-	 * newer generation; below it, entries are immutable. */
-	e->entry_timeout = 0;
+	return rc;
+}
+
+/* A static node (the root's children of stillfs's own): one more kernel reference. */
+static int op_lookup_static(struct node *n, struct fuse_entry_param *e)
+{
+	pthread_mutex_lock(&sf.mu);
+	n->nlookup++;
+	pthread_mutex_unlock(&sf.mu);
+	memset(e, 0, sizeof *e);
+	e->ino = nd_id(n);
+	nd_fill_timeouts(n, e);
+	int rc = nd_stat(n, &e->attr);
+	if (rc)
+		nd_forget(n, 1);
 	return rc;
 }
 
@@ -76,14 +95,11 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	int rc;
 
 	if (p == &sf.root && !strcmp(name, SF_SNAPDIR)) {
-		rc = op_lookup_snapdir(&e);
+		rc = op_lookup_static(&sf.snapdir, &e);
 	} else if (p == &sf.root && !strcmp(name, SF_STATUS)) {
-		pthread_mutex_lock(&sf.mu);
-		sf.status.nlookup++;
-		pthread_mutex_unlock(&sf.mu);
-		memset(&e, 0, sizeof e);
-		e.ino = nd_id(&sf.status);
-		rc = nd_stat(&sf.status, &e.attr);
+		rc = op_lookup_static(&sf.status, &e);
+	} else if (p == &sf.snapdir) {
+		rc = op_lookup_snapdir(name, &e);
 	} else {
 		rc = nd_lookup(p, name, &e);
 		if (rc == -ENOENT && p->kind == ND_SNAP) {
@@ -344,7 +360,8 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 {
 	struct node *n = nd_of(ino);
 	struct statvfs sv;
-	if (fstatvfs(n->kind == ND_STATUS ? sf.root.fd : n->fd, &sv) < 0)
+	int fd = n->kind == ND_STATUS ? sf.root.fd : n->kind == ND_SNAPDIR ? sf.cachefd : n->fd;
+	if (fstatvfs(fd, &sv) < 0)
 		fuse_reply_err(req, errno);
 	else
 		fuse_reply_statfs(req, &sv);
@@ -357,7 +374,7 @@ static int op_xattr_path(const struct node *n, char *buf, size_t len)
 	int rc = nd_check(n);
 	if (rc)
 		return rc;
-	if (n->kind == ND_STATUS || S_ISLNK(n->type))
+	if (n->kind == ND_STATUS || n->kind == ND_SNAPDIR || S_ISLNK(n->type))
 		return -ENOTSUP;
 	snprintf(buf, len, "/proc/self/fd/%d", n->fd);
 	return 0;
@@ -377,7 +394,7 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 			rc = -EIO;
 		goto out;
 	}
-	if (n->kind == ND_SNAP) {
+	if (n->kind == ND_SNAP || n->kind == ND_SNAPDIR) {
 		rc = -EROFS;
 		goto out;
 	}
@@ -392,7 +409,8 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
 	struct node *n = nd_of(ino);
 	char path[64];
-	int rc = n->kind == ND_SNAP ? -EROFS : op_xattr_path(n, path, sizeof path);
+	int rc = n->kind == ND_SNAP || n->kind == ND_SNAPDIR ? -EROFS
+							     : op_xattr_path(n, path, sizeof path);
 	if (!rc && removexattr(path, name) < 0)
 		rc = -errno;
 	fuse_reply_err(req, -rc);
@@ -405,7 +423,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 	ssize_t len;
 	int rc = op_xattr_path(n, path, sizeof path);
 
-	if (rc == -ENOTSUP && n->kind == ND_STATUS)
+	if (rc == -ENOTSUP && (n->kind == ND_STATUS || n->kind == ND_SNAPDIR))
 		rc = -ENODATA;
 	if (rc)
 		goto out;

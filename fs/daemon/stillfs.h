@@ -28,7 +28,9 @@
  * another capture is attempted, so a store that never settles does not stall every lookup. */
 #define SF_FAIL_BACKOFF 5.0
 
-enum nd_kind { ND_LIVE, ND_SNAP, ND_STATUS };
+/* ND_SNAPDIR is `.snapshot` itself: a fixed directory whose contents are the current
+ * generation's root. Generations are chosen below it (lookups) and when it is opened. */
+enum nd_kind { ND_LIVE, ND_SNAP, ND_SNAPDIR, ND_STATUS };
 
 struct gen;
 struct genmgr;
@@ -76,6 +78,7 @@ struct sf {
 	int cachelockfd;           /* flock'ed marker: one daemon per cache */
 	int procfd;                /* /proc/self/fd, to reopen O_PATH descriptors */
 	struct node root;
+	struct node snapdir;
 	struct node status;
 	struct genmgr *gm;
 	pthread_mutex_t mu;        /* node table, nlookup counts, lock owners */
@@ -98,6 +101,8 @@ fuse_ino_t nd_id(const struct node *n);
 /* Look NAME up below the live or snapshot directory PARENT; on success the node's lookup
  * count is raised and *e is ready for fuse_reply_entry. */
 int nd_lookup(struct node *parent, const char *name, struct fuse_entry_param *e);
+/* The same below the root of generation g (a child of `.snapshot`). */
+int nd_lookup_gen(struct gen *g, const char *name, struct fuse_entry_param *e);
 /* The node of an already-open O_PATH descriptor (consumed), lookup count raised. */
 int nd_from_fd(int fd, enum nd_kind kind, struct gen *g, struct fuse_entry_param *e);
 void nd_forget(struct node *n, uint64_t nlookup);
@@ -169,8 +174,10 @@ unsigned long gen_seq(const struct gen *g);
 double gen_reap(struct genmgr *gm, void (*on_dead)(struct gen *g));
 /* Sequence number of the current generation (0: none); to notice switches. */
 unsigned long gen_current_seq(struct genmgr *gm);
-/* Inode number of the current generation's root, for directory listings (no capture). */
-ino_t gen_current_ino(struct genmgr *gm);
+/* A readable descriptor of the current generation's root, or -ENOENT (no capture). */
+int gen_open_current(struct genmgr *gm);
+/* stat of the current generation's root without capturing; -ENOENT if there is none. */
+int gen_stat_current(struct genmgr *gm, struct stat *st);
 /* Sleep until woken by gen activity or timeout seconds. */
 void gen_wait(struct genmgr *gm, double timeout);
 void gen_wake(struct genmgr *gm);
