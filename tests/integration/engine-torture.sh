@@ -9,7 +9,8 @@ store=$T_WORK/store
 t_bg "$TORTURE" write "$store"
 writer=${T_PIDS[-1]}
 # Wait until the writer has committed something, not for a fixed time.
-t_wait_for 30 test -n "$(sqlite3 "file:$store/chroma.sqlite3?mode=ro" 'select seq from max_seq_id limit 1' 2>/dev/null)"
+persisted() { [ -n "$(sqlite3 -cmd '.timeout 5000' "file:$store/chroma.sqlite3?mode=ro" 'select seq from max_seq_id limit 1' 2>/dev/null)" ]; }
+t_wait_for 30 persisted
 
 prev=() total=0 max_lock=0 retries=0
 for i in $(seq 1 "$N"); do
