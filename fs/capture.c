@@ -958,7 +958,7 @@ static void cap_restat_recent(struct cap *c, double since)
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
 		struct stat st;
-		if (e->kind != K_FILE || !e->copied || e->reused || e->copied_at < since)
+		if (e->kind != K_FILE || !e->copied || e->copied_at < since)
 			continue;
 		if (fstatat(c->storefd, e->path, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
 		    st.st_ino != e->st.st_ino || st.st_size != e->st.st_size ||
@@ -1209,7 +1209,8 @@ static int cap_set_times(struct cap *c)
 				char *ident = e->ident;
 				e->ident = NULL;
 				if (cap_link_prev(c, e, pe) == 0) {
-					c->st->bytes_linked -= was; /* it was copied, then shared */
+					/* it was copied, then found equal and shared instead */
+					c->st->bytes_copied -= was < c->st->bytes_copied ? was : c->st->bytes_copied;
 					free(e->ident);
 					e->ident = ident;
 					continue;
