@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -26,11 +27,56 @@ struct dr {
 	DIR *dp;
 	struct node *node;
 	struct gen *gen;           /* the generation pinned by this handle, if any */
+	struct dr *snext, *sprev;  /* open handles of `.snapshot` itself (dr_smu) */
+	pid_t tgid;                /* ... and the process that opened it */
 	struct dirent *pending;    /* read but not yet returned (it did not fit) */
 	off_t off;                 /* offset of pending / of the next readdir */
 	struct dr_ent *ents;       /* root only */
 	size_t nents;
 };
+
+/* Open handles of `.snapshot` itself. A name looked up below `.snapshot` belongs to the
+ * current generation, except for a process that holds `.snapshot` open: it keeps seeing the
+ * generation its handle lists (think tar or rsync opening names relative to that handle while
+ * someone forces a refresh). */
+static pthread_mutex_t dr_smu = PTHREAD_MUTEX_INITIALIZER;
+static struct dr dr_shandles = { .snext = &dr_shandles, .sprev = &dr_shandles };
+
+/* Lookups name the calling thread; handles belong to processes. */
+static pid_t dr_tgid(pid_t pid)
+{
+	char path[64], line[128];
+	pid_t tgid = pid;
+	snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return pid;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "Tgid: %d", &tgid) == 1)
+			break;
+	fclose(f);
+	return tgid;
+}
+
+struct gen *dr_snapdir_gen(pid_t pid)
+{
+	struct gen *g = NULL;
+	pthread_mutex_lock(&dr_smu);
+	int any = dr_shandles.snext != &dr_shandles;
+	pthread_mutex_unlock(&dr_smu);
+	if (!any)
+		return NULL;
+	pid_t tgid = dr_tgid(pid);
+	pthread_mutex_lock(&dr_smu);
+	for (struct dr *d = dr_shandles.snext; d != &dr_shandles; d = d->snext)
+		if (d->tgid == tgid && !gen_dead(d->gen) &&
+		    (!g || gen_seq(d->gen) > gen_seq(g)))
+			g = d->gen;
+	if (g)
+		gen_ref(sf.gm, g);
+	pthread_mutex_unlock(&dr_smu);
+	return g;
+}
 
 static void dr_free_ents(struct dr *d)
 {
@@ -43,6 +89,12 @@ static void dr_free_ents(struct dr *d)
 
 static void dr_free(struct dr *d)
 {
+	if (d->snext) {
+		pthread_mutex_lock(&dr_smu);
+		d->snext->sprev = d->sprev;
+		d->sprev->snext = d->snext;
+		pthread_mutex_unlock(&dr_smu);
+	}
 	if (d->dp)
 		closedir(d->dp);
 	dr_free_ents(d);
@@ -59,7 +111,7 @@ static void dr_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 	if (!rc && (n->kind == ND_STATUS || !S_ISDIR(n->type)))
 		rc = -ENOTDIR;
-	if (!rc && n->kind == ND_SNAPDIR)
+	if (!rc && n->kind == ND_SNAPDIR && !(g = dr_snapdir_gen(fuse_req_ctx(req)->pid)))
 		rc = gen_acquire(sf.gm, &g);       /* a reference of our own */
 	else if (!rc && n->kind == ND_SNAP)
 		gen_ref(sf.gm, g = n->gen);
@@ -80,6 +132,15 @@ static void dr_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		goto out;
 	}
 	fd = -1;
+	if (n->kind == ND_SNAPDIR) {
+		d->tgid = dr_tgid(fuse_req_ctx(req)->pid);
+		pthread_mutex_lock(&dr_smu);
+		d->snext = dr_shandles.snext;
+		d->sprev = &dr_shandles;
+		dr_shandles.snext->sprev = d;
+		dr_shandles.snext = d;
+		pthread_mutex_unlock(&dr_smu);
+	}
 	if (n->kind == ND_SNAP) {
 		/* Immutable: let the kernel cache the listing. */
 		fi->cache_readdir = 1;

@@ -160,7 +160,9 @@ static int gen_capture_locked(struct genmgr *gm)
 	char name[32], err[512] = "";
 	int fd = -1;
 
-	snprintf(name, sizeof name, "gen-%lu", ++gm->next_seq);
+	/* Numbers count generations served; a failed attempt does not use one up. */
+	unsigned long seq = gm->next_seq + 1;
+	snprintf(name, sizeof name, "gen-%lu", seq);
 	if (prev)
 		prev->refs++;       /* the capture shares files with it: keep it */
 	gm->capturing = 1;
@@ -190,7 +192,7 @@ static int gen_capture_locked(struct genmgr *gm)
 	gm->epoch++;
 	gm->last_attempt_s = now - t0;
 	if (rc == 0) {
-		g->seq = gm->next_seq;
+		g->seq = gm->next_seq = seq;
 		snprintf(g->name, sizeof g->name, "%s", name);
 		g->fd = fd;
 		g->stats = st;
@@ -312,16 +314,6 @@ int gen_open_current(struct genmgr *gm)
 	}
 	pthread_mutex_unlock(&gm->mu);
 	return fd;
-}
-
-int gen_stat_current(struct genmgr *gm, struct stat *st)
-{
-	int rc = -ENOENT;
-	pthread_mutex_lock(&gm->mu);
-	if (gm->cur)
-		rc = fstat(gm->cur->fd, st) < 0 ? -errno : 0;
-	pthread_mutex_unlock(&gm->mu);
-	return rc;
 }
 
 double gen_reap(struct genmgr *gm, void (*on_dead)(struct gen *g))

@@ -373,6 +373,11 @@ static int sf_open_fds(void)
 	sf.snapdir.kind = ND_SNAPDIR;
 	sf.snapdir.is_static = 1;
 	sf.snapdir.nlookup = 1;
+	sf.snapdir_st = st;
+	sf.snapdir_st.st_ino = sf.snapdir.ino;
+	sf.snapdir_st.st_mode = S_IFDIR | (st.st_mode & 07555);
+	sf.snapdir_st.st_nlink = 2;
+	sf.snapdir_st.st_atim = sf.snapdir_st.st_mtim = sf.snapdir_st.st_ctim = ut_realtime();
 	sf.status.fd = -1;
 	sf.status.ino = sf.snapdir.ino + 1;
 	sf.status.type = S_IFREG;

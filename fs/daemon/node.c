@@ -100,7 +100,7 @@ double nd_attr_timeout(const struct node *n)
 	case ND_SNAP:
 		return SF_SNAP_TIMEOUT;
 	case ND_SNAPDIR:
-		return 1;
+		return SF_SNAP_TIMEOUT;
 	default:
 		return 0;
 	}
@@ -126,19 +126,30 @@ int nd_stat(struct node *n, struct stat *st)
 		return 0;
 	}
 	if (n->kind == ND_SNAPDIR) {
-		/* Never a capture just to stat it: the current generation's root if there is one,
-		 * else the store's; always the same inode number, as it is always the same place. */
-		if (gen_stat_current(sf.gm, st) && fstat(sf.storefd, st) < 0)
-			return -errno;
-		st->st_ino = n->ino;
-		st->st_mode &= ~(mode_t)0222;
+		/* Fixed: taken from the store's root at mount time. Readers such as tar check that
+		 * a directory did not change while they read it; this one must not seem to, even
+		 * when a newer generation appears. Never a capture just to stat it. */
+		*st = sf.snapdir_st;
 		return 0;
 	}
 	if (fstatat(n->fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
 	if (n->kind == ND_SNAP)
-		st->st_mode &= ~(mode_t)0222;
+		nd_snap_attr(st);
 	return 0;
+}
+
+/* What a snapshot file looks like: read-only, and attributes that depend on nothing but the
+ * captured file. A file unchanged between generations is one inode shared by hard links, so
+ * its link count and ctime move whenever a generation comes or goes; a reader (tar, rsync)
+ * that sees them change while it reads thinks the file changed. */
+void nd_snap_attr(struct stat *st)
+{
+	st->st_mode &= ~(mode_t)0222;
+	st->st_ctim = st->st_mtim;
+	st->st_atim = st->st_mtim;
+	if (!S_ISDIR(st->st_mode))
+		st->st_nlink = 1;
 }
 
 int nd_check(const struct node *n)
@@ -184,7 +195,7 @@ int nd_from_fd(int fd, enum nd_kind kind, struct gen *g, struct fuse_entry_param
 	e->ino = nd_id(n);
 	e->attr = st;
 	if (kind == ND_SNAP)
-		e->attr.st_mode &= ~(mode_t)0222;
+		nd_snap_attr(&e->attr);
 	nd_fill_timeouts(n, e);
 	return 0;
 }

@@ -57,10 +57,10 @@ int op_give(fuse_req_t req, const struct node *parent, int fd, const char *name,
 /* A name directly below `.snapshot`: this is where a generation is chosen (and captured if
  * need be). The kernel holds only `.snapshot`'s own lock meanwhile, never one the live view
  * needs, so a long capture stalls no application. */
-static int op_lookup_snapdir(const char *name, struct fuse_entry_param *e)
+static int op_lookup_snapdir(fuse_req_t req, const char *name, struct fuse_entry_param *e)
 {
-	struct gen *g;
-	int rc = gen_acquire(sf.gm, &g);
+	struct gen *g = dr_snapdir_gen(fuse_req_ctx(req)->pid);
+	int rc = g ? 0 : gen_acquire(sf.gm, &g);
 	if (rc)
 		return rc;
 	rc = nd_lookup_gen(g, name, e);
@@ -99,7 +99,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	} else if (p == &sf.root && !strcmp(name, SF_STATUS)) {
 		rc = op_lookup_static(&sf.status, &e);
 	} else if (p == &sf.snapdir) {
-		rc = op_lookup_snapdir(name, &e);
+		rc = op_lookup_snapdir(req, name, &e);
 	} else {
 		rc = nd_lookup(p, name, &e);
 		if (rc == -ENOENT && p->kind == ND_SNAP) {

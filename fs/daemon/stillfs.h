@@ -79,6 +79,7 @@ struct sf {
 	int procfd;                /* /proc/self/fd, to reopen O_PATH descriptors */
 	struct node root;
 	struct node snapdir;
+	struct stat snapdir_st;    /* its attributes, fixed at mount time */
 	struct node status;
 	struct genmgr *gm;
 	pthread_mutex_t mu;        /* node table, nlookup counts, lock owners */
@@ -107,6 +108,7 @@ int nd_lookup_gen(struct gen *g, const char *name, struct fuse_entry_param *e);
 int nd_from_fd(int fd, enum nd_kind kind, struct gen *g, struct fuse_entry_param *e);
 void nd_forget(struct node *n, uint64_t nlookup);
 int nd_stat(struct node *n, struct stat *st);
+void nd_snap_attr(struct stat *st);
 void nd_fill_timeouts(const struct node *n, struct fuse_entry_param *e);
 double nd_attr_timeout(const struct node *n);
 int nd_reopen(const struct node *n, int flags);
@@ -123,6 +125,9 @@ int op_give(fuse_req_t req, const struct node *parent, int fd, const char *name,
 
 /* dir.c */
 void dr_register(struct fuse_lowlevel_ops *ops);
+/* The generation listed by a `.snapshot` handle that the calling process holds (with a
+ * reference), or NULL: names below `.snapshot` then resolve in it, not in the current one. */
+struct gen *dr_snapdir_gen(pid_t pid);
 
 /* file.c */
 void fh_register(struct fuse_lowlevel_ops *ops);
@@ -176,8 +181,6 @@ double gen_reap(struct genmgr *gm, void (*on_dead)(struct gen *g));
 unsigned long gen_current_seq(struct genmgr *gm);
 /* A readable descriptor of the current generation's root, or -ENOENT (no capture). */
 int gen_open_current(struct genmgr *gm);
-/* stat of the current generation's root without capturing; -ENOENT if there is none. */
-int gen_stat_current(struct genmgr *gm, struct stat *st);
 /* Sleep until woken by gen activity or timeout seconds. */
 void gen_wait(struct genmgr *gm, double timeout);
 void gen_wake(struct genmgr *gm);

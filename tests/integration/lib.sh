@@ -40,3 +40,49 @@ t_wait_for() {
     sleep 0.05
   done
 }
+
+# ---- stillfs daemon helpers (used by daemon-*.sh) ----------------------------------------
+# t_mount STORE MNT [stillfs options...]: run stillfs in the foreground with a private cache,
+# its log in $T_DAEMON_LOG and its pid in $T_DAEMON_PID; wait until the mount is up, failing
+# at once if the daemon exits first. Cleanup unmounts and kills it whatever happens.
+t_is_stillfs() { [ "$(findmnt -n -o FSTYPE --mountpoint "$1" 2>/dev/null)" = fuse.stillfs ]; }
+t_mount() {
+  : "${STILLFS:?STILLFS must point to the stillfs binary}"
+  local store=$1 mnt=$2 deadline; shift 2
+  T_DAEMON_LOG=$T_WORK/daemon.$(basename "$mnt").log
+  T_MOUNTS+=("$mnt")
+  "$STILLFS" "$store" "$mnt" -f -o "cache=$T_WORK/cache.$(basename "$mnt")" "$@" >>"$T_DAEMON_LOG" 2>&1 &
+  T_DAEMON_PID=$!
+  T_PIDS+=("$T_DAEMON_PID")
+  deadline=$((SECONDS + 20))
+  until t_is_stillfs "$mnt"; do
+    if ! kill -0 "$T_DAEMON_PID" 2>/dev/null; then
+      cat "$T_DAEMON_LOG" >&2
+      t_fail "stillfs exited before $mnt was mounted"
+    fi
+    ((SECONDS < deadline)) || t_fail "timed out waiting for the mount at $mnt"
+    sleep 0.05
+  done
+}
+# t_unmount MNT [PID]: unmount and wait for the daemon to exit; fails if it exits non-zero.
+t_unmount() {
+  local mnt=$1 pid=${2:-$T_DAEMON_PID} rc=0
+  fusermount3 -u "$mnt" || t_fail "fusermount3 -u $mnt failed"
+  wait "$pid" || rc=$?
+  [ "$rc" -eq 0 ] || t_fail "stillfs exited with status $rc after unmount"
+  t_is_stillfs "$mnt" && t_fail "$mnt still mounted"
+  return 0
+}
+# t_status MNT KEY: one field of the daemon's status file.
+t_status() { awk -v k="$2:" '$1 == k { sub(/^[^ ]+ /, ""); print; exit }' "$1/.stillfs-status"; }
+# t_log_clean LOG [EXTRA_ALLOWED_ERE]: fail if the daemon logged anything that looks like a
+# problem, other than lines matching the allowed pattern.
+t_log_clean() {
+  local log=$1 allow=${2:-'^$'} bad
+  bad=$(grep -Ei 'error|fail|cannot|warning|invalid|unknown|abort|stale|denied|bad |refus' "$log" |
+        grep -Ev -- "$allow" || true)
+  if [ -n "$bad" ]; then
+    echo "$bad" >&2
+    t_fail "unexpected messages in the daemon log $log"
+  fi
+}

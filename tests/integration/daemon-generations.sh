@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Generations: materialized at open time, one capture for many concurrent openers, pinned by
+# handles and for the linger time, a long reader keeps its generation while a newer one is
+# taken (stillctl refresh), no stale cached bytes across generations, unchanged files shared,
+# old generations deleted, leftovers cleaned at start, and capture failures (disk full) served
+# with the previous generation or EIO, and reported.
+source "$(dirname "$0")/lib.sh"
+: "${STILLFS:?}"
+store=$T_WORK/store mnt=$T_WORK/mnt cache=$T_WORK/cache.mnt
+mkdir -p "$store" "$mnt" "$cache"
+echo AAAA >"$store/f"
+head -c 3000000 /dev/urandom >"$store/big"
+# Leftovers of an earlier run in a cache that is ours: removed at start.
+touch "$cache/.stillfs-cache" && mkdir -p "$cache/gen-7/junk" "$cache/.gen-8.stillfs-tmp.1"
+t_mount "$store" "$mnt" -o snapshot_max_age=1,snapshot_linger=2
+[ "$(ls -A "$cache")" = .stillfs-cache ] || t_fail "leftovers not removed at start: $(ls -A "$cache")"
+[ "$(stat -c %a "$cache")" = 700 ] || t_fail "the cache is not mode 0700"
+
+gen() { t_status "$mnt" generation; }
+[ "$(gen)" = none ] || t_fail "a generation exists before anyone opened .snapshot"
+
+# Concurrent first openers wait for one capture.
+pids=()
+for i in 1 2 3 4 5 6; do cat "$mnt/.snapshot/f" >"$T_WORK/par.$i" & pids+=($!); done
+wait "${pids[@]}"
+for i in 1 2 3 4 5 6; do [ "$(cat "$T_WORK/par.$i")" = AAAA ] || t_fail "concurrent opener $i got '$(cat "$T_WORK/par.$i")'"; done
+[ "$(t_status "$mnt" captures_ok)" = 1 ] || t_fail "concurrent openers made $(t_status "$mnt" captures_ok) captures"
+[ "$(gen)" = 1 ] || t_fail "expected generation 1"
+
+# A long reader: a handle on a file and one on a directory of generation 1.
+exec 3<"$mnt/.snapshot/f"
+exec 4<"$mnt/.snapshot"
+echo BBBB >"$store/f"                          # same size: caches must not be fooled
+aged() { awk -v a="$(t_status "$mnt" age_s)" 'BEGIN { exit !(a > 1.5) }'; }
+t_wait_for 10 aged
+[ "$(cat "$mnt/.snapshot/f")" = AAAA ] || t_fail "a pinned generation was replaced by age"
+[ "$(gen)" = 1 ] || t_fail "a pinned generation was replaced"
+[ "$(t_status "$mnt" pinned)" = yes ] && [ "$(t_status "$mnt" handles)" -ge 2 ] || t_fail "status does not show the pin"
+
+# stillctl refresh forces a new generation even while pinned.
+"$STILLCTL" refresh "$mnt" >"$T_WORK/refresh.out" || t_fail "stillctl refresh failed"
+grep -q '^generation 2 ' "$T_WORK/refresh.out" || t_fail "refresh said: $(cat "$T_WORK/refresh.out")"
+[ "$(gen)" = 2 ] || t_fail "refresh did not make generation 2"
+[ "$(cat "$mnt/.snapshot/f")" = BBBB ] || t_fail "stale bytes: generation 2 shows generation 1's content"
+[ "$(cat "/proc/$$/fd/3")" = AAAA ] || t_fail "the open file lost its generation"
+[ "$(cat <&3)" = AAAA ] || t_fail "reading the held handle gave other bytes"
+# The process holding .snapshot open still finds generation 1's names below it (the read
+# builtin opens the file in this shell, the holder); other processes see generation 2.
+read -r held_f <"/proc/$$/fd/4/f"
+[ "$held_f" = AAAA ] || t_fail "a name below the held .snapshot left its generation: $held_f"
+ls "/proc/$$/fd/4/" | grep -qx f || t_fail "the held .snapshot does not list its generation"
+[ "$(cat "$mnt/.snapshot/f")" = BBBB ] || t_fail "another process does not see generation 2"
+[ "$(t_status "$mnt" bytes_shared)" -ge 3000000 ] || t_fail "unchanged files were not shared: $(t_status "$mnt" bytes_shared)"
+[ -d "$cache/gen-1" ] || t_fail "a pinned old generation was deleted"
+
+# Once the handles close and the linger passes, generation 1 goes.
+exec 3<&- 4<&-
+gone() { [ ! -e "$cache/gen-1" ]; }
+t_wait_for 20 gone
+[ "$(t_status "$mnt" generations_deleted)" -ge 1 ] || t_fail "status does not count the deletion"
+
+# Age: unpinned and older than max_age, the next opener gets a new generation by itself.
+echo CCCC >"$store/f"
+unpinned_aged() { [ "$(t_status "$mnt" pinned)" = no ] && aged; }
+t_wait_for 20 unpinned_aged
+[ "$(cat "$mnt/.snapshot/f")" = CCCC ] || t_fail "no new generation for an opener after max_age"
+[ "$(gen)" = 3 ] || t_fail "expected generation 3, got $(gen)"
+t_unmount "$mnt"
+t_log_clean "$T_DAEMON_LOG"
+[ "$(ls -A "$cache")" = .stillfs-cache ] || t_fail "generations left in the cache after unmount"
+
+# --- capture failure: a cache too small (disk full) -------------------------------------------
+small=$T_WORK/small
+mkdir -p "$small"
+mount -t tmpfs -o size=1m stillfs-test "$small" || t_fail "cannot mount a tmpfs for the full-disk case"
+T_MOUNTS+=("$small")
+t_mount "$store" "$mnt" -o "cache=$small/c,snapshot_max_age=0,snapshot_linger=0"
+cat "$mnt/.snapshot/f" 2>"$T_WORK/eio.err" && t_fail "a capture into a full disk succeeded"
+grep -q 'Input/output error' "$T_WORK/eio.err" || t_fail "expected EIO, got: $(cat "$T_WORK/eio.err")"
+[ "$(gen)" = none ] || t_fail "a failed capture made a generation"
+t_status "$mnt" last_error | grep -Eqi 'space|full' || t_fail "status does not say why: $(t_status "$mnt" last_error)"
+[ "$(t_status "$mnt" captures_failed)" -ge 1 ] || t_fail "status does not count the failure"
+# With room again, a later opener succeeds (after the back-off).
+mv "$store/big" "$T_WORK/big"
+works() { [ "$(cat "$mnt/.snapshot/f" 2>/dev/null)" = CCCC ]; }
+t_wait_for 30 works
+[ "$(gen)" = 1 ] || t_fail "expected generation 1 after recovery"
+# Full again: the refresh fails, and the previous generation is still served.
+mv "$T_WORK/big" "$store/big"
+echo DDDD >"$store/f"
+rc=0; "$STILLCTL" refresh "$mnt" >/dev/null 2>"$T_WORK/refresh.err" || rc=$?
+[ "$rc" -eq 4 ] || t_fail "refresh into a full disk: exit $rc, expected 4: $(cat "$T_WORK/refresh.err")"
+[ "$(cat "$mnt/.snapshot/f")" = CCCC ] || t_fail "the previous generation is not served after a failure"
+[ "$(gen)" = 1 ] || t_fail "a failed capture replaced the generation"
+t_unmount "$mnt"
+t_log_clean "$T_DAEMON_LOG" 'no space|No space|capture failed|Input/output|cannot write|cannot finish|cannot publish|cannot copy|capture: '
+echo "# daemon-generations: ok"
