@@ -52,9 +52,10 @@ void cap_interrupt(void) { cap_stop = 1; }
 
 enum { K_NONE = 0, K_DIR = 'd', K_FILE = 'f', K_DB = 's', K_LINK = 'l', K_SKIP = 'x',
        K_COMPANION = 'c' };
-/* DB_WAL_COLD: a -wal but no -shm, so no connection can be open (every WAL connection keeps
- * the -shm): it is held like a rollback database and recovered from a private copy, because
- * even a read-only SQLite connection would create the -shm in the store. */
+/* DB_WAL_COLD: a -wal but no -shm in use, so no connection is open (every WAL connection
+ * keeps a read lock on the -shm's DMS byte; a -shm nobody holds is a crashed writer's, stale):
+ * it is held like a rollback database and recovered from a private copy, because even a
+ * read-only SQLite connection would create or rebuild the -shm in the store. */
 enum { DB_ROLLBACK, DB_WAL, DB_WAL_COLD };
 
 struct ent {
@@ -80,6 +81,7 @@ struct ent {
 	int wal_phase;           /* order of its WAL pin in this attempt, -1 if none */
 	int active_phase;        /* last marker phase in which it was written, -2 if none */
 	char *db_ident;          /* identity taken before the lock */
+	struct stat cold_sig[2]; /* DB_WAL_COLD: its -wal and -shm when classified */
 };
 
 struct cap {
@@ -666,7 +668,10 @@ static int cap_copy_dirty(struct cap *c, int *copied)
 			continue;
 		}
 		size_t db;
-		if (e->kind == K_FILE && cap_companion_of(c, e->parent, e->name, &db)) {
+		/* A symlink in a companion's place is no companion (SQLite never follows one), but
+		 * staged beside the copy it would stop the copy from being recovered or opened. */
+		if ((e->kind == K_FILE || e->kind == K_LINK) &&
+		    cap_companion_of(c, e->parent, e->name, &db)) {
 			e->kind = K_COMPANION;
 			e->dirty = 0;
 			cap_unstage(c, i);
@@ -761,12 +766,54 @@ static char *cap_db_ident(struct ent *e, int dirfd)
 	return out;
 }
 
-static int cap_shm_present(int dirfd, const char *name)
+/* SQLite's unixLockSharedMemory: every connection holds a read lock on this byte of the -shm
+ * for as long as it has the -shm open. Only called while no connection of ours is open on the
+ * database: closing our descriptor would drop our own POSIX locks on the -shm. */
+#define CAP_SHM_DMS 128
+static int cap_shm_in_use(int dirfd, const char *name)
 {
 	char shm[NAME_MAX + 16];
 	struct stat st;
 	snprintf(shm, sizeof shm, "%s-shm", name);
-	return fstatat(dirfd, shm, &st, AT_SYMLINK_NOFOLLOW) == 0;
+	if (fstatat(dirfd, shm, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return errno != ENOENT;
+	if (!S_ISREG(st.st_mode))
+		return 0; /* SQLite opens it O_NOFOLLOW and maps it: no link or fifo serves anyone */
+	int fd = openat(dirfd, shm, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return errno != ENOENT;
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = CAP_SHM_DMS,
+			    .l_len = 1 };
+	int used = fcntl(fd, F_OFD_GETLK, &fl) < 0 || fl.l_type != F_UNLCK;
+	close(fd);
+	return used;
+}
+
+static void cap_cold_sig(struct ent *e, struct stat sig[2])
+{
+	static const char *sfx[] = { "-wal", "-shm" };
+	char name[NAME_MAX + 16];
+	for (unsigned k = 0; k < 2; k++) {
+		snprintf(name, sizeof name, "%s%s", e->name, sfx[k]);
+		if (fstatat(e->dirfd, name, &sig[k], AT_SYMLINK_NOFOLLOW) < 0)
+			memset(&sig[k], 0, sizeof sig[k]);
+	}
+}
+
+/* A connection that came (and maybe went) since a cold WAL database was classified rebuilt
+ * its -shm or appended to its -wal; it may have checkpointed into the file being read. */
+static int cap_cold_disturbed(struct ent *e)
+{
+	struct stat now[2];
+	if (cap_shm_in_use(e->dirfd, e->name))
+		return 1;
+	cap_cold_sig(e, now);
+	for (unsigned k = 0; k < 2; k++)
+		if (now[k].st_ino != e->cold_sig[k].st_ino || now[k].st_size != e->cold_sig[k].st_size ||
+		    cap_ns(now[k].st_mtim) != cap_ns(e->cold_sig[k].st_mtim) ||
+		    cap_ns(now[k].st_ctim) != cap_ns(e->cold_sig[k].st_ctim))
+			return 1;
+	return 0;
 }
 
 static int cap_wal_present(int dirfd, const char *name)
@@ -794,7 +841,9 @@ static int cap_db_prepare(struct cap *c)
 		free(e->db_ident);
 		e->db_ident = cap_db_ident(e, e->dirfd);
 		e->dbmode = !cap_wal_present(e->dirfd, e->name) ? DB_ROLLBACK :
-			    cap_shm_present(e->dirfd, e->name) ? DB_WAL : DB_WAL_COLD;
+			    cap_shm_in_use(e->dirfd, e->name) ? DB_WAL : DB_WAL_COLD;
+		if (e->dbmode == DB_WAL_COLD)
+			cap_cold_sig(e, e->cold_sig);
 		if (e->dbmode == DB_WAL) {
 			/* No descriptor of ours on this file from here on: closing one would drop the
 			 * POSIX locks SQLite takes for the connection. */
@@ -879,9 +928,9 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 			rc = cap_copy_companion(c, e, "-journal");
 		if (!rc && e->dbmode == DB_WAL_COLD) {
 			rc = cap_copy_companion(c, e, "-wal");
-			/* A connection that opened meanwhile created the -shm first; it may have
-			 * checkpointed into the file we were reading. */
-			if (!rc && cap_shm_present(e->dirfd, e->name))
+			/* A connection that opened meanwhile may have checkpointed into the file we
+			 * were reading. */
+			if (!rc && cap_cold_disturbed(e))
 				return -EAGAIN;
 		}
 	}
@@ -1055,7 +1104,7 @@ static int cap_attempt(struct cap *c, double deadline)
 		nrollback++;
 		/* A writer may have switched it to WAL, or opened the cold WAL, before our lock. */
 		if (e->dbmode == DB_ROLLBACK ? cap_wal_present(e->dirfd, e->name) :
-					       cap_shm_present(e->dirfd, e->name)) {
+					       cap_cold_disturbed(e)) {
 			rc = -EAGAIN;
 			goto out;
 		}
@@ -1098,6 +1147,14 @@ static int cap_attempt(struct cap *c, double deadline)
 		struct ent *e = &c->e[i];
 		if (e->kind != K_DB)
 			continue;
+		/* Mode and owner as of the cut: a database's were last read when it was classified,
+		 * and a chmod of it breaks no cut, so it would otherwise never be seen. */
+		struct stat cur;
+		if (fstatat(e->dirfd, e->name, &cur, AT_SYMLINK_NOFOLLOW) == 0) {
+			e->st.st_mode = cur.st_mode;
+			e->st.st_uid = cur.st_uid;
+			e->st.st_gid = cur.st_gid;
+		}
 		char *now = cap_db_ident(e, e->dirfd);
 		const struct mf_entry *pe = e->hot ? NULL : cap_prev_same(c, e, now);
 		free(now);
@@ -1140,10 +1197,15 @@ static int cap_db_finish(struct cap *c)
 		if (fd < 0)
 			return -errno;
 		uint8_t hdr[20] = { 0 };
-		int rc = pread(fd, hdr, sizeof hdr, 0) == (ssize_t)sizeof hdr ? 0 : -EIO;
+		ssize_t hn = pread(fd, hdr, sizeof hdr, 0);
+		int rc = hn < 0 ? -errno : 0;
 		int recover = e->hot || e->dbmode == DB_WAL_COLD;
+		/* Emptied or overwritten in place since it was recognised: no database any more,
+		 * so its bytes are kept as they are. */
+		if (!recover && (hn < (ssize_t)sizeof hdr || !sq_is_header(hdr)))
+			e->kind = K_FILE;
 		int digested = e->precopied; /* and unchanged since, or it would not be used */
-		if (!rc && !recover && (hdr[18] != 1 || hdr[19] != 1)) {
+		if (!rc && e->kind == K_DB && !recover && (hdr[18] != 1 || hdr[19] != 1)) {
 			digested = 0;
 			/* The copy holds every committed page and no WAL content is pending, so turning
 			 * it into a rollback-journal database only means rewriting the two format-version
@@ -1218,16 +1280,17 @@ static int cap_set_times(struct cap *c)
 				e->ident = ident;
 			}
 		}
-		/* Whole seconds, as S3 keeps them and rsync compares them; and at least a second
-		 * after the previous snapshot's copy, so that two captures within one second
-		 * still differ. The first whole second after the cut is later than any upload
-		 * that finished before the cut. */
-		time_t sec = (time_t)(c->cut_ns / 1000000000LL) + 1;
+		/* The cut itself: later than any upload that finished before it, even against
+		 * S3's whole-second LastModified, so aws s3 sync sends the file. rsync compares
+		 * whole seconds, so when the previous snapshot's copy has the same second, the
+		 * next second is used instead. */
+		int64_t m = c->cut_ns;
 		const struct mf_entry *pe = c->have_prev ? mf_find(&c->prev, e->path) : NULL;
-		if (pe && pe->mtime_ns / 1000000000LL + 1 > sec)
-			sec = (time_t)(pe->mtime_ns / 1000000000LL + 1);
-		e->mtime_ns = (int64_t)sec * 1000000000LL;
-		struct timespec ts[2] = { { sec, 0 }, { sec, 0 } };
+		if (pe && pe->mtime_ns / 1000000000LL >= m / 1000000000LL)
+			m = (pe->mtime_ns / 1000000000LL + 1) * 1000000000LL;
+		e->mtime_ns = m;
+		struct timespec ts[2] = { { (time_t)(m / 1000000000LL), (long)(m % 1000000000LL) },
+					  { (time_t)(m / 1000000000LL), (long)(m % 1000000000LL) } };
 		if (utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
 			return -errno;
 	}

@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(build-essential clang meson ninja-build pkg-config
       libfuse3-dev fuse3 libsqlite3-dev sqlite3 libcriterion-dev
-      rsync attr acl psmisc procps util-linux bc)
+      rsync attr acl psmisc procps util-linux bc python3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -16,3 +16,4 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+bash "$(dirname "$0")/install-test-peers.sh"   # the S3 server and AWS CLI of the s3-* tests
