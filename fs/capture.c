@@ -28,6 +28,7 @@
 #include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
+#include <math.h>
 #include <poll.h>
 #include <linux/openat2.h>
 #include <signal.h>
@@ -104,6 +105,7 @@ struct cap {
 	double lock_t0;
 	int64_t cut_ns;
 	double last_change;      /* when a plain file or the tree was last seen changing */
+	double uploads_before;   /* realtime; see cap_opts */
 };
 
 static int cap_openat2(int dirfd, const char *path, int flags)
@@ -1280,17 +1282,18 @@ static int cap_set_times(struct cap *c)
 				e->ident = ident;
 			}
 		}
-		/* The cut itself: later than any upload that finished before it, even against
-		 * S3's whole-second LastModified, so aws s3 sync sends the file. rsync compares
-		 * whole seconds, so when the previous snapshot's copy has the same second, the
-		 * next second is used instead. */
-		int64_t m = c->cut_ns;
+		/* The whole second of the cut. S3 keeps LastModified in whole seconds, truncated:
+		 * an upload of this snapshot comes after the cut, so its LastModified is at least
+		 * this second and the next sync does not send the file again; an upload of an
+		 * earlier snapshot came before uploads_before, which the cut's second is after
+		 * (cap_settle waits for that), so this mtime is newer and the file is sent. rsync
+		 * compares whole seconds too: a new second also tells it the file changed. */
+		int64_t sec = c->cut_ns / 1000000000LL;
 		const struct mf_entry *pe = c->have_prev ? mf_find(&c->prev, e->path) : NULL;
-		if (pe && pe->mtime_ns / 1000000000LL >= m / 1000000000LL)
-			m = (pe->mtime_ns / 1000000000LL + 1) * 1000000000LL;
-		e->mtime_ns = m;
-		struct timespec ts[2] = { { (time_t)(m / 1000000000LL), (long)(m % 1000000000LL) },
-					  { (time_t)(m / 1000000000LL), (long)(m % 1000000000LL) } };
+		if (pe && pe->mtime_ns / 1000000000LL >= sec)
+			sec = pe->mtime_ns / 1000000000LL + 1; /* only after a clock step back */
+		e->mtime_ns = sec * 1000000000LL;
+		struct timespec ts[2] = { { (time_t)sec, 0 }, { (time_t)sec, 0 } };
 		if (utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
 			return -errno;
 	}
@@ -1408,6 +1411,22 @@ static int cap_settle(struct cap *c)
 	int first = cap_catch_up(c, 0);
 	if (first && first != -EAGAIN)
 		return first;
+	/* The cut must fall in a later whole second than any upload of an earlier snapshot
+	 * (see cap_set_times); keep up with the store while that second comes. */
+	double barrier = floor(c->uploads_before) + 1;
+	while (ut_realtime().tv_sec < barrier) {
+		struct timespec now = ut_realtime();
+		double left = barrier - ((double)now.tv_sec + now.tv_nsec / 1e9);
+		int rc = cap_quiet(c, ut_now() + left);
+		if (rc && rc != -EAGAIN)
+			return rc;
+		if (rc == 0) {
+			struct pollfd p = { .fd = wt_fd(c->w), .events = POLLIN };
+			poll(&p, 1, (int)(left * 1000) + 1);
+		}
+		if (cap_stop)
+			return -EINTR;
+	}
 	double deadline = ut_now() + c->o->settle_timeout;
 	for (;;) {
 		/* Look for a quiet moment before taking any lock, so that writers are usually held
@@ -1538,6 +1557,9 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	double t0 = ut_now();
 
 	unsigned errors_before = log_error_count();
+	struct timespec start = ut_realtime();
+	c.uploads_before = o->uploads_before > 0 ? o->uploads_before
+						 : (double)start.tv_sec + start.tv_nsec / 1e9;
 	memset(st, 0, sizeof *st);
 	cap_stop = 0;
 	c.storefd = open(o->store, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -1575,6 +1597,15 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	rc = cap_settle(&c);
 	if (rc)
 		goto out;
+	/* A removed store we still hold open lists as empty, and its removal reports no event
+	 * while we hold it: an empty snapshot would have an uploader's sync --delete wipe the
+	 * copies of the store. */
+	struct stat sst;
+	if (fstat(c.storefd, &sst) == 0 && sst.st_nlink == 0) {
+		log_err("%s: the store directory vanished", o->store);
+		rc = -ENOENT;
+		goto out;
+	}
 	st->cut.tv_sec = c.cut_ns / 1000000000LL;
 	st->cut.tv_nsec = c.cut_ns % 1000000000LL;
 	cap_make_id(st);

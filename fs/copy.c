@@ -236,6 +236,34 @@ static int cp_pwrite_all(int fd, const uint8_t *p, size_t n, off_t off)
 	return 0;
 }
 
+/* Write the data of a block read at off, leaving its all-zero pages as holes: the scattered
+ * data pages of a sparse file must not each cost a whole CP_BLOCK of disk. */
+#define CP_PAGE 4096
+static int cp_write_data(int fd, const uint8_t *p, size_t n, off_t off, uint64_t *written)
+{
+	size_t run = 0, i = 0; /* [run, i): data pages not written yet */
+	while (i < n) {
+		size_t len = n - i < CP_PAGE ? n - i : CP_PAGE;
+		if (cp_all_zero(p + i, len)) {
+			if (run < i) {
+				int rc = cp_pwrite_all(fd, p + run, i - run, off + (off_t)run);
+				if (rc)
+					return rc;
+				*written += i - run;
+			}
+			run = i + len;
+		}
+		i += len;
+	}
+	if (run < n) {
+		int rc = cp_pwrite_all(fd, p + run, n - run, off + (off_t)run);
+		if (rc)
+			return rc;
+		*written += n - run;
+	}
+	return 0;
+}
+
 /* Read up to n bytes at off; short only at end of file. */
 static ssize_t cp_pread_full(int fd, uint8_t *p, size_t n, off_t off)
 {
@@ -351,10 +379,9 @@ int cp_file(int src, int dst, int want_digest, struct cp_result *r)
 		sl->len = (size_t)got;
 		sl->zero = cp_all_zero(sl->buf, (size_t)got);
 		if (dst >= 0 && !sl->zero) {
-			rc = cp_pwrite_all(dst, sl->buf, (size_t)got, (off_t)off);
+			rc = cp_write_data(dst, sl->buf, (size_t)got, (off_t)off, &r->written);
 			if (rc)
 				break;
-			r->written += (uint64_t)got;
 		}
 		if (got > 0)
 			cp_pipe_submit(&p, sl);

@@ -53,6 +53,7 @@ struct genmgr {
 	double fail_until;
 	unsigned long n_ok, n_fail, n_deleted;
 	double last_attempt_s;     /* wall time of the last capture, helper included */
+	double born;               /* monotonic time the manager started */
 	int last_rc;
 	char last_err[512];
 	struct timespec last_err_at;
@@ -64,6 +65,7 @@ int gen_init(struct genmgr **out, const struct gen_cfg *cfg)
 	if (!gm)
 		return -ENOMEM;
 	gm->cfg = *cfg;
+	gm->born = ut_now();
 	pthread_mutex_init(&gm->mu, NULL);
 	pthread_cond_init(&gm->done, NULL);
 	pthread_condattr_t ca;
@@ -169,9 +171,14 @@ static int gen_capture_locked(struct genmgr *gm)
 	pthread_mutex_unlock(&gm->mu);
 
 	double t0 = ut_now();
+	/* When readers last used the previous generation, on the real-time clock; with none,
+	 * when this daemon started (uploads of an earlier daemon's snapshots came before). */
+	struct timespec rt = ut_realtime();
+	double since = prev ? t0 - gen_last_use(prev) : t0 - gm->born;
+	double uploads_before = (double)rt.tv_sec + rt.tv_nsec / 1e9 - (since > 0 ? since : 0);
 	memset(&st, 0, sizeof st);
-	int rc = gm->cfg.capture(gm->cfg.arg, name, prev ? prev->name : NULL, &st, err,
-				 sizeof err);
+	int rc = gm->cfg.capture(gm->cfg.arg, name, prev ? prev->name : NULL, uploads_before, &st,
+				 err, sizeof err);
 	if (rc == 0) {
 		fd = openat(gm->cfg.cachefd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0) {

@@ -6,7 +6,7 @@
  * closes *any* descriptor of the file. The daemon opens and closes store files all the time
  * for passthrough; in the same process it would silently drop the engine's locks.
  *
- * Protocol (argv): --capture-helper --settle-timeout S STORE DEST [PREVIOUS]
+ * Protocol (argv): --capture-helper --settle-timeout S UPLOADS_BEFORE STORE DEST [PREVIOUS]
  *   STORE is /proc/self/fd/N of the store descriptor the daemon opened before mounting
  *   (inherited, so a store covered by our own mount is still reached), DEST and PREVIOUS are
  *   /proc/self/fd/M/NAME below the inherited cache descriptor.
@@ -119,11 +119,11 @@ static int hp_parse(const char *line, struct cap_stats *st)
 	return 0;
 }
 
-int hp_capture(void *arg, const char *name, const char *prev, struct cap_stats *st, char *err,
-	       size_t errlen)
+int hp_capture(void *arg, const char *name, const char *prev, double uploads_before,
+	       struct cap_stats *st, char *err, size_t errlen)
 {
 	int life[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
-	char store[PATH_MAX], dest[64], prevp[64], settle[32], obuf[1024], ebuf[4096];
+	char store[PATH_MAX], dest[64], prevp[64], settle[32], before[32], obuf[1024], ebuf[4096];
 	size_t olen = 0, elen = 0;
 	pid_t pid = -1;
 	int rc, status;
@@ -142,8 +142,9 @@ int hp_capture(void *arg, const char *name, const char *prev, struct cap_stats *
 	snprintf(dest, sizeof dest, "/proc/self/fd/%d/%s", sf.cachefd, name);
 	snprintf(prevp, sizeof prevp, "/proc/self/fd/%d/%s", sf.cachefd, prev ? prev : "");
 	snprintf(settle, sizeof settle, "%g", sf.o.settle);
-	char *argv[] = { "stillfs", "--capture-helper", "--settle-timeout", settle, store, dest,
-			 prev ? prevp : NULL, NULL };
+	snprintf(before, sizeof before, "%.3f", uploads_before);
+	char *argv[] = { "stillfs", "--capture-helper", "--settle-timeout", settle, before, store,
+			 dest, prev ? prevp : NULL, NULL };
 
 	if (pipe2(life, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
 		rc = -errno;
@@ -246,15 +247,16 @@ int hp_main(int argc, char **argv)
 	pthread_t t;
 
 	log_init("stillfs");
-	if (argc < 6 || argc > 7 || strcmp(argv[2], "--settle-timeout")) {
+	if (argc < 7 || argc > 8 || strcmp(argv[2], "--settle-timeout")) {
 		fprintf(stderr, "stillfs: --capture-helper is for the daemon's own use\n");
 		return CAP_EXIT_USAGE;
 	}
 	cap_opts_init(&o);
 	o.settle_timeout = atof(argv[3]);
-	o.store = argv[4];
-	o.dest = argv[5];
-	o.previous = argc == 7 ? argv[6] : NULL;
+	o.uploads_before = atof(argv[4]);
+	o.store = argv[5];
+	o.dest = argv[6];
+	o.previous = argc == 8 ? argv[7] : NULL;
 	if (pthread_create(&t, NULL, hp_lifeline, NULL) == 0)
 		pthread_detach(t);
 	memset(&st, 0, sizeof st);

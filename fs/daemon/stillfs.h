@@ -143,13 +143,14 @@ void lk_kick_waiters(void);
 
 /* helper.c */
 int hp_main(int argc, char **argv);
-int hp_capture(void *arg, const char *name, const char *prev, struct cap_stats *st,
-	       char *err, size_t errlen);
+int hp_capture(void *arg, const char *name, const char *prev, double uploads_before,
+	       struct cap_stats *st, char *err, size_t errlen);
 void hp_kill(void);
 
 /* gen.c: the generation manager. No FUSE here; captures go through a callback. */
+/* uploads_before: realtime after which no reader used an earlier generation (cap_opts). */
 typedef int (*gen_capture_fn)(void *arg, const char *name, const char *prev,
-			      struct cap_stats *st, char *err, size_t errlen);
+			      double uploads_before, struct cap_stats *st, char *err, size_t errlen);
 struct gen_cfg {
 	int cachefd;
 	double max_age;

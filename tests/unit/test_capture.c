@@ -142,20 +142,21 @@ static int exists(const char *rel)
 
 static int64_t ns(struct timespec t) { return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec; }
 
-/* The mtime a file new or changed in a snapshot must carry, so that no uploader skips it:
- * not before the cut (any upload of an earlier snapshot that finished before the cut is
- * older), and different from (later than) what the previous snapshot gave the same path
- * (rsync skips equal size and mtime). The engine may round up to whole seconds, or keep a
- * second from the previous one, hence the 2 s bound above. */
+/* The mtime a file new or changed in a snapshot must carry, so that no uploader skips it
+ * and none sends it twice: the whole second of the cut (S3 keeps LastModified in whole
+ * seconds, truncated: an upload after the cut is not older than that second, an upload
+ * before the capture began is, because the engine lets the cut fall in a later second),
+ * and a later second than the previous snapshot's copy (rsync compares whole seconds). */
 static void assert_new_mtime(const char *what, struct timespec mtime, struct timespec cut,
 			     const struct timespec *prev)
 {
-	cr_assert_geq(ns(mtime), ns(cut), "%s: mtime %lld.%09ld is before the cut %lld.%09ld", what,
-		      (long long)mtime.tv_sec, mtime.tv_nsec, (long long)cut.tv_sec, cut.tv_nsec);
-	cr_assert_leq(ns(mtime), ns(cut) + 2000000000LL, "%s: mtime far after the cut", what);
+	cr_assert_eq(mtime.tv_nsec, 0, "%s: mtime %lld.%09ld is not a whole second", what,
+		     (long long)mtime.tv_sec, mtime.tv_nsec);
+	cr_assert_eq(mtime.tv_sec, cut.tv_sec, "%s: mtime %lld is not the cut's second %lld",
+		     what, (long long)mtime.tv_sec, (long long)cut.tv_sec);
 	if (prev)
-		cr_assert_gt(ns(mtime), ns(*prev), "%s: mtime not later than the previous copy's",
-			     what);
+		cr_assert_gt(mtime.tv_sec, prev->tv_sec,
+			     "%s: mtime not in a later second than the previous copy's", what);
 }
 
 /* Content digest by the documented definition (SHA-256 up to 1 MiB, else SHA-256 of the
