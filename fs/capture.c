@@ -1359,6 +1359,10 @@ static int cap_write_manifest(struct cap *c)
 	}
 	if (fflush(f) == EOF && !rc)
 		rc = -errno;
+	/* It changes with every snapshot: the cut's second, like every other changed file. */
+	struct timespec ts[2] = { { c->st->cut.tv_sec, 0 }, { c->st->cut.tv_sec, 0 } };
+	if (!rc && futimens(fileno(f), ts) < 0)
+		rc = -errno;
 	if (fclose(f) == EOF && !rc)
 		rc = -errno;
 	return rc;
