@@ -5,7 +5,7 @@ store=$T_WORK/store
 mkdir -p "$store/a/b" "$store/ro"
 printf 'plain\n' >"$store/a/one.txt"
 head -c 2500000 /dev/urandom >"$store/a/b/blob.bin"
-truncate -s 2G "$store/sparse.bin"; printf 'x' | dd of="$store/sparse.bin" bs=1 seek=1000000000 conv=notrunc status=none
+truncate -s 512M "$store/sparse.bin"; printf 'x' | dd of="$store/sparse.bin" bs=1 seek=400000000 conv=notrunc status=none
 ln -s a/one.txt "$store/rel-link"; ln -s /etc/passwd "$store/abs-link"
 sqlite3 "$store/rb.sqlite3" 'create table t(x); insert into t values (1),(2),(3);'
 sqlite3 "$store/wal.sqlite3" 'pragma journal_mode=wal; create table t(x); insert into t values (4);' >/dev/null
