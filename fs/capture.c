@@ -114,6 +114,8 @@ static int cap_openat2(int dirfd, const char *path, int flags)
 	struct open_how how = { .flags = (uint64_t)(flags | O_CLOEXEC),
 				.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS };
 	int fd = (int)syscall(SYS_openat2, dirfd, path[0] ? path : ".", &how, sizeof how);
+	if (fd < 0 && errno == ENOSYS)
+		return ut_open_beneath_walk(dirfd, path[0] ? path : ".", flags);
 	return fd < 0 ? -errno : fd;
 }
 
@@ -910,8 +912,8 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 	char path[PATH_MAX + 64];
 	uint64_t w = 0;
 	struct cp_result r;
-	int rc;
-	e->precopied = 0;
+	int rc, early = e->precopied;
+	e->precopied = 0; /* whatever happens, its digest is to be taken again */
 	if (e->dbmode == DB_WAL) {
 		rc = cap_db_stage_path(c, e, "", path, sizeof path);
 		if (!rc) {
@@ -921,6 +923,12 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 		struct stat st;
 		if (!rc && fstatat(c->stagefd, e->path, &st, 0) == 0)
 			w = (uint64_t)st.st_size;
+	} else if (early && e->dbmode == DB_ROLLBACK && !e->hot) {
+		/* The early copy went stale: under the lock, only what differs is rewritten. */
+		int dst = openat(c->stagefd, e->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+		rc = dst < 0 ? -errno : cp_patch(e->dbfd, dst, &w);
+		if (dst >= 0)
+			close(dst);
 	} else {
 		rc = cap_copy_fd_to_stage(c, e->dbfd, e->path, 0, &r);
 		w = r.written;
@@ -1090,7 +1098,7 @@ static int cap_attempt(struct cap *c, double deadline)
 	int rc = cap_db_prepare(c);
 	if (rc)
 		goto out;
-	c->lock_t0 = ut_now();
+	c->lock_t0 = 0;
 	int nrollback = 0;
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
@@ -1102,8 +1110,9 @@ static int cap_attempt(struct cap *c, double deadline)
 				log_info("database %s stayed write-locked; retrying", e->path);
 			goto out;
 		}
+		if (nrollback++ == 0)
+			c->lock_t0 = ut_now(); /* writers wait from here, not while we waited */
 		e->locked = 1;
-		nrollback++;
 		/* A writer may have switched it to WAL, or opened the cold WAL, before our lock. */
 		if (e->dbmode == DB_ROLLBACK ? cap_wal_present(e->dirfd, e->name) :
 					       cap_cold_disturbed(e)) {
@@ -1246,6 +1255,8 @@ static int cap_db_finish(struct cap *c)
 		e->has_digest = 1;
 		free(e->ident);
 		e->ident = e->hot ? NULL : e->db_ident;
+		if (e->hot)
+			free(e->db_ident);
 		e->db_ident = NULL;
 		c->done_bytes += e->size;
 	}

@@ -71,8 +71,12 @@ static struct {
 	pthread_mutex_t user;   /* held by the one copy that uses the pool */
 	struct cp_pipe *pipe;
 	int started;
+	uint8_t *bufs[CP_SLOTS];  /* kept for the process: fresh 1 MiB buffers per file fault */
 } cp_pool = { PTHREAD_ONCE_INIT, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-	      PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, NULL, 0 };
+	      PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, NULL, 0, { NULL } };
+
+/* The buffer of copies that hash inline, one per thread, kept for the same reason. */
+static __thread uint8_t *cp_inline_buf;
 
 static void cp_slot_digest(struct cp_slot *sl)
 {
@@ -109,6 +113,9 @@ static void *cp_hasher(void *arg)
 static void cp_pool_init(void)
 {
 	sigset_t all, old;
+	for (int i = 0; i < CP_SLOTS; i++)
+		if (!(cp_pool.bufs[i] = malloc(CP_BLOCK)))
+			return; /* no pool: copies hash inline */
 	/* The hashers must never take a signal meant for the process (stillctl's SIGINT). */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
@@ -131,15 +138,13 @@ static int cp_pipe_start(struct cp_pipe *p, int hash, int threaded)
 		pthread_once(&cp_pool.once, cp_pool_init);
 		threaded = cp_pool.started > 0 && pthread_mutex_trylock(&cp_pool.user) == 0;
 	}
-	for (unsigned i = 0; i < (threaded ? CP_SLOTS : 1u); i++) {
-		p->slot[i].buf = malloc(CP_BLOCK);
-		if (!p->slot[i].buf) {
-			for (unsigned k = 0; k < i; k++)
-				free(p->slot[k].buf);
-			if (threaded)
-				pthread_mutex_unlock(&cp_pool.user);
+	if (threaded) {
+		for (unsigned i = 0; i < CP_SLOTS; i++)
+			p->slot[i].buf = cp_pool.bufs[i];
+	} else {
+		if (!cp_inline_buf && !(cp_inline_buf = malloc(CP_BLOCK)))
 			return -ENOMEM;
-		}
+		p->slot[0].buf = cp_inline_buf;
 	}
 	if (threaded) {
 		p->threaded = 1;
@@ -216,8 +221,6 @@ static void cp_pipe_finish(struct cp_pipe *p, uint8_t digest[32])
 		else
 			sha256_final(&p->outer, digest);
 	}
-	for (unsigned i = 0; i < CP_SLOTS; i++)
-		free(p->slot[i].buf);
 }
 
 static int cp_pwrite_all(int fd, const uint8_t *p, size_t n, off_t off)
@@ -398,6 +401,47 @@ int cp_file(int src, int dst, int want_digest, struct cp_result *r)
 out_truncate:
 	if (rc == 0 && dst >= 0 && ftruncate(dst, (off_t)r->size) < 0)
 		rc = -errno;
+	return rc;
+}
+
+int cp_patch(int src, int dst, uint64_t *written)
+{
+	struct stat st;
+	int rc = 0;
+	*written = 0;
+	if (fstat(src, &st) < 0)
+		return -errno;
+	uint8_t *a = malloc(CP_BLOCK), *b = malloc(CP_BLOCK);
+	if (!a || !b) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	uint64_t size = (uint64_t)st.st_size;
+	for (uint64_t off = 0; off < size;) {
+		size_t n = (size_t)(size - off < CP_BLOCK ? size - off : CP_BLOCK);
+		ssize_t got = cp_pread_full(src, a, n, (off_t)off);
+		ssize_t had = got < 0 ? 0 : cp_pread_full(dst, b, (size_t)got, (off_t)off);
+		if (got < 0 || had < 0) {
+			rc = got < 0 ? (int)got : (int)had;
+			goto out;
+		}
+		if (had != got || memcmp(a, b, (size_t)got)) {
+			rc = cp_pwrite_all(dst, a, (size_t)got, (off_t)off);
+			if (rc)
+				goto out;
+			*written += (uint64_t)got;
+		}
+		off += (uint64_t)got;
+		if ((size_t)got < n) {
+			size = off;
+			break;
+		}
+	}
+	if (ftruncate(dst, (off_t)size) < 0)
+		rc = -errno;
+out:
+	free(a);
+	free(b);
 	return rc;
 }
 

@@ -25,6 +25,11 @@ struct cp_result {
  * Returns 0 or -errno. */
 int cp_file(int src, int dst, int want_digest, struct cp_result *r);
 
+/* Make dst, an earlier copy of src, equal to src again, rewriting only the 1 MiB blocks that
+ * differ: reading from the page cache is much cheaper than writing. *written gets the bytes
+ * rewritten. 0 or -errno. */
+int cp_patch(int src, int dst, uint64_t *written);
+
 /* Digest of an open file. */
 int cp_digest_fd(int fd, struct cp_result *r);
 

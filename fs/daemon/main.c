@@ -384,11 +384,26 @@ static int sf_open_fds(void)
 	sf.status.kind = ND_STATUS;
 	sf.status.is_static = 1;
 	sf.status.nlookup = 1;
-	/* One descriptor per known inode and per lock owner: allow as many as we may. */
+	/* One descriptor per inode the kernel knows and per lock owner: allow as many as we
+	 * may; with privilege, up to the kernel's own ceiling (fs.nr_open). */
 	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+		FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+		unsigned long nr_open = 0;
+		if (f && fscanf(f, "%lu", &nr_open) == 1 && nr_open > rl.rlim_max) {
+			struct rlimit more = { nr_open, nr_open };
+			if (setrlimit(RLIMIT_NOFILE, &more) == 0)
+				rl = more;
+		}
+		if (f)
+			fclose(f);
+		if (rl.rlim_cur < rl.rlim_max) {
+			rl.rlim_cur = rl.rlim_max;
+			setrlimit(RLIMIT_NOFILE, &rl);
+		}
+		/* Keep a reserve for what must not fail for want of a descriptor: capture helpers,
+		 * opens, lock owners. Lookups beyond the budget fail with EMFILE instead. */
+		sf.node_budget = rl.rlim_cur > 512 ? (size_t)rl.rlim_cur - 256 : (size_t)rl.rlim_cur / 2;
 	}
 	return 0;
 }

@@ -112,6 +112,16 @@ void nd_fill_timeouts(const struct node *n, struct fuse_entry_param *e)
 	e->entry_timeout = nd_attr_timeout(n);
 }
 
+/* A generation's manifest names every entry and holds a digest of every file, also of those
+ * the caller may not read (the digest of a short secret gives it away): it is for the store's
+ * owner, like the store's most private file. */
+static void nd_manifest_attr(struct stat *st)
+{
+	st->st_mode = S_IFREG | 0400;
+	st->st_uid = sf.snapdir_st.st_uid;
+	st->st_gid = sf.snapdir_st.st_gid;
+}
+
 int nd_stat(struct node *n, struct stat *st)
 {
 	if (n->kind == ND_STATUS) {
@@ -136,6 +146,8 @@ int nd_stat(struct node *n, struct stat *st)
 		return -errno;
 	if (n->kind == ND_SNAP)
 		nd_snap_attr(st);
+	if (n->is_manifest)
+		nd_manifest_attr(st);
 	return 0;
 }
 
@@ -204,10 +216,16 @@ int nd_lookup_gen(struct gen *g, const char *name, struct fuse_entry_param *e)
 {
 	if (gen_dead(g))
 		return -ESTALE;
+	if (sf.node_budget && sf.nnodes >= sf.node_budget)
+		return -EMFILE;
 	int fd = openat(gen_fd(g), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
 	int rc = nd_from_fd(fd, ND_SNAP, g, e);
+	if (rc == 0 && !strcmp(name, CAP_MANIFEST_NAME)) {
+		nd_of(e->ino)->is_manifest = 1;
+		nd_manifest_attr(&e->attr);
+	}
 	/* Every path walk through .snapshot must come back here, so that it may move on to a
 	 * newer generation; below this level entries never change. */
 	e->entry_timeout = 0;
@@ -221,6 +239,8 @@ int nd_lookup(struct node *parent, const char *name, struct fuse_entry_param *e)
 		return rc;
 	if (parent->kind == ND_STATUS || parent->kind == ND_SNAPDIR || !S_ISDIR(parent->type))
 		return -ENOTDIR;
+	if (sf.node_budget && sf.nnodes >= sf.node_budget)
+		return -EMFILE;
 	int fd = openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;

@@ -46,6 +46,7 @@ struct node {
 	enum nd_kind kind;
 	unsigned is_static : 1;    /* the root and the status file: never freed */
 	unsigned is_shm : 1;       /* first looked up as "*-shm": an SQLite WAL index */
+	unsigned is_manifest : 1;  /* a generation's manifest (nd_manifest_attr) */
 	struct gen *gen;           /* ND_SNAP: the generation it belongs to (holds a reference) */
 	struct lk_owner *owners;   /* POSIX lock owners with an OFD descriptor (sf.mu) */
 };
@@ -86,6 +87,7 @@ struct sf {
 	struct node **tab;
 	size_t tabsize;
 	size_t nnodes;
+	size_t node_budget;        /* most nodes (each an open descriptor) we keep */
 	uid_t uid;
 	gid_t gid;
 	struct timespec started;
