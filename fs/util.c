@@ -2,11 +2,15 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <syslog.h>
+#include <unistd.h>
 
 static const char *log_prog = "stillfs";
 static int log_syslog;
@@ -94,6 +98,59 @@ void ut_format_bytes(uint64_t n, char *buf, size_t len)
 		snprintf(buf, len, "%llu B", (unsigned long long)n);
 	else
 		snprintf(buf, len, "%.1f %s", v, unit[i]);
+}
+
+int ut_open_beneath_walk(int dirfd, const char *path, int flags)
+{
+	char name[NAME_MAX + 1];
+	int cur = -1, rc;
+	if (path[0] == '/')
+		return -EXDEV;
+	for (const char *p = path;;) {
+		while (*p == '/')
+			p++;
+		size_t len = strcspn(p, "/");
+		const char *next = p + len;
+		while (*next == '/')
+			next++;
+		if (len > NAME_MAX) {
+			rc = -ENAMETOOLONG;
+			break;
+		}
+		memcpy(name, len ? p : ".", len ? len : 1);
+		name[len ? len : 1] = 0;
+		if (!strcmp(name, "..")) {
+			rc = -EXDEV;
+			break;
+		}
+		int at = cur >= 0 ? cur : dirfd;
+		if (!*next) {
+			rc = openat(at, name, flags | O_NOFOLLOW | O_CLOEXEC);
+			rc = rc < 0 ? -errno : rc;
+			break;
+		}
+		/* A directory on the way: a symlink is refused, not followed. */
+		int fd = openat(at, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		struct stat st;
+		if (fd < 0 || fstat(fd, &st) < 0) {
+			rc = -errno;
+			if (fd >= 0)
+				close(fd);
+			break;
+		}
+		if (!S_ISDIR(st.st_mode)) {
+			close(fd);
+			rc = S_ISLNK(st.st_mode) ? -ELOOP : -ENOTDIR;
+			break;
+		}
+		if (cur >= 0)
+			close(cur);
+		cur = fd;
+		p = next;
+	}
+	if (cur >= 0)
+		close(cur);
+	return rc;
 }
 
 static size_t ut_hash(const char *s)

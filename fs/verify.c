@@ -56,6 +56,8 @@ static int vf_open(int dirfd, const char *path, int flags)
 	struct open_how how = { .flags = (uint64_t)(flags | O_CLOEXEC),
 				.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS };
 	int fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+	if (fd < 0 && errno == ENOSYS)
+		return ut_open_beneath_walk(dirfd, path, flags);
 	return fd < 0 ? -errno : fd;
 }
 
