@@ -46,7 +46,7 @@
 #define CAP_RACY_NS 2000000000LL
 #define CAP_LOCK_WAIT 2.0          /* seconds to wait for one database lock per attempt */
 #define CAP_MAX_HOLD 2.0           /* seconds we may keep writers waiting while files settle */
-#define CAP_PRE_QUIET 0.25         /* seconds to look for a quiet window before locking */
+#define CAP_PRE_QUIET 0.4          /* seconds to look for a quiet window before locking */
 
 static volatile sig_atomic_t cap_stop;
 void cap_interrupt(void) { cap_stop = 1; }
@@ -1560,7 +1560,7 @@ void cap_opts_init(struct cap_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	o->settle_timeout = 30;
-	o->quiet_ms = 30;
+	o->quiet_ms = 100;
 }
 
 int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)

@@ -13,7 +13,7 @@ struct cap_opts {
 	const char *dest;         /* snapshot to create; must not exist; appears atomically */
 	const char *previous;     /* earlier snapshot to share unchanged files with, or NULL */
 	double settle_timeout;    /* seconds to find a cut before giving up (default 30) */
-	unsigned quiet_ms;        /* files must have been still this long at the cut (default 30) */
+	unsigned quiet_ms;        /* files must have been still this long at the cut (default 100) */
 	double uploads_before;    /* realtime (s) after which no earlier snapshot of this store was
 				   * read by an uploader; 0 means the start of this capture */
 	int progress;             /* periodic progress lines on stderr */
