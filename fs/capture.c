@@ -106,6 +106,7 @@ struct cap {
 	int64_t cut_ns;
 	double last_change;      /* when a plain file or the tree was last seen changing */
 	double uploads_before;   /* realtime; see cap_opts */
+	int64_t newest_ctime;    /* of anything the scans saw, for the quiet window at start */
 };
 
 static int cap_openat2(int dirfd, const char *path, int flags)
@@ -268,6 +269,8 @@ static int cap_scan_dir(struct cap *c, size_t di)
 		rc = -errno;
 		goto out;
 	}
+	if (cap_ns(c->e[di].st.st_ctim) > c->newest_ctime)
+		c->newest_ctime = cap_ns(c->e[di].st.st_ctim);
 	if (di && mkdirat(c->stagefd, c->e[di].path, 0700) < 0 && errno != EEXIST) {
 		rc = -errno;
 		log_err("cannot create %s in the snapshot: %s", c->e[di].path, strerror(errno));
@@ -320,6 +323,8 @@ static int cap_scan_dir(struct cap *c, size_t di)
 		if (rc)
 			break;
 		c->e[idx].st = st;
+		if (cap_ns(st.st_ctim) > c->newest_ctime)
+			c->newest_ctime = cap_ns(st.st_ctim);
 		c->e[idx].dirty = 1;
 		if (kind == K_DIR)
 			c->e[idx].rescan = 1;
@@ -1602,10 +1607,13 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	if (rc)
 		goto out;
 	c.e[root].rescan = 1;
-	c.last_change = ut_now(); /* writes just before the watches began went unseen */
 	rc = cap_rescan(&c);
 	if (rc)
 		goto out;
+	/* Writes made before the watches began were not seen as events, but they left their
+	 * ctime: the quiet window starts from the newest one. */
+	int64_t since = cap_ns(ut_realtime()) - c.newest_ctime;
+	c.last_change = ut_now() - (since > 0 ? (double)since / 1e9 : 0);
 	for (size_t i = 0; i < c.n; i++)
 		if (c.e[i].kind == K_FILE)
 			c.total_bytes += (uint64_t)c.e[i].st.st_size;
