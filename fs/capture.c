@@ -541,7 +541,7 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 
 	src = cap_openat2(c->storefd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
 	if (src < 0) {
-		if (src == -ENOENT || src == -ELOOP || src == -ENXIO) {
+		if (src == -ENOENT || src == -ELOOP || src == -ENXIO || src == -ENOTDIR) {
 			c->e[e->parent].rescan = 1; /* gone or replaced: the rescan sorts it out */
 			return 0;
 		}

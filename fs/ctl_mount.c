@@ -119,14 +119,21 @@ int ctl_refresh(int argc, char **argv)
 	if (!text)
 		return CAP_EXIT_FAIL;
 	free(text);
-	int e = setxattr(mnt, CTL_XATTR_REFRESH, "1", 1, 0) < 0 ? errno : 0;
+	/* On the status file, not on MOUNTPOINT: the kernel locks the target while the capture
+	 * runs, and the root's lock would hold up the live view meanwhile. */
+	char path[4096];
+	if (snprintf(path, sizeof path, "%s/%s", mnt, CTL_STATUS_FILE) >= (int)sizeof path) {
+		fprintf(stderr, "stillctl: %s: path too long\n", mnt);
+		return CAP_EXIT_FAIL;
+	}
+	int e = setxattr(path, CTL_XATTR_REFRESH, "1", 1, 0) < 0 ? errno : 0;
 	text = ctl_read_status(mnt);
 	if (e) {
 		ctl_field(text ? text : "", "last_error", err, sizeof err);
 		fprintf(stderr, "stillctl: refresh of %s failed: %s%s%s\n", mnt, strerror(e),
 			err[0] ? ": " : "", err);
 		free(text);
-		if (e == EAGAIN)
+		if (e == EAGAIN || e == ETIMEDOUT)      /* the daemon sends ETIMEDOUT */
 			return CAP_EXIT_UNSETTLED;
 		return e == ENOSPC || e == EIO ? CAP_EXIT_IO : CAP_EXIT_FAIL;
 	}

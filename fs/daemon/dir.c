@@ -29,6 +29,7 @@ struct dr {
 	struct gen *gen;           /* the generation pinned by this handle, if any */
 	struct dr *snext, *sprev;  /* open handles of `.snapshot` itself (dr_smu) */
 	pid_t tgid;                /* ... and the process that opened it */
+	int for_helper;            /* the root, opened by the capture helper: no .snapshot */
 	struct dirent *pending;    /* read but not yet returned (it did not fit) */
 	off_t off;                 /* offset of pending / of the next readdir */
 	struct dr_ent *ents;       /* root only */
@@ -125,6 +126,7 @@ static void dr_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	}
 	d->node = n;
 	d->gen = g;
+	d->for_helper = n == &sf.root && hp_is_helper(fuse_req_ctx(req)->pid);
 	fd = openat(n->kind == ND_SNAPDIR ? gen_fd(g) : n->fd, ".",
 		    O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0 || !(d->dp = fdopendir(fd))) {
@@ -195,7 +197,7 @@ static int dr_load_root(struct dr *d)
 	}
 	if (errno)
 		return -errno;
-	if (sf.o.snapdir_visible) {
+	if (sf.o.snapdir_visible && !d->for_helper) {
 		if (d->nents + 1 > cap) {
 			struct dr_ent *e = realloc(d->ents, (d->nents + 1) * sizeof *e);
 			if (!e)

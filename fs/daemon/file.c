@@ -239,6 +239,7 @@ static void fh_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct fh *h = fh_of(fi);
 	if (fi->flock_release && h->fd >= 0)
 		flock(h->fd, LOCK_UN);
+	lk_drop_handle(h->node, h);
 	fh_close(h);
 	fuse_reply_err(req, 0);
 }

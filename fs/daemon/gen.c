@@ -170,6 +170,12 @@ static int gen_capture_locked(struct genmgr *gm)
 	gm->capturing = 1;
 	pthread_mutex_unlock(&gm->mu);
 
+	/* Numbers only grow, so nothing of ours has this name: whatever is there (say, what the
+	 * helper of a killed daemon published late) would fail this capture and every retry. */
+	if (faccessat(gm->cfg.cachefd, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+		log_warn("removing %s from the cache: not a generation of this daemon", name);
+		cp_rmtree(gm->cfg.cachefd, name);
+	}
 	double t0 = ut_now();
 	/* When readers last used the previous generation, on the real-time clock; with none,
 	 * when this daemon started (uploads of an earlier daemon's snapshots came before). */

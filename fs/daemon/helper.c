@@ -45,6 +45,18 @@ void hp_kill(void)
 	pthread_mutex_unlock(&hp_mu);
 }
 
+int hp_is_helper(pid_t tid)
+{
+	char path[64];
+	pthread_mutex_lock(&hp_mu);
+	pid_t h = hp_pid;
+	pthread_mutex_unlock(&hp_mu);
+	if (h <= 0)
+		return 0;
+	snprintf(path, sizeof path, "/proc/%ld/task/%ld", (long)h, (long)tid);
+	return tid == h || access(path, F_OK) == 0;
+}
+
 static int hp_spawn(char *const argv[], int life, int out, int err, pid_t *pid)
 {
 	posix_spawn_file_actions_t fa;
@@ -78,6 +90,33 @@ static int hp_spawn(char *const argv[], int life, int out, int err, pid_t *pid)
 	return -rc;
 }
 
+/* The helper reaches the store and the cache through our descriptors (/proc/self/fd/N); the
+ * user knows them by their paths. */
+static void hp_unproc(const char *msg, char *out, size_t len)
+{
+	char fds[2][32];
+	const char *paths[2] = { sf.o.store, sf.o.cache };
+	size_t o = 0;
+
+	snprintf(fds[0], sizeof fds[0], "/proc/self/fd/%d", sf.storefd);
+	snprintf(fds[1], sizeof fds[1], "/proc/self/fd/%d", sf.cachefd);
+	while (*msg && o + 1 < len) {
+		int hit = -1;
+		for (int i = 0; i < 2 && hit < 0; i++) {
+			size_t n = strlen(fds[i]);
+			if (!strncmp(msg, fds[i], n) && !(msg[n] >= '0' && msg[n] <= '9'))
+				hit = i;
+		}
+		if (hit >= 0) {
+			o += (size_t)snprintf(out + o, len - o, "%s", paths[hit]);
+			msg += strlen(fds[hit]);
+		} else {
+			out[o++] = *msg++;
+		}
+	}
+	out[o < len ? o : len - 1] = 0;
+}
+
 /* Log complete lines of the helper's stderr; keep the last one as the failure reason. */
 static void hp_log_lines(char *buf, size_t *len, int final, char *last, size_t lastlen)
 {
@@ -91,8 +130,14 @@ static void hp_log_lines(char *buf, size_t *len, int final, char *last, size_t l
 		if (!strncmp(msg, "stillfs: ", 9))
 			msg += 9;
 		if (*msg) {
-			log_info("capture: %s", msg);
-			snprintf(last, lastlen, "%s", msg);
+			char clear[1024];
+			hp_unproc(msg, clear, sizeof clear);
+			/* The engine's warnings (skipped files) are warnings in our log too. */
+			if (!strncmp(clear, "warning: ", 9))
+				log_warn("capture: %s", clear + 9);
+			else
+				log_info("capture: %s", clear);
+			snprintf(last, lastlen, "%s", clear);
 		}
 		start = nl + 1;
 		if (start > buf + *len)
@@ -247,6 +292,9 @@ int hp_main(int argc, char **argv)
 	pthread_t t;
 
 	log_init("stillfs");
+	/* Once the daemon is gone our log lines and result go to pipes nobody reads: a write
+	 * must fail, not kill us (SIGPIPE) before the engine has removed what it made. */
+	signal(SIGPIPE, SIG_IGN);
 	if (argc < 7 || argc > 8 || strcmp(argv[2], "--settle-timeout")) {
 		fprintf(stderr, "stillfs: --capture-helper is for the daemon's own use\n");
 		return CAP_EXIT_USAGE;

@@ -32,6 +32,7 @@ struct lk_owner {
 	uint64_t owner;
 	int fd;
 	unsigned refs;             /* the node's list + callers using fd (sf.mu) */
+	const void *via;           /* the handle of its last lock request (sf.mu) */
 };
 
 struct lk_waiter {
@@ -136,6 +137,28 @@ void lk_free_all(struct node *n)
 		lk_drop_owner(n, n->owners->owner);
 }
 
+/* The handle is released: its open file description is gone. An OFD lock's owner is that
+ * description, and the kernel tells us of its end only this way (no flush names it, and
+ * nothing unlocks it); a POSIX owner that locked through the handle was dropped already,
+ * by the flush of the close that let the description go. */
+void lk_drop_handle(struct node *n, const void *handle)
+{
+	for (;;) {
+		uint64_t owner = 0;
+		int found = 0;
+		pthread_mutex_lock(&sf.mu);
+		for (struct lk_owner *o = n->owners; o && !found; o = o->next)
+			if (o->via == handle) {
+				owner = o->owner;
+				found = 1;
+			}
+		pthread_mutex_unlock(&sf.mu);
+		if (!found)
+			return;
+		lk_drop_owner(n, owner);
+	}
+}
+
 static void lk_on_interrupt(fuse_req_t req, void *data)
 {
 	struct lk_waiter *w = data;
@@ -231,6 +254,9 @@ static void lk_setlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 
 	if (!rc && o) {
 		struct flock fl = *lock;
+		pthread_mutex_lock(&sf.mu);
+		o->via = h;
+		pthread_mutex_unlock(&sf.mu);
 		fl.l_pid = 0;
 		rc = lk_call(req, o->fd, sleep && !unlock ? F_OFD_SETLKW : F_OFD_SETLK, &fl, 0,
 			     sleep && !unlock);

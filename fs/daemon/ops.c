@@ -95,7 +95,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	int rc;
 
 	if (p == &sf.root && !strcmp(name, SF_SNAPDIR)) {
-		rc = op_lookup_static(&sf.snapdir, &e);
+		rc = hp_is_helper(fuse_req_ctx(req)->pid) ? -ENOENT : op_lookup_static(&sf.snapdir, &e);
 	} else if (p == &sf.root && !strcmp(name, SF_STATUS)) {
 		rc = op_lookup_static(&sf.status, &e);
 	} else if (p == &sf.snapdir) {
@@ -387,11 +387,19 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 	char path[64];
 	int rc;
 
-	if (n == &sf.root && !strcmp(name, SF_XATTR_REFRESH)) {
+	/* On the status file (stillctl refresh): while the request runs the kernel holds the
+	 * target's inode lock, and on the root that would stall every lookup and create in the
+	 * root for the whole capture, and deadlock a capture that reads the store through the
+	 * mount (a WAL index open there). The root is still accepted, for older callers. */
+	if ((n == &sf.root || n == &sf.status) && !strcmp(name, SF_XATTR_REFRESH)) {
 		rc = gen_refresh(sf.gm);
 		/* The caller sees why in the status file and the log; keep errno plain. */
 		if (rc && rc != -EAGAIN && rc != -ENOSPC)
 			rc = -EIO;
+		/* The VFS turns EAGAIN from setxattr into EOPNOTSUPP: "did not settle" is sent
+		 * as ETIMEDOUT. */
+		if (rc == -EAGAIN)
+			rc = -ETIMEDOUT;
 		goto out;
 	}
 	if (n->kind == ND_SNAP || n->kind == ND_SNAPDIR) {

@@ -140,6 +140,8 @@ int lk_init(void);
 /* Drop every lock OWNER holds on n (POSIX: any close releases all of the process's locks). */
 void lk_drop_owner(struct node *n, uint64_t owner);
 void lk_free_all(struct node *n);
+/* Drop the locks of owners whose last lock request came through this handle (at release). */
+void lk_drop_handle(struct node *n, const void *handle);
 /* Wake lock waiters blocked in the kernel so they notice interrupts or shutdown. */
 void lk_kick_waiters(void);
 
@@ -148,6 +150,10 @@ int hp_main(int argc, char **argv);
 int hp_capture(void *arg, const char *name, const char *prev, double uploads_before,
 	       struct cap_stats *st, char *err, size_t errlen);
 void hp_kill(void);
+/* 1 if thread tid belongs to the capture helper now running (it reads the store through the
+ * mount when a WAL index is open there, and must never reach .snapshot: its own capture is
+ * what .snapshot would wait for). */
+int hp_is_helper(pid_t tid);
 
 /* gen.c: the generation manager. No FUSE here; captures go through a callback. */
 /* uploads_before: realtime after which no reader used an earlier generation (cap_opts). */

@@ -17,7 +17,7 @@ t_cleanup() {
     wait "$p" 2>/dev/null || true
   done
   for m in "${T_MOUNTS[@]}"; do
-    if mountpoint -q "$m" 2>/dev/null; then fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; fi
+    if findmnt -n "$m" >/dev/null 2>&1; then fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; fi
   done
   rm -rf "$T_WORK" 2>/dev/null || true
   exit "$rc"

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Databases are recognised by their header, not their name, and damaged ones are handled the
+# documented way (docs/RELIABILITY.md):
+# - x.sqlite3 that is text, random bytes, or an SQLite header on fewer than 512 bytes: a plain
+#   file, copied byte for byte (kind f in the manifest); a real database named data.bin: s;
+# - an SQLite header on a corrupt body (garbage pages, or a truncated file), rollback format:
+#   captured byte for byte, the snapshot succeeds, and stillctl verify names it "corrupt";
+#   with a WAL-format header and no -wal, only its format bytes 18-19 are set to 1;
+# - a corrupt WAL database with its -wal (no connection open): its private copy is recovered
+#   (the WAL's committed frames applied), captured, and named by verify;
+# - a database emptied, or overwritten in place with non-SQLite bytes, during a capture: no
+#   database any more; the snapshot keeps its bytes exactly as they were at the cut.
+source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/rel-lib.sh"
+store=$T_WORK/store
+mkdir -p "$store/sub"
+kind() { awk -v p="$2" 'f && $NF == p {print $1} $0 == "." {f = 1}' "$1/.stillfs-manifest"; }
+sqlite3 "$T_WORK/good.db" 'create table t(x); insert into t values (1); create table u(y); insert into u select randomblob(3000) from t;'
+for i in $(seq 20); do sqlite3 "$T_WORK/good.db" "insert into u values (randomblob(3000));"; done
+echo "I am not a database" >"$store/x.sqlite3"
+head -c 8192 /dev/urandom >"$store/random.sqlite3"
+{ printf 'SQLite format 3\0'; head -c 300 /dev/urandom; } >"$store/short.sqlite3"
+cp "$T_WORK/good.db" "$store/data.bin"
+# Valid header page, garbage after it.
+{ head -c 4096 "$T_WORK/good.db"; head -c 40960 /dev/urandom; } >"$store/corrupt.sqlite3"
+# A database cut short: the header promises pages that are not there.
+head -c 8192 "$T_WORK/good.db" >"$store/truncated.sqlite3"
+# WAL-format header (bytes 18-19 = 2), garbage body, no -wal.
+{ head -c 18 "$T_WORK/good.db"; printf '\2\2'; dd if="$T_WORK/good.db" bs=4076 skip=20 iflag=skip_bytes count=1 status=none; head -c 8192 /dev/urandom; } >"$store/corruptwal.sqlite3"
+
+"$STILLCTL" snapshot -q "$store" "$T_WORK/s1" 2>"$T_WORK/err" || { cat "$T_WORK/err" >&2; t_fail "snapshot failed"; }
+for f in x.sqlite3 random.sqlite3 short.sqlite3; do
+  [ "$(kind "$T_WORK/s1" "$f")" = f ] || t_fail "$f is not a plain file in the manifest"
+  cmp -s "$store/$f" "$T_WORK/s1/$f" || t_fail "$f not copied byte for byte"
+done
+[ "$(kind "$T_WORK/s1" data.bin)" = s ] || t_fail "a database named data.bin was not recognised"
+for f in corrupt.sqlite3 truncated.sqlite3 corruptwal.sqlite3; do
+  [ "$(kind "$T_WORK/s1" "$f")" = s ] || t_fail "$f is not a database in the manifest"
+done
+cmp -s "$store/corrupt.sqlite3" "$T_WORK/s1/corrupt.sqlite3" || t_fail "corrupt.sqlite3 not byte for byte"
+cmp -s "$store/truncated.sqlite3" "$T_WORK/s1/truncated.sqlite3" || t_fail "truncated.sqlite3 not byte for byte"
+[ "$(cmp -l "$store/corruptwal.sqlite3" "$T_WORK/s1/corruptwal.sqlite3" | awk '{printf "%s:%s:%s ", $1, $2, $3}')" = "19:2:1 20:2:1 " ] ||
+  t_fail "corruptwal.sqlite3 differs beyond its format bytes"
+rc=0; "$STILLCTL" verify "$T_WORK/s1" >"$T_WORK/v.out" 2>&1 || rc=$?
+((rc == 1)) || { cat "$T_WORK/v.out" >&2; t_fail "verify exited $rc on corrupt databases"; }
+for f in corrupt.sqlite3 truncated.sqlite3 corruptwal.sqlite3; do
+  grep -q "^corrupt $f: integrity_check" "$T_WORK/v.out" || { cat "$T_WORK/v.out" >&2; t_fail "verify did not report $f"; }
+done
+[ "$(grep -c '^corrupt ' "$T_WORK/v.out")" = 3 ] || { cat "$T_WORK/v.out" >&2; t_fail "verify reported something else"; }
+rm "$store"/corrupt*.sqlite3 "$store/truncated.sqlite3"
+
+# A corrupt WAL database whose -wal nobody has open: recovered from a private copy (its
+# committed WAL frames applied), captured; verify names it.
+cp "$T_WORK/good.db" "$T_WORK/w.db"
+sqlite3 "$T_WORK/w.db" 'pragma journal_mode=wal; pragma wal_autocheckpoint=0; insert into t values (2);' \
+  ".shell cp '$T_WORK/w.db' '$T_WORK/w.keep'; cp '$T_WORK/w.db-wal' '$T_WORK/w.keep-wal'" >/dev/null
+{ head -c 4096 "$T_WORK/w.keep"; head -c 40960 /dev/urandom; } >"$store/badwal.sqlite3"
+cp "$T_WORK/w.keep-wal" "$store/badwal.sqlite3-wal"
+"$STILLCTL" snapshot -q "$store" "$T_WORK/s2" 2>"$T_WORK/err" || { cat "$T_WORK/err" >&2; t_fail "snapshot with a corrupt WAL database failed"; }
+[ ! -e "$T_WORK/s2/badwal.sqlite3-wal" ] || t_fail "badwal.sqlite3-wal copied"
+rc=0; "$STILLCTL" verify "$T_WORK/s2" >"$T_WORK/v.out" 2>&1 || rc=$?
+((rc == 1)) && grep -q '^corrupt badwal.sqlite3: integrity_check' "$T_WORK/v.out" ||
+  { cat "$T_WORK/v.out" >&2; t_fail "verify did not report the corrupt WAL database"; }
+rm "$store"/badwal.sqlite3*
+
+# Databases that stop being databases during a capture, in place (same inode): read first
+# (top level), then the capture is kept busy by a big file while they change.
+sqlite3 "$store/emptied.sqlite3" 'create table t(x); insert into t values (1);'
+sqlite3 "$store/overwritten.sqlite3" 'create table t(x); insert into t values (1);'
+(yes 0123456789abcdef || true) | head -c 200M >"$store/sub/big.bin"
+"$STILLCTL" snapshot -q "$store" "$T_WORK/s3" 2>"$T_WORK/err" &
+snapper=$!; T_PIDS+=("$snapper")
+busy() { compgen -G "$T_WORK/.s3.stillfs-tmp.*/sub/big.bin" >/dev/null; }
+t_wait_for 60 busy
+: >"$store/emptied.sqlite3"
+head -c 6000 /dev/urandom >"$store/overwritten.sqlite3"
+r_alive "$snapper" || t_log "warning: the capture ended before the change; the race was not exercised"
+rc=0; wait "$snapper" || rc=$?; T_PIDS=()
+((rc == 0)) || { cat "$T_WORK/err" >&2; t_fail "snapshot failed when databases stopped being databases ($rc)"; }
+for f in emptied.sqlite3 overwritten.sqlite3; do
+  cmp -s "$store/$f" "$T_WORK/s3/$f" || t_fail "$f: the snapshot does not hold its bytes at the cut"
+  [ "$(kind "$T_WORK/s3" "$f")" = f ] || t_fail "$f is still a database in the manifest"
+done
+r_verify "$T_WORK/s3"
+echo "# header, not name, decides; corrupt databases captured and reported by verify"
