@@ -67,6 +67,7 @@ struct ent {
 	unsigned dirty : 1, copied : 1, reused : 1, rescan : 1, hot : 1, dbcopied : 1;
 	unsigned precopied : 1;  /* a database copied before the cut; valid while not dirty */
 	unsigned dirty_count;
+	uint64_t written;        /* bytes the last copy of it stored (holes are not) */
 	double copied_at;        /* when the last copy of it began */
 	struct stat st;          /* source, as copied */
 	uint64_t size;
@@ -593,6 +594,7 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	memcpy(e->digest, r.digest, 32);
 	e->copied = 1;
 	e->reused = 0;
+	e->written = r.written;
 	c->st->bytes_copied += r.written;
 	c->done_bytes += r.size;
 out:
@@ -1285,7 +1287,7 @@ static int cap_set_times(struct cap *c)
 			    pe->size == e->size && !memcmp(pe->digest, e->digest, 32) &&
 			    pe->mode == (e->st.st_mode & 07777) && pe->uid == e->st.st_uid &&
 			    pe->gid == e->st.st_gid) {
-				uint64_t was = e->size;
+				uint64_t was = e->written;
 				char *ident = e->ident;
 				e->ident = NULL;
 				if (cap_link_prev(c, e, pe) == 0) {
