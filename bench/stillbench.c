@@ -488,11 +488,13 @@ static const char *sb_src_root, *sb_dst_root;
 static uint8_t *sb_copybuf;
 static long long sb_copied;
 
-static int sb_copy_one(const char *path, const struct stat *st, int type, struct FTW *ftw)
+/* The part of the tree-copy walks both copiers share: mirror directories, and for a regular
+ * file open the source and create the destination (dst gets its path). 1 when a file pair is
+ * open, 0 when there is nothing more to do for this entry. */
+static int sb_walk_open(const char *path, const struct stat *st, int type, int out_flags,
+			char dst[8192], int *in, int *out)
 {
-	(void)ftw;
-	char dst[8192];
-	snprintf(dst, sizeof dst, "%s%s", sb_dst_root, path + strlen(sb_src_root));
+	snprintf(dst, 8192, "%s%s", sb_dst_root, path + strlen(sb_src_root));
 	if (type == FTW_D) {
 		if (mkdir(dst, st->st_mode & 07777) < 0 && errno != EEXIST)
 			sb_die("mkdir %s failed", dst);
@@ -500,10 +502,20 @@ static int sb_copy_one(const char *path, const struct stat *st, int type, struct
 	}
 	if (type != FTW_F || !S_ISREG(st->st_mode))
 		return 0;
-	int in = open(path, O_RDONLY | O_CLOEXEC);
-	int out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st->st_mode & 07777);
-	if (in < 0 || out < 0)
+	*in = open(path, O_RDONLY | O_CLOEXEC);
+	*out = open(dst, out_flags | O_CREAT | O_EXCL | O_CLOEXEC, st->st_mode & 07777);
+	if (*in < 0 || *out < 0)
 		sb_die("cannot copy %s", path);
+	return 1;
+}
+
+static int sb_copy_one(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+	(void)ftw;
+	char dst[8192];
+	int in, out;
+	if (!sb_walk_open(path, st, type, O_WRONLY, dst, &in, &out))
+		return 0;
 	ssize_t r;
 	while ((r = read(in, sb_copybuf, 1 << 20)) > 0) {
 		if (write(out, sb_copybuf, (size_t)r) != r)
@@ -607,18 +619,9 @@ static int sb_cfr_one(const char *path, const struct stat *st, int type, struct 
 {
 	(void)ftw;
 	char dst[8192];
-	snprintf(dst, sizeof dst, "%s%s", sb_dst_root, path + strlen(sb_src_root));
-	if (type == FTW_D) {
-		if (mkdir(dst, st->st_mode & 07777) < 0 && errno != EEXIST)
-			sb_die("mkdir %s failed", dst);
+	int in, out;
+	if (!sb_walk_open(path, st, type, O_RDWR, dst, &in, &out))
 		return 0;
-	}
-	if (type != FTW_F || !S_ISREG(st->st_mode))
-		return 0;
-	int in = open(path, O_RDONLY | O_CLOEXEC);
-	int out = open(dst, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, st->st_mode & 07777);
-	if (in < 0 || out < 0)
-		sb_die("cannot copy %s", path);
 	size_t size = (size_t)st->st_size;
 	if (sb_ncopies == sb_capcopies) {
 		sb_capcopies = sb_capcopies ? sb_capcopies * 2 : 256;
