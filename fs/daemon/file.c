@@ -1,10 +1,12 @@
 /* File handles: open/create, read/write (spliced where the kernel allows), flush, fsync,
  * release, fallocate, copy_file_range, lseek; and the status file.
  *
- * Live files are opened without keep_cache and with zero attribute timeouts, so the kernel
- * drops cached pages on open and (auto_inval_data) when the store changed underneath; no
- * direct_io, because SQLite's WAL index (-shm) must be shared-mmap'able. Snapshot files are
- * immutable per nodeid: keep_cache, and their handles pin their generation. */
+ * Where the kernel has FUSE passthrough (passthru.c), reads, writes and mmap of both kinds
+ * go straight to the backing file. Otherwise: live files are opened without keep_cache and
+ * with zero attribute timeouts, so the kernel drops cached pages on open and
+ * (auto_inval_data) when the store changed underneath; no direct_io, because SQLite's WAL
+ * index (-shm) must be shared-mmap'able. Snapshot files are immutable per nodeid:
+ * keep_cache. Snapshot handles pin their generation. */
 #include "stillfs.h"
 
 #include "util.h"
@@ -36,6 +38,7 @@ static char *fh_status_text(size_t *len)
 	fprintf(f, "store: %s\n", sf.o.store);
 	fprintf(f, "mountpoint: %s\n", sf.o.mountpoint);
 	fprintf(f, "cache: %s\n", sf.o.cache);
+	fprintf(f, "passthrough: %s\n", pt_enabled() ? "on" : "off");
 	fprintf(f, "%s", gen ? gen : "");
 	fclose(f);
 	free(gen);
@@ -46,6 +49,7 @@ static char *fh_status_text(size_t *len)
 /* Everything a handle holds besides its memory: descriptor, pin, WAL-index count. */
 static void fh_close(struct fh *h)
 {
+	pt_detach(h);
 	if (h->fd >= 0)
 		close(h->fd);
 	if (h->node->kind == ND_SNAP)
@@ -138,7 +142,10 @@ static void fh_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	if (fuse_reply_open(req, fi) != 0)
+	pt_arm(pt_attach(n, h, fi));
+	rc = fuse_reply_open(req, fi);
+	pt_arm(0);
+	if (rc != 0)
 		fh_close(h);       /* interrupted: no release will come */
 }
 
@@ -172,7 +179,10 @@ static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		nd_forget(nd_of(e.ino), 1);
 		goto out;
 	}
-	if (fuse_reply_create(req, &e, fi) != 0)
+	pt_arm(pt_attach(h->node, h, fi));
+	rc = fuse_reply_create(req, &e, fi);
+	pt_arm(0);
+	if (rc != 0)
 		fh_close(h);
 	return;
 out:

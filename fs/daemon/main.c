@@ -36,6 +36,7 @@ static const struct fuse_opt sf_optspec[] = {
 	{ "snapshot_linger=%lf", offsetof(struct sf_opts, linger), 0 },
 	{ "settle_timeout=%lf", offsetof(struct sf_opts, settle), 0 },
 	{ "cache=%s", offsetof(struct sf_opts, cache_opt), 0 },
+	{ "no_passthrough", offsetof(struct sf_opts, no_passthrough), 1 },
 	FUSE_OPT_END
 };
 
@@ -54,7 +55,9 @@ static void sf_usage(const char *prog)
 	       "                               for a consistent cut (default: 30)\n"
 	       "    -o cache=DIR               where generations are kept (default:\n"
 	       "                               /var/cache/stillfs/ESCAPED-STORE as root,\n"
-	       "                               $XDG_CACHE_HOME/stillfs/ESCAPED-STORE otherwise)\n\n",
+	       "                               $XDG_CACHE_HOME/stillfs/ESCAPED-STORE otherwise)\n"
+	       "    -o no_passthrough          serve every read and write through the daemon, even\n"
+	       "                               where the kernel could pass them to the store\n\n",
 	       prog, SF_DEFAULT_MAX_AGE, SF_DEFAULT_LINGER);
 	printf("Status: cat MOUNTPOINT/%s (or stillctl status MOUNTPOINT).\n\n", SF_STATUS);
 	printf("FUSE options:\n");
@@ -613,6 +616,7 @@ int main(int argc, char **argv)
 	if (fuse_session_mount(sf.se, sf.o.mountpoint) != 0)
 		goto out;
 	mounted = 1;
+	pt_setup(sf.se, !sf.o.no_passthrough);
 	if (fuse_daemonize(cmd.foreground) != 0)
 		goto out;
 	/* Only now: /proc/self names the process that opens it, and daemonizing forks. */

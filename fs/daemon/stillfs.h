@@ -49,11 +49,21 @@ struct node {
 	unsigned is_manifest : 1;  /* a generation's manifest (nd_manifest_attr) */
 	struct gen *gen;           /* ND_SNAP: the generation it belongs to (holds a reference) */
 	struct lk_owner *owners;   /* POSIX lock owners with an OFD descriptor (sf.mu) */
+	/* Passthrough (passthru.c, under its own mutex): the backing id while pt_users > 0,
+	 * its access mode, and how many handles are page-cached instead. */
+	int pt_id;
+	int pt_acc;
+	unsigned pt_users;
+	unsigned pt_other;
+	unsigned pt_failed : 1;
 };
+
+enum pt_mode { PT_NONE, PT_BACKED, PT_CACHED };
 
 /* An open file (file.c). Directories have their own handle (dir.c). */
 struct fh {
 	int fd;
+	enum pt_mode pt;           /* how the kernel serves its reads and writes */
 	struct node *node;
 	char *text;                /* the status file: its contents, made at open */
 	size_t len;
@@ -69,6 +79,7 @@ struct sf_opts {
 	double linger;
 	double settle;
 	char *snapdir_opt;
+	int no_passthrough;
 };
 
 struct sf {
@@ -133,6 +144,17 @@ struct gen *dr_snapdir_gen(pid_t pid);
 
 /* file.c */
 void fh_register(struct fuse_lowlevel_ops *ops);
+
+/* passthru.c: kernel passthrough of reads and writes (FUSE_PASSTHROUGH, Linux >= 6.9). */
+/* Install the I/O hooks that negotiate it; wanted = 0 leaves libfuse's own I/O. */
+int pt_setup(struct fuse_session *se, int wanted);
+int pt_enabled(void);
+/* Decide how the kernel serves handle h of n (sets h->pt, may set fi->direct_io). Returns
+ * the backing id to pt_arm before replying, or 0. pt_detach undoes it at close. */
+int pt_attach(struct node *n, struct fh *h, struct fuse_file_info *fi);
+void pt_detach(struct fh *h);
+/* The next open/create reply this thread sends carries backing id (0: none). */
+void pt_arm(int id);
 
 /* lock.c */
 void lk_register(struct fuse_lowlevel_ops *ops);
