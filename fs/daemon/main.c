@@ -37,6 +37,7 @@ static const struct fuse_opt sf_optspec[] = {
 	{ "settle_timeout=%lf", offsetof(struct sf_opts, settle), 0 },
 	{ "cache=%s", offsetof(struct sf_opts, cache_opt), 0 },
 	{ "no_passthrough", offsetof(struct sf_opts, no_passthrough), 1 },
+	{ "no_live_cache", offsetof(struct sf_opts, no_live_cache), 1 },
 	FUSE_OPT_END
 };
 
@@ -57,7 +58,10 @@ static void sf_usage(const char *prog)
 	       "                               /var/cache/stillfs/ESCAPED-STORE as root,\n"
 	       "                               $XDG_CACHE_HOME/stillfs/ESCAPED-STORE otherwise)\n"
 	       "    -o no_passthrough          serve every read and write through the daemon, even\n"
-	       "                               where the kernel could pass them to the store\n\n",
+	       "                               where the kernel could pass them to the store\n"
+	       "    -o no_live_cache           never let the kernel cache live entries and\n"
+	       "                               attributes (default: cached, and invalidated by\n"
+	       "                               inotify when the store changes directly)\n\n",
 	       prog, SF_DEFAULT_MAX_AGE, SF_DEFAULT_LINGER);
 	printf("Status: cat MOUNTPOINT/%s (or stillctl status MOUNTPOINT).\n\n", SF_STATUS);
 	printf("FUSE options:\n");
@@ -638,6 +642,8 @@ int main(int argc, char **argv)
 	sigaddset(&block, SIGPIPE);
 	pthread_sigmask(SIG_BLOCK, &block, &old);
 	hk_started = pthread_create(&hk, NULL, sf_housekeeper, NULL) == 0;
+	if (hk_started && !sf.o.no_live_cache)
+		iv_start(sf.se);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (!hk_started) {
 		log_err("cannot start the housekeeping thread");
@@ -667,6 +673,7 @@ int main(int argc, char **argv)
 	log_info("unmounting %s", sf.o.mountpoint);
 out:
 	atomic_store(&sf.exiting, 1);
+	iv_stop_thread();
 	if (hk_started) {
 		atomic_store(&sf_hk_stop, 1);
 		gen_wake(sf.gm);

@@ -55,6 +55,11 @@ static struct node *nd_find(const struct gen *g, dev_t dev, ino_t ino)
 	return NULL;
 }
 
+struct node *nd_find_live(dev_t dev, ino_t ino)
+{
+	return nd_find(NULL, dev, ino);
+}
+
 /* sf.mu held. Growing is best effort: a full table only gets slower. */
 static void nd_insert(struct node *n)
 {
@@ -93,10 +98,13 @@ static void nd_remove(struct node *n)
 
 double nd_attr_timeout(const struct node *n)
 {
-	/* Live files may change behind our back (the store is written directly), so the kernel
-	 * must ask every time; snapshot nodes never change; `.snapshot` itself mirrors the
+	/* Live files may change behind our back (the store is written directly): the kernel
+	 * caches them only where an inotify watch will tell it of changes; snapshot nodes never
+	 * change; `.snapshot` itself mirrors the
 	 * current generation's root, which changes now and then. */
 	switch (n->kind) {
+	case ND_LIVE:
+		return iv_cached(n) ? SF_LIVE_TIMEOUT : 0;
 	case ND_SNAP:
 		return SF_SNAP_TIMEOUT;
 	case ND_SNAPDIR:
@@ -203,6 +211,8 @@ int nd_from_fd(int fd, enum nd_kind kind, struct gen *g, struct fuse_entry_param
 		n->kind = kind;
 		n->gen = g;
 		nd_insert(n);
+		if (kind == ND_LIVE && S_ISDIR(n->type) && !sf.o.no_live_cache)
+			iv_watch_locked(n);
 	}
 	n->nlookup++;
 	pthread_mutex_unlock(&sf.mu);
@@ -254,6 +264,8 @@ int nd_lookup(struct node *parent, const char *name, struct fuse_entry_param *e)
 		return -errno;
 	rc = nd_from_fd(fd, parent->kind, parent->gen, e);
 	if (rc == 0 && parent->kind == ND_LIVE) {
+		iv_mark(nd_of(e->ino), parent);
+		nd_fill_timeouts(nd_of(e->ino), e);
 		size_t len = strlen(name);
 		if (len > 4 && !strcmp(name + len - 4, "-shm"))
 			nd_of(e->ino)->is_shm = 1;
@@ -271,8 +283,10 @@ void nd_forget(struct node *n, uint64_t nlookup)
 	}
 	n->nlookup -= nlookup;
 	int gone = !n->nlookup && !n->is_static;
-	if (gone)
+	if (gone) {
 		nd_remove(n);
+		iv_unwatch_locked(n);
+	}
 	pthread_mutex_unlock(&sf.mu);
 	if (!gone)
 		return;

@@ -102,10 +102,11 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		rc = op_lookup_snapdir(req, name, &e);
 	} else {
 		rc = nd_lookup(p, name, &e);
-		if (rc == -ENOENT && p->kind == ND_SNAP) {
-			/* A snapshot directory never changes: the kernel may remember the miss. */
+		if (rc == -ENOENT && (p->kind == ND_SNAP || (p->wd > 0 && iv_cached(p)))) {
+			/* A snapshot directory never changes, and a watched live one tells us when
+			 * the name appears: the kernel may remember the miss. */
 			memset(&e, 0, sizeof e);
-			e.entry_timeout = SF_SNAP_TIMEOUT;
+			e.entry_timeout = nd_attr_timeout(p);
 			rc = 0;
 		}
 	}

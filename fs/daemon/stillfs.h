@@ -27,6 +27,9 @@
 /* After a failed capture, lookups serve the previous generation (or EIO) for this long before
  * another capture is attempted, so a store that never settles does not stall every lookup. */
 #define SF_FAIL_BACKOFF 5.0
+/* Live entries and attributes, where inotify tells us of direct changes (inval.c): the bound
+ * on staleness after a lost event queue. */
+#define SF_LIVE_TIMEOUT 10.0
 
 /* ND_SNAPDIR is `.snapshot` itself: a fixed directory whose contents are the current
  * generation's root. Generations are chosen below it (lookups) and when it is opened. */
@@ -56,6 +59,8 @@ struct node {
 	unsigned pt_users;
 	unsigned pt_other;
 	unsigned pt_failed : 1;
+	int wd;                    /* live directory: its inotify watch (inval.c, sf.mu), or 0 */
+	unsigned iv_ok : 1;        /* changes to it are seen by a watch: the kernel may cache it */
 };
 
 enum pt_mode { PT_NONE, PT_BACKED, PT_CACHED };
@@ -80,6 +85,7 @@ struct sf_opts {
 	double settle;
 	char *snapdir_opt;
 	int no_passthrough;
+	int no_live_cache;
 };
 
 struct sf {
@@ -125,6 +131,8 @@ void nd_snap_attr(struct stat *st);
 void nd_fill_timeouts(const struct node *n, struct fuse_entry_param *e);
 double nd_attr_timeout(const struct node *n);
 int nd_reopen(const struct node *n, int flags);
+/* sf.mu held: the live node of a backing inode, or NULL. */
+struct node *nd_find_live(dev_t dev, ino_t ino);
 void nd_procpath(const struct node *n, char *buf, size_t len);
 /* After generation g was deleted: free the space of its files that only we still hold. */
 void nd_reclaim(struct gen *g);
@@ -155,6 +163,17 @@ int pt_attach(struct node *n, struct fh *h, struct fuse_file_info *fi);
 void pt_detach(struct fh *h);
 /* The next open/create reply this thread sends carries backing id (0: none). */
 void pt_arm(int id);
+
+/* inval.c: kernel caching of the live view, invalidated from inotify events of the store. */
+int iv_start(struct fuse_session *se);
+void iv_stop_thread(void);
+void iv_watch(struct node *n);
+void iv_watch_locked(struct node *n);        /* sf.mu held */
+void iv_unwatch_locked(struct node *n);      /* sf.mu held */
+/* 1 if the kernel may cache n's entry and attributes. */
+int iv_cached(const struct node *n);
+/* child was looked up below parent: cacheable if a watch sees its changes. */
+void iv_mark(struct node *child, const struct node *parent);
 
 /* lock.c */
 void lk_register(struct fuse_lowlevel_ops *ops);
