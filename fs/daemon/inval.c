@@ -16,8 +16,15 @@
  * before an inode invalidation are discarded by their attribute version. What is left is the
  * delay between a change and its event being read here (milliseconds). A lost event queue
  * (IN_Q_OVERFLOW) invalidates every known inode; names cached then may outlive a deletion
- * for at most SF_LIVE_TIMEOUT. A directory that cannot be watched (watch limit) keeps
- * timeouts 0 for what is below it.
+ * for at most SF_LIVE_TIMEOUT, or not at all where the kernel can bump the connection's
+ * epoch (FUSE_NOTIFY_INC_EPOCH, Linux 6.16), which makes it look every cached name up again.
+ * A directory that cannot be watched (watch limit) keeps timeouts 0 for what is below it.
+ *
+ * The same thread keeps the node table within its budget of descriptors (one O_PATH
+ * descriptor per inode the kernel knows): past three quarters of it, the least recently
+ * looked-up half is offered back to the kernel with FUSE_NOTIFY_PRUNE (Linux 6.18), which
+ * drops the unused ones and sends FORGET for them. Without it a walk of a large store stops
+ * at the descriptor limit (EMFILE) until the kernel's own memory pressure forgets inodes.
  *
  * Locking: the wd -> node map and node->wd are under sf.mu, and so are inotify_add_watch and
  * inotify_rm_watch (a watch belongs to an inode, so a node freed and made again for the same
@@ -36,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define IV_BUCKETS 4096
@@ -57,8 +65,12 @@ struct iv_act {
 static struct iv_ent *iv_tab[IV_BUCKETS];
 static int iv_fd = -1;
 static int iv_stop[2] = { -1, -1 };
+static int iv_kick[2] = { -1, -1 };   /* prune requests */
+static atomic_int iv_prune_asked;
+static int iv_prune_broken, iv_epoch_broken;
 static pthread_t iv_thread;
-static atomic_int iv_running;
+static atomic_int iv_running;     /* inotify watching: live nodes may be cached */
+static int iv_thread_up;
 static size_t iv_watches, iv_budget;
 static struct fuse_session *iv_se;
 
@@ -138,7 +150,84 @@ void iv_mark(struct node *child, const struct node *parent)
 		child->iv_ok = 1;
 }
 
-/* Every live node's attributes and pages (after a lost event queue). */
+#define IV_NOTIFY_INC_EPOCH 8
+#define IV_NOTIFY_PRUNE 9
+
+/* A notification libfuse 3.14 has no call for. 0 or -errno. */
+static int iv_notify_raw(int code, const void *a, size_t alen, const void *b, size_t blen)
+{
+	struct {
+		uint32_t len;
+		int32_t error;
+		uint64_t unique;
+	} hdr = { (uint32_t)(sizeof hdr + alen + blen), code, 0 };
+	struct iovec iov[3] = { { &hdr, sizeof hdr }, { (void *)a, alen }, { (void *)b, blen } };
+	return writev(fuse_session_fd(iv_se), iov, 3) < 0 ? -errno : 0;
+}
+
+struct iv_use {
+	uint64_t used;
+	uint64_t id;
+};
+
+static int iv_use_cmp(const void *a, const void *b)
+{
+	const struct iv_use *x = a, *y = b;
+	return x->used < y->used ? -1 : x->used > y->used;
+}
+
+/* Offer the kernel the least recently looked-up nodes until the table is at half its budget. */
+static void iv_prune(void)
+{
+	struct iv_use *u = NULL;
+	size_t n = 0, want = 0;
+
+	atomic_store(&iv_prune_asked, 0);
+	pthread_mutex_lock(&sf.mu);
+	if (sf.node_budget && sf.nnodes > sf.node_budget / 2)
+		want = sf.nnodes - sf.node_budget / 2;
+	if (want && (u = malloc(sf.nnodes * sizeof *u))) {
+		for (size_t i = 0; i < sf.tabsize; i++)
+			for (struct node *m = sf.tab[i]; m; m = m->hnext)
+				if (!m->is_static && n < sf.nnodes)
+					u[n++] = (struct iv_use){ m->used, nd_id(m) };
+		qsort(u, n, sizeof *u, iv_use_cmp);
+		if (want > n)
+			want = n;
+		/* Those still in use stay: let the next round try others first. */
+		for (size_t i = 0; i < want; i++)
+			nd_of(u[i].id)->used = ++sf.use_clock;
+	}
+	pthread_mutex_unlock(&sf.mu);
+	for (size_t i = 0; i < want && !iv_prune_broken; i += 512) {
+		struct {
+			uint32_t count, padding;
+			uint64_t spare;
+		} arg = { (uint32_t)(want - i < 512 ? want - i : 512), 0, 0 };
+		uint64_t ids[512];
+		for (uint32_t k = 0; k < arg.count; k++)
+			ids[k] = u[i + k].id;
+		int rc = iv_notify_raw(IV_NOTIFY_PRUNE, &arg, sizeof arg, ids, arg.count * sizeof ids[0]);
+		if (rc) {
+			iv_prune_broken = 1;
+			log_warn("the kernel cannot forget inodes on request (FUSE_NOTIFY_PRUNE: %s): "
+				 "at %zu known inodes, lookups fail with EMFILE", strerror(-rc),
+				 sf.node_budget);
+		}
+	}
+	free(u);
+}
+
+void iv_node_added(void)
+{
+	if (!sf.node_budget || sf.nnodes <= sf.node_budget / 4 * 3 || iv_kick[1] < 0 ||
+	    iv_prune_broken || atomic_exchange(&iv_prune_asked, 1))
+		return;
+	if (write(iv_kick[1], "p", 1) < 0)
+		atomic_store(&iv_prune_asked, 0);
+}
+
+/* Every live node's attributes and pages, every cached name (after a lost event queue). */
 static void iv_all(void)
 {
 	fuse_ino_t *ids = NULL;
@@ -157,7 +246,11 @@ static void iv_all(void)
 	for (size_t i = 0; i < n; i++)
 		fuse_lowlevel_notify_inval_inode(iv_se, ids[i], 0, 0);
 	free(ids);
-	log_warn("inotify queue overflowed: invalidated %zu cached inodes", n);
+	if (!iv_epoch_broken && iv_notify_raw(IV_NOTIFY_INC_EPOCH, NULL, 0, NULL, 0) != 0)
+		iv_epoch_broken = 1;
+	log_warn("inotify queue overflowed: invalidated %zu cached inodes%s", n,
+		 iv_epoch_broken ? "; names cached now may outlive their deletion for a while"
+				 : " and every cached name");
 }
 
 /* sf.mu held. Turn one event into at most two actions. */
@@ -218,16 +311,26 @@ static void *iv_main(void *arg)
 	enum { BUF = 64 * 1024, MAXACT = 512 };
 	char *buf = malloc(BUF);
 	struct iv_act *act = malloc(MAXACT * sizeof *act);
-	struct pollfd pf[2] = { { .fd = iv_fd, .events = POLLIN }, { .fd = iv_stop[0], .events = POLLIN } };
+	struct pollfd pf[3] = { { .fd = iv_stop[0], .events = POLLIN },
+				{ .fd = iv_kick[0], .events = POLLIN },
+				{ .fd = iv_fd, .events = POLLIN } };
 
 	while (buf && act) {
-		if (poll(pf, 2, -1) < 0) {
+		if (poll(pf, iv_fd >= 0 ? 3 : 2, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
 		}
-		if (pf[1].revents)
+		if (pf[0].revents)
 			break;
+		if (pf[1].revents) {
+			char c[64];
+			if (read(iv_kick[0], c, sizeof c) < 0 && errno != EAGAIN)
+				break;
+			iv_prune();
+		}
+		if (iv_fd < 0 || !pf[2].revents)
+			continue;
 		ssize_t len = read(iv_fd, buf, BUF);
 		if (len <= 0) {
 			if (len < 0 && (errno == EINTR || errno == EAGAIN))
@@ -271,7 +374,7 @@ static void *iv_main(void *arg)
 	return NULL;
 }
 
-int iv_start(struct fuse_session *se)
+int iv_start(struct fuse_session *se, int watch)
 {
 	unsigned long max = 8192;
 	FILE *f = fopen("/proc/sys/fs/inotify/max_user_watches", "r");
@@ -284,36 +387,44 @@ int iv_start(struct fuse_session *se)
 	 * watches: leave it most of them. */
 	iv_budget = max / 4;
 	iv_se = se;
-	iv_fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
-	if (iv_fd < 0 || pipe2(iv_stop, O_CLOEXEC) < 0) {
-		log_warn("inotify: %s; the live view is not cached", strerror(errno));
-		goto fail;
+	if (pipe2(iv_stop, O_CLOEXEC) < 0 || pipe2(iv_kick, O_CLOEXEC | O_NONBLOCK) < 0) {
+		log_warn("cannot make the invalidation thread's pipes: %s", strerror(errno));
+		return -1;
 	}
-	iv_watch(&sf.root);
-	if (sf.root.wd <= 0)
-		goto fail;
-	sf.root.iv_ok = 1;
+	if (watch) {
+		iv_fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+		if (iv_fd < 0)
+			log_warn("inotify: %s; the live view is not cached", strerror(errno));
+		else
+			iv_watch(&sf.root);
+		if (sf.root.wd > 0) {
+			sf.root.iv_ok = 1;
+		} else if (iv_fd >= 0) {
+			close(iv_fd);
+			iv_fd = -1;
+		}
+	}
 	if (pthread_create(&iv_thread, NULL, iv_main, NULL) != 0) {
 		log_warn("cannot start the invalidation thread; the live view is not cached");
-		goto fail;
+		pthread_mutex_lock(&sf.mu);
+		iv_unwatch_locked(&sf.root);
+		pthread_mutex_unlock(&sf.mu);
+		if (iv_fd >= 0)
+			close(iv_fd);
+		iv_fd = -1;
+		return -1;
 	}
-	iv_running = 1;
+	iv_thread_up = 1;
+	iv_running = iv_fd >= 0;
 	return 0;
-fail:
-	pthread_mutex_lock(&sf.mu);
-	iv_unwatch_locked(&sf.root);
-	pthread_mutex_unlock(&sf.mu);
-	if (iv_fd >= 0)
-		close(iv_fd);
-	iv_fd = -1;
-	return -1;
 }
 
 void iv_stop_thread(void)
 {
-	if (!iv_running)
+	if (!iv_thread_up)
 		return;
 	iv_running = 0;
+	iv_thread_up = 0;
 	if (write(iv_stop[1], "x", 1) < 0)
 		log_warn("stopping the invalidation thread: %s", strerror(errno));
 	pthread_join(iv_thread, NULL);

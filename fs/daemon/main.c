@@ -38,6 +38,7 @@ static const struct fuse_opt sf_optspec[] = {
 	{ "cache=%s", offsetof(struct sf_opts, cache_opt), 0 },
 	{ "no_passthrough", offsetof(struct sf_opts, no_passthrough), 1 },
 	{ "no_live_cache", offsetof(struct sf_opts, no_live_cache), 1 },
+	{ "max_nodes=%lu", offsetof(struct sf_opts, max_nodes), 0 },
 	FUSE_OPT_END
 };
 
@@ -61,7 +62,10 @@ static void sf_usage(const char *prog)
 	       "                               where the kernel could pass them to the store\n"
 	       "    -o no_live_cache           never let the kernel cache live entries and\n"
 	       "                               attributes (default: cached, and invalidated by\n"
-	       "                               inotify when the store changes directly)\n\n",
+	       "                               inotify when the store changes directly)\n"
+	       "    -o max_nodes=N             most inodes kept open for the kernel (default: the\n"
+	       "                               descriptor limit less a reserve); past 3/4 of it the\n"
+	       "                               least recently used are offered back to the kernel\n\n",
 	       prog, SF_DEFAULT_MAX_AGE, SF_DEFAULT_LINGER);
 	printf("Status: cat MOUNTPOINT/%s (or stillctl status MOUNTPOINT).\n\n", SF_STATUS);
 	printf("FUSE options:\n");
@@ -411,6 +415,8 @@ static int sf_open_fds(void)
 		/* Keep a reserve for what must not fail for want of a descriptor: capture helpers,
 		 * opens, lock owners. Lookups beyond the budget fail with EMFILE instead. */
 		sf.node_budget = rl.rlim_cur > 512 ? (size_t)rl.rlim_cur - 256 : (size_t)rl.rlim_cur / 2;
+		if (sf.o.max_nodes > 0 && (size_t)sf.o.max_nodes < sf.node_budget)
+			sf.node_budget = (size_t)sf.o.max_nodes;
 	}
 	return 0;
 }
@@ -534,6 +540,11 @@ int main(int argc, char **argv)
 	sf.o.linger = SF_DEFAULT_LINGER;
 	sf.o.settle = 30;
 	pthread_mutex_init(&sf.mu, NULL);
+	pthread_condattr_t budget_ca;
+	pthread_condattr_init(&budget_ca);
+	pthread_condattr_setclock(&budget_ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&sf.budget_cv, &budget_ca);
+	pthread_condattr_destroy(&budget_ca);
 
 	if (fuse_opt_parse(&args, &sf.o, sf_optspec, sf_opt_proc) < 0) {
 		rc = SF_EXIT_USAGE;
@@ -642,8 +653,8 @@ int main(int argc, char **argv)
 	sigaddset(&block, SIGPIPE);
 	pthread_sigmask(SIG_BLOCK, &block, &old);
 	hk_started = pthread_create(&hk, NULL, sf_housekeeper, NULL) == 0;
-	if (hk_started && !sf.o.no_live_cache)
-		iv_start(sf.se);
+	if (hk_started)
+		iv_start(sf.se, !sf.o.no_live_cache);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (!hk_started) {
 		log_err("cannot start the housekeeping thread");

@@ -213,8 +213,10 @@ int nd_from_fd(int fd, enum nd_kind kind, struct gen *g, struct fuse_entry_param
 		nd_insert(n);
 		if (kind == ND_LIVE && S_ISDIR(n->type) && !sf.o.no_live_cache)
 			iv_watch_locked(n);
+		iv_node_added();
 	}
 	n->nlookup++;
+	n->used = ++sf.use_clock;
 	pthread_mutex_unlock(&sf.mu);
 	if (!fresh)
 		close(fd);
@@ -230,16 +232,43 @@ int nd_from_fd(int fd, enum nd_kind kind, struct gen *g, struct fuse_entry_param
 	return 0;
 }
 
+/* Room for one more node: at the budget, ask the kernel to forget some (inval.c) and wait a
+ * little for its FORGETs, rather than failing a walk that merely outran the pruning. */
+static int nd_budget_wait(void)
+{
+	struct timespec until;
+	int rc = 0;
+
+	if (!sf.node_budget)
+		return 0;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_nsec += 500 * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&sf.mu);
+	while (sf.nnodes >= sf.node_budget && !rc) {
+		iv_node_added();
+		rc = pthread_cond_timedwait(&sf.budget_cv, &sf.mu, &until);
+	}
+	if (sf.nnodes < sf.node_budget)
+		rc = 0;
+	pthread_mutex_unlock(&sf.mu);
+	return rc ? -EMFILE : 0;
+}
+
 int nd_lookup_gen(struct gen *g, const char *name, struct fuse_entry_param *e)
 {
+	int rc;
 	if (gen_dead(g))
 		return -ESTALE;
-	if (sf.node_budget && sf.nnodes >= sf.node_budget)
-		return -EMFILE;
+	if ((rc = nd_budget_wait()))
+		return rc;
 	int fd = openat(gen_fd(g), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	int rc = nd_from_fd(fd, ND_SNAP, g, e);
+	rc = nd_from_fd(fd, ND_SNAP, g, e);
 	if (rc == 0 && !strcmp(name, CAP_MANIFEST_NAME)) {
 		nd_of(e->ino)->is_manifest = 1;
 		nd_manifest_attr(&e->attr);
@@ -257,8 +286,8 @@ int nd_lookup(struct node *parent, const char *name, struct fuse_entry_param *e)
 		return rc;
 	if (parent->kind == ND_STATUS || parent->kind == ND_SNAPDIR || !S_ISDIR(parent->type))
 		return -ENOTDIR;
-	if (sf.node_budget && sf.nnodes >= sf.node_budget)
-		return -EMFILE;
+	if ((rc = nd_budget_wait()))
+		return rc;
 	int fd = openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
@@ -286,6 +315,8 @@ void nd_forget(struct node *n, uint64_t nlookup)
 	if (gone) {
 		nd_remove(n);
 		iv_unwatch_locked(n);
+		if (sf.node_budget && sf.nnodes + 1 >= sf.node_budget)
+			pthread_cond_broadcast(&sf.budget_cv);
 	}
 	pthread_mutex_unlock(&sf.mu);
 	if (!gone)

@@ -61,6 +61,7 @@ struct node {
 	unsigned pt_failed : 1;
 	int wd;                    /* live directory: its inotify watch (inval.c, sf.mu), or 0 */
 	unsigned iv_ok : 1;        /* changes to it are seen by a watch: the kernel may cache it */
+	uint64_t used;             /* sf.use_clock at its last lookup (sf.mu): pruning order */
 };
 
 enum pt_mode { PT_NONE, PT_BACKED, PT_CACHED };
@@ -86,6 +87,7 @@ struct sf_opts {
 	char *snapdir_opt;
 	int no_passthrough;
 	int no_live_cache;
+	unsigned long max_nodes;
 };
 
 struct sf {
@@ -105,6 +107,8 @@ struct sf {
 	size_t tabsize;
 	size_t nnodes;
 	size_t node_budget;        /* most nodes (each an open descriptor) we keep */
+	uint64_t use_clock;        /* counts lookups (sf.mu) */
+	pthread_cond_t budget_cv;  /* a node was freed at the budget (sf.mu, CLOCK_MONOTONIC) */
 	uid_t uid;
 	gid_t gid;
 	struct timespec started;
@@ -165,7 +169,10 @@ void pt_detach(struct fh *h);
 void pt_arm(int id);
 
 /* inval.c: kernel caching of the live view, invalidated from inotify events of the store. */
-int iv_start(struct fuse_session *se);
+/* Start the thread; watch = 0: no caching, only the node budget's pruning. */
+int iv_start(struct fuse_session *se, int watch);
+/* A node was added: prune if the table nears its budget (sf.mu held). */
+void iv_node_added(void);
 void iv_stop_thread(void);
 void iv_watch(struct node *n);
 void iv_watch_locked(struct node *n);        /* sf.mu held */
