@@ -10,6 +10,7 @@
 #   BENCH_WREPS    repetitions of the timed SQLite writers and cold reads (default 4)
 #   BENCH_SECS     seconds per writer run in figures 3-4 (default 5), BENCH_SECS7 in 7 (3)
 #   BENCH_NICE=1   figures 3-4 also with stillctl under nice -n 19 ionice -c 3
+#   BENCH_SFOPTS   extra stillfs -o options for the daemon of figures 3-4
 #   BENCH_FIGURES  which figures to run (default "1 2 3 4 5 6 6b 7 8 9 10")
 #   BENCH_KEEP=1   keep the work directory (raw.log, table.md, the stores)
 #   STILLBENCH, PASSTHROUGH_LL   helper paths (default BUILD_DIR/bench/...)
@@ -383,7 +384,7 @@ wr_max() { local r; for r in $(seq "$WREPS"); do echo "${WR[$1,$2,$r]:-}"; done 
 mount_fig34() {
 	MNT3=""
 	[ "$HAVE_SF" = 1 ] || return 0
-	start_stillfs "$W/store1" "$W/mnt3" "$W/cache3" "snapshot_linger=0" || return 0
+	start_stillfs "$W/store1" "$W/mnt3" "$W/cache3" "snapshot_linger=0${BENCH_SFOPTS:+,$BENCH_SFOPTS}" || return 0
 	MNT3=$W/mnt3
 	MNT3_PID=$SF_PID
 	ls "$MNT3/.snapshot" >/dev/null # a first generation, so that refreshes are incremental

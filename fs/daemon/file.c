@@ -54,7 +54,7 @@ static void fh_close(struct fh *h)
 		close(h->fd);
 	if (h->node->kind == ND_SNAP)
 		gen_unpin(sf.gm, h->node->gen);
-	if (h->node->kind == ND_LIVE && h->node->is_shm)
+	if (h->shm_counted)
 		atomic_fetch_sub(&sf.shm_handles, 1);
 	free(h->text);
 	free(h);
@@ -116,8 +116,6 @@ static int fh_make(struct node *n, struct fuse_file_info *fi, int fd, struct fh 
 				goto fail;
 			}
 		}
-		if (n->is_shm)
-			atomic_fetch_add(&sf.shm_handles, 1);
 		break;
 	}
 	fi->fh = (uintptr_t)h;
@@ -126,6 +124,19 @@ static int fh_make(struct node *n, struct fuse_file_info *fi, int fd, struct fh 
 fail:
 	free(h);
 	return rc;
+}
+
+/* How the kernel will serve h (passthru.c); returns the backing id for the reply. An SQLite
+ * WAL index mapped without passthrough lives in the mount's page cache, not the store's: the
+ * capture helper must then read databases through the mount (hp_capture). */
+static int fh_attach(struct fh *h, struct fuse_file_info *fi)
+{
+	int id = pt_attach(h->node, h, fi);
+	if (h->node->kind == ND_LIVE && h->node->is_shm && h->pt != PT_BACKED) {
+		atomic_fetch_add(&sf.shm_handles, 1);
+		h->shm_counted = 1;
+	}
+	return id;
 }
 
 static void fh_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -142,7 +153,7 @@ static void fh_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	pt_arm(pt_attach(n, h, fi));
+	pt_arm(fh_attach(h, fi));
 	rc = fuse_reply_open(req, fi);
 	pt_arm(0);
 	if (rc != 0)
@@ -179,7 +190,7 @@ static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		nd_forget(nd_of(e.ino), 1);
 		goto out;
 	}
-	pt_arm(pt_attach(h->node, h, fi));
+	pt_arm(fh_attach(h, fi));
 	rc = fuse_reply_create(req, &e, fi);
 	pt_arm(0);
 	if (rc != 0)

@@ -6,7 +6,8 @@
  * closes *any* descriptor of the file. The daemon opens and closes store files all the time
  * for passthrough; in the same process it would silently drop the engine's locks.
  *
- * Protocol (argv): --capture-helper --settle-timeout S UPLOADS_BEFORE STORE DEST [PREVIOUS]
+ * Protocol (argv): --capture-helper --settle-timeout S --nice N UPLOADS_BEFORE STORE DEST
+ * [PREVIOUS]
  *   STORE is /proc/self/fd/N of the store descriptor the daemon opened before mounting
  *   (inherited, so a store covered by our own mount is still reached), DEST and PREVIOUS are
  *   /proc/self/fd/M/NAME below the inherited cache descriptor.
@@ -26,6 +27,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,7 +170,8 @@ int hp_capture(void *arg, const char *name, const char *prev, double uploads_bef
 	       struct cap_stats *st, char *err, size_t errlen)
 {
 	int life[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
-	char store[PATH_MAX], dest[64], prevp[64], settle[32], before[32], obuf[1024], ebuf[4096];
+	char store[PATH_MAX], dest[64], prevp[64], settle[32], before[32], nice[16], obuf[1024],
+		ebuf[4096];
 	size_t olen = 0, elen = 0;
 	pid_t pid = -1;
 	int rc, status;
@@ -188,8 +191,9 @@ int hp_capture(void *arg, const char *name, const char *prev, double uploads_bef
 	snprintf(prevp, sizeof prevp, "/proc/self/fd/%d/%s", sf.cachefd, prev ? prev : "");
 	snprintf(settle, sizeof settle, "%g", sf.o.settle);
 	snprintf(before, sizeof before, "%.3f", uploads_before);
-	char *argv[] = { "stillfs", "--capture-helper", "--settle-timeout", settle, before, store,
-			 dest, prev ? prevp : NULL, NULL };
+	snprintf(nice, sizeof nice, "%d", sf.o.capture_nice);
+	char *argv[] = { "stillfs", "--capture-helper", "--settle-timeout", settle, "--nice", nice,
+			 before, store, dest, prev ? prevp : NULL, NULL };
 
 	if (pipe2(life, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
 		rc = -errno;
@@ -295,16 +299,21 @@ int hp_main(int argc, char **argv)
 	/* Once the daemon is gone our log lines and result go to pipes nobody reads: a write
 	 * must fail, not kill us (SIGPIPE) before the engine has removed what it made. */
 	signal(SIGPIPE, SIG_IGN);
-	if (argc < 7 || argc > 8 || strcmp(argv[2], "--settle-timeout")) {
+	if (argc < 9 || argc > 10 || strcmp(argv[2], "--settle-timeout") ||
+	    strcmp(argv[4], "--nice")) {
 		fprintf(stderr, "stillfs: --capture-helper is for the daemon's own use\n");
 		return CAP_EXIT_USAGE;
 	}
 	cap_opts_init(&o);
 	o.settle_timeout = atof(argv[3]);
-	o.uploads_before = atof(argv[4]);
-	o.store = argv[5];
-	o.dest = argv[6];
-	o.previous = argc == 8 ? argv[7] : NULL;
+	/* Before any thread exists: the engine's threads inherit it. Best effort. */
+	errno = 0;
+	if (atoi(argv[5]) && setpriority(PRIO_PROCESS, 0, atoi(argv[5])) < 0)
+		log_warn("capture priority %s: %s", argv[5], strerror(errno));
+	o.uploads_before = atof(argv[6]);
+	o.store = argv[7];
+	o.dest = argv[8];
+	o.previous = argc == 10 ? argv[9] : NULL;
 	if (pthread_create(&t, NULL, hp_lifeline, NULL) == 0)
 		pthread_detach(t);
 	memset(&st, 0, sizeof st);

@@ -26,6 +26,7 @@
 #define SF_DEFAULT_MAX_AGE 10.0
 #define SF_DEFAULT_LINGER 30.0
 #define SF_DEFAULT_THREADS 64
+#define SF_DEFAULT_CAPTURE_NICE 10
 #define SF_FUSE_MAGIC 0x65735546
 
 enum { SF_EXIT_OK = 0, SF_EXIT_FAIL = 1, SF_EXIT_USAGE = 2 };
@@ -39,6 +40,7 @@ static const struct fuse_opt sf_optspec[] = {
 	{ "no_passthrough", offsetof(struct sf_opts, no_passthrough), 1 },
 	{ "no_live_cache", offsetof(struct sf_opts, no_live_cache), 1 },
 	{ "max_nodes=%lu", offsetof(struct sf_opts, max_nodes), 0 },
+	{ "capture_nice=%d", offsetof(struct sf_opts, capture_nice), 0 },
 	FUSE_OPT_END
 };
 
@@ -65,8 +67,10 @@ static void sf_usage(const char *prog)
 	       "                               inotify when the store changes directly)\n"
 	       "    -o max_nodes=N             most inodes kept open for the kernel (default: the\n"
 	       "                               descriptor limit less a reserve); past 3/4 of it the\n"
-	       "                               least recently used are offered back to the kernel\n\n",
-	       prog, SF_DEFAULT_MAX_AGE, SF_DEFAULT_LINGER);
+	       "                               least recently used are offered back to the kernel\n"
+	       "    -o capture_nice=N          CPU niceness of captures, so that the application\n"
+	       "                               keeps its cores (default: %d; 0 = the daemon's)\n\n",
+	       prog, SF_DEFAULT_MAX_AGE, SF_DEFAULT_LINGER, SF_DEFAULT_CAPTURE_NICE);
 	printf("Status: cat MOUNTPOINT/%s (or stillctl status MOUNTPOINT).\n\n", SF_STATUS);
 	printf("FUSE options:\n");
 	fuse_cmdline_help();
@@ -275,6 +279,10 @@ static int sf_validate(void)
 				o->snapdir_opt);
 			return SF_EXIT_USAGE;
 		}
+	}
+	if (o->capture_nice < 0 || o->capture_nice > 19) {
+		fprintf(stderr, "stillfs: capture_nice must be 0 to 19, not %d\n", o->capture_nice);
+		return SF_EXIT_USAGE;
 	}
 	if (!(o->max_age >= 0) || !(o->linger >= 0) || !(o->settle > 0) || o->max_age > 1e9 ||
 	    o->linger > 1e9 || o->settle > 1e9) {
@@ -538,6 +546,7 @@ int main(int argc, char **argv)
 	sf.storefd = sf.cachefd = sf.cachelockfd = sf.procfd = -1;
 	sf.o.max_age = SF_DEFAULT_MAX_AGE;
 	sf.o.linger = SF_DEFAULT_LINGER;
+	sf.o.capture_nice = SF_DEFAULT_CAPTURE_NICE;
 	sf.o.settle = 30;
 	pthread_mutex_init(&sf.mu, NULL);
 	pthread_condattr_t budget_ca;

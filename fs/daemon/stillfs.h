@@ -70,6 +70,7 @@ enum pt_mode { PT_NONE, PT_BACKED, PT_CACHED };
 struct fh {
 	int fd;
 	enum pt_mode pt;           /* how the kernel serves its reads and writes */
+	int shm_counted;           /* counted in sf.shm_handles */
 	struct node *node;
 	char *text;                /* the status file: its contents, made at open */
 	size_t len;
@@ -88,6 +89,7 @@ struct sf_opts {
 	int no_passthrough;
 	int no_live_cache;
 	unsigned long max_nodes;
+	int capture_nice;
 };
 
 struct sf {
@@ -112,7 +114,7 @@ struct sf {
 	uid_t uid;
 	gid_t gid;
 	struct timespec started;
-	atomic_uint shm_handles;   /* open handles on live "-shm" files */
+	atomic_uint shm_handles;   /* open page-cached (not passthrough) handles on live "-shm" */
 	atomic_int exiting;
 };
 

@@ -10,7 +10,7 @@
 RELD_TRACER=
 reld_trace() {
   local pid=$1 log=$2
-  strace -f -y -qq -o "$log" -e trace=%file,%desc -p "$pid" 2>"$log.err" &
+  strace -f -y -qq -s 0 -o "$log" -e trace=%file,%desc -p "$pid" 2>"$log.err" &
   RELD_TRACER=$!
   reld_traced() {
     local t
