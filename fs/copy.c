@@ -8,9 +8,11 @@
 #include <linux/fs.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -47,6 +49,14 @@ static int cp_all_zero(const uint8_t *p, size_t n)
 
 enum { SLOT_FREE, SLOT_READY, SLOT_BUSY, SLOT_DONE };
 
+/* A piece of work of the in-kernel copy: the digests of blocks [first, first + n). */
+struct cp_job {
+	uint64_t first, n;
+	size_t last_len;   /* bytes in block first + n - 1 */
+	uint64_t punched;  /* result: bytes of copied zero pages made holes */
+};
+struct cp_cfr;
+
 struct cp_slot {
 	uint8_t *buf;
 	size_t len;
@@ -70,10 +80,11 @@ static struct {
 	pthread_cond_t work, done;
 	pthread_mutex_t user;   /* held by the one copy that uses the pool */
 	struct cp_pipe *pipe;
+	struct cp_cfr *cfr;       /* the in-kernel copy whose blocks are being hashed, if any */
 	int started;
 	uint8_t *bufs[CP_SLOTS];  /* kept for the process: fresh 1 MiB buffers per file fault */
 } cp_pool = { PTHREAD_ONCE_INIT, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-	      PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, NULL, 0, { NULL } };
+	      PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, NULL, NULL, 0, { NULL } };
 
 /* The buffer of copies that hash inline, one per thread, kept for the same reason. */
 static __thread uint8_t *cp_inline_buf;
@@ -86,11 +97,24 @@ static void cp_slot_digest(struct cp_slot *sl)
 		sha256(sl->zero ? cp_zeros : sl->buf, sl->len, sl->digest);
 }
 
+static int cp_cfr_take(struct cp_cfr *x, struct cp_job *j);
+static void cp_cfr_run(struct cp_cfr *x, struct cp_job *j);
+static void cp_cfr_ran(struct cp_cfr *x, const struct cp_job *j);
+
 static void *cp_hasher(void *arg)
 {
 	(void)arg;
 	pthread_mutex_lock(&cp_pool.mu);
 	for (;;) {
+		struct cp_cfr *x = cp_pool.cfr;
+		struct cp_job j;
+		if (x && cp_cfr_take(x, &j)) {
+			pthread_mutex_unlock(&cp_pool.mu);
+			cp_cfr_run(x, &j);
+			pthread_mutex_lock(&cp_pool.mu);
+			cp_cfr_ran(x, &j);
+			continue;
+		}
 		struct cp_pipe *p = cp_pool.pipe;
 		struct cp_slot *sl = NULL;
 		for (unsigned i = 0; p && i < CP_SLOTS && !sl; i++)
@@ -327,6 +351,336 @@ static int cp_kernel_copy(int src, int dst, uint64_t size, struct cp_result *r)
 	return 0;
 }
 
+
+/* ---- in-kernel copy, hashing the private copy ----
+ *
+ * copy_file_range copies in the kernel (one memcpy per byte on a filesystem that cannot share
+ * extents), and the copy's blocks are hashed through a read-only shared mapping of the
+ * *destination*, so no byte goes through user space twice. The destination is private to us;
+ * mapping the live source instead would let a writer's truncate kill us with SIGBUS. While
+ * the next chunk is copied, the pool hashes the blocks already copied, up to 16 at a time in
+ * vector lanes (sha256_many). Data is copied only where the source has data (SEEK_DATA), and
+ * 4 KiB pages of copied zeros are punched out again as they are hashed, so holes and zero
+ * pages stay holes as with the read/write copy, and `written` counts what is stored. */
+#define CP_CHUNK ((uint64_t)8 << 20)    /* one copy_file_range request */
+#define CP_JOB_MAX 16                    /* blocks per job: one 16-lane pass */
+#define CP_CFR_MIN ((uint64_t)64 << 10)  /* smaller files: the read/write copy is as cheap */
+
+struct cp_cfr {
+	const uint8_t *map;      /* the destination, read-only */
+	int fd;                  /* the destination, for punching holes */
+	int punch;               /* punching holes works here */
+	int threaded;
+	uint64_t nblk;           /* blocks */
+	size_t last_len;         /* bytes in the last block, once it is ready */
+	uint8_t (*dig)[32];      /* each block's digest */
+	uint32_t *got;           /* bytes copied into each block (the rest is a hole) */
+	/* Under cp_pool.mu when threaded: blocks [0, ready) are copied, [0, sub) handed out,
+	 * and `done` of them hashed. */
+	uint64_t ready, sub, done;
+	uint64_t punched;
+};
+
+/* Hand out the next ready blocks: as many as fill the vector lanes when enough are waiting,
+ * else one (hashed with SHA-NI while the copy goes on). Called with cp_pool.mu held. */
+static int cp_cfr_take(struct cp_cfr *x, struct cp_job *j)
+{
+	uint64_t avail = x->ready - x->sub, k = 1;
+	if (avail == 0)
+		return 0;
+	if (avail >= SHA256_MANY_LANES16)
+		k = avail < CP_JOB_MAX ? avail : CP_JOB_MAX;
+	else if (avail >= SHA256_MANY_LANES8)
+		k = avail < 8 ? avail : 8;
+	j->first = x->sub;
+	j->n = k;
+	j->last_len = x->sub + k == x->nblk ? x->last_len : CP_BLOCK;
+	j->punched = 0;
+	x->sub += k;
+	return 1;
+}
+
+/* Called with cp_pool.mu held. */
+static void cp_cfr_ran(struct cp_cfr *x, const struct cp_job *j)
+{
+	x->punched += j->punched;
+	x->done += j->n;
+	if (x->done == x->sub) /* what cp_cfr_finish waits for */
+		pthread_cond_broadcast(&cp_pool.done);
+}
+
+/* Punch a run of zero pages [off, off + len) that were copied; len may end in a partial page
+ * at the end of the file, punched as far as its page end. Returns the bytes freed. */
+static uint64_t cp_cfr_punch(struct cp_cfr *x, uint64_t off, uint64_t len)
+{
+	uint64_t span = (len + CP_PAGE - 1) / CP_PAGE * CP_PAGE;
+	if (!__atomic_load_n(&x->punch, __ATOMIC_RELAXED) || len == 0)
+		return 0;
+	if (fallocate(x->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)span) == 0)
+		return len;
+	if (errno == EOPNOTSUPP || errno == ENOSYS)
+		__atomic_store_n(&x->punch, 0, __ATOMIC_RELAXED);
+	return 0; /* the zeros stay stored, and counted */
+}
+
+/* Block b, wholly copied: punch its zero pages. 1 if the whole block is zeros. */
+static int cp_cfr_zeros(struct cp_cfr *x, uint64_t b, size_t len, uint64_t *punched)
+{
+	const uint8_t *p = x->map + b * CP_BLOCK;
+	uint64_t base = b * CP_BLOCK;
+	size_t run = 0, i = 0, zeros = 0; /* [run, i): zero pages not punched yet */
+	for (; i < len; i += CP_PAGE) {
+		size_t n = len - i < CP_PAGE ? len - i : CP_PAGE;
+		if (cp_all_zero(p + i, n)) {
+			zeros += n;
+			continue;
+		}
+		if (run < i)
+			*punched += cp_cfr_punch(x, base + run, i - run);
+		run = i + CP_PAGE;
+	}
+	if (run < len)
+		*punched += cp_cfr_punch(x, base + run, len - run);
+	return zeros == len;
+}
+
+static void cp_cfr_run(struct cp_cfr *x, struct cp_job *j)
+{
+	const void *m[CP_JOB_MAX] = { NULL };
+	uint64_t idx[CP_JOB_MAX];
+	uint8_t out[CP_JOB_MAX][32];
+	size_t k = 0;
+	uint64_t punched = 0;
+
+	for (uint64_t b = j->first; b < j->first + j->n; b++) {
+		size_t len = b + 1 == j->first + j->n ? j->last_len : CP_BLOCK;
+		if (x->got[b] == 0) { /* a hole in the source: never copied, never read */
+			if (len == CP_BLOCK)
+				memcpy(x->dig[b], cp_zero_block_digest, 32);
+			else
+				sha256(cp_zeros, len, x->dig[b]);
+			continue;
+		}
+		/* Map the block's pages in one call rather than by a fault every 16 pages. */
+		madvise((void *)(uintptr_t)(x->map + b * CP_BLOCK), len, MADV_POPULATE_READ);
+		if (x->got[b] == len && cp_cfr_zeros(x, b, len, &punched)) {
+			if (len == CP_BLOCK)
+				memcpy(x->dig[b], cp_zero_block_digest, 32);
+			else
+				sha256(cp_zeros, len, x->dig[b]);
+			continue;
+		}
+		if (len == CP_BLOCK) {
+			m[k] = x->map + b * CP_BLOCK;
+			idx[k++] = b;
+		} else {
+			sha256(x->map + b * CP_BLOCK, len, x->dig[b]);
+		}
+	}
+	if (k)
+		sha256_many(m, k, CP_BLOCK, out);
+	for (size_t i = 0; i < k; i++)
+		memcpy(x->dig[idx[i]], out[i], 32);
+	j->punched = punched;
+	/* Unmap the hashed pages (they stay in the page cache): otherwise a large file counts in
+	 * full in our resident set while it is mapped. */
+	madvise((void *)(uintptr_t)(x->map + j->first * CP_BLOCK),
+		(size_t)((j->n - 1) * CP_BLOCK + j->last_len), MADV_DONTNEED);
+}
+
+/* Hash what is left, on this thread too, and wait for the pool's last blocks. */
+static void cp_cfr_finish(struct cp_cfr *x)
+{
+	struct cp_job j;
+	if (!x->threaded) {
+		while (cp_cfr_take(x, &j)) {
+			cp_cfr_run(x, &j);
+			cp_cfr_ran(x, &j);
+		}
+		return;
+	}
+	pthread_mutex_lock(&cp_pool.mu);
+	while (x->done < x->sub || x->sub < x->ready) {
+		if (cp_cfr_take(x, &j)) {
+			pthread_mutex_unlock(&cp_pool.mu);
+			cp_cfr_run(x, &j);
+			pthread_mutex_lock(&cp_pool.mu);
+			cp_cfr_ran(x, &j);
+		} else {
+			pthread_cond_wait(&cp_pool.done, &cp_pool.mu);
+		}
+	}
+	pthread_mutex_unlock(&cp_pool.mu);
+}
+
+/* Blocks wholly below `done` are ready to hash; all of them once done reaches size. */
+static void cp_cfr_submit(struct cp_cfr *x, uint64_t done, uint64_t size)
+{
+	uint64_t ready = done >= size ? x->nblk : done / CP_BLOCK;
+	if (ready == x->ready)
+		return;
+	if (!x->threaded) {
+		x->ready = ready; /* hashed by cp_cfr_finish */
+		return;
+	}
+	pthread_mutex_lock(&cp_pool.mu);
+	x->ready = ready;
+	pthread_cond_broadcast(&cp_pool.work);
+	pthread_mutex_unlock(&cp_pool.mu);
+}
+
+/* Count bytes copied into [off, off + n) against their blocks. */
+static void cp_cfr_got(struct cp_cfr *x, uint64_t off, uint64_t n)
+{
+	while (n > 0) {
+		uint64_t b = off / CP_BLOCK, room = (b + 1) * CP_BLOCK - off;
+		uint64_t take = n < room ? n : room;
+		x->got[b] += (uint32_t)take;
+		off += take;
+		n -= take;
+	}
+}
+
+/* 1 if the copy should go the read/write way instead (nothing of it is left in dst). */
+#define CP_FALLBACK 1
+
+/* Copy src (size bytes at the start) into the empty dst and digest it. 0, CP_FALLBACK, or
+ * -errno. */
+static int cp_cfr_file(int src, int dst, uint64_t size, struct cp_result *r)
+{
+	struct cp_cfr x;
+	int rc = 0, rfd = dst;
+
+	memset(&x, 0, sizeof x);
+	int fl = fcntl(dst, F_GETFL);
+	if (fl < 0)
+		return -errno;
+	if ((fl & O_ACCMODE) != O_RDWR) {
+		/* A shared mapping needs a descriptor open for reading: open the same file again. */
+		char path[64];
+		snprintf(path, sizeof path, "/proc/self/fd/%d", dst);
+		rfd = open(path, O_RDONLY | O_NOCTTY | O_CLOEXEC);
+		if (rfd < 0)
+			return CP_FALLBACK;
+		struct stat a, b;
+		if (fstat(rfd, &a) < 0 || fstat(dst, &b) < 0 || a.st_ino != b.st_ino ||
+		    a.st_dev != b.st_dev) {
+			close(rfd);
+			return CP_FALLBACK;
+		}
+	}
+	/* The whole size up front, so every page of the mapping is inside the file. */
+	if (ftruncate(dst, (off_t)size) < 0) {
+		rc = -errno;
+		goto out_fd;
+	}
+	void *map = mmap(NULL, size, PROT_READ, MAP_SHARED, rfd, 0);
+	if (map == MAP_FAILED) {
+		rc = CP_FALLBACK;
+		goto out_fd;
+	}
+	x.map = map;
+	x.fd = dst;
+	x.punch = 1;
+	x.nblk = (size + CP_BLOCK - 1) / CP_BLOCK;
+	x.last_len = (size_t)(size - (x.nblk - 1) * CP_BLOCK);
+	x.dig = malloc(x.nblk * sizeof *x.dig);
+	x.got = calloc(x.nblk, sizeof *x.got);
+	if (!x.dig || !x.got) {
+		rc = -ENOMEM;
+		goto out_map;
+	}
+	if (x.nblk > 1) {
+		pthread_once(&cp_pool.once, cp_pool_init);
+		x.threaded = cp_pool.started > 0 && pthread_mutex_trylock(&cp_pool.user) == 0;
+	}
+	if (x.threaded) {
+		pthread_mutex_lock(&cp_pool.mu);
+		cp_pool.cfr = &x;
+		pthread_mutex_unlock(&cp_pool.mu);
+	}
+
+	uint64_t off = 0; /* everything below off is copied or known to be a hole */
+	while (off < size && rc == 0) {
+		uint64_t data = cp_next_data(src, off, size);
+		if (data >= size)
+			break;
+		off_t hole = lseek(src, (off_t)data, SEEK_HOLE);
+		uint64_t end = (uint64_t)hole;
+		if (hole < 0 || end > size || end <= data)
+			end = size;
+		off = data;
+		cp_cfr_submit(&x, off, size);
+		while (off < end) {
+			uint64_t want = end - off < CP_CHUNK ? end - off : CP_CHUNK;
+			loff_t in = (loff_t)off, o = (loff_t)off;
+			ssize_t n = copy_file_range(src, &in, dst, &o, (size_t)want, 0);
+			if (n < 0) {
+				if (errno == EINTR)
+					continue;
+				rc = -errno;
+				if (r->written == 0 && (rc == -EXDEV || rc == -EINVAL || rc == -ENOSYS ||
+							rc == -EOPNOTSUPP))
+					rc = CP_FALLBACK;
+				break;
+			}
+			if (n == 0) { /* the source shrank under us: it ends here */
+				size = off;
+				break;
+			}
+			cp_cfr_got(&x, off, (uint64_t)n);
+			r->written += (uint64_t)n;
+			off += (uint64_t)n;
+			cp_cfr_submit(&x, off, size);
+		}
+	}
+	if (rc == 0) {
+		/* What is left is a hole, or nothing if the source shrank (blocks handed out all
+		 * lie below what was copied, so none is past the new end). */
+		if (x.threaded)
+			pthread_mutex_lock(&cp_pool.mu);
+		x.nblk = (size + CP_BLOCK - 1) / CP_BLOCK;
+		x.last_len = (size_t)(size - (x.nblk ? x.nblk - 1 : 0) * CP_BLOCK);
+		if (x.threaded)
+			pthread_mutex_unlock(&cp_pool.mu);
+		cp_cfr_submit(&x, size, size);
+	}
+	if (rc) { /* stop handing out; wait for what was */
+		if (x.threaded)
+			pthread_mutex_lock(&cp_pool.mu);
+		x.ready = x.sub;
+		if (x.threaded)
+			pthread_mutex_unlock(&cp_pool.mu);
+	}
+	cp_cfr_finish(&x);
+	if (x.threaded) {
+		pthread_mutex_lock(&cp_pool.mu);
+		cp_pool.cfr = NULL;
+		pthread_mutex_unlock(&cp_pool.mu);
+		pthread_mutex_unlock(&cp_pool.user);
+	}
+	if (rc == 0) {
+		r->size = size;
+		r->written -= x.punched;
+		if (x.nblk == 0)
+			sha256("", 0, r->digest);
+		else if (x.nblk == 1)
+			memcpy(r->digest, x.dig[0], 32);
+		else
+			sha256(x.dig, x.nblk * 32, r->digest);
+	}
+out_map:
+	munmap(map, size);
+	free(x.dig);
+	free(x.got);
+out_fd:
+	if (rfd != dst)
+		close(rfd);
+	if (rc == CP_FALLBACK && ftruncate(dst, 0) < 0)
+		rc = -errno;
+	return rc;
+}
+
 int cp_file(int src, int dst, int want_digest, struct cp_result *r)
 {
 	struct stat st;
@@ -349,6 +703,14 @@ int cp_file(int src, int dst, int want_digest, struct cp_result *r)
 		if (!want_digest)
 			return 0;
 		dst = -1; /* content is shared; only the digest is left to do */
+	}
+	if (dst >= 0 && want_digest && size >= CP_CFR_MIN) {
+		rc = cp_cfr_file(src, dst, size, r);
+		if (rc != CP_FALLBACK)
+			goto out_truncate;
+		memset(r->digest, 0, sizeof r->digest);
+		r->written = 0; /* fall back to the read/write loop below */
+		rc = 0;
 	}
 	if (dst >= 0 && !want_digest) {
 		rc = cp_kernel_copy(src, dst, size, r);

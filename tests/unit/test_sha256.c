@@ -259,3 +259,32 @@ Test(sha256, from_hex_rejects_bad_input)
 	cr_assert_arr_eq(out, sentinel, 32, "out modified on failure");
 	cr_assert_eq(sha256_from_hex(good, out), 0);
 }
+
+/* sha256_many must give, lane for lane, what sha256 gives: for every count of messages a batch
+ * can take (1..17, past one full 16-lane batch) and lengths around the block and padding
+ * boundaries, up to a 1 MiB block. Each message differs, so a lane mix-up shows. */
+Test(sha256, many_equals_one_by_one)
+{
+	static const size_t lens[] = { 0, 1, 55, 56, 63, 64, 65, 119, 120, 4096, 1 << 20 };
+	enum { MAXN = 17 };
+	uint8_t *buf = malloc((size_t)(MAXN + 1) << 20);
+	const void *msgs[MAXN];
+	uint8_t got[MAXN][32], want[32];
+
+	cr_assert_not_null(buf);
+	for (size_t i = 0; i < ((size_t)(MAXN + 1) << 20); i++)
+		buf[i] = (uint8_t)(i * 2654435761u >> 13);
+	for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++) {
+		for (size_t n = 1; n <= MAXN; n++) {
+			for (size_t i = 0; i < n; i++)
+				msgs[i] = buf + (i << 20) + i;  /* distinct, unaligned */
+			sha256_many(msgs, n, lens[l], got);
+			for (size_t i = 0; i < n; i++) {
+				sha256(msgs[i], lens[l], want);
+				cr_assert_arr_eq(got[i], want, 32, "len %zu, %zu messages, lane %zu",
+						 lens[l], n, i);
+			}
+		}
+	}
+	free(buf);
+}
