@@ -16,6 +16,7 @@
  * Every file in the snapshot then holds what its live file held at the instant of step 3. */
 #include "capture.h"
 #include "copy.h"
+#include "dbdelta.h"
 #include "manifest.h"
 #include "sha256.h"
 #include "sqlcap.h"
@@ -66,6 +67,10 @@ struct ent {
 	char kind;               /* K_*; K_NONE until classified, or once gone */
 	unsigned dirty : 1, copied : 1, reused : 1, rescan : 1, hot : 1, dbcopied : 1;
 	unsigned precopied : 1;  /* a database copied before the cut; valid while not dirty */
+	unsigned staged : 1;     /* a database whose staged copy blk describes */
+	struct dd_blocks blk;    /* databases: digests of the staged copy's 1 MiB blocks */
+	double synced_at;        /* when the staged copy of a database was last made equal */
+	uint64_t synced_pages;   /* pages that pass rewrote */
 	unsigned dirty_count;
 	uint64_t written;        /* bytes the last copy of it stored (holes are not) */
 	double copied_at;        /* when the last copy of it began */
@@ -108,6 +113,11 @@ struct cap {
 	double last_change;      /* when a plain file or the tree was last seen changing */
 	double uploads_before;   /* realtime; see cap_opts */
 	int64_t newest_ctime;    /* of anything the scans saw, for the quiet window at start */
+	int holding;             /* rollback databases are locked: writers wait on us */
+	/* block digests of the previous snapshot's databases (manifest header lines) */
+	char **pb_path, **pb_hex;
+	size_t pb_n;
+	struct ut_map pb_index;
 };
 
 static int cap_openat2(int dirfd, const char *path, int flags)
@@ -220,6 +230,9 @@ static void cap_unstage(struct cap *c, size_t i)
 		cp_rmtree(c->stagefd, c->e[i].path);
 	c->e[i].copied = 0;
 	c->e[i].reused = 0;
+	c->e[i].staged = 0;
+	c->e[i].precopied = 0;
+	dd_free(&c->e[i].blk);
 }
 
 static void cap_forget(struct cap *c, size_t i)
@@ -484,6 +497,9 @@ static int cap_link_prev(struct cap *c, struct ent *e, const struct mf_entry *pe
 	e->mtime_ns = pe->mtime_ns;
 	e->reused = 1;
 	e->copied = 1;
+	e->staged = 0; /* the staged copy, if any, was replaced */
+	e->precopied = 0;
+	dd_free(&e->blk);
 	c->st->bytes_linked += pe->size;
 	rc = 0;
 out:
@@ -609,12 +625,93 @@ static char *cap_db_ident(struct ent *e, int dirfd);
 static int cap_copy_fd_to_stage(struct cap *c, int src, const char *rel, int digest,
 				struct cp_result *r);
 
+#define CAP_DB_THREADS 2       /* compare and hash databases on this many threads */
+#define CAP_RESYNC_PAGES 2048  /* pages a pass may leave to the locked pass (8 MiB) */
+
+/* The previous snapshot's copy of e with the digests of its blocks, to start e's copy from.
+ * The digests must add up to the manifest's digest of that copy, and the copy must still be
+ * what the manifest says it is (as for sharing it, cap_link_prev). An fd or -errno. */
+static int cap_prev_base(struct cap *c, const struct ent *e, struct dd_blocks *b)
+{
+	size_t k;
+	if (!c->have_prev || !ut_map_get(&c->pb_index, e->path, &k))
+		return -ENOENT;
+	const struct mf_entry *pe = mf_find(&c->prev, e->path);
+	if (!pe || pe->kind != K_DB || !pe->has_digest ||
+	    dd_from_hex(b, c->pb_hex[k], pe->size, pe->digest))
+		return -ENOENT;
+	int fd = cap_openat2(c->prevfd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+	struct stat ps;
+	if (fd >= 0 && (fstat(fd, &ps) < 0 || !S_ISREG(ps.st_mode) ||
+			(uint64_t)ps.st_size != pe->size || cap_ns(ps.st_mtim) != pe->mtime_ns)) {
+		close(fd);
+		fd = -ESTALE;
+	}
+	if (fd < 0)
+		dd_free(b);
+	return fd;
+}
+
+/* Make the staged copy of database e equal to the live file src: compare it page by page
+ * with what is staged already, or else with the previous snapshot's copy; copy it whole only
+ * when neither exists. Digests of the blocks that changed are left to cap_db_finish (hashed
+ * after the locks are gone), except on a whole copy made without any lock held. */
+static int cap_db_sync(struct cap *c, struct ent *e, int src, uint64_t *written)
+{
+	struct dd_result r = { 0 };
+	int rc, dst, base = -1;
+	if (e->staged) {
+		dst = openat(c->stagefd, e->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+		if (dst < 0)
+			return -errno;
+		rc = dd_sync(src, dst, -1, CAP_DB_THREADS, &e->blk, &r);
+	} else {
+		dd_free(&e->blk);
+		base = cap_prev_base(c, e, &e->blk);
+		unlinkat(c->stagefd, e->path, 0);
+		dst = openat(c->stagefd, e->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+			     0600);
+		if (dst < 0) {
+			rc = -errno;
+			if (base >= 0)
+				close(base);
+			dd_free(&e->blk);
+			return rc;
+		}
+		e->staged = 1;
+		if (base >= 0)
+			rc = dd_sync(src, dst, base, CAP_DB_THREADS, &e->blk, &r);
+		else
+			rc = dd_copy(src, dst, !c->holding, CAP_DB_THREADS, &e->blk, &r);
+		if (rc && rc != -EAGAIN && base >= 0) {
+			/* The base may not have been copied whole: claim nothing about the copy. */
+			struct stat st;
+			if (fstat(dst, &st) == 0)
+				dd_reset(&e->blk, (uint64_t)st.st_size);
+			else
+				e->staged = 0;
+		}
+		if (base >= 0)
+			close(base);
+	}
+	close(dst);
+	*written = r.written;
+	e->synced_pages = r.pages;
+	return rc;
+}
+
 /* A rollback-mode database is copied early, without any lock, like a plain file. Every write
  * to it queues an event before its writer can release the lock we take at the cut, so if none
  * came since this copy began, the copy is what the cut would have copied, and the lock is
- * held only for the databases that did change. */
+ * held only for the databases that did change; for those, only the pages that differ from
+ * this copy are rewritten under the lock. */
 static int cap_precopy_db(struct cap *c, struct ent *e)
 {
+	/* A busy database is compared again under the lock anyway, where only the pages that
+	 * changed since are rewritten; another pass without the lock only saves the lock those
+	 * writes when many pages keep changing. */
+	if (!c->holding && e->precopied && e->staged && e->synced_pages < CAP_RESYNC_PAGES)
+		return 0;
 	e->dirty = 0;
 	e->precopied = 0;
 	int pfd = cap_openat2(c->storefd, c->e[e->parent].path, O_PATH | O_DIRECTORY);
@@ -637,18 +734,21 @@ static int cap_precopy_db(struct cap *c, struct ent *e)
 	free(ident);
 	if (pe)
 		goto out; /* unchanged since the previous snapshot: shared at the cut */
-	e->copied_at = ut_now();
-	/* Digest it now: without a lock, the copy and the hashing overlap. */
-	struct cp_result r;
-	rc = cap_copy_fd_to_stage(c, src, e->path, 1, &r);
+	e->copied_at = e->synced_at = ut_now();
+	uint64_t w = 0;
+	rc = cap_db_sync(c, e, src, &w);
+	c->st->bytes_copied += w;
+	if (rc == -EAGAIN) {
+		e->dirty = 1; /* it shrank while read: its event comes, the next pass redoes it */
+		rc = 0;
+		goto out;
+	}
 	if (rc) {
 		log_err("cannot copy database %s: %s", cap_where(c, e), strerror(-rc));
 		goto out;
 	}
 	e->precopied = 1;
-	e->size = r.size;
-	memcpy(e->digest, r.digest, 32);
-	c->st->bytes_copied += r.written;
+	e->size = e->blk.size;
 	c->done_bytes += (uint64_t)st.st_size;
 out:
 	if (src >= 0)
@@ -919,8 +1019,13 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 	char path[PATH_MAX + 64];
 	uint64_t w = 0;
 	struct cp_result r;
-	int rc, early = e->precopied;
-	e->precopied = 0; /* whatever happens, its digest is to be taken again */
+	int rc;
+	e->precopied = 0;
+	if (e->dbmode != DB_ROLLBACK || e->hot) {
+		/* Made whole below, or recovered by SQLite later: nothing is known of its blocks. */
+		e->staged = 0;
+		dd_free(&e->blk);
+	}
 	if (e->dbmode == DB_WAL) {
 		rc = cap_db_stage_path(c, e, "", path, sizeof path);
 		if (!rc) {
@@ -930,12 +1035,16 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 		struct stat st;
 		if (!rc && fstatat(c->stagefd, e->path, &st, 0) == 0)
 			w = (uint64_t)st.st_size;
-	} else if (early && e->dbmode == DB_ROLLBACK && !e->hot) {
+	} else if (e->dbmode == DB_ROLLBACK && !e->hot) {
 		/* The early copy went stale: under the lock, only what differs is rewritten. */
-		int dst = openat(c->stagefd, e->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-		rc = dst < 0 ? -errno : cp_patch(e->dbfd, dst, &w);
-		if (dst >= 0)
-			close(dst);
+		e->synced_at = ut_now();
+		rc = cap_db_sync(c, e, e->dbfd, &w);
+		c->st->bytes_copied += w;
+		w = 0;
+		if (rc == -EAGAIN) {
+			e->dirty = 1;
+			return -EAGAIN;
+		}
 	} else {
 		rc = cap_copy_fd_to_stage(c, e->dbfd, e->path, 0, &r);
 		w = r.written;
@@ -1120,6 +1229,7 @@ static int cap_attempt(struct cap *c, double deadline)
 		if (nrollback++ == 0)
 			c->lock_t0 = ut_now(); /* writers wait from here, not while we waited */
 		e->locked = 1;
+		c->holding = 1;
 		/* A writer may have switched it to WAL, or opened the cold WAL, before our lock. */
 		if (e->dbmode == DB_ROLLBACK ? cap_wal_present(e->dirfd, e->name) :
 					       cap_cold_disturbed(e)) {
@@ -1194,11 +1304,13 @@ static int cap_attempt(struct cap *c, double deadline)
 	rc = 0;
 out:
 	if (c->lock_t0 > 0) {
+		/* Writers waited as long in an attempt that had to be redone. */
 		double held = ut_now() - c->lock_t0;
-		if (rc == 0 && held > c->st->lock_max_s)
+		if (held > c->st->lock_max_s)
 			c->st->lock_max_s = held;
 	}
 	cap_db_release(c);
+	c->holding = 0;
 	c->in_attempt = 0;
 	return rc;
 }
@@ -1222,9 +1334,8 @@ static int cap_db_finish(struct cap *c)
 		 * so its bytes are kept as they are. */
 		if (!recover && (hn < (ssize_t)sizeof hdr || !sq_is_header(hdr)))
 			e->kind = K_FILE;
-		int digested = e->precopied; /* and unchanged since, or it would not be used */
 		if (!rc && e->kind == K_DB && !recover && (hdr[18] != 1 || hdr[19] != 1)) {
-			digested = 0;
+			dd_invalidate(&e->blk, 18, 2);
 			/* The copy holds every committed page and no WAL content is pending, so turning
 			 * it into a rollback-journal database only means rewriting the two format-version
 			 * bytes, as journal_mode=DELETE would (without bumping the change counter). */
@@ -1233,7 +1344,7 @@ static int cap_db_finish(struct cap *c)
 		}
 		close(fd);
 		if (!rc && recover) {
-			digested = 0;
+			e->staged = 0; /* SQLite rewrites it */
 			rc = cap_db_stage_path(c, e, "", path, sizeof path);
 			if (!rc && (rc = sq_finish_copy(path, err, sizeof err)))
 				log_err("cannot make the copy of %s self-contained: %s", cap_where(c, e), err);
@@ -1248,17 +1359,21 @@ static int cap_db_finish(struct cap *c)
 		fd = openat(c->stagefd, e->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0)
 			return -errno;
-		struct cp_result r;
-		rc = digested ? 0 : cp_digest_fd(fd, &r);
+		/* Only the blocks that changed are hashed; the others keep their digests. */
+		struct stat st;
+		rc = fstat(fd, &st) < 0 ? -errno : 0;
+		if (!rc && (!e->staged || e->blk.size != (uint64_t)st.st_size || !e->blk.valid))
+			rc = dd_reset(&e->blk, (uint64_t)st.st_size);
+		if (!rc)
+			rc = dd_rehash(fd, CAP_DB_THREADS, &e->blk);
 		if (!rc)
 			cap_apply_owner(fd, &e->st);
 		close(fd);
 		if (rc)
 			return rc;
-		if (!digested) {
-			e->size = r.size;
-			memcpy(e->digest, r.digest, 32);
-		}
+		e->staged = 1;
+		e->size = e->blk.size;
+		dd_digest(&e->blk, e->digest);
 		e->has_digest = 1;
 		free(e->ident);
 		e->ident = e->hot ? NULL : e->db_ident;
@@ -1351,6 +1466,102 @@ static void cap_finish_root(struct cap *c)
 	futimens(c->stagefd, ts);
 }
 
+/* The header key of a database's block digests: "blocks PATH HEX", PATH escaped as in the
+ * entries, HEX the SHA-256 of each 1 MiB block. Other readers ignore keys they do not know;
+ * the next --previous capture starts from the copy and reuses the digests of its unchanged
+ * blocks (after checking that they add up to the entry's digest). */
+#define CAP_BLOCKS_KEY "blocks"
+
+static int cap_write_blocks(struct cap *c, FILE *f)
+{
+	for (size_t i = 1; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->kind != K_DB || !e->has_digest || e->size <= DD_BLOCK)
+			continue;
+		char *hex = NULL;
+		uint8_t d[32];
+		if (e->staged && e->blk.size == e->size && dd_all_valid(&e->blk)) {
+			dd_digest(&e->blk, d);
+			if (!memcmp(d, e->digest, 32))
+				hex = dd_hex(&e->blk);
+		} else if (e->reused) {
+			size_t k;
+			struct dd_blocks b;
+			if (ut_map_get(&c->pb_index, e->path, &k) &&
+			    dd_from_hex(&b, c->pb_hex[k], e->size, e->digest) == 0) {
+				dd_free(&b);
+				hex = strdup(c->pb_hex[k]);
+			}
+		}
+		if (!hex)
+			continue;
+		char *path = cp_escape(e->path);
+		if (path)
+			fprintf(f, CAP_BLOCKS_KEY " %s %s\n", path, hex);
+		free(path);
+		free(hex);
+	}
+	return ferror(f) ? -EIO : 0;
+}
+
+/* Read the block digests of the previous snapshot's databases from its manifest header. */
+static void cap_load_prev_blocks(struct cap *c)
+{
+	int fd = openat(c->prevfd, CAP_MANIFEST_NAME, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	FILE *f = fd < 0 ? NULL : fdopen(fd, "r");
+	if (!f) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	char *line = NULL;
+	size_t cap = 0, room = 0;
+	ssize_t len;
+	while ((len = getline(&line, &cap, f)) > 0) {
+		if (line[len - 1] == '\n')
+			line[--len] = 0;
+		if (!strcmp(line, "."))
+			break;
+		if (strncmp(line, CAP_BLOCKS_KEY " ", sizeof CAP_BLOCKS_KEY))
+			continue;
+		char *p = line + sizeof CAP_BLOCKS_KEY, *sp = strchr(p, ' ');
+		if (!sp)
+			continue;
+		*sp = 0;
+		char *path = cp_unescape(p), *hex = strdup(sp + 1);
+		size_t old;
+		if (!path || !hex || ut_map_get(&c->pb_index, path, &old)) {
+			free(path);
+			free(hex);
+			continue;
+		}
+		if (c->pb_n == room) {
+			room = room ? room * 2 : 16;
+			char **np = realloc(c->pb_path, room * sizeof *np);
+			char **nh = np ? realloc(c->pb_hex, room * sizeof *nh) : NULL;
+			if (np)
+				c->pb_path = np;
+			if (nh)
+				c->pb_hex = nh;
+			if (!np || !nh) {
+				free(path);
+				free(hex);
+				break;
+			}
+		}
+		c->pb_path[c->pb_n] = path;
+		c->pb_hex[c->pb_n] = hex;
+		if (ut_map_put(&c->pb_index, path, c->pb_n)) {
+			free(path);
+			free(hex);
+			break;
+		}
+		c->pb_n++;
+	}
+	free(line);
+	fclose(f);
+}
+
 static int cap_write_manifest(struct cap *c)
 {
 	int fd = openat(c->stagefd, CAP_MANIFEST_NAME, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
@@ -1361,7 +1572,23 @@ static int cap_write_manifest(struct cap *c)
 		close(fd);
 		return -ENOMEM;
 	}
-	int rc = mf_write_header(f, c->st);
+	/* The header as the manifest module writes it, with the block lines before its end. */
+	char *hdr = NULL;
+	size_t hlen = 0;
+	FILE *hf = open_memstream(&hdr, &hlen);
+	int rc = hf ? mf_write_header(hf, c->st) : -ENOMEM;
+	if (hf && fclose(hf) == EOF && !rc)
+		rc = -ENOMEM;
+	if (!rc && hlen >= 3 && !strcmp(hdr + hlen - 3, "\n.\n")) {
+		fwrite(hdr, 1, hlen - 2, f);
+		rc = cap_write_blocks(c, f);
+		fputs(".\n", f);
+	} else if (!rc) {
+		fwrite(hdr, 1, hlen, f);
+	}
+	free(hdr);
+	if (!rc && ferror(f))
+		rc = -EIO;
 	for (size_t i = 1; !rc && i < c->n; i++) {
 		struct ent *e = &c->e[i];
 		if (e->kind != K_DIR && e->kind != K_FILE && e->kind != K_DB && e->kind != K_LINK)
@@ -1599,6 +1826,8 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 			log_warn("%s: not a readable snapshot; copying everything", o->previous);
 		else
 			c.have_prev = 1;
+		if (c.have_prev)
+			cap_load_prev_blocks(&c);
 	}
 	rc = wt_open(&c.w, c.workfd);
 	if (rc) {
@@ -1683,8 +1912,16 @@ out:
 		free(c.e[i].path);
 		free(c.e[i].ident);
 		free(c.e[i].db_ident);
+		dd_free(&c.e[i].blk);
 	}
 	free(c.e);
+	for (size_t i = 0; i < c.pb_n; i++) {
+		free(c.pb_path[i]);
+		free(c.pb_hex[i]);
+	}
+	free(c.pb_path);
+	free(c.pb_hex);
+	ut_map_free(&c.pb_index);
 	ut_map_free(&c.index);
 	if (c.have_prev)
 		mf_free(&c.prev);

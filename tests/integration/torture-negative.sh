@@ -76,7 +76,7 @@ perfile_copy() {
     case $name in
       *-journal | *-wal | *-shm) ;;   # .backup reads through SQLite, which honours these
       *.sqlite3)
-        sqlite3 -readonly -cmd '.timeout 60000' "$e" ".backup '$dst/$name'" || return 1 ;;
+        timeout 20 sqlite3 -readonly -cmd '.timeout 10000' "$e" ".backup '$dst/$name'" || return 1 ;;
       *) cp -r "$e" "$dst/" ;;
     esac
   done

@@ -1,0 +1,493 @@
+/* Page-level database copies with per-block digests (see dbdelta.h). */
+#include "dbdelta.h"
+#include "sha256.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DD_PAGE 4096
+#define DD_CHUNK (8 * DD_BLOCK) /* kernel copies go this far ahead of the readers */
+#define DD_MAX_THREADS 4
+
+void dd_init(struct dd_blocks *b)
+{
+	memset(b, 0, sizeof *b);
+}
+
+void dd_free(struct dd_blocks *b)
+{
+	free(b->d);
+	free(b->valid);
+	dd_init(b);
+}
+
+static size_t dd_nblocks(uint64_t size)
+{
+	return (size_t)((size + DD_BLOCK - 1) / DD_BLOCK);
+}
+
+int dd_reset(struct dd_blocks *b, uint64_t size)
+{
+	dd_free(b);
+	size_t n = dd_nblocks(size);
+	b->d = calloc(n + 1, 32);
+	b->valid = calloc(n + 1, 1);
+	if (!b->d || !b->valid) {
+		dd_free(b);
+		return -ENOMEM;
+	}
+	b->size = size;
+	b->n = n;
+	return 0;
+}
+
+int dd_resize(struct dd_blocks *b, uint64_t size)
+{
+	if (size == b->size)
+		return 0;
+	size_t n = dd_nblocks(size);
+	if (n > b->n) {
+		uint8_t (*d)[32] = realloc(b->d, (n + 1) * 32);
+		if (d)
+			b->d = d;
+		uint8_t *v = d ? realloc(b->valid, n + 1) : NULL;
+		if (!v)
+			return -ENOMEM;
+		b->valid = v;
+		memset(b->valid + b->n, 0, n - b->n);
+	}
+	/* The block holding the old end and the one holding the new end change extent. */
+	if (b->size % DD_BLOCK && b->size / DD_BLOCK < n)
+		b->valid[b->size / DD_BLOCK] = 0;
+	if (size % DD_BLOCK)
+		b->valid[size / DD_BLOCK] = 0;
+	b->n = n;
+	b->size = size;
+	return 0;
+}
+
+void dd_invalidate(struct dd_blocks *b, uint64_t off, uint64_t len)
+{
+	for (uint64_t i = off / DD_BLOCK; len && i < b->n && i * DD_BLOCK < off + len; i++)
+		b->valid[i] = 0;
+}
+
+int dd_all_valid(const struct dd_blocks *b)
+{
+	if (!b->valid)
+		return b->n == 0 && b->size == 0;
+	for (size_t i = 0; i < b->n; i++)
+		if (!b->valid[i])
+			return 0;
+	return 1;
+}
+
+void dd_digest(const struct dd_blocks *b, uint8_t out[32])
+{
+	if (b->n == 0)
+		sha256("", 0, out);
+	else if (b->n == 1)
+		memcpy(out, b->d[0], 32);
+	else
+		sha256(b->d, b->n * 32, out);
+}
+
+char *dd_hex(const struct dd_blocks *b)
+{
+	char *s = malloc(b->n * 64 + 1);
+	if (!s)
+		return NULL;
+	for (size_t i = 0; i < b->n; i++) {
+		char h[65];
+		sha256_hex(b->d[i], h);
+		memcpy(s + i * 64, h, 64);
+	}
+	s[b->n * 64] = 0;
+	return s;
+}
+
+int dd_from_hex(struct dd_blocks *b, const char *hex, uint64_t size, const uint8_t digest[32])
+{
+	uint8_t check[32];
+	size_t n = dd_nblocks(size);
+	dd_init(b);
+	if (strlen(hex) != n * 64 || dd_reset(b, size))
+		goto bad;
+	for (size_t i = 0; i < n; i++) {
+		char h[65];
+		memcpy(h, hex + i * 64, 64);
+		h[64] = 0;
+		if (sha256_from_hex(h, b->d[i]))
+			goto bad;
+		b->valid[i] = 1;
+	}
+	dd_digest(b, check);
+	if (memcmp(check, digest, 32))
+		goto bad;
+	return 0;
+bad:
+	dd_free(b);
+	return -EINVAL;
+}
+
+/* ---- the workers ------------------------------------------------------------------------ */
+
+enum { DD_HASH, DD_CMP };
+
+struct dd_job {
+	int mode;
+	int src, dst;
+	const uint8_t *map;       /* dst, mapped for `len` bytes */
+	uint64_t len;
+	struct dd_blocks *b;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	uint64_t avail;           /* bytes of dst that hold what they should before the work */
+	int copying;              /* avail still grows */
+	size_t next;              /* next block to take */
+	int err;
+	uint64_t written, pages;
+};
+
+static int dd_pwrite_all(int fd, const uint8_t *p, size_t n, off_t off)
+{
+	while (n > 0) {
+		ssize_t w = pwrite(fd, p, n, off);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += w;
+		n -= (size_t)w;
+		off += w;
+	}
+	return 0;
+}
+
+static ssize_t dd_pread_full(int fd, uint8_t *p, size_t n, off_t off)
+{
+	size_t got = 0;
+	while (got < n) {
+		ssize_t r = pread(fd, p + got, n - got, off + (off_t)got);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0)
+			break;
+		got += (size_t)r;
+	}
+	return (ssize_t)got;
+}
+
+static void dd_fail(struct dd_job *j, int rc)
+{
+	pthread_mutex_lock(&j->mu);
+	if (!j->err)
+		j->err = rc;
+	pthread_cond_broadcast(&j->cv);
+	pthread_mutex_unlock(&j->mu);
+}
+
+/* Compare block i of src with dst and rewrite the pages that differ. */
+static int dd_cmp_block(struct dd_job *j, size_t i, uint8_t *buf, uint64_t *written,
+			uint64_t *pages)
+{
+	uint64_t off = (uint64_t)i * DD_BLOCK;
+	size_t n = (size_t)(j->len - off < DD_BLOCK ? j->len - off : DD_BLOCK);
+	ssize_t got = dd_pread_full(j->src, buf, n, (off_t)off);
+	if (got < 0)
+		return (int)got;
+	if ((size_t)got < n)
+		return -EAGAIN; /* the live file shrank: the caller sees the change later */
+	const uint8_t *m = j->map + off;
+	if (!memcmp(buf, m, n))
+		return 0;
+	size_t run = 0, p = 0; /* [run, p): differing pages not yet written */
+	int changed = 0;
+	for (; p < n; p += DD_PAGE) {
+		size_t len = n - p < DD_PAGE ? n - p : DD_PAGE;
+		if (!memcmp(buf + p, m + p, len)) {
+			if (run < p) {
+				int rc = dd_pwrite_all(j->dst, buf + run, p - run, (off_t)(off + run));
+				if (rc)
+					return rc;
+				*written += p - run;
+			}
+			run = p + len;
+			continue;
+		}
+		if (!changed) {
+			changed = 1;
+			j->b->valid[i] = 0; /* before the first write: b never claims too much */
+		}
+		(*pages)++;
+	}
+	if (run < n) {
+		int rc = dd_pwrite_all(j->dst, buf + run, n - run, (off_t)(off + run));
+		if (rc)
+			return rc;
+		*written += n - run;
+	}
+	return 0;
+}
+
+static void *dd_worker(void *arg)
+{
+	struct dd_job *j = arg;
+	uint8_t *buf = NULL;
+	uint64_t written = 0, pages = 0;
+	if (j->mode == DD_CMP && !(buf = malloc(DD_BLOCK))) {
+		dd_fail(j, -ENOMEM);
+		return NULL;
+	}
+	for (;;) {
+		pthread_mutex_lock(&j->mu);
+		if (j->err || j->next >= j->b->n) {
+			pthread_mutex_unlock(&j->mu);
+			break;
+		}
+		size_t i = j->next++;
+		uint64_t end = ((uint64_t)i + 1) * DD_BLOCK;
+		if (end > j->len)
+			end = j->len;
+		while (j->copying && j->avail < end && !j->err)
+			pthread_cond_wait(&j->cv, &j->mu);
+		int err = j->err;
+		pthread_mutex_unlock(&j->mu);
+		if (err)
+			break;
+		int rc = 0;
+		if (j->mode == DD_HASH) {
+			if (!j->b->valid[i]) {
+				uint64_t off = (uint64_t)i * DD_BLOCK;
+				sha256(j->map + off, (size_t)(end - off), j->b->d[i]);
+				j->b->valid[i] = 1;
+			}
+		} else {
+			rc = dd_cmp_block(j, i, buf, &written, &pages);
+		}
+		if (rc) {
+			dd_fail(j, rc);
+			break;
+		}
+	}
+	free(buf);
+	pthread_mutex_lock(&j->mu);
+	j->written += written;
+	j->pages += pages;
+	pthread_mutex_unlock(&j->mu);
+	return NULL;
+}
+
+static void dd_progress(struct dd_job *j, uint64_t avail, int done)
+{
+	pthread_mutex_lock(&j->mu);
+	j->avail = avail;
+	if (done)
+		j->copying = 0;
+	pthread_cond_broadcast(&j->cv);
+	pthread_mutex_unlock(&j->mu);
+}
+
+/* Copy [0, end) of from into dst at the same offsets, in the kernel if it can, reporting
+ * progress. Returns 0, -EAGAIN if from ended early, or -errno. */
+static int dd_copy_range(struct dd_job *j, int from, uint64_t end, uint64_t *written)
+{
+	off_t in = 0, out = 0;
+	int kernel = 1;
+	uint8_t *buf = NULL;
+	int rc = 0;
+	while ((uint64_t)in < end) {
+		size_t want = (size_t)(end - (uint64_t)in < DD_CHUNK ? end - (uint64_t)in : DD_CHUNK);
+		ssize_t n;
+		if (kernel) {
+			n = copy_file_range(from, &in, j->dst, &out, want, 0);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
+				      errno == EOPNOTSUPP) && in == 0) {
+				kernel = 0; /* another filesystem: through user space */
+				continue;
+			}
+			if (n < 0) {
+				rc = -errno;
+				break;
+			}
+		} else {
+			if (!buf && !(buf = malloc(DD_BLOCK))) {
+				rc = -ENOMEM;
+				break;
+			}
+			n = dd_pread_full(from, buf, want < DD_BLOCK ? want : DD_BLOCK, in);
+			if (n < 0) {
+				rc = (int)n;
+				break;
+			}
+			if (n > 0 && (rc = dd_pwrite_all(j->dst, buf, (size_t)n, in)))
+				break;
+			in += n;
+			out += n;
+		}
+		if (n == 0) {
+			rc = -EAGAIN;
+			break;
+		}
+		*written += (uint64_t)n;
+		dd_progress(j, (uint64_t)in, 0);
+	}
+	free(buf);
+	return rc;
+}
+
+static unsigned dd_threads(unsigned t)
+{
+	return t < 1 ? 1 : t > DD_MAX_THREADS ? DD_MAX_THREADS : t;
+}
+
+/* Run the job: helpers work on blocks while this thread copies (if from >= 0, the range
+ * [0, copy_end) of from into dst), then this thread works on blocks too. */
+static int dd_run(struct dd_job *j, unsigned threads, int from, uint64_t copy_end,
+		  uint64_t *copied)
+{
+	pthread_t th[DD_MAX_THREADS];
+	unsigned started = 0;
+	sigset_t all, old;
+	pthread_mutex_init(&j->mu, NULL);
+	pthread_cond_init(&j->cv, NULL);
+	j->copying = from >= 0;
+	j->avail = from >= 0 ? 0 : j->len;
+	threads = dd_threads(threads);
+	if (j->b->n > 1) {
+		/* Helpers must never take a signal meant for the process (stillctl's SIGINT). */
+		sigfillset(&all);
+		pthread_sigmask(SIG_BLOCK, &all, &old);
+		for (unsigned t = 0; t + 1 < threads; t++)
+			if (pthread_create(&th[started], NULL, dd_worker, j) == 0)
+				started++;
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+	}
+	if (from >= 0) {
+		int rc = dd_copy_range(j, from, copy_end, copied);
+		if (rc)
+			dd_fail(j, rc);
+		dd_progress(j, copy_end, 1);
+	}
+	dd_worker(j);
+	for (unsigned t = 0; t < started; t++)
+		pthread_join(th[t], NULL);
+	pthread_cond_destroy(&j->cv);
+	pthread_mutex_destroy(&j->mu);
+	return j->err;
+}
+
+static const uint8_t *dd_map(int fd, uint64_t len)
+{
+	if (len == 0)
+		return NULL;
+	void *m = mmap(NULL, (size_t)len, PROT_READ, MAP_SHARED, fd, 0);
+	if (m == MAP_FAILED)
+		return MAP_FAILED;
+	madvise(m, (size_t)len, MADV_SEQUENTIAL);
+	return m;
+}
+
+static void dd_unmap(const uint8_t *m, uint64_t len)
+{
+	if (m && m != MAP_FAILED)
+		munmap((void *)m, (size_t)len);
+}
+
+int dd_copy(int src, int dst, int hash, unsigned threads, struct dd_blocks *b,
+	    struct dd_result *r)
+{
+	struct stat st;
+	memset(r, 0, sizeof *r);
+	if (fstat(src, &st) < 0)
+		return -errno;
+	uint64_t len = (uint64_t)st.st_size;
+	int rc = dd_reset(b, len);
+	if (rc)
+		return rc;
+	if (ftruncate(dst, (off_t)len) < 0)
+		return -errno;
+	struct dd_job j = { .mode = DD_HASH, .src = src, .dst = dst, .len = len, .b = b };
+	if (!hash) {
+		j.b = &(struct dd_blocks){ 0 }; /* no blocks to work on: only the copy */
+		rc = dd_run(&j, 1, src, len, &r->written);
+		return rc;
+	}
+	j.map = dd_map(dst, len);
+	if (j.map == MAP_FAILED)
+		return -errno;
+	rc = dd_run(&j, threads, src, len, &r->written);
+	dd_unmap(j.map, len);
+	return rc;
+}
+
+int dd_sync(int src, int dst, int base, unsigned threads, struct dd_blocks *b,
+	    struct dd_result *r)
+{
+	struct stat st;
+	memset(r, 0, sizeof *r);
+	if (fstat(src, &st) < 0)
+		return -errno;
+	uint64_t len = (uint64_t)st.st_size, base_len = b->size;
+	int from = -1;
+	if (base >= 0) {
+		if (base_len > 0 && ioctl(dst, FICLONE, base) == 0)
+			r->cloned = 1;
+		else
+			from = base;
+	} else {
+		struct stat dt;
+		if (fstat(dst, &dt) < 0)
+			return -errno;
+		if ((uint64_t)dt.st_size != b->size) /* b must describe dst: trust nothing */
+			dd_reset(b, (uint64_t)dt.st_size);
+	}
+	int rc = dd_resize(b, len);
+	if (!rc && ftruncate(dst, (off_t)len) < 0)
+		rc = -errno;
+	if (rc)
+		return rc;
+	struct dd_job j = { .mode = DD_CMP, .src = src, .dst = dst, .len = len, .b = b };
+	j.map = dd_map(dst, len);
+	if (j.map == MAP_FAILED)
+		return -errno;
+	uint64_t copied = 0;
+	rc = dd_run(&j, threads, from, base_len < len ? base_len : len, &copied);
+	dd_unmap(j.map, len);
+	r->written = copied + j.written;
+	r->pages = j.pages;
+	return rc;
+}
+
+int dd_rehash(int fd, unsigned threads, struct dd_blocks *b)
+{
+	if (dd_all_valid(b))
+		return 0;
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if ((uint64_t)st.st_size != b->size)
+		return -ESTALE;
+	struct dd_job j = { .mode = DD_HASH, .src = -1, .dst = fd, .len = b->size, .b = b };
+	j.map = dd_map(fd, b->size);
+	if (j.map == MAP_FAILED)
+		return -errno;
+	int rc = dd_run(&j, threads, -1, 0, NULL);
+	dd_unmap(j.map, b->size);
+	return rc;
+}

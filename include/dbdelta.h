@@ -1,0 +1,66 @@
+/* Page-level copies of databases, with the "sha256-1m" digest kept per 1 MiB block. Prefix: dd_.
+ *
+ * A database copy is described by the SHA-256 of each of its 1 MiB blocks (the inner digests of
+ * the "sha256-1m" digest, see copy.h) and which of them still match the copy. Making a copy
+ * equal to the live file again then only rewrites the 4 KiB pages that differ and only rehashes
+ * the blocks they fall in; the outer digest is rebuilt from the block digests.
+ *
+ * The live file is only ever read with pread (never mapped: a writer's truncate would SIGBUS
+ * us); the private copy is mapped to compare and hash it without copying it to user space. */
+#ifndef STILL_DBDELTA_H
+#define STILL_DBDELTA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define DD_BLOCK ((uint64_t)1 << 20)
+
+struct dd_blocks {
+	uint64_t size;        /* content size the blocks describe */
+	size_t n;             /* ceil(size / DD_BLOCK) */
+	uint8_t (*d)[32];     /* SHA-256 of each block */
+	uint8_t *valid;       /* 1 where d[i] matches the copy's block i */
+};
+
+void dd_init(struct dd_blocks *b);
+void dd_free(struct dd_blocks *b);
+/* Describe a copy of `size` bytes about which nothing is known (every block invalid). */
+int dd_reset(struct dd_blocks *b, uint64_t size);
+/* The copy was truncated or extended to `size`: blocks whose extent changed become invalid. */
+int dd_resize(struct dd_blocks *b, uint64_t size);
+void dd_invalidate(struct dd_blocks *b, uint64_t off, uint64_t len);
+int dd_all_valid(const struct dd_blocks *b);
+/* The "sha256-1m" digest from the block digests (all must be valid). */
+void dd_digest(const struct dd_blocks *b, uint8_t out[32]);
+
+/* Block digests as hex (64 per block), for the manifest; malloc'd, NULL on ENOMEM. */
+char *dd_hex(const struct dd_blocks *b);
+/* Parse hex block digests for a copy of `size` bytes whose digest is `digest`; the blocks
+ * must add up to it. 0, or -EINVAL (b is left empty). */
+int dd_from_hex(struct dd_blocks *b, const char *hex, uint64_t size, const uint8_t digest[32]);
+
+struct dd_result {
+	uint64_t written;     /* bytes written to the copy (pages rewritten, blocks copied) */
+	uint64_t pages;       /* 4 KiB pages found different and rewritten */
+	int cloned;           /* the base was shared with FICLONE */
+};
+
+/* Copy the live file src into the empty file dst, in the kernel where possible. With hash,
+ * every block is hashed (through a mapping of dst, while later blocks are copied); without,
+ * every block is left invalid. b describes dst afterwards. -EAGAIN if src shrank meanwhile
+ * (b still describes what dst holds), else 0 or -errno. */
+int dd_copy(int src, int dst, int hash, unsigned threads, struct dd_blocks *b,
+	    struct dd_result *r);
+
+/* Make dst hold what src holds, rewriting only the pages that differ. With base >= 0, dst is
+ * an empty new file and is first made a copy of base (cloned, or copied in the kernel while
+ * the compare follows behind), which b describes on entry; else b describes dst on entry.
+ * Blocks that were rewritten become invalid. -EAGAIN if src shrank meanwhile (b still
+ * describes dst), else 0 or -errno. */
+int dd_sync(int src, int dst, int base, unsigned threads, struct dd_blocks *b,
+	    struct dd_result *r);
+
+/* Hash the invalid blocks of the file fd (which b describes). 0 or -errno. */
+int dd_rehash(int fd, unsigned threads, struct dd_blocks *b);
+
+#endif
