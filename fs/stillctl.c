@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char usage_text[] =
 	"Usage: stillctl COMMAND [OPTIONS] ARGS\n"
@@ -26,6 +27,8 @@ static const char usage_text[] =
 	"                            not caught half-way (100; 0 turns this off)\n"
 	"      --progress            report progress on stderr every second\n"
 	"      --sync                flush the snapshot to disk before publishing it\n"
+	"      --nice N              run at CPU niceness N so that the application keeps its\n"
+	"                            cores (10; 0 leaves it as it is)\n"
 	"      -q, --quiet           no summary line\n"
 	"  verify [OPTIONS] DIR            check a snapshot, or a downloaded copy, against its\n"
 	"                                  manifest: every file present, same size and digest,\n"
@@ -64,11 +67,13 @@ static int cmd_snapshot(int argc, char **argv)
 		{ "quiet-ms", required_argument, NULL, 'Q' },
 		{ "progress", no_argument, NULL, 'P' },
 		{ "sync", no_argument, NULL, 's' },
+		{ "nice", required_argument, NULL, 'n' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 } };
 	struct cap_opts o;
 	struct cap_stats st;
+	long nice_level = 10;
 	int c;
 	char *end;
 	cap_opts_init(&o);
@@ -89,6 +94,11 @@ static int cmd_snapshot(int argc, char **argv)
 		}
 		case 'P': o.progress = 1; break;
 		case 's': o.sync = 1; break;
+		case 'n':
+			nice_level = strtol(optarg, &end, 10);
+			if (*end || end == optarg || nice_level < 0 || nice_level > 19)
+				return usage_error("bad --nice (0 to 19)", optarg);
+			break;
 		case 'q': o.quiet = 1; break;
 		case 'h': fputs(usage_text, stdout); return 0;
 		default: return usage_error("bad option for snapshot", NULL);
@@ -102,6 +112,13 @@ static int cmd_snapshot(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
+	/* Before the engine starts its threads, which inherit it. Relative to what we were
+	 * started with; best effort (a container may forbid it). */
+	if (nice_level > 0) {
+		errno = 0;
+		if (nice((int)nice_level) == -1 && errno)
+			log_warn("--nice %ld: %s", nice_level, strerror(errno));
+	}
 	int rc = cap_snapshot(&o, &st);
 	switch (rc) {
 	case 0: return CAP_EXIT_OK;
