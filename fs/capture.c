@@ -1670,8 +1670,12 @@ static int cap_settle(struct cap *c)
 		if (rc && rc != -EAGAIN)
 			return rc;
 		if (rc == 0) {
+			/* cap_quiet may have used part of it already. */
+			now = ut_realtime();
+			left = barrier - ((double)now.tv_sec + now.tv_nsec / 1e9);
 			struct pollfd p = { .fd = wt_fd(c->w), .events = POLLIN };
-			poll(&p, 1, (int)(left * 1000) + 1);
+			if (left > 0)
+				poll(&p, 1, (int)(left * 1000) + 1);
 		}
 		if (cap_stop)
 			return -EINTR;

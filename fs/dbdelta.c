@@ -243,6 +243,37 @@ static int dd_cmp_block(struct dd_job *j, size_t i, uint8_t *buf, uint64_t *writ
 	return 0;
 }
 
+#define DD_LANES 16
+
+/* Hash the invalid ones of the k blocks from block i: full blocks side by side
+ * (sha256_many), a short last block alone. */
+static void dd_hash_blocks(struct dd_job *j, size_t i, size_t k)
+{
+	const void *msgs[DD_LANES];
+	size_t idx[DD_LANES], n = 0;
+	uint8_t out[DD_LANES][32];
+
+	for (size_t b = i; b < i + k; b++) {
+		if (j->b->valid[b])
+			continue;
+		uint64_t off = (uint64_t)b * DD_BLOCK;
+		if (j->len - off < DD_BLOCK) {
+			sha256(j->map + off, (size_t)(j->len - off), j->b->d[b]);
+			j->b->valid[b] = 1;
+			continue;
+		}
+		msgs[n] = j->map + off;
+		idx[n++] = b;
+	}
+	if (!n)
+		return;
+	sha256_many(msgs, n, DD_BLOCK, out);
+	for (size_t x = 0; x < n; x++) {
+		memcpy(j->b->d[idx[x]], out[x], 32);
+		j->b->valid[idx[x]] = 1;
+	}
+}
+
 static void *dd_worker(void *arg)
 {
 	struct dd_job *j = arg;
@@ -258,25 +289,36 @@ static void *dd_worker(void *arg)
 			pthread_mutex_unlock(&j->mu);
 			break;
 		}
-		size_t i = j->next++;
+		size_t i = j->next++, k = 1;
 		uint64_t end = ((uint64_t)i + 1) * DD_BLOCK;
 		if (end > j->len)
 			end = j->len;
 		while (j->copying && j->avail < end && !j->err)
 			pthread_cond_wait(&j->cv, &j->mu);
+		/* Hashing: take the following blocks too, as many as are copied already, so that
+		 * sha256_many can hash them side by side. */
+		while (j->mode == DD_HASH && k < DD_LANES && j->next < j->b->n &&
+		       (!j->copying || j->avail >= ((uint64_t)j->next + 1) * DD_BLOCK)) {
+			j->next++;
+			k++;
+		}
+		uint64_t last = ((uint64_t)(i + k)) * DD_BLOCK;
+		if (last > j->len)
+			last = j->len;
 		int err = j->err;
 		pthread_mutex_unlock(&j->mu);
 		if (err)
 			break;
 		int rc = 0;
-		if (j->mode == DD_HASH) {
-			if (!j->b->valid[i]) {
-				uint64_t off = (uint64_t)i * DD_BLOCK;
-				sha256(j->map + off, (size_t)(end - off), j->b->d[i]);
-				j->b->valid[i] = 1;
-			}
-		} else {
+		if (j->mode == DD_HASH)
+			dd_hash_blocks(j, i, k);
+		else
 			rc = dd_cmp_block(j, i, buf, &written, &pages);
+		/* Done with the blocks: drop them from our page tables (they stay in the page
+		 * cache), or a 1 GiB database would count as 1 GiB of our resident memory. */
+		if (j->map) {
+			uint64_t off = (uint64_t)i * DD_BLOCK;
+			madvise((void *)(uintptr_t)(j->map + off), (size_t)(last - off), MADV_DONTNEED);
 		}
 		if (rc) {
 			dd_fail(j, rc);
