@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char usage_text[] =
@@ -29,6 +30,9 @@ static const char usage_text[] =
 	"      --sync                flush the snapshot to disk before publishing it\n"
 	"      --nice N              run at CPU niceness N so that the application keeps its\n"
 	"                            cores (10; 0 leaves it as it is)\n"
+	"      --uploads-before T    every upload of an earlier snapshot of STORE ended before\n"
+	"                            T (seconds since the epoch; default: now): the cut falls\n"
+	"                            in a later whole second, waited for if need be\n"
 	"      -q, --quiet           no summary line\n"
 	"  verify [OPTIONS] DIR            check a snapshot, or a downloaded copy, against its\n"
 	"                                  manifest: every file present, same size and digest,\n"
@@ -68,6 +72,7 @@ static int cmd_snapshot(int argc, char **argv)
 		{ "progress", no_argument, NULL, 'P' },
 		{ "sync", no_argument, NULL, 's' },
 		{ "nice", required_argument, NULL, 'n' },
+		{ "uploads-before", required_argument, NULL, 'u' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 } };
@@ -94,6 +99,16 @@ static int cmd_snapshot(int argc, char **argv)
 		}
 		case 'P': o.progress = 1; break;
 		case 's': o.sync = 1; break;
+		case 'u': {
+			struct timespec now;
+			clock_gettime(CLOCK_REALTIME, &now);
+			o.uploads_before = strtod(optarg, &end);
+			if (*end || end == optarg || !(o.uploads_before > 0) ||
+			    o.uploads_before > (double)now.tv_sec + 1)
+				return usage_error("bad --uploads-before (seconds since the epoch, "
+						   "not in the future)", optarg);
+			break;
+		}
 		case 'n':
 			nice_level = strtol(optarg, &end, 10);
 			if (*end || end == optarg || nice_level < 0 || nice_level > 19)

@@ -33,3 +33,14 @@ sent=$(rsync -a --out-format='%n' "$T_WORK/s2/" "$T_WORK/up/" | grep -v '/$' | s
 [ "$sent" = ".stillfs-manifest db.sqlite3 note.txt seg/b.bin " ] || t_fail "rsync sent [$sent]"
 diff -r "$T_WORK/s2" "$T_WORK/up" || t_fail "rsync copy differs from the snapshot"
 "$STILLCTL" verify "$T_WORK/up" >/dev/null || t_fail "rsync copy does not verify"
+# --uploads-before: the cut falls in a later whole second than the given upload time, and a
+# capture that knows the last upload is old does not wait for the next second.
+up2=$(date +%s.%N)
+echo v3 >"$store/note.txt"
+"$STILLCTL" snapshot -q --uploads-before "$up2" --previous "$T_WORK/s2" "$store" "$T_WORK/s3"
+m=$(stat -c %Y "$T_WORK/s3/note.txt")
+(( m > ${up2%.*} )) || t_fail "--uploads-before $up2: the changed note.txt has mtime $m, not a later second"
+"$STILLCTL" snapshot -q --uploads-before "$(date -d '+1 hour' +%s)" "$store" "$T_WORK/s4" 2>/dev/null &&
+  t_fail "--uploads-before in the future was accepted"
+[ ! -e "$T_WORK/s4" ] || t_fail "a refused snapshot left $T_WORK/s4 behind"
+echo "ok"
