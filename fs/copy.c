@@ -1,6 +1,7 @@
 /* File copy with holes kept and the content digest computed in the same pass. */
 #include "copy.h"
 #include "sha256.h"
+#include "util.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -247,22 +248,6 @@ static void cp_pipe_finish(struct cp_pipe *p, uint8_t digest[32])
 	}
 }
 
-static int cp_pwrite_all(int fd, const uint8_t *p, size_t n, off_t off)
-{
-	while (n > 0) {
-		ssize_t w = pwrite(fd, p, n, off);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += w;
-		n -= (size_t)w;
-		off += w;
-	}
-	return 0;
-}
-
 /* Write the data of a block read at off, leaving its all-zero pages as holes: the scattered
  * data pages of a sparse file must not each cost a whole CP_BLOCK of disk. */
 #define CP_PAGE 4096
@@ -273,7 +258,7 @@ static int cp_write_data(int fd, const uint8_t *p, size_t n, off_t off, uint64_t
 		size_t len = n - i < CP_PAGE ? n - i : CP_PAGE;
 		if (cp_all_zero(p + i, len)) {
 			if (run < i) {
-				int rc = cp_pwrite_all(fd, p + run, i - run, off + (off_t)run);
+				int rc = ut_pwrite_all(fd, p + run, i - run, off + (off_t)run);
 				if (rc)
 					return rc;
 				*written += i - run;
@@ -283,30 +268,12 @@ static int cp_write_data(int fd, const uint8_t *p, size_t n, off_t off, uint64_t
 		i += len;
 	}
 	if (run < n) {
-		int rc = cp_pwrite_all(fd, p + run, n - run, off + (off_t)run);
+		int rc = ut_pwrite_all(fd, p + run, n - run, off + (off_t)run);
 		if (rc)
 			return rc;
 		*written += n - run;
 	}
 	return 0;
-}
-
-/* Read up to n bytes at off; short only at end of file. */
-static ssize_t cp_pread_full(int fd, uint8_t *p, size_t n, off_t off)
-{
-	size_t got = 0;
-	while (got < n) {
-		ssize_t r = pread(fd, p + got, n - got, off + (off_t)got);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (r == 0)
-			break;
-		got += (size_t)r;
-	}
-	return (ssize_t)got;
 }
 
 /* Offset of the next data at or after off, or size if the rest is a hole. */
@@ -736,7 +703,7 @@ int cp_file(int src, int dst, int want_digest, struct cp_result *r)
 			off += n;
 			continue;
 		}
-		ssize_t got = cp_pread_full(src, sl->buf, n, (off_t)off);
+		ssize_t got = ut_pread_full(src, sl->buf, n, (off_t)off);
 		if (got < 0) {
 			rc = (int)got;
 			break;
@@ -781,14 +748,14 @@ int cp_patch(int src, int dst, uint64_t *written)
 	uint64_t size = (uint64_t)st.st_size;
 	for (uint64_t off = 0; off < size;) {
 		size_t n = (size_t)(size - off < CP_BLOCK ? size - off : CP_BLOCK);
-		ssize_t got = cp_pread_full(src, a, n, (off_t)off);
-		ssize_t had = got < 0 ? 0 : cp_pread_full(dst, b, (size_t)got, (off_t)off);
+		ssize_t got = ut_pread_full(src, a, n, (off_t)off);
+		ssize_t had = got < 0 ? 0 : ut_pread_full(dst, b, (size_t)got, (off_t)off);
 		if (got < 0 || had < 0) {
 			rc = got < 0 ? (int)got : (int)had;
 			goto out;
 		}
 		if (had != got || memcmp(a, b, (size_t)got)) {
-			rc = cp_pwrite_all(dst, a, (size_t)got, (off_t)off);
+			rc = ut_pwrite_all(dst, a, (size_t)got, (off_t)off);
 			if (rc)
 				goto out;
 			*written += (uint64_t)got;

@@ -1,6 +1,7 @@
 /* Page-level database copies with per-block digests (see dbdelta.h). */
 #include "dbdelta.h"
 #include "sha256.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -158,39 +159,6 @@ struct dd_job {
 	uint64_t written, pages;
 };
 
-static int dd_pwrite_all(int fd, const uint8_t *p, size_t n, off_t off)
-{
-	while (n > 0) {
-		ssize_t w = pwrite(fd, p, n, off);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += w;
-		n -= (size_t)w;
-		off += w;
-	}
-	return 0;
-}
-
-static ssize_t dd_pread_full(int fd, uint8_t *p, size_t n, off_t off)
-{
-	size_t got = 0;
-	while (got < n) {
-		ssize_t r = pread(fd, p + got, n - got, off + (off_t)got);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (r == 0)
-			break;
-		got += (size_t)r;
-	}
-	return (ssize_t)got;
-}
-
 static void dd_fail(struct dd_job *j, int rc)
 {
 	pthread_mutex_lock(&j->mu);
@@ -206,7 +174,7 @@ static int dd_cmp_block(struct dd_job *j, size_t i, uint8_t *buf, uint64_t *writ
 {
 	uint64_t off = (uint64_t)i * DD_BLOCK;
 	size_t n = (size_t)(j->len - off < DD_BLOCK ? j->len - off : DD_BLOCK);
-	ssize_t got = dd_pread_full(j->src, buf, n, (off_t)off);
+	ssize_t got = ut_pread_full(j->src, buf, n, (off_t)off);
 	if (got < 0)
 		return (int)got;
 	if ((size_t)got < n)
@@ -220,7 +188,7 @@ static int dd_cmp_block(struct dd_job *j, size_t i, uint8_t *buf, uint64_t *writ
 		size_t len = n - p < DD_PAGE ? n - p : DD_PAGE;
 		if (!memcmp(buf + p, m + p, len)) {
 			if (run < p) {
-				int rc = dd_pwrite_all(j->dst, buf + run, p - run, (off_t)(off + run));
+				int rc = ut_pwrite_all(j->dst, buf + run, p - run, (off_t)(off + run));
 				if (rc)
 					return rc;
 				*written += p - run;
@@ -235,7 +203,7 @@ static int dd_cmp_block(struct dd_job *j, size_t i, uint8_t *buf, uint64_t *writ
 		(*pages)++;
 	}
 	if (run < n) {
-		int rc = dd_pwrite_all(j->dst, buf + run, n - run, (off_t)(off + run));
+		int rc = ut_pwrite_all(j->dst, buf + run, n - run, (off_t)(off + run));
 		if (rc)
 			return rc;
 		*written += n - run;
@@ -372,12 +340,12 @@ static int dd_copy_range(struct dd_job *j, int from, uint64_t end, uint64_t *wri
 				rc = -ENOMEM;
 				break;
 			}
-			n = dd_pread_full(from, buf, want < DD_BLOCK ? want : DD_BLOCK, in);
+			n = ut_pread_full(from, buf, want < DD_BLOCK ? want : DD_BLOCK, in);
 			if (n < 0) {
 				rc = (int)n;
 				break;
 			}
-			if (n > 0 && (rc = dd_pwrite_all(j->dst, buf, (size_t)n, in)))
+			if (n > 0 && (rc = ut_pwrite_all(j->dst, buf, (size_t)n, in)))
 				break;
 			in += n;
 			out += n;

@@ -237,3 +237,36 @@ void ut_map_free(struct ut_map *m)
 	free(m->vals);
 	memset(m, 0, sizeof *m);
 }
+
+ssize_t ut_pread_full(int fd, uint8_t *p, size_t n, off_t off)
+{
+	size_t got = 0;
+	while (got < n) {
+		ssize_t r = pread(fd, p + got, n - got, off + (off_t)got);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0)
+			break;
+		got += (size_t)r;
+	}
+	return (ssize_t)got;
+}
+
+int ut_pwrite_all(int fd, const uint8_t *p, size_t n, off_t off)
+{
+	while (n > 0) {
+		ssize_t w = pwrite(fd, p, n, off);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += (size_t)w;
+		n -= (size_t)w;
+		off += w;
+	}
+	return 0;
+}

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 /* Messages go to stderr as "PROG: message"; the daemon may redirect them to syslog. */
@@ -40,5 +41,10 @@ int ut_map_put(struct ut_map *m, const char *key, size_t val);   /* 0 or -ENOMEM
 int ut_map_get(const struct ut_map *m, const char *key, size_t *val); /* 1 found, 0 not */
 void ut_map_del(struct ut_map *m, const char *key);
 void ut_map_free(struct ut_map *m);
+
+/* pread until n bytes or end of file: the count read, or -errno. */
+ssize_t ut_pread_full(int fd, uint8_t *p, size_t n, off_t off);
+/* pwrite all n bytes (retrying short writes and EINTR): 0 or -errno. */
+int ut_pwrite_all(int fd, const uint8_t *p, size_t n, off_t off);
 
 #endif
