@@ -535,7 +535,7 @@ int main(int argc, char **argv)
 	struct fuse_lowlevel_ops ops;
 	struct fuse_loop_config *lc = NULL;
 	pthread_t hk;
-	int hk_started = 0, mounted = 0, rc = SF_EXIT_FAIL;
+	int hk_started = 0, mounted = 0, rc = SF_EXIT_FAIL, fuse_slot = -1;
 
 	if (argc > 1 && !strcmp(argv[1], "--capture-helper"))
 		return hp_main(argc, argv);
@@ -586,6 +586,8 @@ int main(int argc, char **argv)
 	}
 	free(sf.o.mountpoint);
 	sf.o.mountpoint = strdup(cmd.mountpoint);
+	/* A low descriptor number for /dev/fuse, taken before libfuse mounts (pt_setup). */
+	fuse_slot = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if ((rc = sf_validate()) != SF_EXIT_OK)
 		goto out;
 	rc = SF_EXIT_FAIL;
@@ -640,7 +642,8 @@ int main(int argc, char **argv)
 	if (fuse_session_mount(sf.se, sf.o.mountpoint) != 0)
 		goto out;
 	mounted = 1;
-	pt_setup(sf.se, !sf.o.no_passthrough);
+	pt_setup(sf.se, !sf.o.no_passthrough, fuse_slot);
+	fuse_slot = -1;
 	if (fuse_daemonize(cmd.foreground) != 0)
 		goto out;
 	/* Only now: /proc/self names the process that opens it, and daemonizing forks. */
@@ -708,6 +711,8 @@ out:
 	if (lc)
 		fuse_loop_cfg_destroy(lc);
 	gen_destroy(sf.gm);
+	if (fuse_slot >= 0)
+		close(fuse_slot);
 	free(cmd.mountpoint);
 	fuse_opt_free_args(&args);
 	return rc;

@@ -19,7 +19,8 @@
  * for gets a direct_io open (the kernel allows those beside passthrough ones). Reply and
  * request paths of libfuse run in the thread that handles the request, which is what makes
  * thread-local marks correct. Anything unexpected leaves the open as it would be without
- * passthrough. */
+ * passthrough. The hooks are installed even with passthrough off: see pt_setup on the
+ * descriptor's number. */
 #include "stillfs.h"
 
 #include "util.h"
@@ -151,7 +152,7 @@ static ssize_t pt_splice_send(int fdin, off_t *offin, int fdout, off_t *offout, 
 	return splice(fdin, offin, fdout, offout, len, flags);
 }
 
-int pt_setup(struct fuse_session *se, int wanted)
+int pt_setup(struct fuse_session *se, int wanted, int slot)
 {
 	static const struct fuse_custom_io io = {
 		.read = pt_read,
@@ -159,13 +160,25 @@ int pt_setup(struct fuse_session *se, int wanted)
 		.splice_receive = pt_splice_receive,
 		.splice_send = pt_splice_send,
 	};
+	int fd = fuse_session_fd(se);
 	pt_wanted = wanted;
-	if (!wanted)
-		return 0;
-	pt_devfd = fuse_session_fd(se);
-	if (fuse_session_custom_io(se, &io, pt_devfd) != 0) {
-		log_warn("passthrough: libfuse refused custom I/O; reads go through the daemon");
+	/* When the daemon dies, the kernel closes its descriptors in increasing order, and
+	 * fusermount3 (auto_unmount) unmounts only if opening the mountpoint then fails with
+	 * ENOTCONN. With /dev/fuse numbered above fusermount3's socket, fusermount3 can wake and
+	 * open the mountpoint before the connection is aborted; its request then fails with
+	 * ECONNABORTED and the dead mount stays. So /dev/fuse moves to a slot taken before the
+	 * mount made that socket. */
+	if (slot >= 0 && slot < fd && dup3(fd, slot, O_CLOEXEC) == slot) {
+		close(fd);
+		fd = slot;
+	} else if (slot >= 0) {
+		close(slot);
+	}
+	pt_devfd = fd;
+	if (fuse_session_custom_io(se, &io, fd) != 0) {
+		log_warn("libfuse refused custom I/O: no passthrough");
 		pt_wanted = 0;
+		return -1;
 	}
 	return 0;
 }

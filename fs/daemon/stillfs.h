@@ -160,8 +160,9 @@ struct gen *dr_snapdir_gen(pid_t pid);
 void fh_register(struct fuse_lowlevel_ops *ops);
 
 /* passthru.c: kernel passthrough of reads and writes (FUSE_PASSTHROUGH, Linux >= 6.9). */
-/* Install the I/O hooks that negotiate it; wanted = 0 leaves libfuse's own I/O. */
-int pt_setup(struct fuse_session *se, int wanted);
+/* Install the I/O hooks that negotiate it (wanted = 0: they only pass requests through),
+ * moving /dev/fuse to the descriptor slot (consumed) if that is lower. */
+int pt_setup(struct fuse_session *se, int wanted, int slot);
 int pt_enabled(void);
 /* Decide how the kernel serves handle h of n (sets h->pt, may set fi->direct_io). Returns
  * the backing id to pt_arm before replying, or 0. pt_detach undoes it at close. */
