@@ -91,6 +91,13 @@ struct ent {
 	struct stat cold_sig[2]; /* DB_WAL_COLD: its -wal and -shm when classified */
 };
 
+/* Block digests of an earlier snapshot's databases, from its manifest header lines. */
+struct cap_blocks {
+	char **path, **hex;
+	size_t n;
+	struct ut_map index;
+};
+
 struct cap {
 	const struct cap_opts *o;
 	struct cap_stats *st;
@@ -114,10 +121,12 @@ struct cap {
 	double uploads_before;   /* realtime; see cap_opts */
 	int64_t newest_ctime;    /* of anything the scans saw, for the quiet window at start */
 	int holding;             /* rollback databases are locked: writers wait on us */
-	/* block digests of the previous snapshot's databases (manifest header lines) */
-	char **pb_path, **pb_hex;
-	size_t pb_n;
-	struct ut_map pb_index;
+	struct cap_blocks pb;    /* of the previous snapshot's databases */
+	/* the snapshot given up to cap_opts.recycle: its databases' copies may be taken */
+	int recyfd;
+	int have_recy, recy_taken;
+	struct mf recy;
+	struct cap_blocks rb;
 };
 
 static int cap_openat2(int dirfd, const char *path, int flags)
@@ -628,22 +637,23 @@ static int cap_copy_fd_to_stage(struct cap *c, int src, const char *rel, int dig
 #define CAP_DB_THREADS 2       /* compare and hash databases on this many threads */
 #define CAP_RESYNC_PAGES 2048  /* pages a pass may leave to the locked pass (8 MiB) */
 
-/* The previous snapshot's copy of e with the digests of its blocks, to start e's copy from.
- * The digests must add up to the manifest's digest of that copy, and the copy must still be
- * what the manifest says it is (as for sharing it, cap_link_prev). An fd or -errno. */
-static int cap_prev_base(struct cap *c, const struct ent *e, struct dd_blocks *b)
+/* An earlier snapshot's copy of e (in dirfd, described by manifest m and block table t) with
+ * the digests of its blocks, to start e's copy from. The digests must add up to the
+ * manifest's digest of that copy, and the copy must still be what the manifest says it is
+ * (as for sharing it, cap_link_prev). An fd opened with flags, or -errno. */
+static int cap_earlier_copy(int dirfd, const struct mf *m, const struct cap_blocks *t,
+			    const struct ent *e, int flags, struct dd_blocks *b, struct stat *ps)
 {
 	size_t k;
-	if (!c->have_prev || !ut_map_get(&c->pb_index, e->path, &k))
+	if (!ut_map_get(&t->index, e->path, &k))
 		return -ENOENT;
-	const struct mf_entry *pe = mf_find(&c->prev, e->path);
+	const struct mf_entry *pe = mf_find(m, e->path);
 	if (!pe || pe->kind != K_DB || !pe->has_digest ||
-	    dd_from_hex(b, c->pb_hex[k], pe->size, pe->digest))
+	    dd_from_hex(b, t->hex[k], pe->size, pe->digest))
 		return -ENOENT;
-	int fd = cap_openat2(c->prevfd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
-	struct stat ps;
-	if (fd >= 0 && (fstat(fd, &ps) < 0 || !S_ISREG(ps.st_mode) ||
-			(uint64_t)ps.st_size != pe->size || cap_ns(ps.st_mtim) != pe->mtime_ns)) {
+	int fd = cap_openat2(dirfd, e->path, flags | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+	if (fd >= 0 && (fstat(fd, ps) < 0 || !S_ISREG(ps->st_mode) ||
+			(uint64_t)ps->st_size != pe->size || cap_ns(ps->st_mtim) != pe->mtime_ns)) {
 		close(fd);
 		fd = -ESTALE;
 	}
@@ -652,14 +662,82 @@ static int cap_prev_base(struct cap *c, const struct ent *e, struct dd_blocks *b
 	return fd;
 }
 
+static int cap_prev_base(struct cap *c, const struct ent *e, struct dd_blocks *b)
+{
+	struct stat ps;
+	if (!c->have_prev)
+		return -ENOENT;
+	return cap_earlier_copy(c->prevfd, &c->prev, &c->pb, e, O_RDONLY, b, &ps);
+}
+
+/* Take the recycled snapshot's copy of e: move it to e's place in the staging tree, where
+ * it is brought up to date in place, so that only the pages that changed are written. Only
+ * a copy no other snapshot shares (one link) is taken. The first one taken removes that
+ * snapshot's manifest: it no longer is a whole snapshot. An fd open for writing, with b
+ * describing it, or -errno (nothing was moved). */
+static int cap_recycle_base(struct cap *c, const struct ent *e, struct dd_blocks *b)
+{
+	struct stat ps, ns;
+	if (!c->have_recy)
+		return -ENOENT;
+	int fd = cap_earlier_copy(c->recyfd, &c->recy, &c->rb, e, O_RDWR, b, &ps);
+	if (fd < 0)
+		return fd;
+	int rc = -EMLINK, from = -1, to = -1;
+	if (ps.st_nlink != 1)
+		goto out;
+	from = cap_openat2(c->recyfd, c->e[e->parent].path, O_PATH | O_DIRECTORY);
+	to = cap_openat2(c->stagefd, c->e[e->parent].path, O_PATH | O_DIRECTORY);
+	if (from < 0 || to < 0) {
+		rc = from < 0 ? from : to;
+		goto out;
+	}
+	if (!c->recy_taken && unlinkat(c->recyfd, CAP_MANIFEST_NAME, 0) < 0 && errno != ENOENT) {
+		rc = -errno;
+		goto out;
+	}
+	c->recy_taken = 1;
+	if (renameat(from, e->name, to, e->name) < 0) {
+		rc = -errno;
+		goto out;
+	}
+	/* Nothing else renames in these trees; still, it must be the file we checked. */
+	if (fstatat(to, e->name, &ns, AT_SYMLINK_NOFOLLOW) < 0 || ns.st_ino != ps.st_ino ||
+	    ns.st_dev != ps.st_dev) {
+		rc = -ESTALE;
+		goto out;
+	}
+	rc = 0;
+out:
+	if (from >= 0)
+		close(from);
+	if (to >= 0)
+		close(to);
+	if (rc) {
+		close(fd);
+		dd_free(b);
+		return rc;
+	}
+	return fd;
+}
+
 /* Make the staged copy of database e equal to the live file src: compare it page by page
- * with what is staged already, or else with the previous snapshot's copy; copy it whole only
- * when neither exists. Digests of the blocks that changed are left to cap_db_finish (hashed
+ * with what is staged already, or else with the recycled snapshot's copy (taken over), or else
+ * with the previous snapshot's copy; copy it whole only when none exists. Digests of the blocks that changed are left to cap_db_finish (hashed
  * after the locks are gone), except on a whole copy made without any lock held. */
 static int cap_db_sync(struct cap *c, struct ent *e, int src, uint64_t *written)
 {
 	struct dd_result r = { 0 };
 	int rc, dst, base = -1;
+	if (!e->staged) {
+		dd_free(&e->blk);
+		dst = cap_recycle_base(c, e, &e->blk);
+		if (dst >= 0) {
+			close(dst);
+			e->staged = 1;
+			c->st->recycled++;
+		}
+	}
 	if (e->staged) {
 		dst = openat(c->stagefd, e->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
 		if (dst < 0)
@@ -1487,10 +1565,10 @@ static int cap_write_blocks(struct cap *c, FILE *f)
 		} else if (e->reused) {
 			size_t k;
 			struct dd_blocks b;
-			if (ut_map_get(&c->pb_index, e->path, &k) &&
-			    dd_from_hex(&b, c->pb_hex[k], e->size, e->digest) == 0) {
+			if (ut_map_get(&c->pb.index, e->path, &k) &&
+			    dd_from_hex(&b, c->pb.hex[k], e->size, e->digest) == 0) {
 				dd_free(&b);
-				hex = strdup(c->pb_hex[k]);
+				hex = strdup(c->pb.hex[k]);
 			}
 		}
 		if (!hex)
@@ -1504,10 +1582,10 @@ static int cap_write_blocks(struct cap *c, FILE *f)
 	return ferror(f) ? -EIO : 0;
 }
 
-/* Read the block digests of the previous snapshot's databases from its manifest header. */
-static void cap_load_prev_blocks(struct cap *c)
+/* Read the block digests of the databases of the snapshot dirfd from its manifest header. */
+static void cap_load_blocks(int dirfd, struct cap_blocks *t)
 {
-	int fd = openat(c->prevfd, CAP_MANIFEST_NAME, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	int fd = openat(dirfd, CAP_MANIFEST_NAME, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
 	FILE *f = fd < 0 ? NULL : fdopen(fd, "r");
 	if (!f) {
 		if (fd >= 0)
@@ -1530,36 +1608,47 @@ static void cap_load_prev_blocks(struct cap *c)
 		*sp = 0;
 		char *path = cp_unescape(p), *hex = strdup(sp + 1);
 		size_t old;
-		if (!path || !hex || ut_map_get(&c->pb_index, path, &old)) {
+		if (!path || !hex || ut_map_get(&t->index, path, &old)) {
 			free(path);
 			free(hex);
 			continue;
 		}
-		if (c->pb_n == room) {
+		if (t->n == room) {
 			room = room ? room * 2 : 16;
-			char **np = realloc(c->pb_path, room * sizeof *np);
-			char **nh = np ? realloc(c->pb_hex, room * sizeof *nh) : NULL;
+			char **np = realloc(t->path, room * sizeof *np);
+			char **nh = np ? realloc(t->hex, room * sizeof *nh) : NULL;
 			if (np)
-				c->pb_path = np;
+				t->path = np;
 			if (nh)
-				c->pb_hex = nh;
+				t->hex = nh;
 			if (!np || !nh) {
 				free(path);
 				free(hex);
 				break;
 			}
 		}
-		c->pb_path[c->pb_n] = path;
-		c->pb_hex[c->pb_n] = hex;
-		if (ut_map_put(&c->pb_index, path, c->pb_n)) {
+		t->path[t->n] = path;
+		t->hex[t->n] = hex;
+		if (ut_map_put(&t->index, path, t->n)) {
 			free(path);
 			free(hex);
 			break;
 		}
-		c->pb_n++;
+		t->n++;
 	}
 	free(line);
 	fclose(f);
+}
+
+static void cap_free_blocks(struct cap_blocks *t)
+{
+	for (size_t i = 0; i < t->n; i++) {
+		free(t->path[i]);
+		free(t->hex[i]);
+	}
+	free(t->path);
+	free(t->hex);
+	ut_map_free(&t->index);
 }
 
 static int cap_write_manifest(struct cap *c)
@@ -1705,6 +1794,35 @@ unsettled:
 	return -EAGAIN;
 }
 
+/* 1 if the directory dirfd is the store or lies below it. */
+static int cap_inside_store(const struct cap *c, int dirfd)
+{
+	struct stat sst, pst;
+	int inside = 0;
+	if (fstat(c->storefd, &sst) < 0)
+		return 0;
+	int fd = dup(dirfd);
+	while (fd >= 0 && fstat(fd, &pst) == 0) {
+		if (pst.st_dev == sst.st_dev && pst.st_ino == sst.st_ino) {
+			inside = 1;
+			break;
+		}
+		int up = openat(fd, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		struct stat ust;
+		if (up < 0 || (fstat(up, &ust) == 0 && ust.st_dev == pst.st_dev &&
+			       ust.st_ino == pst.st_ino)) {
+			if (up >= 0)
+				close(up);
+			break;
+		}
+		close(fd);
+		fd = up;
+	}
+	if (fd >= 0)
+		close(fd);
+	return inside;
+}
+
 static int cap_prepare_dest(struct cap *c)
 {
 	char *dup1 = strdup(c->o->dest), *dup2 = strdup(c->o->dest);
@@ -1733,30 +1851,10 @@ static int cap_prepare_dest(struct cap *c)
 		goto out;
 	}
 	/* Refuse a destination inside the store: the snapshot would contain itself. */
-	struct stat sst, pst;
-	if (fstat(c->storefd, &sst) == 0) {
-		int fd = dup(c->parentfd);
-		while (fd >= 0 && fstat(fd, &pst) == 0) {
-			if (pst.st_dev == sst.st_dev && pst.st_ino == sst.st_ino) {
-				log_err("%s is inside the store %s", c->o->dest, c->o->store);
-				rc = -EINVAL;
-				break;
-			}
-			int up = openat(fd, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-			struct stat ust;
-			if (up < 0 || (fstat(up, &ust) == 0 && ust.st_dev == pst.st_dev &&
-				       ust.st_ino == pst.st_ino)) {
-				if (up >= 0)
-					close(up);
-				break;
-			}
-			close(fd);
-			fd = up;
-		}
-		if (fd >= 0)
-			close(fd);
-		if (rc)
-			goto out;
+	if (cap_inside_store(c, c->parentfd)) {
+		log_err("%s is inside the store %s", c->o->dest, c->o->store);
+		rc = -EINVAL;
+		goto out;
 	}
 	if (strlen(base) > NAME_MAX) {
 		log_err("%s: name too long", c->o->dest);
@@ -1790,8 +1888,9 @@ static void cap_summary(const struct cap *c)
 	ut_format_bytes(c->st->bytes_copied, a, sizeof a);
 	ut_format_bytes(c->st->bytes_linked, b, sizeof b);
 	log_info("snapshot %s: %" PRIu64 " files, %s copied, %s shared, %.2f s, %u retries, "
-		 "longest lock %.1f ms", c->o->dest, c->st->files, a, b, c->st->duration_s,
-		 c->st->retries, c->st->lock_max_s * 1000);
+		 "longest lock %.1f ms%s", c->o->dest, c->st->files, a, b, c->st->duration_s,
+		 c->st->retries, c->st->lock_max_s * 1000,
+		 c->st->recycled ? ", database copies recycled" : "");
 }
 
 void cap_opts_init(struct cap_opts *o)
@@ -1804,7 +1903,7 @@ void cap_opts_init(struct cap_opts *o)
 int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 {
 	struct cap c = { .o = o, .st = st, .storefd = -1, .parentfd = -1, .stagefd = -1,
-			 .workfd = -1, .prevfd = -1 };
+			 .workfd = -1, .prevfd = -1, .recyfd = -1 };
 	int rc;
 	size_t root;
 	double t0 = ut_now();
@@ -1831,7 +1930,22 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 		else
 			c.have_prev = 1;
 		if (c.have_prev)
-			cap_load_prev_blocks(&c);
+			cap_load_blocks(c.prevfd, &c.pb);
+	}
+	if (o->recycle) {
+		/* Files are moved out of it: never out of the live store. */
+		c.recyfd = open(o->recycle, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (c.recyfd >= 0 && cap_inside_store(&c, c.recyfd)) {
+			log_err("%s is inside the store %s", o->recycle, o->store);
+			rc = -EINVAL;
+			goto out;
+		}
+		if (c.recyfd < 0 || mf_load(c.recyfd, CAP_MANIFEST_NAME, &c.recy) != 0) {
+			log_warn("%s: not a readable snapshot; nothing recycled", o->recycle);
+		} else {
+			c.have_recy = 1;
+			cap_load_blocks(c.recyfd, &c.rb);
+		}
 	}
 	rc = wt_open(&c.w, c.workfd);
 	if (rc) {
@@ -1919,17 +2033,14 @@ out:
 		dd_free(&c.e[i].blk);
 	}
 	free(c.e);
-	for (size_t i = 0; i < c.pb_n; i++) {
-		free(c.pb_path[i]);
-		free(c.pb_hex[i]);
-	}
-	free(c.pb_path);
-	free(c.pb_hex);
-	ut_map_free(&c.pb_index);
+	cap_free_blocks(&c.pb);
+	cap_free_blocks(&c.rb);
 	ut_map_free(&c.index);
 	if (c.have_prev)
 		mf_free(&c.prev);
-	int fds[] = { c.storefd, c.parentfd, c.stagefd, c.workfd, c.prevfd };
+	if (c.have_recy)
+		mf_free(&c.recy);
+	int fds[] = { c.storefd, c.parentfd, c.stagefd, c.workfd, c.prevfd, c.recyfd };
 	for (unsigned i = 0; i < sizeof fds / sizeof fds[0]; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);

@@ -22,6 +22,10 @@ static const char usage_text[] =
 	"  snapshot [OPTIONS] STORE DEST   write a consistent point-in-time snapshot of the live\n"
 	"                                  directory STORE to DEST (which must not exist)\n"
 	"      --previous DIR        share files unchanged since the earlier snapshot DIR\n"
+	"      --recycle DIR         give up the earlier snapshot DIR (implies --previous DIR):\n"
+	"                            the copies of databases that changed are moved out of it\n"
+	"                            and only their changed pages rewritten; DIR is left\n"
+	"                            without its manifest, to be deleted\n"
 	"      --settle-timeout SEC  give up when no consistent cut is found within SEC (30)\n"
 	"      --quiet-ms MS         files must have been still for MS milliseconds at the cut,\n"
 	"                            so that a group of files rewritten one after another is\n"
@@ -67,6 +71,7 @@ static int cmd_snapshot(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "previous", required_argument, NULL, 'p' },
+		{ "recycle", required_argument, NULL, 'r' },
 		{ "settle-timeout", required_argument, NULL, 't' },
 		{ "quiet-ms", required_argument, NULL, 'Q' },
 		{ "progress", no_argument, NULL, 'P' },
@@ -85,6 +90,7 @@ static int cmd_snapshot(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "+q", opts, NULL)) != -1) {
 		switch (c) {
 		case 'p': o.previous = optarg; break;
+		case 'r': o.recycle = optarg; break;
 		case 't':
 			o.settle_timeout = strtod(optarg, &end);
 			if (*end || end == optarg || o.settle_timeout <= 0)
@@ -123,6 +129,8 @@ static int cmd_snapshot(int argc, char **argv)
 		return usage_error("snapshot needs STORE and DEST", NULL);
 	o.store = argv[optind];
 	o.dest = argv[optind + 1];
+	if (o.recycle && !o.previous)
+		o.previous = o.recycle;
 	struct sigaction sa = { .sa_handler = on_signal };
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);

@@ -12,6 +12,8 @@ struct cap_opts {
 	const char *store;        /* live store directory */
 	const char *dest;         /* snapshot to create; must not exist; appears atomically */
 	const char *previous;     /* earlier snapshot to share unchanged files with, or NULL */
+	const char *recycle;      /* earlier snapshot given up: the copies of databases that
+				   * changed are moved out of it and updated in place, or NULL */
 	double settle_timeout;    /* seconds to find a cut before giving up (default 30) */
 	unsigned quiet_ms;        /* files must have been still this long at the cut (default 100) */
 	double uploads_before;    /* realtime (s) after which no earlier snapshot of this store was
@@ -30,6 +32,7 @@ struct cap_stats {
 	uint64_t bytes_copied;    /* bytes written anew */
 	uint64_t bytes_linked;    /* bytes shared with --previous (hard link or reflink) */
 	unsigned retries;         /* cut attempts that had to be redone */
+	unsigned recycled;        /* database copies taken over from cap_opts.recycle */
 };
 
 /* Exit codes shared by stillctl and the daemon's capture helper. */

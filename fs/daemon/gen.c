@@ -8,7 +8,11 @@
  *   was last used (a handle closed, or a path through .snapshot resolved to it). Pinning only
  *   stops automatic replacement; gen_refresh replaces anyway.
  * - One capture at a time; whoever asks while it runs waits for it and takes its result.
- * - An old generation is deleted as soon as it is no longer pinned.
+ * - An old generation is deleted as soon as it is no longer pinned; but with cfg.recycle the
+ *   last one deleted is kept, renamed GEN_SPARE, for the next capture, which takes over the
+ *   copies of databases that changed and rewrites only their changed pages (cap_opts.recycle)
+ *   rather than writing whole new copies. Nothing can open it any more (it is dead); the
+ *   capture that used it removes what is left of it.
  * - After a failed capture the previous generation stays current (or there is none, and
  *   callers get -EIO) and no new attempt is made for SF_FAIL_BACKOFF seconds. */
 #include "stillfs.h"
@@ -25,6 +29,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#define GEN_SPARE "spare"
 
 struct gen {
 	struct gen *next;
@@ -49,6 +55,8 @@ struct genmgr {
 	struct gen *cur;
 	unsigned long next_seq;
 	int capturing;
+	int spare;                 /* GEN_SPARE is in the cache, for the next capture */
+	int rotating;              /* gen_reap is making a dead generation GEN_SPARE */
 	unsigned long epoch;       /* captures finished so far */
 	double fail_until;
 	unsigned long n_ok, n_fail, n_deleted;
@@ -106,6 +114,7 @@ void gen_destroy(struct genmgr *gm)
 		cp_rmtree(gm->cfg.cachefd, g->name);
 		gen_free(g);
 	}
+	cp_rmtree(gm->cfg.cachefd, GEN_SPARE);
 	pthread_mutex_destroy(&gm->mu);
 	pthread_cond_destroy(&gm->done);
 	pthread_cond_destroy(&gm->wake);
@@ -167,6 +176,9 @@ static int gen_capture_locked(struct genmgr *gm)
 	snprintf(name, sizeof name, "gen-%lu", seq);
 	if (prev)
 		prev->refs++;       /* the capture shares files with it: keep it */
+	const char *recycle = prev && gm->spare && !gm->rotating ? GEN_SPARE : NULL;
+	if (recycle)
+		gm->spare = 0;      /* taken: gone after this capture, whatever its outcome */
 	gm->capturing = 1;
 	pthread_mutex_unlock(&gm->mu);
 
@@ -183,8 +195,10 @@ static int gen_capture_locked(struct genmgr *gm)
 	double since = prev ? t0 - gen_last_use(prev) : t0 - gm->born;
 	double uploads_before = (double)rt.tv_sec + rt.tv_nsec / 1e9 - (since > 0 ? since : 0);
 	memset(&st, 0, sizeof st);
-	int rc = gm->cfg.capture(gm->cfg.arg, name, prev ? prev->name : NULL, uploads_before, &st,
-				 err, sizeof err);
+	int rc = gm->cfg.capture(gm->cfg.arg, name, prev ? prev->name : NULL, recycle,
+				 uploads_before, &st, err, sizeof err);
+	if (recycle)
+		cp_rmtree(gm->cfg.cachefd, recycle);
 	if (rc == 0) {
 		fd = openat(gm->cfg.cachefd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0) {
@@ -331,7 +345,7 @@ int gen_open_current(struct genmgr *gm)
 
 double gen_reap(struct genmgr *gm, void (*on_dead)(struct gen *g))
 {
-	struct gen *doomed[32];
+	struct gen *doomed[32], *spare = NULL;
 	size_t n = 0;
 	double now = ut_now(), next = 60;
 
@@ -347,21 +361,38 @@ double gen_reap(struct genmgr *gm, void (*on_dead)(struct gen *g))
 			atomic_store(&g->dead, 1);
 			g->refs++;
 			doomed[n++] = g;
+			if (!spare || g->seq > spare->seq)
+				spare = g;
 		}
 	}
+	/* The newest one goes to the next capture, unless one is using the spare now. */
+	if (spare && gm->cfg.recycle && !gm->capturing && !gm->rotating)
+		gm->rotating = 1;
+	else
+		spare = NULL;
 	pthread_mutex_unlock(&gm->mu);
 
 	for (size_t i = 0; i < n; i++) {
 		struct gen *g = doomed[i];
-		int rc = cp_rmtree(gm->cfg.cachefd, g->name);
+		int rc, kept = 0;
+		if (g == spare) {
+			cp_rmtree(gm->cfg.cachefd, GEN_SPARE);
+			kept = renameat(gm->cfg.cachefd, g->name, gm->cfg.cachefd, GEN_SPARE) == 0;
+		}
+		rc = kept ? 0 : cp_rmtree(gm->cfg.cachefd, g->name);
 		if (rc)
 			log_warn("cannot delete generation %lu: %s", g->seq, strerror(-rc));
 		else
-			log_info("generation %lu deleted", g->seq);
+			log_info("generation %lu deleted%s", g->seq,
+				 kept ? " (its database copies kept for the next capture)" : "");
 		/* Nodes the kernel still remembers keep the deleted files open; free their space. */
 		if (on_dead)
 			on_dead(g);
 		pthread_mutex_lock(&gm->mu);
+		if (g == spare) {
+			gm->spare = kept;
+			gm->rotating = 0;
+		}
 		gm->n_deleted++;
 		g->refs--;                 /* ours; the list's reference still holds it */
 		gen_unref_locked(gm, g);   /* the list's: nodes may still hold it for a while */
@@ -443,6 +474,7 @@ char *gen_status(struct genmgr *gm)
 	fprintf(f, "captures_ok: %lu\n", gm->n_ok);
 	fprintf(f, "captures_failed: %lu\n", gm->n_fail);
 	fprintf(f, "generations_deleted: %lu\n", gm->n_deleted);
+	fprintf(f, "spare_kept: %s\n", gm->spare ? "yes" : "no");
 	fprintf(f, "last_attempt_s: %.3f\n", gm->last_attempt_s);
 	fprintf(f, "snapshot_max_age_s: %g\n", gm->cfg.max_age);
 	fprintf(f, "snapshot_linger_s: %g\n", gm->cfg.linger);

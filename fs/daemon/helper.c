@@ -7,10 +7,10 @@
  * for passthrough; in the same process it would silently drop the engine's locks.
  *
  * Protocol (argv): --capture-helper --settle-timeout S --nice N UPLOADS_BEFORE STORE DEST
- * [PREVIOUS]
+ * [PREVIOUS [RECYCLE]]
  *   STORE is /proc/self/fd/N of the store descriptor the daemon opened before mounting
- *   (inherited, so a store covered by our own mount is still reached), DEST and PREVIOUS are
- *   /proc/self/fd/M/NAME below the inherited cache descriptor.
+ *   (inherited, so a store covered by our own mount is still reached), DEST, PREVIOUS and
+ *   RECYCLE (cap_opts.recycle) are /proc/self/fd/M/NAME below the inherited cache descriptor.
  *   stdin: a pipe the daemon never writes; EOF means the daemon is gone, so give up.
  *   stdout: one result line, "ok id=... cut=S.N dur=... lock=... files=... copied=...
  *           linked=... retries=..." or "err ERRNO".
@@ -166,11 +166,12 @@ static int hp_parse(const char *line, struct cap_stats *st)
 	return 0;
 }
 
-int hp_capture(void *arg, const char *name, const char *prev, double uploads_before,
-	       struct cap_stats *st, char *err, size_t errlen)
+int hp_capture(void *arg, const char *name, const char *prev, const char *recycle,
+	       double uploads_before, struct cap_stats *st, char *err, size_t errlen)
 {
 	int life[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
-	char store[PATH_MAX], dest[64], prevp[64], settle[32], before[32], nice[16], obuf[1024],
+	char store[PATH_MAX], dest[64], prevp[64], recyp[64], settle[32], before[32], nice[16],
+		obuf[1024],
 		ebuf[4096];
 	size_t olen = 0, elen = 0;
 	pid_t pid = -1;
@@ -189,11 +190,14 @@ int hp_capture(void *arg, const char *name, const char *prev, double uploads_bef
 	}
 	snprintf(dest, sizeof dest, "/proc/self/fd/%d/%s", sf.cachefd, name);
 	snprintf(prevp, sizeof prevp, "/proc/self/fd/%d/%s", sf.cachefd, prev ? prev : "");
+	snprintf(recyp, sizeof recyp, "/proc/self/fd/%d/%s", sf.cachefd, recycle ? recycle : "");
 	snprintf(settle, sizeof settle, "%g", sf.o.settle);
 	snprintf(before, sizeof before, "%.3f", uploads_before);
 	snprintf(nice, sizeof nice, "%d", sf.o.capture_nice);
 	char *argv[] = { "stillfs", "--capture-helper", "--settle-timeout", settle, "--nice", nice,
-			 before, store, dest, prev ? prevp : NULL, NULL };
+			 before, store, dest, prev ? prevp : NULL, NULL, NULL };
+	if (prev && recycle)
+		argv[10] = recyp;
 
 	if (pipe2(life, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
 		rc = -errno;
@@ -299,7 +303,7 @@ int hp_main(int argc, char **argv)
 	/* Once the daemon is gone our log lines and result go to pipes nobody reads: a write
 	 * must fail, not kill us (SIGPIPE) before the engine has removed what it made. */
 	signal(SIGPIPE, SIG_IGN);
-	if (argc < 9 || argc > 10 || strcmp(argv[2], "--settle-timeout") ||
+	if (argc < 9 || argc > 11 || strcmp(argv[2], "--settle-timeout") ||
 	    strcmp(argv[4], "--nice")) {
 		fprintf(stderr, "stillfs: --capture-helper is for the daemon's own use\n");
 		return CAP_EXIT_USAGE;
@@ -313,7 +317,8 @@ int hp_main(int argc, char **argv)
 	o.uploads_before = atof(argv[6]);
 	o.store = argv[7];
 	o.dest = argv[8];
-	o.previous = argc == 10 ? argv[9] : NULL;
+	o.previous = argc >= 10 ? argv[9] : NULL;
+	o.recycle = argc == 11 ? argv[10] : NULL;
 	if (pthread_create(&t, NULL, hp_lifeline, NULL) == 0)
 		pthread_detach(t);
 	memset(&st, 0, sizeof st);

@@ -39,6 +39,7 @@ static const struct fuse_opt sf_optspec[] = {
 	{ "cache=%s", offsetof(struct sf_opts, cache_opt), 0 },
 	{ "no_passthrough", offsetof(struct sf_opts, no_passthrough), 1 },
 	{ "no_live_cache", offsetof(struct sf_opts, no_live_cache), 1 },
+	{ "no_recycle", offsetof(struct sf_opts, no_recycle), 1 },
 	{ "max_nodes=%lu", offsetof(struct sf_opts, max_nodes), 0 },
 	{ "capture_nice=%d", offsetof(struct sf_opts, capture_nice), 0 },
 	FUSE_OPT_END
@@ -65,6 +66,10 @@ static void sf_usage(const char *prog)
 	       "    -o no_live_cache           never let the kernel cache live entries and\n"
 	       "                               attributes (default: cached, and invalidated by\n"
 	       "                               inotify when the store changes directly)\n"
+	       "    -o no_recycle              delete an old generation at once (default: the last\n"
+	       "                               one is kept until the next capture, which moves\n"
+	       "                               its database copies over and rewrites only the\n"
+	       "                               pages that changed)\n"
 	       "    -o max_nodes=N             most inodes kept open for the kernel (default: the\n"
 	       "                               descriptor limit less a reserve); past 3/4 of it the\n"
 	       "                               least recently used are offered back to the kernel\n"
@@ -598,7 +603,8 @@ int main(int argc, char **argv)
 	sf.gid = getegid();
 	sf.started = ut_realtime();
 	struct gen_cfg gc = { .cachefd = sf.cachefd, .max_age = sf.o.max_age,
-			      .linger = sf.o.linger, .capture = hp_capture };
+			      .linger = sf.o.linger, .recycle = !sf.o.no_recycle,
+			      .capture = hp_capture };
 	if (nd_init() || lk_init() || gen_init(&sf.gm, &gc)) {
 		fprintf(stderr, "stillfs: out of memory\n");
 		goto out;

@@ -88,6 +88,7 @@ struct sf_opts {
 	char *snapdir_opt;
 	int no_passthrough;
 	int no_live_cache;
+	int no_recycle;
 	unsigned long max_nodes;
 	int capture_nice;
 };
@@ -198,8 +199,8 @@ void lk_kick_waiters(void);
 
 /* helper.c */
 int hp_main(int argc, char **argv);
-int hp_capture(void *arg, const char *name, const char *prev, double uploads_before,
-	       struct cap_stats *st, char *err, size_t errlen);
+int hp_capture(void *arg, const char *name, const char *prev, const char *recycle,
+	       double uploads_before, struct cap_stats *st, char *err, size_t errlen);
 void hp_kill(void);
 /* 1 if thread tid belongs to the capture helper now running (it reads the store through the
  * mount when a WAL index is open there, and must never reach .snapshot: its own capture is
@@ -207,13 +208,16 @@ void hp_kill(void);
 int hp_is_helper(pid_t tid);
 
 /* gen.c: the generation manager. No FUSE here; captures go through a callback. */
-/* uploads_before: realtime after which no reader used an earlier generation (cap_opts). */
+/* uploads_before: realtime after which no reader used an earlier generation (cap_opts).
+ * recycle: a retired generation in the cache whose database copies may be taken, or NULL. */
 typedef int (*gen_capture_fn)(void *arg, const char *name, const char *prev,
-			      double uploads_before, struct cap_stats *st, char *err, size_t errlen);
+			      const char *recycle, double uploads_before, struct cap_stats *st,
+			      char *err, size_t errlen);
 struct gen_cfg {
 	int cachefd;
 	double max_age;
 	double linger;
+	int recycle;               /* keep the last deleted generation for the next capture */
 	gen_capture_fn capture;
 	void *arg;
 };

@@ -94,4 +94,38 @@ rc=0; "$STILLCTL" refresh "$mnt" >/dev/null 2>"$T_WORK/refresh.err" || rc=$?
 [ "$(gen)" = 1 ] || t_fail "a failed capture replaced the generation"
 t_unmount "$mnt"
 t_log_clean "$T_DAEMON_LOG" 'no space|No space|capture failed|Input/output|cannot write|cannot finish|cannot publish|cannot copy|capture: '
+
+# --- recycling: the last deleted generation is kept as the spare, and the next capture takes
+# over its database copy, writing only the pages that changed; -o no_recycle keeps nothing.
+db=$T_WORK/store2/db.sqlite3 mnt2=$T_WORK/mnt2 cache2=$T_WORK/cache.mnt2
+mkdir -p "$T_WORK/store2" "$mnt2"
+sqlite3 "$db" "create table t(k integer primary key, v blob);
+  with recursive n(i) as (select 1 union all select i + 1 from n where i < 1500)
+  insert into t select i, randomblob(3000) from n;"
+dump() { sqlite3 "$1" .dump | sha256sum; }
+spare() { [ "$(t_status "$mnt2" spare_kept)" = "$1" ]; }
+for opt in snapshot_linger=0 snapshot_linger=0,no_recycle; do
+  t_mount "$T_WORK/store2" "$mnt2" -o "$opt"
+  ls "$mnt2/.snapshot" >/dev/null
+  for i in 1 2; do
+    sqlite3 "$db" "update t set v = randomblob(3000) where k = $((i * 100));"
+    "$STILLCTL" refresh "$mnt2" >/dev/null
+    gone() { [ "$(ls "$cache2" | grep -c '^gen-')" = 1 ]; }
+    t_wait_for 20 gone
+  done
+  [ "$(dump "$mnt2/.snapshot/db.sqlite3")" = "$(dump "$db")" ] || t_fail "-o $opt: the database served differs from the live one"
+  copied=$(t_status "$mnt2" bytes_copied)
+  if [ "$opt" = snapshot_linger=0 ]; then
+    spare yes || t_fail "no spare generation kept"
+    [ "$copied" -lt 1000000 ] || t_fail "the capture after the spare wrote $copied bytes (the database is 6 MiB)"
+    "$STILLCTL" verify "$cache2/gen-3" >/dev/null || t_fail "the generation made from the spare does not verify"
+  else
+    spare no || t_fail "-o no_recycle kept a spare"
+    [ ! -e "$cache2/spare" ] || t_fail "-o no_recycle left $cache2/spare"
+    [ "$copied" -gt 6000000 ] || t_fail "-o no_recycle: only $copied bytes written"
+  fi
+  t_unmount "$mnt2"
+  [ "$(ls -A "$cache2")" = .stillfs-cache ] || t_fail "-o $opt: left in the cache after unmount: $(ls -A "$cache2")"
+done
+t_log_clean "$T_DAEMON_LOG"
 echo "# daemon-generations: ok"
