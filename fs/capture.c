@@ -1099,20 +1099,36 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 	struct cp_result r;
 	int rc;
 	e->precopied = 0;
-	if (e->dbmode != DB_ROLLBACK || e->hot) {
-		/* Made whole below, or recovered by SQLite later: nothing is known of its blocks. */
+	if (e->dbmode == DB_WAL_COLD || e->hot) {
+		/* Made whole below and recovered by SQLite later: nothing is known of its blocks. */
 		e->staged = 0;
 		dd_free(&e->blk);
 	}
 	if (e->dbmode == DB_WAL) {
 		rc = cap_db_stage_path(c, e, "", path, sizeof path);
-		if (!rc) {
+		if (!rc && !e->staged) {
+			dd_free(&e->blk);
+			int fd = cap_recycle_base(c, e, &e->blk);
+			if (fd >= 0) {
+				close(fd);
+				e->staged = 1;
+				c->st->recycled++;
+			}
+		}
+		if (!rc && e->staged) {
+			/* Into the copy at hand, writing only the pages that differ. */
+			rc = sq_backup_into(e->db, path, &e->blk, &w);
+			if (rc) {
+				e->staged = 0;
+				dd_free(&e->blk);
+			}
+		} else if (!rc) {
 			unlinkat(c->stagefd, e->path, 0);
 			rc = sq_backup_to(e->db, path);
+			struct stat st;
+			if (!rc && fstatat(c->stagefd, e->path, &st, 0) == 0)
+				w = (uint64_t)st.st_size;
 		}
-		struct stat st;
-		if (!rc && fstatat(c->stagefd, e->path, &st, 0) == 0)
-			w = (uint64_t)st.st_size;
 	} else if (e->dbmode == DB_ROLLBACK && !e->hot) {
 		/* The early copy went stale: under the lock, only what differs is rewritten. */
 		e->synced_at = ut_now();

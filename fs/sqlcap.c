@@ -1,5 +1,6 @@
 /* SQLite-specific parts of a capture: recognising databases, holding them still, copying. */
 #include "sqlcap.h"
+#include "dbdelta.h"
 #include "util.h"
 
 #include <errno.h>
@@ -170,10 +171,156 @@ int sq_begin_read(sqlite3 *db, double timeout)
 	}
 }
 
-int sq_backup_to(sqlite3 *src, const char *dst_path)
+/* ---- backups into an earlier copy ----
+ * A VFS over "unix" for the destination of a backup into an existing copy: a page whose bytes
+ * the copy holds already is not written again, so bringing a large copy up to date writes
+ * only what changed, not the whole file; and each write makes the 1 MiB blocks it touches
+ * invalid, so that only those are hashed again. The blocks of the main database file opened
+ * on this thread while sq_delta_ctx is set are the ones kept up to date. */
+struct sq_delta_file {
+	sqlite3_file base;          /* pMethods: sq_delta_io */
+	struct dd_blocks *blk;      /* NULL: not the tracked file, every write goes through */
+	uint64_t *written;
+	sqlite3_file *real;         /* the unix VFS's file, in the same allocation */
+};
+
+/* Where the real file starts: after ours, suitably aligned. */
+#define SQ_DELTA_HDR ((sizeof(struct sq_delta_file) + 15) / 16 * 16)
+
+static __thread struct { struct dd_blocks *blk; uint64_t *written; } sq_delta_ctx;
+static sqlite3_vfs sq_delta_vfs, *sq_unix_vfs;
+static pthread_once_t sq_delta_once = PTHREAD_ONCE_INIT;
+static int sq_delta_ok;
+
+static sqlite3_file *sq_real(sqlite3_file *f) { return ((struct sq_delta_file *)f)->real; }
+
+static int sq_d_close(sqlite3_file *f)
+{
+	return sq_real(f)->pMethods->xClose(sq_real(f));
+}
+
+static int sq_d_read(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off)
+{
+	return sq_real(f)->pMethods->xRead(sq_real(f), buf, amt, off);
+}
+
+static int sq_d_write(sqlite3_file *f, const void *buf, int amt, sqlite3_int64 off)
+{
+	struct sq_delta_file *d = (struct sq_delta_file *)f;
+	if (d->blk && amt > 0 && amt <= 65536) {
+		uint8_t have[65536];
+		if (d->real->pMethods->xRead(d->real, have, amt, off) == SQLITE_OK &&
+		    memcmp(have, buf, (size_t)amt) == 0)
+			return SQLITE_OK;
+	}
+	int rc = d->real->pMethods->xWrite(d->real, buf, amt, off);
+	if (rc == SQLITE_OK && d->blk) {
+		uint64_t end = (uint64_t)off + (uint64_t)amt;
+		if (end > d->blk->size && dd_resize(d->blk, end))
+			return SQLITE_NOMEM;
+		dd_invalidate(d->blk, (uint64_t)off, (uint64_t)amt);
+		*d->written += (uint64_t)amt;
+	}
+	return rc;
+}
+
+static int sq_d_truncate(sqlite3_file *f, sqlite3_int64 size)
+{
+	struct sq_delta_file *d = (struct sq_delta_file *)f;
+	int rc = d->real->pMethods->xTruncate(d->real, size);
+	if (rc == SQLITE_OK && d->blk && (uint64_t)size < d->blk->size &&
+	    dd_resize(d->blk, (uint64_t)size))
+		return SQLITE_NOMEM;
+	return rc;
+}
+
+static int sq_d_sync(sqlite3_file *f, int flags)
+{
+	return sq_real(f)->pMethods->xSync(sq_real(f), flags);
+}
+
+static int sq_d_size(sqlite3_file *f, sqlite3_int64 *size)
+{
+	return sq_real(f)->pMethods->xFileSize(sq_real(f), size);
+}
+
+static int sq_d_lock(sqlite3_file *f, int level)
+{
+	return sq_real(f)->pMethods->xLock(sq_real(f), level);
+}
+
+static int sq_d_unlock(sqlite3_file *f, int level)
+{
+	return sq_real(f)->pMethods->xUnlock(sq_real(f), level);
+}
+
+static int sq_d_reserved(sqlite3_file *f, int *out)
+{
+	return sq_real(f)->pMethods->xCheckReservedLock(sq_real(f), out);
+}
+
+static int sq_d_control(sqlite3_file *f, int op, void *arg)
+{
+	/* A size hint may grow the file by other means than xWrite: not for the tracked file. */
+	if (((struct sq_delta_file *)f)->blk && op == SQLITE_FCNTL_SIZE_HINT)
+		return SQLITE_NOTFOUND;
+	return sq_real(f)->pMethods->xFileControl(sq_real(f), op, arg);
+}
+
+static int sq_d_sector(sqlite3_file *f)
+{
+	return sq_real(f)->pMethods->xSectorSize(sq_real(f));
+}
+
+static int sq_d_device(sqlite3_file *f)
+{
+	return sq_real(f)->pMethods->xDeviceCharacteristics(sq_real(f));
+}
+
+/* Version 1: no shared memory and no mapping, so no WAL and no write behind our back. */
+static const sqlite3_io_methods sq_delta_io = {
+	1, sq_d_close, sq_d_read, sq_d_write, sq_d_truncate, sq_d_sync, sq_d_size, sq_d_lock,
+	sq_d_unlock, sq_d_reserved, sq_d_control, sq_d_sector, sq_d_device,
+	NULL, NULL, NULL, NULL, NULL, NULL
+};
+
+static int sq_delta_open(sqlite3_vfs *vfs, sqlite3_filename name, sqlite3_file *f, int flags,
+			 int *out)
+{
+	struct sq_delta_file *d = (struct sq_delta_file *)f;
+	(void)vfs;
+	d->real = (sqlite3_file *)((char *)d + SQ_DELTA_HDR);
+	d->real->pMethods = NULL;
+	int rc = sq_unix_vfs->xOpen(sq_unix_vfs, name, d->real, flags, out);
+	if (rc != SQLITE_OK) {
+		if (d->real->pMethods)
+			d->real->pMethods->xClose(d->real);
+		f->pMethods = NULL;
+		return rc;
+	}
+	d->blk = flags & SQLITE_OPEN_MAIN_DB ? sq_delta_ctx.blk : NULL;
+	d->written = sq_delta_ctx.written;
+	f->pMethods = &sq_delta_io;
+	return SQLITE_OK;
+}
+
+static void sq_delta_init(void)
+{
+	sq_unix_vfs = sqlite3_vfs_find("unix");
+	if (!sq_unix_vfs)
+		return;
+	sq_delta_vfs = *sq_unix_vfs;
+	sq_delta_vfs.zName = "stillfs-delta";
+	sq_delta_vfs.pNext = NULL;
+	sq_delta_vfs.szOsFile = (int)SQ_DELTA_HDR + sq_unix_vfs->szOsFile;
+	sq_delta_vfs.xOpen = sq_delta_open;
+	sq_delta_ok = sqlite3_vfs_register(&sq_delta_vfs, 0) == SQLITE_OK;
+}
+
+static int sq_backup(sqlite3 *src, const char *dst_path, int flags, const char *vfs)
 {
 	sqlite3 *dst = NULL;
-	int rc = sqlite3_open_v2(dst_path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+	int rc = sqlite3_open_v2(dst_path, &dst, SQLITE_OPEN_READWRITE | flags, vfs);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_exec(dst, "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF", NULL, NULL,
 				  NULL);
@@ -191,6 +338,25 @@ int sq_backup_to(sqlite3 *src, const char *dst_path)
 		log_err("backup to %s: %s", dst_path, dst ? sqlite3_errmsg(dst) : sqlite3_errstr(rc));
 	sqlite3_close(dst);
 	return rc == SQLITE_OK ? 0 : ((rc & 0xff) == SQLITE_FULL ? -ENOSPC : -EIO);
+}
+
+int sq_backup_to(sqlite3 *src, const char *dst_path)
+{
+	return sq_backup(src, dst_path, SQLITE_OPEN_CREATE, NULL);
+}
+
+int sq_backup_into(sqlite3 *src, const char *dst_path, struct dd_blocks *b, uint64_t *written)
+{
+	pthread_once(&sq_delta_once, sq_delta_init);
+	if (!sq_delta_ok)
+		return -ENOSYS;
+	*written = 0;
+	sq_delta_ctx.blk = b;
+	sq_delta_ctx.written = written;
+	int rc = sq_backup(src, dst_path, 0, "stillfs-delta");
+	sq_delta_ctx.blk = NULL;
+	sq_delta_ctx.written = NULL;
+	return rc;
 }
 
 int sq_finish_copy(const char *path, char *err, size_t errlen)

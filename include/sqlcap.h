@@ -33,6 +33,11 @@ int sq_open_ro(int dirfd, const char *name, sqlite3 **db);
 int sq_begin_read(sqlite3 *db, double timeout);
 /* Copy the pinned state of db into the new file dst_path with the backup API. */
 int sq_backup_to(sqlite3 *db, const char *dst_path);
+/* The same into dst_path, an earlier copy that b describes: pages it holds already are not
+ * written again, so only what changed is; blocks written to become invalid in b (which then
+ * still describes the file) and *written counts the bytes written. 0 or -errno. */
+struct dd_blocks;
+int sq_backup_into(sqlite3 *db, const char *dst_path, struct dd_blocks *b, uint64_t *written);
 /* Make the private copy at path self-contained: roll back a hot journal beside it, switch to
  * rollback-journal mode. 0 or -errno; *err gets a message (static or sqlite-owned, short-lived). */
 int sq_finish_copy(const char *path, char *err, size_t errlen);

@@ -75,6 +75,27 @@ untouched "$STILLCTL" snapshot -q --previous "$T_WORK/s6" --recycle "$T_WORK/s5"
 live_equals "$T_WORK/s7" || t_fail "s7 does not hold the live rows"
 "$STILLCTL" verify "$T_WORK/s6" >/dev/null || t_fail "the --previous snapshot s6 was changed"
 
+# WAL mode with the writer's connection open: the backup API writes into the recycled copy,
+# and only the pages that differ reach the disk.
+wal=$T_WORK/wstore; mkdir -p "$wal"; mkfifo "$T_WORK/wfifo"
+exec 5<>"$T_WORK/wfifo"   # read-write: opening it does not wait for the other end
+sqlite3 "$wal/w.db" <"$T_WORK/wfifo" 5>&- >/dev/null & T_PIDS+=("$!")
+sql() { rm -f "$T_WORK/done"; echo "$1" >&5; echo ".shell touch '$T_WORK/done'" >&5; t_wait_for 20 test -e "$T_WORK/done"; }
+sql "pragma journal_mode=wal; pragma wal_autocheckpoint=0; create table t(k integer primary key, v blob);
+  with recursive n(i) as (select 1 union all select i + 1 from n where i < 1500)
+  insert into t select i, randomblob(3000) from n;"
+[ -s "$wal/w.db-wal" ] || t_fail "no -wal in use"
+"$STILLCTL" snapshot -q "$wal" "$T_WORK/w1"
+sql "update t set v = randomblob(3000) where k % 300 = 0; insert into t values (9999, x'00');"
+"$STILLCTL" snapshot --recycle "$T_WORK/w1" "$wal" "$T_WORK/w2" 2>"$T_WORK/w2.log"
+cat "$T_WORK/w2.log" >&2
+grep -q 'database copies recycled' "$T_WORK/w2.log" || t_fail "WAL: nothing was recycled"
+copied=$(grep -o '[0-9.]* [KMG]\?i\?B copied' "$T_WORK/w2.log" | awk '{print $1 $2}')
+[ "$(numfmt --from=iec-i "${copied%B}")" -lt 3000000 ] || t_fail "WAL: the recycled capture wrote $copied (the database is 6 MiB)"
+"$STILLCTL" verify "$T_WORK/w2" >/dev/null || t_fail "WAL: the snapshot does not verify"
+[ "$(dump "$T_WORK/w2/w.db")" = "$(dump "$wal/w.db")" ] || t_fail "WAL: the copy does not hold the live rows"
+echo .quit >&5; exec 5>&-
+
 # Never out of the store: a snapshot kept inside the store is not a recycle source.
 "$STILLCTL" snapshot -q "$store" "$T_WORK/inner" && mv "$T_WORK/inner" "$store/inner"
 untouched expect_refused
