@@ -60,6 +60,14 @@ enum { K_NONE = 0, K_DIR = 'd', K_FILE = 'f', K_DB = 's', K_LINK = 'l', K_SKIP =
  * read-only SQLite connection would create or rebuild the -shm in the store. */
 enum { DB_ROLLBACK, DB_WAL, DB_WAL_COLD };
 
+/* What tells a file changed: the parts of a stat that matter, without the rest of its size
+ * (an entry per file adds up on large stores). */
+struct cap_sig {
+	ino_t ino;
+	off_t size;
+	int64_t mtime_ns, ctime_ns;
+};
+
 struct ent {
 	char *path;              /* relative to the store; "" is the root */
 	const char *name;        /* last component, inside path */
@@ -88,7 +96,7 @@ struct ent {
 	int wal_phase;           /* order of its WAL pin in this attempt, -1 if none */
 	int active_phase;        /* last marker phase in which it was written, -2 if none */
 	char *db_ident;          /* identity taken before the lock */
-	struct stat cold_sig[2]; /* DB_WAL_COLD: its -wal and -shm when classified */
+	struct cap_sig cold_sig[2]; /* DB_WAL_COLD: its -wal and -shm when classified */
 };
 
 /* Block digests of an earlier snapshot's databases, from its manifest header lines. */
@@ -978,14 +986,17 @@ static int cap_shm_in_use(int dirfd, const char *name)
 	return used;
 }
 
-static void cap_cold_sig(struct ent *e, struct stat sig[2])
+static void cap_cold_sig(struct ent *e, struct cap_sig sig[2])
 {
 	static const char *sfx[] = { "-wal", "-shm" };
 	char name[NAME_MAX + 16];
 	for (unsigned k = 0; k < 2; k++) {
+		struct stat st;
 		snprintf(name, sizeof name, "%s%s", e->name, sfx[k]);
-		if (fstatat(e->dirfd, name, &sig[k], AT_SYMLINK_NOFOLLOW) < 0)
-			memset(&sig[k], 0, sizeof sig[k]);
+		memset(&sig[k], 0, sizeof sig[k]);
+		if (fstatat(e->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+			sig[k] = (struct cap_sig){ st.st_ino, st.st_size, cap_ns(st.st_mtim),
+						   cap_ns(st.st_ctim) };
 	}
 }
 
@@ -993,16 +1004,11 @@ static void cap_cold_sig(struct ent *e, struct stat sig[2])
  * its -shm or appended to its -wal; it may have checkpointed into the file being read. */
 static int cap_cold_disturbed(struct ent *e)
 {
-	struct stat now[2];
+	struct cap_sig now[2];
 	if (cap_shm_in_use(e->dirfd, e->name))
 		return 1;
 	cap_cold_sig(e, now);
-	for (unsigned k = 0; k < 2; k++)
-		if (now[k].st_ino != e->cold_sig[k].st_ino || now[k].st_size != e->cold_sig[k].st_size ||
-		    cap_ns(now[k].st_mtim) != cap_ns(e->cold_sig[k].st_mtim) ||
-		    cap_ns(now[k].st_ctim) != cap_ns(e->cold_sig[k].st_ctim))
-			return 1;
-	return 0;
+	return memcmp(now, e->cold_sig, sizeof now) != 0;
 }
 
 static int cap_wal_present(int dirfd, const char *name)
