@@ -26,7 +26,8 @@ t_mount "$store" "$mnt" -o "auto_unmount,cache=$cache,snapshot_max_age=0,snapsho
 
 used_kib() { df --output=used -k "$small" | tail -n 1 | tr -d ' '; }
 listing() { (cd "$1" && find . -path ./.stillfs-manifest -prune -o -printf '%p %y %s\n' | LC_ALL=C sort); }
-leftovers() { find "$cache" -mindepth 1 -maxdepth 1 ! -name .stillfs-cache ! -name 'gen-*' -printf '%f '; }
+# (spare: the last deleted generation, kept for the next capture to recycle; stillfs(1))
+leftovers() { find "$cache" -mindepth 1 -maxdepth 1 ! -name .stillfs-cache ! -name 'gen-*' ! -name spare -printf '%f '; }
 gens() { find "$cache" -mindepth 1 -maxdepth 1 -name 'gen-*' -printf '%f\n' | sort | tr '\n' ' '; }
 
 # Generation 1 fits.
