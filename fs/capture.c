@@ -700,15 +700,14 @@ static int cap_recycle_base(struct cap *c, const struct ent *e, struct dd_blocks
 		rc = from < 0 ? from : to;
 		goto out;
 	}
-	if (!c->recy_taken && unlinkat(c->recyfd, CAP_MANIFEST_NAME, 0) < 0 && errno != ENOENT) {
-		rc = -errno;
-		goto out;
-	}
-	c->recy_taken = 1;
 	if (renameat(from, e->name, to, e->name) < 0) {
 		rc = -errno;
 		goto out;
 	}
+	if (!c->recy_taken && unlinkat(c->recyfd, CAP_MANIFEST_NAME, 0) < 0 && errno != ENOENT)
+		log_warn("%s: cannot remove its manifest (%s), but it is no longer a whole snapshot",
+			 c->o->recycle, strerror(errno));
+	c->recy_taken = 1;
 	/* Nothing else renames in these trees; still, it must be the file we checked. */
 	if (fstatat(to, e->name, &ns, AT_SYMLINK_NOFOLLOW) < 0 || ns.st_ino != ps.st_ino ||
 	    ns.st_dev != ps.st_dev) {
