@@ -645,7 +645,8 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 		goto out;
 	}
 	unlinkat(c->stagefd, e->path, 0);
-	dst = openat(c->stagefd, e->path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	/* Read-write: the copy keeps a duplicate to hash and punch it after we close ours. */
+	dst = openat(c->stagefd, e->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (dst < 0) {
 		rc = -errno;
 		log_err("cannot create %s in the snapshot: %s", e->path, strerror(-rc));

@@ -32,7 +32,8 @@ int cp_file(int src, int dst, int want_digest, struct cp_result *r);
  * r->written (which drops when copied zero pages become holes) are not, and the file may
  * still have holes punched into it, which changes its mtime. The handle keeps its own
  * descriptor of dst: the caller may close dst at once. Nobody else must write to dst until
- * the handle is waited for or discarded. Returns 0 or -errno (then *out is NULL). */
+ * the handle is waited for or discarded; the last blocks of the copies may be hashed only
+ * then. Returns 0 or -errno (then *out is NULL). */
 struct cp_pending;
 int cp_file_deferred(int src, int dst, struct cp_result *r, struct cp_pending **out);
 /* Wait for the digest of a pending copy (hashing on this thread too), and free p: sets
