@@ -226,11 +226,9 @@ static int cap_companion_of(const struct cap *c, size_t dir, const char *name, s
 
 static void cap_apply_owner(int fd, const struct stat *s);
 
-/* Record what a copy of plain file e stored, and give the copy (open as fd) e's owner and
- * mode. */
-static void cap_copied(struct cap *c, struct ent *e, int fd, const struct cp_result *r)
+/* Record the digest of a copy of plain file e and what it stored. */
+static void cap_copied(struct cap *c, struct ent *e, const struct cp_result *r)
 {
-	cap_apply_owner(fd, &e->st);
 	e->has_digest = 1;
 	memcpy(e->digest, r->digest, 32);
 	e->written = r->written;
@@ -251,10 +249,11 @@ static int cap_collect(struct cap *c, struct ent *e)
 	e->pend = NULL;
 	if (rc)
 		return rc;
+	cap_copied(c, e, &r);
 	int fd = openat(c->stagefd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	cap_copied(c, e, fd, &r);
+	cap_apply_owner(fd, &e->st);
 	close(fd);
 	return 0;
 }
@@ -663,8 +662,10 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	e->has_digest = 0;
 	e->copied = 1;
 	e->reused = 0;
-	if (!e->pend)
-		cap_copied(c, e, dst, &r);
+	if (!e->pend) {
+		cap_apply_owner(dst, &e->st);
+		cap_copied(c, e, &r);
+	}
 	c->done_bytes += r.size;
 out:
 	if (dst >= 0)

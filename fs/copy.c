@@ -397,9 +397,9 @@ static void cp_take_from(struct cp_pending *x, uint64_t *k, struct cp_job *j)
 }
 
 /* Hand out the next ready blocks, of `want` first (if any) and then of the oldest copies: as
- * many as fill the vector lanes when enough are waiting; if not, and only if eager, as many as
- * make a pass of 8 lanes, else one (hashed with SHA-NI while others hash the next ones). 1 if
- * j got work. Called with cp_pool.mu held. */
+ * many as fill the vector lanes when enough are waiting. With fewer, only if eager: all of them
+ * if they are worth a 16-lane pass, up to 8 if an 8-lane one, else one (hashed with SHA-NI
+ * while other threads take the next). 1 if j got work. Called with cp_pool.mu held. */
 static int cp_take(struct cp_pending *want, int eager, struct cp_job *j)
 {
 	uint64_t k = cp_pool.avail;
@@ -677,7 +677,7 @@ static int cp_own_fd(int dst, int *fd)
 		*fd = fcntl(dst, F_DUPFD_CLOEXEC, 0);
 		return *fd < 0 ? -errno : 0;
 	}
-	/* Open the same file again, the way the caller cannot have closed yet. */
+	/* The caller's is write-only: open the same file again. */
 	char path[64];
 	snprintf(path, sizeof path, "/proc/self/fd/%d", dst);
 	*fd = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC);
