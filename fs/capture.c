@@ -1917,6 +1917,8 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	rc = cap_settle(&c);
 	if (rc)
 		goto out;
+	/* The cut holds: no event matters from here on. */
+	wt_unwatch(c.w);
 	/* A removed store we still hold open lists as empty, and its removal reports no event
 	 * while we hold it: an empty snapshot would have an uploader's sync --delete wipe the
 	 * copies of the store. */
