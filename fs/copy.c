@@ -348,8 +348,8 @@ static int cp_kernel_copy(int src, int dst, uint64_t size, struct cp_result *r)
  * only whole 16-lane passes: fewer blocks wait for the next copy's (a pass of 8 lanes costs
  * 0.7 of one of 16, SHA-NI a ninth per block). The queue is bounded (CP_QUEUE_MAX copies,
  * CP_BACKLOG_MAX blocks): past that, the copying thread hashes too before it copies more.
- * Whichever thread hashes a copy's last block finishes it (the outer digest, unmap, close),
- * so a finished copy holds no descriptor while its owner has not yet asked for its digest. */
+ * A copy holds no descriptor, only its mapping (holes are punched through it), which
+ * whichever thread hashes its last block lets go of, with the outer digest computed. */
 #define CP_CHUNK ((uint64_t)8 << 20)    /* one copy_file_range request */
 #define CP_CFR_MIN ((uint64_t)64 << 10)  /* smaller files: the read/write copy is as cheap */
 #define CP_QUEUE_MAX 64
@@ -357,9 +357,8 @@ static int cp_kernel_copy(int src, int dst, uint64_t size, struct cp_result *r)
 
 struct cp_pending {
 	struct cp_pending *prev, *next;  /* in the queue while queued */
-	const uint8_t *map;      /* the copy, read-only */
+	const uint8_t *map;      /* the copy: mapped read-only, from a descriptor open for writing */
 	size_t maplen;
-	int fd;                  /* our own descriptor of the copy (read-write): mapped, punched */
 	int punch;               /* punching holes works here */
 	uint64_t nblk;           /* blocks */
 	size_t last_len;         /* bytes in the last block, once it is ready */
@@ -463,11 +462,9 @@ static void cp_finish(struct cp_pending *x)
 	else
 		sha256(x->dig, x->nblk * 32, x->digest);
 	munmap((void *)(uintptr_t)x->map, x->maplen);
-	close(x->fd);
 	free(x->dig);
 	free(x->got);
 	x->map = NULL;
-	x->fd = -1;
 	x->dig = NULL;
 	x->got = NULL;
 	pthread_mutex_lock(&cp_pool.mu);
@@ -476,15 +473,17 @@ static void cp_finish(struct cp_pending *x)
 }
 
 /* Punch a run of zero pages [off, off + len) that were copied; len may end in a partial page
- * at the end of the file, punched as far as its page end. Returns the bytes freed. */
+ * at the end of the file, punched as far as its page end. Returns the bytes freed. The punch
+ * goes through the mapping (MADV_REMOVE is fallocate's PUNCH_HOLE on the file mapped, which
+ * was opened for writing), so that a pending copy needs no descriptor. */
 static uint64_t cp_cfr_punch(struct cp_pending *x, uint64_t off, uint64_t len)
 {
 	uint64_t span = (len + CP_PAGE - 1) / CP_PAGE * CP_PAGE;
 	if (!__atomic_load_n(&x->punch, __ATOMIC_RELAXED) || len == 0)
 		return 0;
-	if (fallocate(x->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)span) == 0)
+	if (madvise((void *)(uintptr_t)(x->map + off), (size_t)span, MADV_REMOVE) == 0)
 		return len;
-	if (errno == EOPNOTSUPP || errno == ENOSYS)
+	if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL || errno == EACCES)
 		__atomic_store_n(&x->punch, 0, __ATOMIC_RELAXED);
 	return 0; /* the zeros stay stored, and counted */
 }
@@ -664,9 +663,9 @@ static void cp_cfr_wait(struct cp_pending *x)
 	cp_pool.waiters--;
 }
 
-/* Our own read-write descriptor of dst into *fd: the mapping needs one open for reading,
- * punching one open for writing, and a pending copy one that outlives the caller's. 0,
- * CP_FALLBACK if there is none to be had, or -errno. */
+/* Our own read-write descriptor of dst into *fd: the mapping needs one open for reading, and
+ * punching through it one open for writing. 0, CP_FALLBACK if there is none to be had, or
+ * -errno. */
 #define CP_FALLBACK 1 /* the copy should go the read/write way instead (nothing of it is in dst) */
 static int cp_own_fd(int dst, int *fd)
 {
@@ -759,6 +758,7 @@ static int cp_cfr_file(int src, int dst, uint64_t size, struct cp_result *r,
 		return rc;
 	}
 	void *map = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+	close(fd); /* the mapping keeps the file, and the right to punch holes in it */
 	struct cp_pending *x = calloc(1, sizeof *x);
 	uint64_t nblk = (size + CP_BLOCK - 1) / CP_BLOCK;
 	if (x) {
@@ -774,12 +774,10 @@ static int cp_cfr_file(int src, int dst, uint64_t size, struct cp_result *r,
 			free(x->got);
 		}
 		free(x);
-		close(fd);
 		goto out;
 	}
 	x->map = map;
 	x->maplen = size;
-	x->fd = fd;
 	x->punch = 1;
 	x->nblk = nblk;
 	x->last_len = (size_t)(size - (nblk - 1) * CP_BLOCK);

@@ -30,8 +30,8 @@ int cp_file(int src, int dst, int want_digest, struct cp_result *r);
  * pass to cp_pending_wait or cp_pending_discard, else it is NULL and r is complete. With a
  * handle, the copy is in place and r->size, r->head and r->cloned are final; r->digest and
  * r->written (which drops when copied zero pages become holes) are not, and the file may
- * still have holes punched into it, which changes its mtime. The handle keeps its own
- * descriptor of dst: the caller may close dst at once. Nobody else must write to dst until
+ * still have holes punched into it, which changes its mtime. The handle keeps dst mapped (no
+ * descriptor): the caller may close dst at once. Nobody else must write to dst until
  * the handle is waited for or discarded; the last blocks of the copies may be hashed only
  * then. Returns 0 or -errno (then *out is NULL). */
 struct cp_pending;
