@@ -81,6 +81,7 @@ struct ent {
 	uint64_t synced_pages;   /* pages that pass rewrote */
 	unsigned dirty_count;
 	uint64_t written;        /* bytes the last copy of it stored (holes are not) */
+	struct cp_pending *pend; /* plain files: the last copy, its digest still being computed */
 	double copied_at;        /* when the last copy of it began */
 	struct stat st;          /* source, as copied */
 	uint64_t size;
@@ -240,9 +241,54 @@ static int cap_companion_of(const struct cap *c, size_t dir, const char *name, s
 	return cap_lookup(c, dir, base, db) && c->e[*db].kind == K_DB;
 }
 
+static void cap_apply_owner(int fd, const struct stat *s);
+
+/* Record the digest of a copy of plain file e and what it stored. */
+static void cap_copied(struct cap *c, struct ent *e, const struct cp_result *r)
+{
+	e->has_digest = 1;
+	memcpy(e->digest, r->digest, 32);
+	e->written = r->written;
+	c->st->bytes_copied += r->written;
+}
+
+/* The copy of e whose digest was left pending: wait for the digest, record it (cap_copied).
+ * Its owner and mode are set only now, once no more holes are punched into it: a punch clears
+ * the set-user-ID bit of a file we do not own, and changes its mtime, so this must come
+ * before e is copied again, unstaged or forgotten, and for all of them before the times are
+ * set (cap_set_times) and the manifest written. 0 or -errno. */
+static int cap_collect(struct cap *c, struct ent *e)
+{
+	struct cp_result r;
+	if (!e->pend)
+		return 0;
+	int rc = cp_pending_wait(e->pend, &r);
+	e->pend = NULL;
+	if (rc)
+		return rc;
+	cap_copied(c, e, &r);
+	int fd = openat(c->stagefd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	cap_apply_owner(fd, &e->st);
+	close(fd);
+	return 0;
+}
+
+static int cap_collect_all(struct cap *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		int rc = cap_collect(c, &c->e[i]);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
 /* Remove what the staging tree holds for entry i (and below, for a directory). */
 static void cap_unstage(struct cap *c, size_t i)
 {
+	cap_collect(c, &c->e[i]); /* only to account for it: what it collects goes away */
 	if (c->e[i].path[0])
 		cp_rmtree(c->stagefd, c->e[i].path);
 	c->e[i].copied = 0;
@@ -261,6 +307,7 @@ static void cap_forget(struct cap *c, size_t i)
 		for (size_t j = i + 1; j < c->n; j++)
 			if (c->e[j].kind != K_NONE && !strncmp(c->e[j].path, e->path, len) &&
 			    c->e[j].path[len] == '/') {
+				cap_collect(c, &c->e[j]);
 				c->e[j].kind = K_NONE;
 				ut_map_del(&c->index, c->e[j].path);
 			}
@@ -573,6 +620,10 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	int rc, src, dst = -1;
 	struct cp_result r;
 
+	/* The previous copy's digest first: this copy (or what e turns out to be) replaces it. */
+	rc = cap_collect(c, e);
+	if (rc)
+		return rc;
 	src = cap_openat2(c->storefd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
 	if (src < 0) {
 		if (src == -ENOENT || src == -ELOOP || src == -ENXIO || src == -ENOTDIR) {
@@ -610,25 +661,28 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 		goto out;
 	}
 	unlinkat(c->stagefd, e->path, 0);
-	dst = openat(c->stagefd, e->path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	/* Read-write: the copy keeps a duplicate to hash and punch it after we close ours. */
+	dst = openat(c->stagefd, e->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (dst < 0) {
 		rc = -errno;
 		log_err("cannot create %s in the snapshot: %s", e->path, strerror(-rc));
 		goto out;
 	}
-	rc = cp_file(src, dst, 1, &r);
+	/* The digest is usually left to the hashing threads, so that the next files are copied
+	 * meanwhile; cap_collect picks it up. */
+	rc = cp_file_deferred(src, dst, &r, &e->pend);
 	if (rc) {
 		log_err("cannot copy %s: %s", cap_where(c, e), strerror(-rc));
 		goto out;
 	}
-	cap_apply_owner(dst, &e->st);
 	e->size = r.size;
-	e->has_digest = 1;
-	memcpy(e->digest, r.digest, 32);
+	e->has_digest = 0;
 	e->copied = 1;
 	e->reused = 0;
-	e->written = r.written;
-	c->st->bytes_copied += r.written;
+	if (!e->pend) {
+		cap_apply_owner(dst, &e->st);
+		cap_copied(c, e, &r);
+	}
 	c->done_bytes += r.size;
 out:
 	if (dst >= 0)
@@ -909,11 +963,15 @@ static int cap_classify_dbs(struct cap *c)
 		if (fd < 0)
 			continue; /* the copy reports it */
 		uint8_t head[16];
+		int rc = 0;
 		if (pread(fd, head, sizeof head, 0) == (ssize_t)sizeof head && sq_is_header(head)) {
+			rc = cap_collect(c, e); /* a copy of it as a plain file is being hashed */
 			e->kind = K_DB;
 			e->dirty = 0;
 		}
 		close(fd);
+		if (rc)
+			return rc;
 	}
 	return 0;
 }
@@ -1310,7 +1368,11 @@ static int cap_pin_and_check(struct cap *c, double quiet_since)
 /* One attempt at a cut. 0 when the snapshot's databases are staged, -EAGAIN to retry. */
 static int cap_attempt(struct cap *c, double deadline)
 {
-	int rc = cap_db_prepare(c);
+	/* The plain files copied so far are hashed before any writer is made to wait on us, not
+	 * while the databases are held. */
+	int rc = cap_collect_all(c);
+	if (!rc)
+		rc = cap_db_prepare(c);
 	if (rc)
 		goto out;
 	c->lock_t0 = 0;
@@ -1990,6 +2052,8 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	rc = cap_settle(&c);
 	if (rc)
 		goto out;
+	/* The cut holds: no event matters from here on. */
+	wt_unwatch(c.w);
 	/* A removed store we still hold open lists as empty, and its removal reports no event
 	 * while we hold it: an empty snapshot would have an uploader's sync --delete wipe the
 	 * copies of the store. */
@@ -2002,7 +2066,9 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	st->cut.tv_sec = c.cut_ns / 1000000000LL;
 	st->cut.tv_nsec = c.cut_ns % 1000000000LL;
 	cap_make_id(st);
-	rc = cap_db_finish(&c);
+	rc = cap_collect_all(&c); /* copies made during the last attempt */
+	if (!rc)
+		rc = cap_db_finish(&c);
 	if (!rc)
 		rc = cap_set_times(&c);
 	if (!rc)
@@ -2040,6 +2106,8 @@ out:
 	else if (rc && log_error_count() == errors_before)
 		log_err("snapshot of %s failed: %s", o->store, strerror(-rc));
 	cap_db_release(&c);
+	for (size_t i = 0; i < c.n; i++)
+		cp_pending_discard(c.e[i].pend); /* digests nobody will use now */
 	if (c.parentfd >= 0) {
 		if (c.stage_name[0])
 			cp_rmtree(c.parentfd, c.stage_name);

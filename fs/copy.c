@@ -43,20 +43,26 @@ static int cp_all_zero(const uint8_t *p, size_t n)
 /* On a copy from the page cache SHA-256 costs more than the copy itself, so blocks are hashed
  * by a small pool of threads while this thread reads and writes the next ones. Each block's
  * digest lands in its slot; slots are recycled in order, and the outer digest is fed in that
- * order, so the result does not depend on which thread hashed what. One copy at a time uses
- * the pool; a concurrent one hashes inline. */
+ * order, so the result does not depend on which thread hashed what. One read/write copy at a
+ * time uses the slots; a concurrent one hashes inline. In-kernel copies (below) queue their
+ * blocks for the same threads instead. */
 #define CP_SLOTS 8
 #define CP_HASHERS 2
 
 enum { SLOT_FREE, SLOT_READY, SLOT_BUSY, SLOT_DONE };
 
-/* A piece of work of the in-kernel copy: the digests of blocks [first, first + n). */
-struct cp_job {
-	uint64_t first, n;
-	size_t last_len;   /* bytes in block first + n - 1 */
-	uint64_t punched;  /* result: bytes of copied zero pages made holes */
+/* A piece of work for the hashers: blocks of in-kernel copies, from one copy or several. */
+#define CP_JOB_MAX 16 /* blocks per job: one 16-lane pass */
+struct cp_span {
+	struct cp_pending *x;
+	uint64_t first, n;  /* its blocks [first, first + n) */
+	size_t last_len;    /* bytes in block first + n - 1 */
+	uint64_t punched;   /* result: bytes of copied zero pages made holes */
 };
-struct cp_cfr;
+struct cp_job {
+	struct cp_span s[CP_JOB_MAX];
+	unsigned ns;
+};
 
 struct cp_slot {
 	uint8_t *buf;
@@ -79,13 +85,19 @@ static struct {
 	pthread_once_t once;
 	pthread_mutex_t mu;
 	pthread_cond_t work, done;
-	pthread_mutex_t user;   /* held by the one copy that uses the pool */
+	pthread_mutex_t user;   /* held by the one read/write copy that uses the slots */
 	struct cp_pipe *pipe;
-	struct cp_cfr *cfr;       /* the in-kernel copy whose blocks are being hashed, if any */
+	/* In-kernel copies with blocks left to hash, oldest first (see cp_pending). */
+	struct cp_pending *head, *tail;
+	unsigned queued;        /* copies in the queue */
+	unsigned waiters;       /* threads waiting for a digest */
+	uint64_t avail;         /* blocks ready to hash and not handed out yet, over the queue */
+	uint64_t backlog;       /* blocks ready to hash and not hashed yet */
 	int started;
 	uint8_t *bufs[CP_SLOTS];  /* kept for the process: fresh 1 MiB buffers per file fault */
-} cp_pool = { PTHREAD_ONCE_INIT, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-	      PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, NULL, NULL, 0, { NULL } };
+} cp_pool = { .once = PTHREAD_ONCE_INIT, .mu = PTHREAD_MUTEX_INITIALIZER,
+	      .work = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER,
+	      .user = PTHREAD_MUTEX_INITIALIZER };
 
 /* The buffer of copies that hash inline, one per thread, kept for the same reason. */
 static __thread uint8_t *cp_inline_buf;
@@ -98,22 +110,19 @@ static void cp_slot_digest(struct cp_slot *sl)
 		sha256(sl->zero ? cp_zeros : sl->buf, sl->len, sl->digest);
 }
 
-static int cp_cfr_take(struct cp_cfr *x, struct cp_job *j);
-static void cp_cfr_run(struct cp_cfr *x, struct cp_job *j);
-static void cp_cfr_ran(struct cp_cfr *x, const struct cp_job *j);
+static int cp_take(struct cp_pending *want, int eager, struct cp_job *j);
+static void cp_work(struct cp_job *j);
 
 static void *cp_hasher(void *arg)
 {
 	(void)arg;
 	pthread_mutex_lock(&cp_pool.mu);
 	for (;;) {
-		struct cp_cfr *x = cp_pool.cfr;
 		struct cp_job j;
-		if (x && cp_cfr_take(x, &j)) {
-			pthread_mutex_unlock(&cp_pool.mu);
-			cp_cfr_run(x, &j);
-			pthread_mutex_lock(&cp_pool.mu);
-			cp_cfr_ran(x, &j);
+		/* More blocks are coming, of this copy or of the next: wait for enough to fill
+		 * the lanes, unless someone is waiting for a digest. */
+		if (cp_take(NULL, cp_pool.waiters > 0, &j)) {
+			cp_work(&j);
 			continue;
 		}
 		struct cp_pipe *p = cp_pool.pipe;
@@ -328,70 +337,159 @@ static int cp_kernel_copy(int src, int dst, uint64_t size, struct cp_result *r)
  * the next chunk is copied, the pool hashes the blocks already copied, up to 16 at a time in
  * vector lanes (sha256_many). Data is copied only where the source has data (SEEK_DATA), and
  * 4 KiB pages of copied zeros are punched out again as they are hashed, so holes and zero
- * pages stay holes as with the read/write copy, and `written` counts what is stored. */
+ * pages stay holes as with the read/write copy, and `written` counts what is stored.
+ *
+ * Copies with blocks left to hash wait in a queue, oldest first, and a job takes blocks from
+ * the oldest copies that have some ready, several copies' blocks side by side in the lanes.
+ * cp_file waits for its copy's digest at once; cp_file_deferred does not, so that the next
+ * files are copied while this one is hashed, and a file of a few blocks no longer leaves the
+ * lanes and the second core idle. Hashing later is sound because the copy is ours alone: the
+ * digest is of the bytes that were copied. Until someone waits for a digest, the hashers take
+ * only whole 16-lane passes: fewer blocks wait for the next copy's (a pass of 8 lanes costs
+ * 0.7 of one of 16, SHA-NI a ninth per block). The queue is bounded (CP_QUEUE_MAX copies,
+ * CP_BACKLOG_MAX blocks): past that, the copying thread hashes too before it copies more.
+ * A copy holds no descriptor, only its mapping (holes are punched through it), which
+ * whichever thread hashes its last block lets go of, with the outer digest computed. */
 #define CP_CHUNK ((uint64_t)8 << 20)    /* one copy_file_range request */
-#define CP_JOB_MAX 16                    /* blocks per job: one 16-lane pass */
 #define CP_CFR_MIN ((uint64_t)64 << 10)  /* smaller files: the read/write copy is as cheap */
+#define CP_QUEUE_MAX 64
+#define CP_BACKLOG_MAX 256               /* blocks: 256 MiB copied and not hashed yet */
 
-struct cp_cfr {
-	const uint8_t *map;      /* the destination, read-only */
-	int fd;                  /* the destination, for punching holes */
+struct cp_pending {
+	struct cp_pending *prev, *next;  /* in the queue while queued */
+	const uint8_t *map;      /* the copy: mapped read-only, from a descriptor open for writing */
+	size_t maplen;
 	int punch;               /* punching holes works here */
-	int threaded;
 	uint64_t nblk;           /* blocks */
 	size_t last_len;         /* bytes in the last block, once it is ready */
 	uint8_t (*dig)[32];      /* each block's digest */
 	uint32_t *got;           /* bytes copied into each block (the rest is a hole) */
-	/* Under cp_pool.mu when threaded: blocks [0, ready) are copied, [0, sub) handed out,
-	 * and `done` of them hashed. */
+	uint64_t written;        /* bytes copied */
+	uint8_t digest[32];      /* once finished, unless stopped */
+	/* Under cp_pool.mu: blocks [0, ready) are copied, [0, sub) handed out, and `done` of them
+	 * hashed. */
 	uint64_t ready, sub, done;
 	uint64_t punched;
+	unsigned queued : 1, copying : 1;
+	unsigned stopped : 1;    /* given up: no more blocks are handed out, no digest */
+	unsigned finishing : 1;  /* a thread is finishing it; it holds no blocks to hash */
+	unsigned finished : 1;   /* its digest is there and its resources are gone */
 };
 
-/* Hand out the next ready blocks: as many as fill the vector lanes when enough are waiting,
- * else one (hashed with SHA-NI while the copy goes on). Called with cp_pool.mu held. */
-static int cp_cfr_take(struct cp_cfr *x, struct cp_job *j)
+/* Take up to *k ready blocks of x into j. Called with cp_pool.mu held. */
+static void cp_take_from(struct cp_pending *x, uint64_t *k, struct cp_job *j)
 {
-	uint64_t avail = x->ready - x->sub, k = 1;
-	if (avail == 0)
+	uint64_t n = x->ready - x->sub;
+	if (n > *k)
+		n = *k;
+	if (n == 0)
+		return;
+	struct cp_span *s = &j->s[j->ns++];
+	s->x = x;
+	s->first = x->sub;
+	s->n = n;
+	s->last_len = x->sub + n == x->nblk ? x->last_len : CP_BLOCK;
+	s->punched = 0;
+	x->sub += n;
+	cp_pool.avail -= n;
+	*k -= n;
+}
+
+/* Hand out the next ready blocks, of `want` first (if any) and then of the oldest copies: as
+ * many as fill the vector lanes when enough are waiting. With fewer, only if eager: all of them
+ * if they are worth a 16-lane pass, up to 8 if an 8-lane one, else one (hashed with SHA-NI
+ * while other threads take the next). 1 if j got work. Called with cp_pool.mu held. */
+static int cp_take(struct cp_pending *want, int eager, struct cp_job *j)
+{
+	uint64_t k = cp_pool.avail;
+	if (k >= CP_JOB_MAX)
+		k = CP_JOB_MAX;
+	else if (!eager || k == 0)
 		return 0;
-	if (avail >= SHA256_MANY_LANES16)
-		k = avail < CP_JOB_MAX ? avail : CP_JOB_MAX;
-	else if (avail >= SHA256_MANY_LANES8)
-		k = avail < 8 ? avail : 8;
-	j->first = x->sub;
-	j->n = k;
-	j->last_len = x->sub + k == x->nblk ? x->last_len : CP_BLOCK;
-	j->punched = 0;
-	x->sub += k;
+	else if (k < SHA256_MANY_LANES8)
+		k = 1;
+	else if (k < SHA256_MANY_LANES16)
+		k = k < 8 ? k : 8;
+	j->ns = 0;
+	if (want)
+		cp_take_from(want, &k, j);
+	for (struct cp_pending *x = cp_pool.head; x && k; x = x->next)
+		if (x != want)
+			cp_take_from(x, &k, j);
+	return j->ns > 0;
+}
+
+static void cp_dequeue(struct cp_pending *x)
+{
+	if (!x->queued)
+		return;
+	if (x->prev)
+		x->prev->next = x->next;
+	else
+		cp_pool.head = x->next;
+	if (x->next)
+		x->next->prev = x->prev;
+	else
+		cp_pool.tail = x->prev;
+	x->prev = x->next = NULL;
+	x->queued = 0;
+	cp_pool.queued--;
+}
+
+/* 1 if nothing more will be hashed of x and nobody finishes it yet: the caller then must
+ * (cp_finish). Called with cp_pool.mu held. */
+static int cp_claim(struct cp_pending *x)
+{
+	if (x->copying || x->finishing || x->done != x->sub || (!x->stopped && x->sub != x->nblk))
+		return 0;
+	x->finishing = 1;
+	cp_dequeue(x);
 	return 1;
 }
 
-/* Called with cp_pool.mu held. */
-static void cp_cfr_ran(struct cp_cfr *x, const struct cp_job *j)
+/* Finish a claimed copy: its digest (unless stopped) from the block digests, then let go of
+ * the mapping and the descriptor. Called with cp_pool.mu held; drops it meanwhile. */
+static void cp_finish(struct cp_pending *x)
 {
-	x->punched += j->punched;
-	x->done += j->n;
-	if (x->done == x->sub) /* what cp_cfr_finish waits for */
-		pthread_cond_broadcast(&cp_pool.done);
+	int stopped = x->stopped;
+	pthread_mutex_unlock(&cp_pool.mu);
+	if (stopped) /* nobody wants the digest */
+		memset(x->digest, 0, 32);
+	else if (x->nblk == 0)
+		sha256("", 0, x->digest);
+	else if (x->nblk == 1)
+		memcpy(x->digest, x->dig[0], 32);
+	else
+		sha256(x->dig, x->nblk * 32, x->digest);
+	munmap((void *)(uintptr_t)x->map, x->maplen);
+	free(x->dig);
+	free(x->got);
+	x->map = NULL;
+	x->dig = NULL;
+	x->got = NULL;
+	pthread_mutex_lock(&cp_pool.mu);
+	x->finished = 1;
+	pthread_cond_broadcast(&cp_pool.done);
 }
 
 /* Punch a run of zero pages [off, off + len) that were copied; len may end in a partial page
- * at the end of the file, punched as far as its page end. Returns the bytes freed. */
-static uint64_t cp_cfr_punch(struct cp_cfr *x, uint64_t off, uint64_t len)
+ * at the end of the file, punched as far as its page end. Returns the bytes freed. The punch
+ * goes through the mapping (MADV_REMOVE is fallocate's PUNCH_HOLE on the file mapped, which
+ * was opened for writing), so that a pending copy needs no descriptor. */
+static uint64_t cp_cfr_punch(struct cp_pending *x, uint64_t off, uint64_t len)
 {
 	uint64_t span = (len + CP_PAGE - 1) / CP_PAGE * CP_PAGE;
 	if (!__atomic_load_n(&x->punch, __ATOMIC_RELAXED) || len == 0)
 		return 0;
-	if (fallocate(x->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)span) == 0)
+	if (madvise((void *)(uintptr_t)(x->map + off), (size_t)span, MADV_REMOVE) == 0)
 		return len;
-	if (errno == EOPNOTSUPP || errno == ENOSYS)
+	if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL || errno == EACCES)
 		__atomic_store_n(&x->punch, 0, __ATOMIC_RELAXED);
 	return 0; /* the zeros stay stored, and counted */
 }
 
 /* Block b, wholly copied: punch its zero pages. 1 if the whole block is zeros. */
-static int cp_cfr_zeros(struct cp_cfr *x, uint64_t b, size_t len, uint64_t *punched)
+static int cp_cfr_zeros(struct cp_pending *x, uint64_t b, size_t len, uint64_t *punched)
 {
 	const uint8_t *p = x->map + b * CP_BLOCK;
 	uint64_t base = b * CP_BLOCK;
@@ -411,93 +509,189 @@ static int cp_cfr_zeros(struct cp_cfr *x, uint64_t b, size_t len, uint64_t *punc
 	return zeros == len;
 }
 
-static void cp_cfr_run(struct cp_cfr *x, struct cp_job *j)
+/* Hash the blocks of a job, without cp_pool.mu: whole blocks side by side, whichever copies
+ * they come from. */
+static void cp_run(struct cp_job *j)
 {
 	const void *m[CP_JOB_MAX] = { NULL };
-	uint64_t idx[CP_JOB_MAX];
+	uint8_t *to[CP_JOB_MAX];
 	uint8_t out[CP_JOB_MAX][32];
 	size_t k = 0;
-	uint64_t punched = 0;
 
-	for (uint64_t b = j->first; b < j->first + j->n; b++) {
-		size_t len = b + 1 == j->first + j->n ? j->last_len : CP_BLOCK;
-		if (x->got[b] == 0) { /* a hole in the source: never copied, never read */
-			if (len == CP_BLOCK)
-				memcpy(x->dig[b], cp_zero_block_digest, 32);
-			else
-				sha256(cp_zeros, len, x->dig[b]);
-			continue;
-		}
-		/* Map the block's pages in one call rather than by a fault every 16 pages. */
-		madvise((void *)(uintptr_t)(x->map + b * CP_BLOCK), len, MADV_POPULATE_READ);
-		if (x->got[b] == len && cp_cfr_zeros(x, b, len, &punched)) {
-			if (len == CP_BLOCK)
-				memcpy(x->dig[b], cp_zero_block_digest, 32);
-			else
-				sha256(cp_zeros, len, x->dig[b]);
-			continue;
-		}
-		if (len == CP_BLOCK) {
-			m[k] = x->map + b * CP_BLOCK;
-			idx[k++] = b;
-		} else {
-			sha256(x->map + b * CP_BLOCK, len, x->dig[b]);
+	for (unsigned s = 0; s < j->ns; s++) {
+		struct cp_span *sp = &j->s[s];
+		struct cp_pending *x = sp->x;
+		for (uint64_t b = sp->first; b < sp->first + sp->n; b++) {
+			size_t len = b + 1 == sp->first + sp->n ? sp->last_len : CP_BLOCK;
+			if (x->got[b] == 0) { /* a hole in the source: never copied, never read */
+				if (len == CP_BLOCK)
+					memcpy(x->dig[b], cp_zero_block_digest, 32);
+				else
+					sha256(cp_zeros, len, x->dig[b]);
+				continue;
+			}
+			/* Map the block's pages in one call rather than by a fault every 16 pages. */
+			madvise((void *)(uintptr_t)(x->map + b * CP_BLOCK), len, MADV_POPULATE_READ);
+			if (x->got[b] == len && cp_cfr_zeros(x, b, len, &sp->punched)) {
+				if (len == CP_BLOCK)
+					memcpy(x->dig[b], cp_zero_block_digest, 32);
+				else
+					sha256(cp_zeros, len, x->dig[b]);
+				continue;
+			}
+			if (len == CP_BLOCK) {
+				m[k] = x->map + b * CP_BLOCK;
+				to[k++] = x->dig[b];
+			} else {
+				sha256(x->map + b * CP_BLOCK, len, x->dig[b]);
+			}
 		}
 	}
 	if (k)
 		sha256_many(m, k, CP_BLOCK, out);
 	for (size_t i = 0; i < k; i++)
-		memcpy(x->dig[idx[i]], out[i], 32);
-	j->punched = punched;
+		memcpy(to[i], out[i], 32);
 	/* Unmap the hashed pages (they stay in the page cache): otherwise a large file counts in
 	 * full in our resident set while it is mapped. */
-	madvise((void *)(uintptr_t)(x->map + j->first * CP_BLOCK),
-		(size_t)((j->n - 1) * CP_BLOCK + j->last_len), MADV_DONTNEED);
+	for (unsigned s = 0; s < j->ns; s++) {
+		struct cp_span *sp = &j->s[s];
+		madvise((void *)(uintptr_t)(sp->x->map + sp->first * CP_BLOCK),
+			(size_t)((sp->n - 1) * CP_BLOCK + sp->last_len), MADV_DONTNEED);
+	}
 }
 
-/* Hash what is left, on this thread too, and wait for the pool's last blocks. */
-static void cp_cfr_finish(struct cp_cfr *x)
+/* Run a job taken under cp_pool.mu, which is dropped meanwhile and held again on return; the
+ * copies it completes are finished by this thread. */
+static void cp_work(struct cp_job *j)
 {
-	struct cp_job j;
-	if (!x->threaded) {
-		while (cp_cfr_take(x, &j)) {
-			cp_cfr_run(x, &j);
-			cp_cfr_ran(x, &j);
-		}
-		return;
-	}
-	pthread_mutex_lock(&cp_pool.mu);
-	while (x->done < x->sub || x->sub < x->ready) {
-		if (cp_cfr_take(x, &j)) {
-			pthread_mutex_unlock(&cp_pool.mu);
-			cp_cfr_run(x, &j);
-			pthread_mutex_lock(&cp_pool.mu);
-			cp_cfr_ran(x, &j);
-		} else {
-			pthread_cond_wait(&cp_pool.done, &cp_pool.mu);
-		}
-	}
+	struct cp_pending *fin[CP_JOB_MAX];
+	unsigned nfin = 0;
 	pthread_mutex_unlock(&cp_pool.mu);
+	cp_run(j);
+	pthread_mutex_lock(&cp_pool.mu);
+	for (unsigned s = 0; s < j->ns; s++) {
+		struct cp_pending *x = j->s[s].x;
+		x->punched += j->s[s].punched;
+		x->done += j->s[s].n;
+		cp_pool.backlog -= j->s[s].n;
+		if (cp_claim(x))
+			fin[nfin++] = x;
+	}
+	pthread_cond_broadcast(&cp_pool.done); /* for waiters and for cp_throttle */
+	for (unsigned i = 0; i < nfin; i++)
+		cp_finish(fin[i]);
+}
+
+/* Hash on this thread too while there is more copied and not hashed than the bounds allow.
+ * Called with cp_pool.mu held. */
+static void cp_throttle(unsigned max_queued)
+{
+	while (cp_pool.queued >= max_queued || cp_pool.backlog > CP_BACKLOG_MAX) {
+		struct cp_job j;
+		if (cp_take(NULL, 1, &j))
+			cp_work(&j);
+		else
+			pthread_cond_wait(&cp_pool.done, &cp_pool.mu);
+	}
+}
+
+/* Blocks [0, ready) of x are copied: the hashers may have them. Called with cp_pool.mu held. */
+static void cp_cfr_ready(struct cp_pending *x, uint64_t ready)
+{
+	if (ready <= x->ready)
+		return;
+	cp_pool.avail += ready - x->ready;
+	cp_pool.backlog += ready - x->ready;
+	x->ready = ready;
+	pthread_cond_broadcast(&cp_pool.work);
 }
 
 /* Blocks wholly below `done` are ready to hash; all of them once done reaches size. */
-static void cp_cfr_submit(struct cp_cfr *x, uint64_t done, uint64_t size)
+static void cp_cfr_submit(struct cp_pending *x, uint64_t done, uint64_t size)
 {
 	uint64_t ready = done >= size ? x->nblk : done / CP_BLOCK;
 	if (ready == x->ready)
 		return;
-	if (!x->threaded) {
-		x->ready = ready; /* hashed by cp_cfr_finish */
-		return;
-	}
 	pthread_mutex_lock(&cp_pool.mu);
-	x->ready = ready;
-	pthread_cond_broadcast(&cp_pool.work);
+	cp_cfr_ready(x, ready);
+	cp_throttle(~0u);
 	pthread_mutex_unlock(&cp_pool.mu);
 }
 
+/* No more blocks of x will be handed out; they are forgotten. Called with cp_pool.mu held. */
+static void cp_cfr_stop(struct cp_pending *x)
+{
+	cp_pool.avail -= x->ready - x->sub;
+	cp_pool.backlog -= x->ready - x->sub;
+	x->ready = x->sub;
+	x->stopped = 1;
+}
+
+/* The copy of x is over: with rc == 0 it is size bytes long, and the rest of its blocks are
+ * ready; else it is given up. */
+static void cp_cfr_copied(struct cp_pending *x, uint64_t size, int rc)
+{
+	pthread_mutex_lock(&cp_pool.mu);
+	x->copying = 0;
+	if (rc) {
+		cp_cfr_stop(x);
+	} else {
+		/* What is left is a hole, or nothing if the source shrank (blocks handed out all
+		 * lie below what was copied, so none is past the new end). */
+		x->nblk = (size + CP_BLOCK - 1) / CP_BLOCK;
+		x->last_len = (size_t)(size - (x->nblk ? x->nblk - 1 : 0) * CP_BLOCK);
+		cp_cfr_ready(x, x->nblk);
+	}
+	if (cp_claim(x))
+		cp_finish(x);
+	pthread_mutex_unlock(&cp_pool.mu);
+}
+
+/* Wait until x is finished, hashing (its blocks first) on this thread too. Called with
+ * cp_pool.mu held. */
+static void cp_cfr_wait(struct cp_pending *x)
+{
+	cp_pool.waiters++;
+	pthread_cond_broadcast(&cp_pool.work); /* the hashers take what there is, no more waiting */
+	while (!x->finished) {
+		struct cp_job j;
+		if (!x->finishing && cp_take(x, 1, &j))
+			cp_work(&j);
+		else
+			pthread_cond_wait(&cp_pool.done, &cp_pool.mu);
+	}
+	cp_pool.waiters--;
+}
+
+/* Our own read-write descriptor of dst into *fd: the mapping needs one open for reading, and
+ * punching through it one open for writing. 0, CP_FALLBACK if there is none to be had, or
+ * -errno. */
+#define CP_FALLBACK 1 /* the copy should go the read/write way instead (nothing of it is in dst) */
+static int cp_own_fd(int dst, int *fd)
+{
+	int fl = fcntl(dst, F_GETFL);
+	if (fl < 0)
+		return -errno;
+	if ((fl & O_ACCMODE) == O_RDWR) {
+		*fd = fcntl(dst, F_DUPFD_CLOEXEC, 0);
+		return *fd < 0 ? -errno : 0;
+	}
+	/* The caller's is write-only: open the same file again. */
+	char path[64];
+	snprintf(path, sizeof path, "/proc/self/fd/%d", dst);
+	*fd = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (*fd < 0)
+		return CP_FALLBACK;
+	struct stat a, b;
+	if (fstat(*fd, &a) < 0 || fstat(dst, &b) < 0 || a.st_ino != b.st_ino || a.st_dev != b.st_dev) {
+		close(*fd);
+		return CP_FALLBACK;
+	}
+	return 0;
+}
+
 /* Count bytes copied into [off, off + n) against their blocks. */
-static void cp_cfr_got(struct cp_cfr *x, uint64_t off, uint64_t n)
+static void cp_cfr_got(struct cp_pending *x, uint64_t off, uint64_t n)
 {
 	while (n > 0) {
 		uint64_t b = off / CP_BLOCK, room = (b + 1) * CP_BLOCK - off;
@@ -508,76 +702,21 @@ static void cp_cfr_got(struct cp_cfr *x, uint64_t off, uint64_t n)
 	}
 }
 
-/* 1 if the copy should go the read/write way instead (nothing of it is left in dst). */
-#define CP_FALLBACK 1
-
-/* Copy src (size bytes at the start) into the empty dst and digest it. 0, CP_FALLBACK, or
- * -errno. */
-static int cp_cfr_file(int src, int dst, uint64_t size, struct cp_result *r)
+/* Copy the data of src into dst in the kernel, handing each chunk to the hashers as it lands.
+ * *size drops if the source shrank. 0, CP_FALLBACK, or -errno. */
+static int cp_cfr_copy(int src, int dst, struct cp_pending *x, uint64_t *size)
 {
-	struct cp_cfr x;
-	int rc = 0, rfd = dst;
-
-	memset(&x, 0, sizeof x);
-	int fl = fcntl(dst, F_GETFL);
-	if (fl < 0)
-		return -errno;
-	if ((fl & O_ACCMODE) != O_RDWR) {
-		/* A shared mapping needs a descriptor open for reading: open the same file again. */
-		char path[64];
-		snprintf(path, sizeof path, "/proc/self/fd/%d", dst);
-		rfd = open(path, O_RDONLY | O_NOCTTY | O_CLOEXEC);
-		if (rfd < 0)
-			return CP_FALLBACK;
-		struct stat a, b;
-		if (fstat(rfd, &a) < 0 || fstat(dst, &b) < 0 || a.st_ino != b.st_ino ||
-		    a.st_dev != b.st_dev) {
-			close(rfd);
-			return CP_FALLBACK;
-		}
-	}
-	/* The whole size up front, so every page of the mapping is inside the file. */
-	if (ftruncate(dst, (off_t)size) < 0) {
-		rc = -errno;
-		goto out_fd;
-	}
-	void *map = mmap(NULL, size, PROT_READ, MAP_SHARED, rfd, 0);
-	if (map == MAP_FAILED) {
-		rc = CP_FALLBACK;
-		goto out_fd;
-	}
-	x.map = map;
-	x.fd = dst;
-	x.punch = 1;
-	x.nblk = (size + CP_BLOCK - 1) / CP_BLOCK;
-	x.last_len = (size_t)(size - (x.nblk - 1) * CP_BLOCK);
-	x.dig = malloc(x.nblk * sizeof *x.dig);
-	x.got = calloc(x.nblk, sizeof *x.got);
-	if (!x.dig || !x.got) {
-		rc = -ENOMEM;
-		goto out_map;
-	}
-	if (x.nblk > 1) {
-		pthread_once(&cp_pool.once, cp_pool_init);
-		x.threaded = cp_pool.started > 0 && pthread_mutex_trylock(&cp_pool.user) == 0;
-	}
-	if (x.threaded) {
-		pthread_mutex_lock(&cp_pool.mu);
-		cp_pool.cfr = &x;
-		pthread_mutex_unlock(&cp_pool.mu);
-	}
-
 	uint64_t off = 0; /* everything below off is copied or known to be a hole */
-	while (off < size && rc == 0) {
-		uint64_t data = cp_next_data(src, off, size);
-		if (data >= size)
+	while (off < *size) {
+		uint64_t data = cp_next_data(src, off, *size);
+		if (data >= *size)
 			break;
 		off_t hole = lseek(src, (off_t)data, SEEK_HOLE);
 		uint64_t end = (uint64_t)hole;
-		if (hole < 0 || end > size || end <= data)
-			end = size;
+		if (hole < 0 || end > *size || end <= data)
+			end = *size;
 		off = data;
-		cp_cfr_submit(&x, off, size);
+		cp_cfr_submit(x, off, *size);
 		while (off < end) {
 			uint64_t want = end - off < CP_CHUNK ? end - off : CP_CHUNK;
 			loff_t in = (loff_t)off, o = (loff_t)off;
@@ -585,74 +724,134 @@ static int cp_cfr_file(int src, int dst, uint64_t size, struct cp_result *r)
 			if (n < 0) {
 				if (errno == EINTR)
 					continue;
-				rc = -errno;
-				if (r->written == 0 && (rc == -EXDEV || rc == -EINVAL || rc == -ENOSYS ||
+				int rc = -errno;
+				if (x->written == 0 && (rc == -EXDEV || rc == -EINVAL || rc == -ENOSYS ||
 							rc == -EOPNOTSUPP))
 					rc = CP_FALLBACK;
-				break;
+				return rc;
 			}
 			if (n == 0) { /* the source shrank under us: it ends here */
-				size = off;
-				break;
+				*size = off;
+				return 0;
 			}
-			cp_cfr_got(&x, off, (uint64_t)n);
-			r->written += (uint64_t)n;
+			cp_cfr_got(x, off, (uint64_t)n);
+			x->written += (uint64_t)n;
 			off += (uint64_t)n;
-			cp_cfr_submit(&x, off, size);
+			cp_cfr_submit(x, off, *size);
 		}
 	}
-	if (rc == 0) {
-		/* What is left is a hole, or nothing if the source shrank (blocks handed out all
-		 * lie below what was copied, so none is past the new end). */
-		if (x.threaded)
-			pthread_mutex_lock(&cp_pool.mu);
-		x.nblk = (size + CP_BLOCK - 1) / CP_BLOCK;
-		x.last_len = (size_t)(size - (x.nblk ? x.nblk - 1 : 0) * CP_BLOCK);
-		if (x.threaded)
-			pthread_mutex_unlock(&cp_pool.mu);
-		cp_cfr_submit(&x, size, size);
+	return 0;
+}
+
+/* Copy src (size bytes at the start) into the empty dst, and digest the copy: at once, or
+ * (with pend) leaving the digest pending in *pend. 0, CP_FALLBACK, or -errno. */
+static int cp_cfr_file(int src, int dst, uint64_t size, struct cp_result *r,
+		       struct cp_pending **pend)
+{
+	int fd = -1, rc = cp_own_fd(dst, &fd);
+	if (rc)
+		return rc;
+	/* The whole size up front, so every page of the mapping is inside the file. */
+	if (ftruncate(dst, (off_t)size) < 0) {
+		rc = -errno;
+		close(fd);
+		return rc;
 	}
-	if (rc) { /* stop handing out; wait for what was */
-		if (x.threaded)
-			pthread_mutex_lock(&cp_pool.mu);
-		x.ready = x.sub;
-		if (x.threaded)
-			pthread_mutex_unlock(&cp_pool.mu);
+	void *map = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+	close(fd); /* the mapping keeps the file, and the right to punch holes in it */
+	struct cp_pending *x = calloc(1, sizeof *x);
+	uint64_t nblk = (size + CP_BLOCK - 1) / CP_BLOCK;
+	if (x) {
+		x->dig = malloc(nblk * sizeof *x->dig);
+		x->got = calloc(nblk, sizeof *x->got);
 	}
-	cp_cfr_finish(&x);
-	if (x.threaded) {
-		pthread_mutex_lock(&cp_pool.mu);
-		cp_pool.cfr = NULL;
-		pthread_mutex_unlock(&cp_pool.mu);
-		pthread_mutex_unlock(&cp_pool.user);
+	if (map == MAP_FAILED || !x || !x->dig || !x->got) {
+		rc = map == MAP_FAILED ? CP_FALLBACK : -ENOMEM;
+		if (map != MAP_FAILED)
+			munmap(map, size);
+		if (x) {
+			free(x->dig);
+			free(x->got);
+		}
+		free(x);
+		goto out;
 	}
-	if (rc == 0) {
-		r->size = size;
-		r->written -= x.punched;
-		if (x.nblk == 0)
-			sha256("", 0, r->digest);
-		else if (x.nblk == 1)
-			memcpy(r->digest, x.dig[0], 32);
-		else
-			sha256(x.dig, x.nblk * 32, r->digest);
+	x->map = map;
+	x->maplen = size;
+	x->punch = 1;
+	x->nblk = nblk;
+	x->last_len = (size_t)(size - (nblk - 1) * CP_BLOCK);
+	x->copying = 1;
+
+	pthread_once(&cp_pool.once, cp_pool_init);
+	pthread_mutex_lock(&cp_pool.mu);
+	cp_throttle(CP_QUEUE_MAX);
+	x->queued = 1;
+	x->prev = cp_pool.tail;
+	if (cp_pool.tail)
+		cp_pool.tail->next = x;
+	else
+		cp_pool.head = x;
+	cp_pool.tail = x;
+	cp_pool.queued++;
+	pthread_mutex_unlock(&cp_pool.mu);
+
+	rc = cp_cfr_copy(src, dst, x, &size);
+	r->written = x->written;
+	cp_cfr_copied(x, size, rc);
+	if (rc) {
+		cp_pending_discard(x);
+		goto out;
 	}
-out_map:
-	munmap(map, size);
-	free(x.dig);
-	free(x.got);
-out_fd:
-	if (rfd != dst)
-		close(rfd);
+	r->size = size;
+	if (pend)
+		*pend = x;
+	else
+		rc = cp_pending_wait(x, r);
+out:
 	if (rc == CP_FALLBACK && ftruncate(dst, 0) < 0)
 		rc = -errno;
 	return rc;
 }
 
-int cp_file(int src, int dst, int want_digest, struct cp_result *r)
+int cp_pending_wait(struct cp_pending *p, struct cp_result *r)
+{
+	pthread_mutex_lock(&cp_pool.mu);
+	cp_cfr_wait(p);
+	pthread_mutex_unlock(&cp_pool.mu);
+	memcpy(r->digest, p->digest, 32);
+	r->written = p->written - p->punched;
+	free(p);
+	return 0;
+}
+
+void cp_pending_discard(struct cp_pending *p)
+{
+	if (!p)
+		return;
+	pthread_mutex_lock(&cp_pool.mu);
+	if (!p->finishing)
+		cp_cfr_stop(p);
+	/* Blocks already handed out are being hashed: wait for them (cp_work claims it then). */
+	while (!p->finished) {
+		if (cp_claim(p))
+			cp_finish(p);
+		else
+			pthread_cond_wait(&cp_pool.done, &cp_pool.mu);
+	}
+	pthread_mutex_unlock(&cp_pool.mu);
+	free(p);
+}
+
+/* cp_file, with the digest of an in-kernel copy left pending when pend is not NULL. */
+static int cp_copy(int src, int dst, int want_digest, struct cp_result *r,
+		   struct cp_pending **pend)
 {
 	struct stat st;
 	int rc = 0;
 
+	if (pend)
+		*pend = NULL;
 	pthread_once(&cp_once, cp_init_once);
 	if (!cp_zeros)
 		return -ENOMEM;
@@ -672,7 +871,7 @@ int cp_file(int src, int dst, int want_digest, struct cp_result *r)
 		dst = -1; /* content is shared; only the digest is left to do */
 	}
 	if (dst >= 0 && want_digest && size >= CP_CFR_MIN) {
-		rc = cp_cfr_file(src, dst, size, r);
+		rc = cp_cfr_file(src, dst, size, r, pend);
 		if (rc != CP_FALLBACK)
 			goto out_truncate;
 		memset(r->digest, 0, sizeof r->digest);
@@ -730,7 +929,21 @@ int cp_file(int src, int dst, int want_digest, struct cp_result *r)
 out_truncate:
 	if (rc == 0 && dst >= 0 && ftruncate(dst, (off_t)r->size) < 0)
 		rc = -errno;
+	if (rc && pend && *pend) {
+		cp_pending_discard(*pend);
+		*pend = NULL;
+	}
 	return rc;
+}
+
+int cp_file(int src, int dst, int want_digest, struct cp_result *r)
+{
+	return cp_copy(src, dst, want_digest, r, NULL);
+}
+
+int cp_file_deferred(int src, int dst, struct cp_result *r, struct cp_pending **out)
+{
+	return cp_copy(src, dst, 1, r, out);
 }
 
 int cp_patch(int src, int dst, uint64_t *written)

@@ -67,6 +67,17 @@ void wt_close(struct wt *w)
 	free(w);
 }
 
+void wt_unwatch(struct wt *w)
+{
+	if (!w)
+		return;
+	for (size_t wd = 0; wd < w->nwd; wd++)
+		if (w->wd_ids[wd] != WT_OVERFLOW && inotify_rm_watch(w->fd, (int)wd) == 0)
+			w->wd_ids[wd] = WT_OVERFLOW;
+	if (w->marker_wd >= 0 && inotify_rm_watch(w->fd, w->marker_wd) == 0)
+		w->marker_wd = -1;
+}
+
 int wt_fd(const struct wt *w) { return w->fd; }
 
 int wt_add(struct wt *w, int dirfd, uint32_t dir_id)

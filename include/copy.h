@@ -25,6 +25,23 @@ struct cp_result {
  * Returns 0 or -errno. */
 int cp_file(int src, int dst, int want_digest, struct cp_result *r);
 
+/* cp_file(src, dst, 1, r), except that the digest may be left to the hashing threads, which
+ * hash the copy while the caller goes on (copying the next files): *out then gets a handle to
+ * pass to cp_pending_wait or cp_pending_discard, else it is NULL and r is complete. With a
+ * handle, the copy is in place and r->size, r->head and r->cloned are final; r->digest and
+ * r->written (which drops when copied zero pages become holes) are not, and the file may
+ * still have holes punched into it, which changes its mtime. The handle keeps dst mapped (no
+ * descriptor): the caller may close dst at once. Nobody else must write to dst until
+ * the handle is waited for or discarded; the last blocks of the copies may be hashed only
+ * then. Returns 0 or -errno (then *out is NULL). */
+struct cp_pending;
+int cp_file_deferred(int src, int dst, struct cp_result *r, struct cp_pending **out);
+/* Wait for the digest of a pending copy (hashing on this thread too), and free p: sets
+ * r->digest and r->written, nothing else of r. 0 or -errno. */
+int cp_pending_wait(struct cp_pending *p, struct cp_result *r);
+/* Give up a pending copy's digest: stop hashing it and free p. The copy stays as it is. */
+void cp_pending_discard(struct cp_pending *p);
+
 /* Make dst, an earlier copy of src, equal to src again, rewriting only the 1 MiB blocks that
  * differ: reading from the page cache is much cheaper than writing. *written gets the bytes
  * rewritten. 0 or -errno. */

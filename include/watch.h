@@ -17,6 +17,9 @@ struct wt;
 /* Create the watcher; private_dir is a directory of ours (not in the store) for markers. */
 int wt_open(struct wt **w, int private_dirfd);
 void wt_close(struct wt *w);
+/* Stop watching, ahead of wt_close: the kernel then lets go of the watches in the background,
+ * where closing the instance waits for that (a grace period: about 13 ms here). */
+void wt_unwatch(struct wt *w);
 int wt_fd(const struct wt *w);
 
 /* Watch the directory open at dirfd, reporting its events as dir_id. */

@@ -119,11 +119,14 @@ wait "$mpid" || t_fail "the mutator failed"; T_PIDS=()
 ((ok >= 2)) || t_fail "only $ok captures succeeded"
 echo "# $n captures while $M objects changed: $ok published (states j = ${states[*]} of $M), $unsettled unsettled; all one real state"
 
-# The store directory removed during a capture.
+# The store directory removed during a capture. The files were just written, so with a long
+# quiet window the capture, once it has staged sub/a, waits about 2 s for the store to be still
+# before its cut: time enough to see it busy however fast it copies (without it a capture of
+# these 180 MiB could be published between two looks, and the wait below never end).
 rm -rf "$store"; mkdir -p "$store/sub"
 for d in a b c; do (yes "$d" || true) | head -c 60M >"$store/sub/$d"; done
 echo x >"$store/top"
-"$STILLCTL" snapshot -q "$store" "$T_WORK/gone" 2>"$T_WORK/err" &
+"$STILLCTL" snapshot -q --quiet-ms 2000 "$store" "$T_WORK/gone" 2>"$T_WORK/err" &
 snapper=$!; T_PIDS+=("$snapper")
 busy() { compgen -G "$T_WORK/.gone.stillfs-tmp.*/sub/a" >/dev/null; }
 t_wait_for 60 busy
@@ -140,7 +143,7 @@ r_no_leftovers "$T_WORK"
 # The store directory renamed during a capture: the capture follows the directory.
 mkdir -p "$store/sub"; for d in a b; do (yes "$d" || true) | head -c 60M >"$store/sub/$d"; done
 echo x >"$store/top"
-"$STILLCTL" snapshot -q "$store" "$T_WORK/moved" 2>"$T_WORK/err" &
+"$STILLCTL" snapshot -q --quiet-ms 2000 "$store" "$T_WORK/moved" 2>"$T_WORK/err" &
 snapper=$!; T_PIDS+=("$snapper")
 busy2() { compgen -G "$T_WORK/.moved.stillfs-tmp.*/sub/a" >/dev/null; }
 t_wait_for 60 busy2

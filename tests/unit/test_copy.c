@@ -2,6 +2,7 @@
  * its definition with sha256() alone), path escaping, and cp_rmtree. */
 #include <criterion/criterion.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -339,6 +340,196 @@ Test(copy, source_shrinking_during_copy)
 	 * source); neither is deterministic enough for a unit test. */
 	teardown(); /* Criterion does not run .fini for a skipped test */
 	cr_skip_test("not deterministically reproducible in-process");
+}
+
+/* ---- cp_file_deferred: the digest left to the hashing threads ----------------------------- */
+
+static int count_fds(void)
+{
+	int n = 0;
+	DIR *d = opendir("/proc/self/fd");
+	cr_assert_not_null(d);
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n;
+}
+
+/* Copy src deferred into a new file `name` through a descriptor (write-only unless rdwr) that
+ * is closed at once; finish_deferred copies it with cp_file too, into `name`.ref: the digest
+ * and the bytes stored must be the same both ways. The pending copy is returned (NULL if it was
+ * done at once); *r is completed by finish_deferred. */
+static struct cp_pending *start_deferred(int src, const char *name, int rdwr,
+					 struct cp_result *r)
+{
+	struct cp_pending *p = NULL;
+	int dst = make_file(name);
+	if (!rdwr) {
+		int wdst = openat(basefd, name, O_WRONLY | O_CLOEXEC);
+		cr_assert_geq(wdst, 0);
+		close(dst);
+		dst = wdst;
+	}
+	cr_assert_eq(cp_file_deferred(src, dst, r, &p), 0, "deferred copy to %s", name);
+	close(dst);
+	cr_assert_eq(r->size, fd_size(src));
+	return p;
+}
+
+static void finish_deferred(int src, const char *name, struct cp_pending *p, struct cp_result *r)
+{
+	char ref[64];
+	struct cp_result rr;
+	uint8_t want[32];
+	if (p)
+		cr_assert_eq(cp_pending_wait(p, r), 0);
+	snprintf(ref, sizeof ref, "%s.ref", name);
+	int dst = make_file(ref);
+	cr_assert_eq(cp_file(src, dst, 1, &rr), 0);
+	close(dst);
+	expected_digest(src, want);
+	cr_assert_arr_eq(rr.digest, want, 32, "%s: cp_file digest", name);
+	cr_assert_arr_eq(r->digest, rr.digest, 32, "%s: deferred digest differs from cp_file's", name);
+	cr_assert_eq(r->written, rr.written, "%s: stored %llu bytes, cp_file %llu", name,
+		     (unsigned long long)r->written, (unsigned long long)rr.written);
+	int copy = openat(basefd, name, O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(copy, 0);
+	assert_same_content(src, copy);
+	close(copy);
+}
+
+static void check_deferred(int src, const char *name)
+{
+	struct cp_result r;
+	struct cp_pending *p = start_deferred(src, name, 0, &r);
+	finish_deferred(src, name, p, &r);
+}
+
+Test(copy, deferred_small_files)
+{
+	int fds = count_fds();
+	int empty = make_file("empty");
+	check_deferred(empty, "empty.copy");
+	int small = make_file("small");
+	uint8_t buf[100];
+	fill_random(buf, sizeof buf);
+	pwrite_all(small, buf, sizeof buf, 0);
+	check_deferred(small, "small.copy");
+	close(empty);
+	close(small);
+	cr_assert_eq(count_fds(), fds, "descriptors left open");
+}
+
+/* 3.5 MiB: data with zero pages in it, a hole, a block of written zeros, a short last block
+ * ending in zeros. The copy must keep the hole and punch the zero pages, as cp_file does. */
+static int make_holey(const char *name)
+{
+	const size_t size = 3 * MiB + MiB / 2;
+	uint8_t *buf = calloc(1, size);
+	cr_assert_not_null(buf);
+	fill_random(buf, MiB);
+	memset(buf + 3 * 4096, 0, 3 * 4096);     /* zero pages inside block 0 */
+	fill_random(buf + 3 * MiB, 100 * 1024);   /* block 3: data, then zeros */
+	int fd = make_file(name);
+	cr_assert_eq(ftruncate(fd, (off_t)size), 0);
+	pwrite_all(fd, buf, MiB, 0);
+	pwrite_all(fd, buf + 2 * MiB, MiB, (off_t)(2 * MiB)); /* block 2: written zeros */
+	pwrite_all(fd, buf + 3 * MiB, MiB / 2, (off_t)(3 * MiB));
+	cr_assert_eq(fsync(fd), 0);
+	free(buf);
+	return fd;
+}
+
+Test(copy, deferred_holes_and_zero_pages)
+{
+	int fds = count_fds();
+	int src = make_holey("holey");
+	cr_assert(is_hole_at(src, MiB), "this filesystem does not keep holes");
+	check_deferred(src, "holey.copy");
+	int copy = openat(basefd, "holey.copy", O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(copy, 0);
+	cr_assert(is_hole_at(copy, MiB), "the hole was filled");
+	cr_assert(is_hole_at(copy, 2 * MiB), "the zero block was not punched");
+	cr_assert(is_hole_at(copy, 3 * 4096), "zero pages in block 0 were not punched");
+	cr_assert_leq(fd_alloc(copy), MiB + 128 * 1024);
+	close(copy);
+	close(src);
+	cr_assert_eq(count_fds(), fds, "descriptors left open");
+}
+
+/* More copies pending at once than the queue holds (so the copying thread must hash too), of
+ * sizes that share the vector lanes between files, all waited for only at the end. */
+#define DEFERRED_FILES 72
+Test(copy, deferred_many_pending)
+{
+	static const size_t sizes[] = { 64 * 1024, 200 * 1024, MiB, 2 * MiB + 7, 5 * MiB + 4096 };
+	struct cp_pending *p[DEFERRED_FILES];
+	struct cp_result r[DEFERRED_FILES];
+	int src[DEFERRED_FILES];
+	char name[DEFERRED_FILES][32];
+	uint8_t *buf = malloc(6 * MiB);
+	cr_assert_not_null(buf);
+	int fds = count_fds();
+	for (int i = 0; i < DEFERRED_FILES; i++) {
+		size_t size = sizes[i % 5];
+		snprintf(name[i], sizeof name[i], "many%d", i);
+		src[i] = make_file(name[i]);
+		fill_random(buf, size);
+		if (i % 3 == 0)
+			memset(buf + size / 2, 0, 8192); /* zero pages to punch */
+		pwrite_all(src[i], buf, size, 0);
+	}
+	for (int i = 0; i < DEFERRED_FILES; i++) {
+		char copy[40];
+		snprintf(copy, sizeof copy, "%s.copy", name[i]);
+		p[i] = start_deferred(src[i], copy, i % 2, &r[i]);
+	}
+	for (int i = 0; i < DEFERRED_FILES; i++) {
+		char copy[40];
+		snprintf(copy, sizeof copy, "%s.copy", name[i]);
+		finish_deferred(src[i], copy, p[i], &r[i]);
+		close(src[i]);
+	}
+	free(buf);
+	cr_assert_eq(count_fds(), fds, "descriptors left open");
+}
+
+/* A pending copy given up, between others that are not: theirs are unaffected, nothing is
+ * left open, and the copy stays as copied. */
+Test(copy, deferred_discard)
+{
+	const size_t size = 12 * MiB;
+	uint8_t *buf = malloc(size);
+	cr_assert_not_null(buf);
+	int fds = count_fds();
+	int src[3];
+	struct cp_pending *p[3];
+	struct cp_result r[3];
+	static const char *names[] = { "d0", "d1", "d2" }, *copies[] = { "d0.copy", "d1.copy",
+									     "d2.copy" };
+	for (int i = 0; i < 3; i++) {
+		src[i] = make_file(names[i]);
+		fill_random(buf, size);
+		pwrite_all(src[i], buf, size, 0);
+	}
+	for (int i = 0; i < 3; i++)
+		p[i] = start_deferred(src[i], copies[i], 0, &r[i]);
+	cr_assert_not_null(p[1], "a 12 MiB copy should be left pending");
+	cp_pending_discard(p[1]);
+	cp_pending_discard(NULL);
+	finish_deferred(src[0], copies[0], p[0], &r[0]);
+	finish_deferred(src[2], copies[2], p[2], &r[2]);
+	int copy = openat(basefd, copies[1], O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(copy, 0);
+	assert_same_content(src[1], copy);
+	close(copy);
+	/* Given up as soon as copied, before any block could be hashed. */
+	struct cp_pending *q = start_deferred(src[1], "d1.again", 1, &r[1]);
+	cp_pending_discard(q);
+	for (int i = 0; i < 3; i++)
+		close(src[i]);
+	free(buf);
+	cr_assert_eq(count_fds(), fds, "descriptors left open");
 }
 
 /* ---- escaping --------------------------------------------------------------------------- */
