@@ -171,8 +171,7 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 {
 	int life[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
 	char store[PATH_MAX], dest[64], prevp[64], recyp[64], settle[32], before[32], nice[16],
-		obuf[1024],
-		ebuf[4096];
+		obuf[1024], ebuf[4096];
 	size_t olen = 0, elen = 0;
 	pid_t pid = -1;
 	int rc, status;
