@@ -536,6 +536,14 @@ static void cap_apply_owner(int fd, const struct stat *s)
 	fchmod(fd, s->st_mode & 07777);
 }
 
+/* 1 if a snapshot's file s is still what its manifest entry pe records: its content is then
+ * what pe's digest (and block digests) describe. */
+static int cap_as_recorded(const struct stat *s, const struct mf_entry *pe)
+{
+	return S_ISREG(s->st_mode) && (uint64_t)s->st_size == pe->size &&
+	       cap_ns(s->st_mtim) == pe->mtime_ns;
+}
+
 /* Share the previous snapshot's copy of e when it is proven to hold the same bytes. */
 static int cap_link_prev(struct cap *c, struct ent *e, const struct mf_entry *pe)
 {
@@ -546,8 +554,7 @@ static int cap_link_prev(struct cap *c, struct ent *e, const struct mf_entry *pe
 		return fd;
 	int rc = -ESTALE;
 	/* The previous copy must still be what its manifest says it is. */
-	if (fstat(fd, &ps) < 0 || !S_ISREG(ps.st_mode) || (uint64_t)ps.st_size != pe->size ||
-	    cap_ns(ps.st_mtim) != pe->mtime_ns)
+	if (fstat(fd, &ps) < 0 || !cap_as_recorded(&ps, pe))
 		goto out;
 	snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
 	unlinkat(c->stagefd, e->path, 0);
@@ -714,8 +721,7 @@ static int cap_earlier_copy(int dirfd, const struct mf *m, const struct cap_bloc
 	    dd_from_hex(b, t->hex[k], pe->size, pe->digest))
 		return -ENOENT;
 	int fd = cap_openat2(dirfd, e->path, flags | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
-	if (fd >= 0 && (fstat(fd, ps) < 0 || !S_ISREG(ps->st_mode) ||
-			(uint64_t)ps->st_size != pe->size || cap_ns(ps->st_mtim) != pe->mtime_ns)) {
+	if (fd >= 0 && (fstat(fd, ps) < 0 || !cap_as_recorded(ps, pe))) {
 		close(fd);
 		fd = -ESTALE;
 	}
