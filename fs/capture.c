@@ -740,15 +740,17 @@ static int cap_prev_base(struct cap *c, const struct ent *e, struct dd_blocks *b
 
 /* Take the recycled snapshot's copy of e: move it to e's place in the staging tree, where
  * it is brought up to date in place, so that only the pages that changed are written. Only
- * a copy no other snapshot shares (one link) is taken. The first one taken removes that
- * snapshot's manifest: it no longer is a whole snapshot. An fd open for writing, with b
- * describing it, or -errno (nothing was moved). */
-static int cap_recycle_base(struct cap *c, const struct ent *e, struct dd_blocks *b)
+ * a copy no other snapshot shares (one link) is taken, and only one we can write to. The
+ * first one taken removes that snapshot's manifest: it no longer is a whole snapshot.
+ * 0 when e's staged copy is that copy, e->blk describing it; else -errno, e->blk empty, and
+ * e's copy is to be made another way. */
+static int cap_recycle(struct cap *c, struct ent *e)
 {
 	struct stat ps, ns;
+	dd_free(&e->blk);
 	if (!c->have_recy)
 		return -ENOENT;
-	int fd = cap_earlier_copy(c->recyfd, &c->recy, &c->rb, e, O_RDWR, b, &ps);
+	int fd = cap_earlier_copy(c->recyfd, &c->recy, &c->rb, e, O_RDWR, &e->blk, &ps);
 	if (fd < 0)
 		return fd;
 	int rc = -EMLINK, from = -1, to = -1;
@@ -780,12 +782,14 @@ out:
 		close(from);
 	if (to >= 0)
 		close(to);
+	close(fd);
 	if (rc) {
-		close(fd);
-		dd_free(b);
+		dd_free(&e->blk);
 		return rc;
 	}
-	return fd;
+	e->staged = 1;
+	c->st->recycled++;
+	return 0;
 }
 
 /* Make the staged copy of database e equal to the live file src: compare it page by page
@@ -796,15 +800,8 @@ static int cap_db_sync(struct cap *c, struct ent *e, int src, uint64_t *written)
 {
 	struct dd_result r = { 0 };
 	int rc, dst, base = -1;
-	if (!e->staged) {
-		dd_free(&e->blk);
-		dst = cap_recycle_base(c, e, &e->blk);
-		if (dst >= 0) {
-			close(dst);
-			e->staged = 1;
-			c->st->recycled++;
-		}
-	}
+	if (!e->staged)
+		cap_recycle(c, e);
 	if (e->staged) {
 		dst = openat(c->stagefd, e->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
 		if (dst < 0)
@@ -1175,15 +1172,8 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 	}
 	if (e->dbmode == DB_WAL) {
 		rc = cap_db_stage_path(c, e, "", path, sizeof path);
-		if (!rc && !e->staged) {
-			dd_free(&e->blk);
-			int fd = cap_recycle_base(c, e, &e->blk);
-			if (fd >= 0) {
-				close(fd);
-				e->staged = 1;
-				c->st->recycled++;
-			}
-		}
+		if (!rc && !e->staged)
+			cap_recycle(c, e);
 		if (!rc && e->staged) {
 			/* Into the copy at hand, writing only the pages that differ. */
 			rc = sq_backup_into(e->db, path, &e->blk, &w);
