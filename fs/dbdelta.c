@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,6 +149,7 @@ struct dd_job {
 	int mode;
 	int src, dst;
 	const uint8_t *map;       /* dst, mapped for `len` bytes */
+	const uint8_t *smap;      /* src (live) mapped for `len` bytes to compare, or NULL */
 	uint64_t len;
 	struct dd_blocks *b;
 	pthread_mutex_t mu;
@@ -168,30 +170,60 @@ static void dd_fail(struct dd_job *j, int rc)
 	pthread_mutex_unlock(&j->mu);
 }
 
-/* Compare block i of src with dst and rewrite the pages that differ. */
-static int dd_cmp_block(struct dd_job *j, size_t i, uint8_t *buf, uint64_t *written,
-			uint64_t *pages)
+/* ---- reading the live file through a mapping ----------------------------------------------
+ *
+ * The compare reads the live file through a mapping: pread would copy every byte into a buffer
+ * first, which was a third of an incremental capture. A writer may truncate the file while we
+ * read it; touching a page past its new end raises SIGBUS. The thread that reads a block marks
+ * the range it is reading (dd_guard); the handler jumps back out of such a read, which then
+ * reports -EAGAIN as a short pread did. A SIGBUS anywhere else gets the action that was there
+ * before us. */
+
+struct dd_guard {
+	sigjmp_buf jb;
+	const uint8_t *lo, *hi;
+};
+
+static __thread struct dd_guard *volatile dd_guarded;
+static struct sigaction dd_old_bus;
+static pthread_once_t dd_bus_once = PTHREAD_ONCE_INIT;
+static int dd_bus_ok;
+
+static void dd_on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	(void)uc;
+	struct dd_guard *g = dd_guarded;
+	const uint8_t *a = si->si_addr;
+	if (g && a >= g->lo && a < g->hi)
+		siglongjmp(g->jb, 1);
+	/* Not ours: put back what was there; the faulting access runs again and gets it. */
+	sigaction(sig, &dd_old_bus, NULL);
+}
+
+static void dd_bus_install(void)
+{
+	struct sigaction sa = { .sa_sigaction = dd_on_sigbus, .sa_flags = SA_SIGINFO };
+	sigemptyset(&sa.sa_mask);
+	dd_bus_ok = sigaction(SIGBUS, &sa, &dd_old_bus) == 0;
+}
+
+/* Compare the n bytes s (block i of the live file) with dst and rewrite the pages that
+ * differ. */
+static int dd_cmp_pages(struct dd_job *j, size_t i, const uint8_t *s, size_t n,
+			uint64_t *written, uint64_t *pages)
 {
 	uint64_t off = (uint64_t)i * DD_BLOCK;
-	size_t n = (size_t)(j->len - off < DD_BLOCK ? j->len - off : DD_BLOCK);
-	ssize_t got = ut_pread_full(j->src, buf, n, (off_t)off);
-	if (got < 0)
-		return (int)got;
-	if ((size_t)got < n)
-		return -EAGAIN; /* the live file shrank: the caller sees the change later */
 	const uint8_t *m = j->map + off;
-	if (!memcmp(buf, m, n))
+	if (!memcmp(s, m, n))
 		return 0;
 	size_t run = 0, p = 0; /* [run, p): differing pages not yet written */
-	int changed = 0;
-	for (; p < n; p += DD_PAGE) {
+	int changed = 0, rc = 0;
+	for (; p < n && !rc; p += DD_PAGE) {
 		size_t len = n - p < DD_PAGE ? n - p : DD_PAGE;
-		if (!memcmp(buf + p, m + p, len)) {
+		if (!memcmp(s + p, m + p, len)) {
 			if (run < p) {
-				int rc = ut_pwrite_all(j->dst, buf + run, p - run, (off_t)(off + run));
-				if (rc)
-					return rc;
-				*written += p - run;
+				rc = ut_pwrite_all(j->dst, s + run, p - run, (off_t)(off + run));
+				*written += rc ? 0 : p - run;
 			}
 			run = p + len;
 			continue;
@@ -202,13 +234,46 @@ static int dd_cmp_block(struct dd_job *j, size_t i, uint8_t *buf, uint64_t *writ
 		}
 		(*pages)++;
 	}
-	if (run < n) {
-		int rc = ut_pwrite_all(j->dst, buf + run, n - run, (off_t)(off + run));
-		if (rc)
-			return rc;
-		*written += n - run;
+	if (!rc && run < n) {
+		rc = ut_pwrite_all(j->dst, s + run, n - run, (off_t)(off + run));
+		*written += rc ? 0 : n - run;
 	}
-	return 0;
+	/* A write from a mapped page past a truncation fails in the kernel, not with SIGBUS. */
+	return rc == -EFAULT && j->smap ? -EAGAIN : rc;
+}
+
+/* The same through the mapping of the live file, guarded. */
+static int dd_cmp_mapped(struct dd_job *j, size_t i, size_t n, uint64_t *written,
+			 uint64_t *pages)
+{
+	struct dd_guard g;
+	const uint8_t *s = j->smap + (uint64_t)i * DD_BLOCK;
+	g.lo = s;
+	g.hi = s + n;
+	if (sigsetjmp(g.jb, 1)) { /* 1: the mask the handler ran with is undone */
+		dd_guarded = NULL;
+		return -EAGAIN; /* the live file shrank: the caller sees the change later */
+	}
+	dd_guarded = &g;
+	int rc = dd_cmp_pages(j, i, s, n, written, pages);
+	dd_guarded = NULL;
+	return rc;
+}
+
+/* Compare block i of src with dst and rewrite the pages that differ. */
+static int dd_cmp_block(struct dd_job *j, size_t i, uint8_t *buf, uint64_t *written,
+			uint64_t *pages)
+{
+	uint64_t off = (uint64_t)i * DD_BLOCK;
+	size_t n = (size_t)(j->len - off < DD_BLOCK ? j->len - off : DD_BLOCK);
+	if (j->smap)
+		return dd_cmp_mapped(j, i, n, written, pages);
+	ssize_t got = ut_pread_full(j->src, buf, n, (off_t)off);
+	if (got < 0)
+		return (int)got;
+	if ((size_t)got < n)
+		return -EAGAIN; /* the live file shrank: the caller sees the change later */
+	return dd_cmp_pages(j, i, buf, n, written, pages);
 }
 
 #define DD_LANES 16
@@ -252,7 +317,7 @@ static void *dd_worker(void *arg)
 	struct dd_job *j = arg;
 	uint8_t *buf = NULL;
 	uint64_t written = 0, pages = 0;
-	if (j->mode == DD_CMP && !(buf = malloc(DD_BLOCK))) {
+	if (j->mode == DD_CMP && !j->smap && !(buf = malloc(DD_BLOCK))) {
 		dd_fail(j, -ENOMEM);
 		return NULL;
 	}
@@ -294,10 +359,11 @@ static void *dd_worker(void *arg)
 			rc = dd_cmp_block(j, i, buf, &written, &pages);
 		/* Done with the blocks: drop them from our page tables (they stay in the page
 		 * cache), or a 1 GiB database would count as 1 GiB of our resident memory. */
-		if (j->map) {
-			uint64_t off = (uint64_t)i * DD_BLOCK;
+		uint64_t off = (uint64_t)i * DD_BLOCK;
+		if (j->map)
 			madvise((void *)(uintptr_t)(j->map + off), (size_t)(last - off), MADV_DONTNEED);
-		}
+		if (j->smap)
+			madvise((void *)(uintptr_t)(j->smap + off), (size_t)(last - off), MADV_DONTNEED);
 		if (rc) {
 			dd_fail(j, rc);
 			break;
@@ -390,8 +456,10 @@ static int dd_run(struct dd_job *j, unsigned threads, int from, uint64_t copy_en
 	j->avail = from >= 0 ? 0 : j->len;
 	threads = dd_threads(threads);
 	if (j->b->n > 1) {
-		/* Helpers must never take a signal meant for the process (stillctl's SIGINT). */
+		/* Helpers must never take a signal meant for the process (stillctl's SIGINT); a
+		 * SIGBUS of their own they must take (dd_guard): a blocked one would kill us. */
 		sigfillset(&all);
+		sigdelset(&all, SIGBUS);
 		pthread_sigmask(SIG_BLOCK, &all, &old);
 		for (unsigned t = 0; t + 1 < threads; t++)
 			if (pthread_create(&th[started], NULL, dd_worker, j) == 0)
@@ -412,14 +480,14 @@ static int dd_run(struct dd_job *j, unsigned threads, int from, uint64_t copy_en
 	return j->err;
 }
 
-static const uint8_t *dd_map(int fd, uint64_t len)
+static const uint8_t *dd_map(int fd, uint64_t len, int advice)
 {
 	if (len == 0)
 		return NULL;
 	void *m = mmap(NULL, (size_t)len, PROT_READ, MAP_SHARED, fd, 0);
 	if (m == MAP_FAILED)
 		return MAP_FAILED;
-	madvise(m, (size_t)len, MADV_SEQUENTIAL);
+	madvise(m, (size_t)len, advice);
 	return m;
 }
 
@@ -448,7 +516,7 @@ int dd_copy(int src, int dst, int hash, unsigned threads, struct dd_blocks *b,
 		rc = dd_run(&j, 1, src, len, &r->written);
 		return rc;
 	}
-	j.map = dd_map(dst, len);
+	j.map = dd_map(dst, len, MADV_SEQUENTIAL);
 	if (j.map == MAP_FAILED)
 		return -errno;
 	rc = dd_run(&j, threads, src, len, &r->written);
@@ -483,11 +551,20 @@ int dd_sync(int src, int dst, int base, unsigned threads, struct dd_blocks *b,
 	if (rc)
 		return rc;
 	struct dd_job j = { .mode = DD_CMP, .src = src, .dst = dst, .len = len, .b = b };
-	j.map = dd_map(dst, len);
+	j.map = dd_map(dst, len, MADV_SEQUENTIAL);
 	if (j.map == MAP_FAILED)
 		return -errno;
+	pthread_once(&dd_bus_once, dd_bus_install);
+	if (dd_bus_ok) {
+		/* Not MADV_SEQUENTIAL: that would tell the kernel to drop the live file's pages,
+		 * which are the application's cache. No mapping (some filesystems): pread. */
+		j.smap = dd_map(src, len, MADV_NORMAL);
+		if (j.smap == MAP_FAILED)
+			j.smap = NULL;
+	}
 	uint64_t copied = 0;
 	rc = dd_run(&j, threads, from, base_len < len ? base_len : len, &copied);
+	dd_unmap(j.smap, len);
 	dd_unmap(j.map, len);
 	r->written = copied + j.written;
 	r->pages = j.pages;
@@ -504,7 +581,7 @@ int dd_rehash(int fd, unsigned threads, struct dd_blocks *b)
 	if ((uint64_t)st.st_size != b->size)
 		return -ESTALE;
 	struct dd_job j = { .mode = DD_HASH, .src = -1, .dst = fd, .len = b->size, .b = b };
-	j.map = dd_map(fd, b->size);
+	j.map = dd_map(fd, b->size, MADV_SEQUENTIAL);
 	if (j.map == MAP_FAILED)
 		return -errno;
 	int rc = dd_run(&j, threads, -1, 0, NULL);

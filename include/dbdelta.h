@@ -5,8 +5,9 @@
  * equal to the live file again then only rewrites the 4 KiB pages that differ and only rehashes
  * the blocks they fall in; the outer digest is rebuilt from the block digests.
  *
- * The live file is only ever read with pread (never mapped: a writer's truncate would SIGBUS
- * us); the private copy is mapped to compare and hash it without copying it to user space. */
+ * Both files are mapped, so that comparing and hashing copy nothing to user space. The live
+ * file's mapping is read under a SIGBUS guard: a writer's truncate makes the compare return
+ * -EAGAIN, as a short read would (where it cannot be mapped, it is read with pread). */
 #ifndef STILL_DBDELTA_H
 #define STILL_DBDELTA_H
 

@@ -1,0 +1,189 @@
+/* Unit tests for dbdelta.c: a copy brought up to date page by page, its block digests, and a
+ * live file truncated while it is being compared. */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "copy.h"
+#include "dbdelta.h"
+
+#define MiB ((uint64_t)1 << 20)
+#define PAGE 4096
+
+static char dir[64];
+
+static void setup(void)
+{
+	snprintf(dir, sizeof dir, "/tmp/stillfs-ut-dd-XXXXXX");
+	cr_assert_not_null(mkdtemp(dir));
+}
+
+static void teardown(void)
+{
+	char p[128];
+	const char *names[] = { "live", "copy" };
+	for (size_t i = 0; i < 2; i++) {
+		snprintf(p, sizeof p, "%s/%s", dir, names[i]);
+		unlink(p);
+	}
+	rmdir(dir);
+}
+
+TestSuite(dbdelta, .init = setup, .fini = teardown, .timeout = 60);
+
+static uint64_t rng = 0x9e3779b97f4a7c15ULL;
+
+static void fill_random(uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+		p[i] = (uint8_t)rng;
+	}
+}
+
+static int open_in_dir(const char *name)
+{
+	char p[128];
+	snprintf(p, sizeof p, "%s/%s", dir, name);
+	int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0, "open %s: %s", p, strerror(errno));
+	return fd;
+}
+
+static void put(int fd, const void *p, size_t n, uint64_t off)
+{
+	cr_assert_eq(pwrite(fd, p, n, (off_t)off), (ssize_t)n);
+}
+
+static uint8_t *slurp(int fd, uint64_t *len)
+{
+	struct stat st;
+	cr_assert_eq(fstat(fd, &st), 0);
+	*len = (uint64_t)st.st_size;
+	uint8_t *b = malloc(*len + 1);
+	cr_assert_not_null(b);
+	cr_assert_eq(pread(fd, b, *len, 0), (ssize_t)*len);
+	return b;
+}
+
+Test(dbdelta, sync_rewrites_only_the_pages_that_differ)
+{
+	const uint64_t len = 8 * MiB + 3 * 1024;
+	uint8_t *data = malloc(len + 200 * 1024);
+	cr_assert_not_null(data);
+	fill_random(data, len);
+	int live = open_in_dir("live"), copy = open_in_dir("copy");
+	put(live, data, len, 0);
+
+	struct dd_blocks b;
+	struct dd_result r;
+	dd_init(&b);
+	cr_assert_eq(dd_copy(live, copy, 1, 2, &b, &r), 0);
+	cr_assert(dd_all_valid(&b));
+
+	/* Three pages change (two of them adjacent, in block 2; one in block 5) and the file
+	 * grows by 200 KiB, which changes the last block and adds one. */
+	fill_random(data + 2 * MiB + 5 * PAGE, 2 * PAGE);
+	fill_random(data + 5 * MiB + 100 * PAGE, 10);
+	fill_random(data + len, 200 * 1024);
+	put(live, data + 2 * MiB + 5 * PAGE, 2 * PAGE, 2 * MiB + 5 * PAGE);
+	put(live, data + 5 * MiB + 100 * PAGE, PAGE, 5 * MiB + 100 * PAGE);
+	put(live, data + len, 200 * 1024, len);
+
+	cr_assert_eq(dd_sync(live, copy, -1, 2, &b, &r), 0);
+	uint64_t clen, llen;
+	uint8_t *got = slurp(copy, &clen), *want = slurp(live, &llen);
+	cr_assert_eq(clen, llen);
+	cr_assert(!memcmp(got, want, llen), "the copy is not the live file");
+	/* The last old page was partial (3 KiB) and now differs; the rest is new and different. */
+	uint64_t grown = 200 * 1024 + (len - 8 * MiB);
+	cr_assert_eq(r.written, 3 * PAGE + grown, "wrote %llu bytes",
+		     (unsigned long long)r.written);
+	for (size_t i = 0; i < b.n; i++)
+		cr_assert_eq(b.valid[i], !(i == 2 || i == 5 || i == 8), "block %zu valid %d", i,
+			     b.valid[i]);
+
+	/* Rehashed, the digest is the one the manifest would get from a fresh copy. */
+	struct cp_result ref;
+	cr_assert_eq(dd_rehash(copy, 2, &b), 0);
+	cr_assert_eq(cp_digest_fd(live, &ref), 0);
+	uint8_t d[32];
+	dd_digest(&b, d);
+	cr_assert_arr_eq(d, ref.digest, 32);
+
+	dd_free(&b);
+	free(got), free(want), free(data);
+	close(live), close(copy);
+}
+
+/* ---- a live file that shrinks while it is compared ---------------------------------------- */
+
+struct shrinker {
+	int fd;
+	uint64_t len;
+	volatile int stop;
+};
+
+static void *shrink_loop(void *arg)
+{
+	struct shrinker *s = arg;
+	while (!s->stop) {
+		if (ftruncate(s->fd, 0) < 0 || ftruncate(s->fd, (off_t)s->len) < 0)
+			break;
+	}
+	return NULL;
+}
+
+Test(dbdelta, live_file_truncated_during_the_compare)
+{
+	/* The compare reads the live file through a mapping; pages past a truncation raise
+	 * SIGBUS, which must come back as -EAGAIN (the caller retries later), never kill us.
+	 * Another thread truncates and extends the file as fast as it can; the compares must
+	 * see that at least once, within the time allowed. */
+	const uint64_t len = 32 * MiB;
+	uint8_t *data = malloc(len);
+	cr_assert_not_null(data);
+	fill_random(data, len);
+	int live = open_in_dir("live"), copy = open_in_dir("copy");
+	put(live, data, len, 0);
+	free(data);
+	struct dd_blocks b;
+	struct dd_result r;
+	dd_init(&b);
+	cr_assert_eq(dd_copy(live, copy, 0, 1, &b, &r), 0);
+
+	struct shrinker s = { .fd = open_in_dir("live"), .len = len };
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, shrink_loop, &s), 0);
+	int again = 0, ok = 0;
+	struct timespec t0, now;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do {
+		int rc = dd_sync(live, copy, -1, 2, &b, &r);
+		cr_assert(rc == 0 || rc == -EAGAIN, "dd_sync: %s", strerror(-rc));
+		again += rc == -EAGAIN;
+		ok += rc == 0;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+	} while (again < 20 && now.tv_sec - t0.tv_sec < 20);
+	s.stop = 1;
+	pthread_join(t, NULL);
+	cr_assert_geq(again, 20, "only %d of %d compares saw the truncation", again, again + ok);
+
+	/* Afterwards, b still describes the copy: a quiet sync makes it the live file. */
+	cr_assert_eq(dd_sync(live, copy, -1, 2, &b, &r), 0);
+	uint64_t clen, llen;
+	uint8_t *got = slurp(copy, &clen), *want = slurp(live, &llen);
+	cr_assert_eq(clen, llen);
+	cr_assert(!memcmp(got, want, llen));
+	free(got), free(want);
+	dd_free(&b);
+	close(s.fd), close(live), close(copy);
+}
