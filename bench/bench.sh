@@ -251,6 +251,7 @@ fig2() {
 	for r in $(seq "$WREPS"); do
 		rm -rf "$W/snapA" "$W/snapB"
 		t1=$(timed "$STILLCTL" snapshot "$s" "$W/snapA") || continue
+		sync # the full capture's writeback is its own, not the incremental's
 		mutate_store1 "$s" $((100 * r))
 		t2=$(timed "$STILLCTL" snapshot --recycle "$W/snapA" "$s" "$W/snapB") || continue
 		copied=$(tail -3 "$RAW" | ctl_copied)
@@ -281,6 +282,7 @@ fig2() {
 	for r in $(seq "$WREPS"); do
 		rm -rf "$W/snapA" "$W/snapB"
 		t1=$(timed "$STILLCTL" snapshot --uploads-before "$ub" "$s" "$W/snapA") || continue
+		sync
 		mutate_store1 "$s" $((100 * r + 50))
 		t2=$(timed "$STILLCTL" snapshot --uploads-before "$ub" --recycle "$W/snapA" "$s" "$W/snapB") || continue
 		tf2+=("$t1"); ti2+=("$t2"); rat2+=("$(calc "$t2 / $t1" 3)")
