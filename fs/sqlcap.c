@@ -20,8 +20,6 @@
 #define SQ_SHARED_FIRST (SQ_PENDING_BYTE + 2)
 #define SQ_SHARED_SIZE 510
 
-#define SQ_MMAP_MAX "17179869184" /* 16 GiB; SQLite lowers it to its compiled-in limit */
-
 static const uint8_t sq_journal_magic[8] = { 0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7 };
 
 int sq_is_header(const uint8_t head[16])
@@ -143,9 +141,6 @@ int sq_open_ro(int dirfd, const char *name, sqlite3 **db)
 		return -EIO;
 	}
 	sqlite3_extended_result_codes(*db, 1);
-	/* Read the database through SQLite's own mapping, not a pread per page: a backup reads
-	 * every page, and the copies were most of its time. (SQLite caps the size it maps.) */
-	sqlite3_exec(*db, "PRAGMA mmap_size=" SQ_MMAP_MAX, NULL, NULL, NULL);
 	return 0;
 }
 
@@ -197,7 +192,7 @@ struct sq_delta_file {
 
 /* Drop the pages we read from our page tables now and then (they stay in the page cache), so
  * that a large copy does not count as our resident memory. */
-#define SQ_DROP_EVERY (64u << 20)
+#define SQ_DROP_EVERY (16u << 20)
 
 static const uint8_t *sq_d_at(struct sq_delta_file *d, sqlite3_int64 off, int amt)
 {
