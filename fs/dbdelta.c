@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -175,9 +176,10 @@ static void dd_fail(struct dd_job *j, int rc)
  * The compare reads the live file through a mapping: pread would copy every byte into a buffer
  * first, which was a third of an incremental capture. A writer may truncate the file while we
  * read it; touching a page past its new end raises SIGBUS. The thread that reads a block marks
- * the range it is reading (dd_guard); the handler jumps back out of such a read, which then
- * reports -EAGAIN as a short pread did. A SIGBUS anywhere else gets the action that was there
- * before us. */
+ * the range it is reading (dd_guard); the handler jumps back out of a fault in that range, and
+ * the block is read again with pread, which tells a truncation (-EAGAIN, as before) from an
+ * I/O error. Any other SIGBUS gets the action that was there before us, and the mapping is not
+ * used again. */
 
 struct dd_guard {
 	sigjmp_buf jb;
@@ -187,17 +189,27 @@ struct dd_guard {
 static __thread struct dd_guard *volatile dd_guarded;
 static struct sigaction dd_old_bus;
 static pthread_once_t dd_bus_once = PTHREAD_ONCE_INIT;
-static int dd_bus_ok;
+static volatile sig_atomic_t dd_bus_ok;
+
+static void dd_guard_set(struct dd_guard *g)
+{
+	dd_guarded = g;
+	atomic_signal_fence(memory_order_seq_cst); /* no read of the mapping moves across */
+}
 
 static void dd_on_sigbus(int sig, siginfo_t *si, void *uc)
 {
 	(void)uc;
 	struct dd_guard *g = dd_guarded;
 	const uint8_t *a = si->si_addr;
-	if (g && a >= g->lo && a < g->hi)
+	if (si->si_code > 0 && g && a >= g->lo && a < g->hi) /* > 0: a fault, not kill(2) */
 		siglongjmp(g->jb, 1);
-	/* Not ours: put back what was there; the faulting access runs again and gets it. */
+	/* Not ours: put back what was there. A fault runs its access again and gets that action;
+	 * a signal someone sent is sent again (blocked until we return). */
+	dd_bus_ok = 0;
 	sigaction(sig, &dd_old_bus, NULL);
+	if (si->si_code <= 0)
+		raise(sig);
 }
 
 static void dd_bus_install(void)
@@ -205,6 +217,15 @@ static void dd_bus_install(void)
 	struct sigaction sa = { .sa_sigaction = dd_on_sigbus, .sa_flags = SA_SIGINFO };
 	sigemptyset(&sa.sa_mask);
 	dd_bus_ok = sigaction(SIGBUS, &sa, &dd_old_bus) == 0;
+}
+
+/* Whether the live file may be read through a mapping on this thread: a SIGBUS it blocks
+ * would kill the process instead of reaching the handler. */
+static int dd_bus_usable(void)
+{
+	sigset_t cur;
+	pthread_once(&dd_bus_once, dd_bus_install);
+	return dd_bus_ok && pthread_sigmask(SIG_BLOCK, NULL, &cur) == 0 && !sigismember(&cur, SIGBUS);
 }
 
 /* Compare the n bytes s (block i of the live file) with dst and rewrite the pages that
@@ -242,8 +263,21 @@ static int dd_cmp_pages(struct dd_job *j, size_t i, const uint8_t *s, size_t n,
 	return rc == -EFAULT && j->smap ? -EAGAIN : rc;
 }
 
+/* The same with block i read into buf: where the live file is not mapped, and after a fault
+ * in its mapping (a truncation then reads short; an I/O error fails with its own errno). */
+static int dd_cmp_read(struct dd_job *j, size_t i, size_t n, uint8_t *buf, uint64_t *written,
+		       uint64_t *pages)
+{
+	ssize_t got = ut_pread_full(j->src, buf, n, (off_t)((uint64_t)i * DD_BLOCK));
+	if (got < 0)
+		return (int)got;
+	if ((size_t)got < n)
+		return -EAGAIN; /* the live file shrank: the caller sees the change later */
+	return dd_cmp_pages(j, i, buf, n, written, pages);
+}
+
 /* The same through the mapping of the live file, guarded. */
-static int dd_cmp_mapped(struct dd_job *j, size_t i, size_t n, uint64_t *written,
+static int dd_cmp_mapped(struct dd_job *j, size_t i, size_t n, uint8_t *buf, uint64_t *written,
 			 uint64_t *pages)
 {
 	struct dd_guard g;
@@ -251,12 +285,12 @@ static int dd_cmp_mapped(struct dd_job *j, size_t i, size_t n, uint64_t *written
 	g.lo = s;
 	g.hi = s + n;
 	if (sigsetjmp(g.jb, 1)) { /* 1: the mask the handler ran with is undone */
-		dd_guarded = NULL;
-		return -EAGAIN; /* the live file shrank: the caller sees the change later */
+		dd_guard_set(NULL);
+		return dd_cmp_read(j, i, n, buf, written, pages);
 	}
-	dd_guarded = &g;
+	dd_guard_set(&g);
 	int rc = dd_cmp_pages(j, i, s, n, written, pages);
-	dd_guarded = NULL;
+	dd_guard_set(NULL);
 	return rc;
 }
 
@@ -266,14 +300,8 @@ static int dd_cmp_block(struct dd_job *j, size_t i, uint8_t *buf, uint64_t *writ
 {
 	uint64_t off = (uint64_t)i * DD_BLOCK;
 	size_t n = (size_t)(j->len - off < DD_BLOCK ? j->len - off : DD_BLOCK);
-	if (j->smap)
-		return dd_cmp_mapped(j, i, n, written, pages);
-	ssize_t got = ut_pread_full(j->src, buf, n, (off_t)off);
-	if (got < 0)
-		return (int)got;
-	if ((size_t)got < n)
-		return -EAGAIN; /* the live file shrank: the caller sees the change later */
-	return dd_cmp_pages(j, i, buf, n, written, pages);
+	return j->smap ? dd_cmp_mapped(j, i, n, buf, written, pages)
+		       : dd_cmp_read(j, i, n, buf, written, pages);
 }
 
 #define DD_LANES 16
@@ -317,7 +345,7 @@ static void *dd_worker(void *arg)
 	struct dd_job *j = arg;
 	uint8_t *buf = NULL;
 	uint64_t written = 0, pages = 0;
-	if (j->mode == DD_CMP && !j->smap && !(buf = malloc(DD_BLOCK))) {
+	if (j->mode == DD_CMP && !(buf = malloc(DD_BLOCK))) {
 		dd_fail(j, -ENOMEM);
 		return NULL;
 	}
@@ -554,8 +582,7 @@ int dd_sync(int src, int dst, int base, unsigned threads, struct dd_blocks *b,
 	j.map = dd_map(dst, len, MADV_SEQUENTIAL);
 	if (j.map == MAP_FAILED)
 		return -errno;
-	pthread_once(&dd_bus_once, dd_bus_install);
-	if (dd_bus_ok) {
+	if (dd_bus_usable()) {
 		/* Not MADV_SEQUENTIAL: that would tell the kernel to drop the live file's pages,
 		 * which are the application's cache. No mapping (some filesystems): pread. */
 		j.smap = dd_map(src, len, MADV_NORMAL);
@@ -564,6 +591,9 @@ int dd_sync(int src, int dst, int base, unsigned threads, struct dd_blocks *b,
 	}
 	uint64_t copied = 0;
 	rc = dd_run(&j, threads, from, base_len < len ? base_len : len, &copied);
+	/* A cut inside the last page reads as zeros through a mapping, where pread read short. */
+	if (!rc && j.smap && fstat(src, &st) == 0 && (uint64_t)st.st_size < len)
+		rc = -EAGAIN;
 	dd_unmap(j.smap, len);
 	dd_unmap(j.map, len);
 	r->written = copied + j.written;

@@ -8,7 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -183,7 +186,114 @@ Test(dbdelta, live_file_truncated_during_the_compare)
 	uint8_t *got = slurp(copy, &clen), *want = slurp(live, &llen);
 	cr_assert_eq(clen, llen);
 	cr_assert(!memcmp(got, want, llen));
+	/* ... and the blocks it calls valid are: rehashed, the digest is the live file's. */
+	struct cp_result ref;
+	uint8_t d[32];
+	cr_assert_eq(dd_rehash(copy, 2, &b), 0);
+	cr_assert_eq(cp_digest_fd(live, &ref), 0);
+	dd_digest(&b, d);
+	cr_assert_arr_eq(d, ref.digest, 32);
 	free(got), free(want);
 	dd_free(&b);
 	close(s.fd), close(live), close(copy);
+}
+
+/* Compare the live file with its copy over and over while another thread truncates and
+ * extends it; returns how many compares saw the truncation (stops at `enough` or after
+ * `seconds`). Any result but 0 or -EAGAIN fails. */
+static int race_truncation(int live, int copy, uint64_t len, unsigned threads, int enough,
+			   int seconds)
+{
+	struct dd_blocks b;
+	struct dd_result r;
+	dd_init(&b);
+	cr_assert_eq(dd_copy(live, copy, 0, 1, &b, &r), 0);
+	struct shrinker s = { .fd = open_in_dir("live"), .len = len };
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, shrink_loop, &s), 0);
+	int again = 0;
+	time_t t0 = time(NULL);
+	while (again < enough && time(NULL) - t0 < seconds) {
+		int rc = dd_sync(live, copy, -1, threads, &b, &r);
+		cr_assert(rc == 0 || rc == -EAGAIN, "dd_sync: %s", strerror(-rc));
+		again += rc == -EAGAIN;
+	}
+	s.stop = 1;
+	pthread_join(t, NULL);
+	close(s.fd);
+	dd_free(&b);
+	return again;
+}
+
+static int make_live(uint64_t len, int *copy)
+{
+	uint8_t *data = malloc(len);
+	cr_assert_not_null(data);
+	fill_random(data, len);
+	int live = open_in_dir("live");
+	put(live, data, len, 0);
+	free(data);
+	*copy = open_in_dir("copy");
+	return live;
+}
+
+static int child_status(pid_t pid)
+{
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	return st;
+}
+
+Test(dbdelta, caller_blocking_sigbus_is_not_killed)
+{
+	/* The calling thread compares too; if it blocks SIGBUS, a fault in the mapping would kill
+	 * the process, so it must read with pread instead. In a child, since it may die. */
+	const uint64_t len = 16 * MiB;
+	int copy, live = make_live(len, &copy);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		sigset_t bus;
+		sigemptyset(&bus);
+		sigaddset(&bus, SIGBUS);
+		pthread_sigmask(SIG_BLOCK, &bus, NULL);
+		race_truncation(live, copy, len, 1, 10, 5);
+		_exit(0);
+	}
+	int st = child_status(pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the compare died (status %#x)", st);
+	close(live), close(copy);
+}
+
+Test(dbdelta, sigbus_not_ours_keeps_its_action)
+{
+	/* After the handler is in place, a SIGBUS sent with kill(2), or a fault in a mapping of
+	 * someone else's, must still do what it did before (here: kill the process). */
+	const uint64_t len = 4 * MiB;
+	for (int how = 0; how < 2; how++) {
+		int copy, live = make_live(len, &copy);
+		pid_t pid = fork();
+		cr_assert_geq(pid, 0);
+		if (pid == 0) {
+			struct dd_blocks b;
+			struct dd_result r;
+			dd_init(&b);
+			if (dd_copy(live, copy, 0, 1, &b, &r) || dd_sync(live, copy, -1, 2, &b, &r))
+				_exit(2);
+			if (how == 0) {
+				kill(getpid(), SIGBUS);
+			} else {
+				uint8_t *m = mmap(NULL, 2 * PAGE, PROT_READ, MAP_SHARED, live, 0);
+				if (m == MAP_FAILED || ftruncate(live, 0) < 0)
+					_exit(3);
+				volatile uint8_t x = m[PAGE];
+				(void)x;
+			}
+			_exit(0);
+		}
+		int st = child_status(pid);
+		cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGBUS,
+			  "%s: status %#x, not killed by SIGBUS", how ? "fault" : "kill", st);
+		close(live), close(copy);
+	}
 }
