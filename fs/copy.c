@@ -987,9 +987,104 @@ out:
 	return rc;
 }
 
+/* ---- digest of a file (verify) ------------------------------------------------------------
+ * A large file without holes is read 16 blocks at a time, which are hashed side by side
+ * (sha256_many), on CP_HASHERS threads that each take the next 16 blocks: about twice as fast
+ * as the block-at-a-time pipe of cp_file. Files with holes keep that pipe, which hashes a hole
+ * without reading it. */
+#define CP_DG_BATCH 16
+
+struct cp_dg {
+	int fd;
+	uint64_t size, nblk;
+	uint8_t (*dig)[32];
+	pthread_mutex_t mu;
+	uint64_t next;          /* first block not handed out */
+	int err;                /* -errno, or -EAGAIN: the file read short */
+};
+
+static void *cp_dg_worker(void *arg)
+{
+	struct cp_dg *g = arg;
+	uint8_t *buf = malloc(CP_DG_BATCH * CP_BLOCK);
+	for (;;) {
+		pthread_mutex_lock(&g->mu);
+		uint64_t b = g->next;
+		if (!buf && !g->err)
+			g->err = -ENOMEM;
+		int stop = g->err || b >= g->nblk;
+		g->next += stop ? 0 : CP_DG_BATCH;
+		pthread_mutex_unlock(&g->mu);
+		if (stop)
+			break;
+		uint64_t off = b * CP_BLOCK;
+		size_t len = (size_t)(g->size - off < CP_DG_BATCH * CP_BLOCK ? g->size - off
+									       : CP_DG_BATCH * CP_BLOCK);
+		ssize_t got = ut_pread_full(g->fd, buf, len, (off_t)off);
+		if (got < 0 || (size_t)got < len) {
+			pthread_mutex_lock(&g->mu);
+			if (!g->err)
+				g->err = got < 0 ? (int)got : -EAGAIN;
+			pthread_mutex_unlock(&g->mu);
+			break;
+		}
+		const void *msgs[CP_DG_BATCH];
+		size_t full = len / CP_BLOCK;
+		for (size_t i = 0; i < full; i++)
+			msgs[i] = buf + i * CP_BLOCK;
+		sha256_many(msgs, full, CP_BLOCK, &g->dig[b]);
+		if (full * CP_BLOCK < len)
+			sha256(buf + full * CP_BLOCK, len - full * CP_BLOCK, g->dig[b + full]);
+	}
+	free(buf);
+	return NULL;
+}
+
+/* 0 with r->size and r->digest set, CP_FALLBACK if the pipe should do it, or -errno. */
+static int cp_digest_batched(int fd, struct cp_result *r)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	uint64_t size = (uint64_t)st.st_size;
+	if (!S_ISREG(st.st_mode) || size <= 2 * CP_BLOCK || lseek(fd, 0, SEEK_HOLE) != (off_t)size)
+		return CP_FALLBACK;
+	struct cp_dg g = { .fd = fd, .size = size, .nblk = (size + CP_BLOCK - 1) / CP_BLOCK };
+	if (!(g.dig = malloc(g.nblk * 32)))
+		return -ENOMEM;
+	pthread_mutex_init(&g.mu, NULL);
+	pthread_t th[CP_HASHERS];
+	unsigned started = 0;
+	sigset_t all, old;
+	sigfillset(&all); /* helpers must never take a signal meant for the process */
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	for (unsigned t = 1; t < CP_HASHERS && g.nblk > CP_DG_BATCH; t++)
+		if (pthread_create(&th[started], NULL, cp_dg_worker, &g) == 0)
+			started++;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	cp_dg_worker(&g);
+	for (unsigned t = 0; t < started; t++)
+		pthread_join(th[t], NULL);
+	pthread_mutex_destroy(&g.mu);
+	int rc = g.err;
+	/* A file that changed size meanwhile is hashed again, the way files with holes are. */
+	if (!rc && (fstat(fd, &st) < 0 || (uint64_t)st.st_size != size))
+		rc = -EAGAIN;
+	if (!rc) {
+		sha256(g.dig, (size_t)g.nblk * 32, r->digest);
+		r->size = size;
+	}
+	free(g.dig);
+	return rc == -EAGAIN ? CP_FALLBACK : rc;
+}
+
 int cp_digest_fd(int fd, struct cp_result *r)
 {
-	return cp_file(fd, -1, 1, r);
+	memset(r, 0, sizeof *r);
+	if (pread(fd, r->head, sizeof r->head, 0) < 0)
+		return -errno;
+	int rc = cp_digest_batched(fd, r);
+	return rc == CP_FALLBACK ? cp_file(fd, -1, 1, r) : rc;
 }
 
 int cp_rmtree(int dirfd, const char *name)

@@ -268,7 +268,10 @@ Test(copy, digest_small_files_is_plain_sha256)
 
 Test(copy, digest_large_files_is_block_tree)
 {
-	static const size_t sizes[] = { MiB + 1, 2 * MiB, 3 * MiB + MiB / 2 };
+	/* Over 2 MiB without holes, cp_digest_fd hashes 16 blocks at a time on two threads: one
+	 * batch, a batch and a byte, several batches and a short block. */
+	static const size_t sizes[] = { MiB + 1, 2 * MiB, 3 * MiB + MiB / 2, 16 * MiB, 16 * MiB + 1,
+					49 * MiB + 123 };
 	for (unsigned i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
 		check_digest_of_size(sizes[i]);
 }
