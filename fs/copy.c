@@ -1040,7 +1040,8 @@ static void *cp_dg_worker(void *arg)
 	return NULL;
 }
 
-/* 0 with r->size and r->digest set, CP_FALLBACK if the pipe should do it, or -errno. */
+/* 0 with r->size, r->head and r->digest set, CP_FALLBACK if the pipe should do it, or
+ * -errno. */
 static int cp_digest_batched(int fd, struct cp_result *r)
 {
 	struct stat st;
@@ -1070,6 +1071,8 @@ static int cp_digest_batched(int fd, struct cp_result *r)
 	/* A file that changed size meanwhile is hashed again, the way files with holes are. */
 	if (!rc && (fstat(fd, &st) < 0 || (uint64_t)st.st_size != size))
 		rc = -EAGAIN;
+	if (!rc && pread(fd, r->head, sizeof r->head, 0) < 0)
+		rc = -errno;
 	if (!rc) {
 		sha256(g.dig, (size_t)g.nblk * 32, r->digest);
 		r->size = size;
@@ -1081,8 +1084,6 @@ static int cp_digest_batched(int fd, struct cp_result *r)
 int cp_digest_fd(int fd, struct cp_result *r)
 {
 	memset(r, 0, sizeof *r);
-	if (pread(fd, r->head, sizeof r->head, 0) < 0)
-		return -errno;
 	int rc = cp_digest_batched(fd, r);
 	return rc == CP_FALLBACK ? cp_file(fd, -1, 1, r) : rc;
 }
