@@ -68,28 +68,24 @@ struct cap_sig {
 	int64_t mtime_ns, ctime_ns;
 };
 
-struct ent {
-	char *path;              /* relative to the store; "" is the root */
-	const char *name;        /* last component, inside path */
-	size_t parent;
-	char kind;               /* K_*; K_NONE until classified, or once gone */
-	unsigned dirty : 1, copied : 1, reused : 1, rescan : 1, hot : 1, dbcopied : 1;
-	unsigned precopied : 1;  /* a database copied before the cut; valid while not dirty */
-	unsigned staged : 1;     /* a database whose staged copy blk describes */
-	struct dd_blocks blk;    /* databases: digests of the staged copy's 1 MiB blocks */
-	double synced_at;        /* when the staged copy of a database was last made equal */
+/* The fields of a struct stat that a capture uses, under the same names: an entry per file
+ * adds up on large stores, and a whole struct stat is 144 bytes. */
+struct cap_stat {
+	dev_t st_dev;
+	ino_t st_ino;
+	off_t st_size;
+	mode_t st_mode;
+	uid_t st_uid;
+	gid_t st_gid;
+	struct timespec st_atim, st_mtim, st_ctim;
+};
+
+/* What only a database entry needs; allocated when an entry is found to be one (cap_as_db). */
+struct ent_db {
+	struct dd_blocks blk;    /* digests of the staged copy's 1 MiB blocks */
+	double synced_at;        /* when the staged copy was last made equal */
 	uint64_t synced_pages;   /* pages that pass rewrote */
-	unsigned dirty_count;
-	uint64_t written;        /* bytes the last copy of it stored (holes are not) */
-	struct cp_pending *pend; /* plain files: the last copy, its digest still being computed */
-	double copied_at;        /* when the last copy of it began */
-	struct stat st;          /* source, as copied */
-	uint64_t size;
-	int has_digest;
-	uint8_t digest[32];
-	int64_t mtime_ns;        /* for reused entries: the previous snapshot's */
-	char *ident;             /* identity to record, or NULL */
-	/* databases, while a cut is attempted */
+	/* while a cut is attempted */
 	int dirfd, dbfd;
 	sqlite3 *db;
 	int dbmode;
@@ -98,6 +94,27 @@ struct ent {
 	int active_phase;        /* last marker phase in which it was written, -2 if none */
 	char *db_ident;          /* identity taken before the lock */
 	struct cap_sig cold_sig[2]; /* DB_WAL_COLD: its -wal and -shm when classified */
+};
+
+struct ent {
+	char *path;              /* relative to the store; "" is the root */
+	const char *name;        /* last component, inside path */
+	size_t parent;
+	struct ent_db *d;        /* databases (and entries that were one); else NULL */
+	struct cp_pending *pend; /* plain files: the last copy, its digest still being computed */
+	char *ident;             /* identity to record, or NULL */
+	uint64_t written;        /* bytes the last copy of it stored (holes are not) */
+	uint64_t size;
+	int64_t mtime_ns;        /* for reused entries: the previous snapshot's */
+	double copied_at;        /* when the last copy of it began */
+	struct cap_stat st;      /* source, as copied */
+	uint8_t digest[32];
+	unsigned dirty_count;
+	char kind;               /* K_*; K_NONE until classified, or once gone */
+	unsigned dirty : 1, copied : 1, reused : 1, rescan : 1, hot : 1, dbcopied : 1;
+	unsigned precopied : 1;  /* a database copied before the cut; valid while not dirty */
+	unsigned staged : 1;     /* a database whose staged copy d->blk describes */
+	unsigned has_digest : 1;
 };
 
 /* Block digests of an earlier snapshot's databases, from its manifest header lines. */
@@ -151,7 +168,34 @@ static int cap_openat2(int dirfd, const char *path, int flags)
 
 static int64_t cap_ns(struct timespec t) { return ut_ts_ns(t); }
 
-static char *cap_ident(const struct stat *s, int64_t at)
+static void cap_keep_stat(struct cap_stat *to, const struct stat *s)
+{
+	*to = (struct cap_stat){ .st_dev = s->st_dev, .st_ino = s->st_ino, .st_size = s->st_size,
+				 .st_mode = s->st_mode, .st_uid = s->st_uid, .st_gid = s->st_gid,
+				 .st_atim = s->st_atim, .st_mtim = s->st_mtim,
+				 .st_ctim = s->st_ctim };
+}
+
+/* fstat / fstatat (no symlink followed) into a cap_stat. 0 or -errno. */
+static int cap_fstat(int fd, struct cap_stat *to)
+{
+	struct stat s;
+	if (fstat(fd, &s) < 0)
+		return -errno;
+	cap_keep_stat(to, &s);
+	return 0;
+}
+
+static int cap_lstatat(int dirfd, const char *name, struct cap_stat *to)
+{
+	struct stat s;
+	if (fstatat(dirfd, name, &s, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	cap_keep_stat(to, &s);
+	return 0;
+}
+
+static char *cap_ident(const struct cap_stat *s, int64_t at)
 {
 	char buf[160];
 	if (cap_ns(s->st_ctim) + CAP_RACY_NS >= at)
@@ -196,14 +240,26 @@ static int cap_add(struct cap *c, size_t parent, const char *name, char kind, si
 	e->name = strrchr(e->path, '/') ? strrchr(e->path, '/') + 1 : e->path;
 	e->parent = parent;
 	e->kind = kind;
-	e->dirfd = e->dbfd = -1;
-	e->wal_phase = -1;
-	e->active_phase = -2;
 	if (ut_map_put(&c->index, e->path, c->n)) {
 		free(e->path);
 		return -ENOMEM;
 	}
 	*out = c->n++;
+	return 0;
+}
+
+/* Make e a database entry: give it the state only databases carry. 0 or -ENOMEM. */
+static int cap_as_db(struct ent *e)
+{
+	if (!e->d) {
+		e->d = calloc(1, sizeof *e->d);
+		if (!e->d)
+			return -ENOMEM;
+		e->d->dirfd = e->d->dbfd = -1;
+		e->d->wal_phase = -1;
+		e->d->active_phase = -2;
+	}
+	e->kind = K_DB;
 	return 0;
 }
 
@@ -241,7 +297,7 @@ static int cap_companion_of(const struct cap *c, size_t dir, const char *name, s
 	return cap_lookup(c, dir, base, db) && c->e[*db].kind == K_DB;
 }
 
-static void cap_apply_owner(int fd, const struct stat *s);
+static void cap_apply_owner(int fd, const struct cap_stat *s);
 
 /* Record the digest of a copy of plain file e and what it stored. */
 static void cap_copied(struct cap *c, struct ent *e, const struct cp_result *r)
@@ -295,7 +351,8 @@ static void cap_unstage(struct cap *c, size_t i)
 	c->e[i].reused = 0;
 	c->e[i].staged = 0;
 	c->e[i].precopied = 0;
-	dd_free(&c->e[i].blk);
+	if (c->e[i].d)
+		dd_free(&c->e[i].d->blk);
 }
 
 static void cap_forget(struct cap *c, size_t i)
@@ -343,10 +400,9 @@ static int cap_scan_dir(struct cap *c, size_t di)
 	}
 	if (rc)
 		goto out;
-	if (fstat(fd, &c->e[di].st) < 0) {
-		rc = -errno;
+	rc = cap_fstat(fd, &c->e[di].st);
+	if (rc)
 		goto out;
-	}
 	if (cap_ns(c->e[di].st.st_ctim) > c->newest_ctime)
 		c->newest_ctime = cap_ns(c->e[di].st.st_ctim);
 	if (di && mkdirat(c->stagefd, c->e[di].path, 0700) < 0 && errno != EEXIST) {
@@ -400,7 +456,7 @@ static int cap_scan_dir(struct cap *c, size_t di)
 		rc = cap_add(c, di, de->d_name, kind, &idx);
 		if (rc)
 			break;
-		c->e[idx].st = st;
+		cap_keep_stat(&c->e[idx].st, &st);
 		if (cap_ns(st.st_ctim) > c->newest_ctime)
 			c->newest_ctime = cap_ns(st.st_ctim);
 		c->e[idx].dirty = 1;
@@ -476,7 +532,7 @@ static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
 		/* A writer's journal comes and goes with every transaction: not a tree change. The
 		 * -shm is written by readers too (ourselves included), so it says nothing. */
 		if (strcmp(name + strlen(name) - 4, "-shm"))
-			c->e[i].active_phase = c->phase;
+			c->e[i].d->active_phase = c->phase;
 		return;
 	}
 	int structural = mask & (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO);
@@ -491,7 +547,7 @@ static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
 	struct ent *e = &c->e[i];
 	if (e->kind == K_DB && !structural) {
 		/* Only the validity of our early copy depends on it, not the cut. */
-		e->active_phase = c->phase;
+		e->d->active_phase = c->phase;
 		e->dirty = 1;
 		return;
 	}
@@ -528,7 +584,7 @@ static void cap_progress(struct cap *c, int force)
 		c->st->files, c->st->retries);
 }
 
-static void cap_apply_owner(int fd, const struct stat *s)
+static void cap_apply_owner(int fd, const struct cap_stat *s)
 {
 	/* Without privilege ownership cannot be kept; that is what cp -a does too. */
 	if (fchown(fd, s->st_uid, s->st_gid) < 0 && errno != EPERM)
@@ -563,14 +619,15 @@ static int cap_link_prev(struct cap *c, struct ent *e, const struct mf_entry *pe
 		goto out;
 	}
 	e->size = pe->size;
-	e->has_digest = pe->has_digest;
+	e->has_digest = pe->has_digest != 0;
 	memcpy(e->digest, pe->digest, 32);
 	e->mtime_ns = pe->mtime_ns;
 	e->reused = 1;
 	e->copied = 1;
 	e->staged = 0; /* the staged copy, if any, was replaced */
 	e->precopied = 0;
-	dd_free(&e->blk);
+	if (e->d)
+		dd_free(&e->d->blk);
 	c->st->bytes_linked += pe->size;
 	rc = 0;
 out:
@@ -600,7 +657,7 @@ static int cap_copy_link(struct cap *c, struct ent *e)
 	ssize_t n = readlinkat(pfd, e->name, target, PATH_MAX);
 	int rc = n < 0 ? -errno : 0;
 	if (!rc)
-		rc = fstatat(pfd, e->name, &e->st, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+		rc = cap_lstatat(pfd, e->name, &e->st);
 	close(pfd);
 	if (rc == -ENOENT || rc == -EINVAL) {
 		c->e[e->parent].rescan = 1;
@@ -642,10 +699,9 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	}
 	int64_t at = cap_ns(ut_realtime());
 	e->copied_at = ut_now();
-	if (fstat(src, &e->st) < 0) {
-		rc = -errno;
+	rc = cap_fstat(src, &e->st);
+	if (rc)
 		goto out;
-	}
 	if (!S_ISREG(e->st.st_mode)) {
 		c->e[e->parent].rescan = 1;
 		rc = 0;
@@ -654,9 +710,9 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	uint8_t head[16] = { 0 };
 	if (e->st.st_size >= 512 && pread(src, head, sizeof head, 0) == (ssize_t)sizeof head &&
 	    sq_is_header(head)) {
-		e->kind = K_DB; /* copied early by cap_precopy_db, judged under its lock */
+		/* copied early by cap_precopy_db, judged under its lock */
+		rc = cap_as_db(e);
 		e->dirty = 1;
-		rc = 0;
 		goto out;
 	}
 	free(e->ident);
@@ -742,15 +798,15 @@ static int cap_prev_base(struct cap *c, const struct ent *e, struct dd_blocks *b
  * it is brought up to date in place, so that only the pages that changed are written. Only
  * a copy no other snapshot shares (one link) is taken, and only one we can write to. The
  * first one taken removes that snapshot's manifest: it no longer is a whole snapshot.
- * 0 when e's staged copy is that copy, e->blk describing it; else -errno, e->blk empty, and
+ * 0 when e's staged copy is that copy, e->d->blk describing it; else -errno, e->d->blk empty, and
  * e's copy is to be made another way. */
 static int cap_recycle(struct cap *c, struct ent *e)
 {
 	struct stat ps, ns;
-	dd_free(&e->blk);
+	dd_free(&e->d->blk);
 	if (!c->have_recy)
 		return -ENOENT;
-	int fd = cap_earlier_copy(c->recyfd, &c->recy, &c->rb, e, O_RDWR, &e->blk, &ps);
+	int fd = cap_earlier_copy(c->recyfd, &c->recy, &c->rb, e, O_RDWR, &e->d->blk, &ps);
 	if (fd < 0)
 		return fd;
 	int rc = -EMLINK, from = -1, to = -1;
@@ -784,7 +840,7 @@ out:
 		close(to);
 	close(fd);
 	if (rc) {
-		dd_free(&e->blk);
+		dd_free(&e->d->blk);
 		return rc;
 	}
 	e->staged = 1;
@@ -806,10 +862,10 @@ static int cap_db_sync(struct cap *c, struct ent *e, int src, uint64_t *written)
 		dst = openat(c->stagefd, e->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
 		if (dst < 0)
 			return -errno;
-		rc = dd_sync(src, dst, -1, CAP_DB_THREADS, &e->blk, &r);
+		rc = dd_sync(src, dst, -1, CAP_DB_THREADS, &e->d->blk, &r);
 	} else {
-		dd_free(&e->blk);
-		base = cap_prev_base(c, e, &e->blk);
+		dd_free(&e->d->blk);
+		base = cap_prev_base(c, e, &e->d->blk);
 		unlinkat(c->stagefd, e->path, 0);
 		dst = openat(c->stagefd, e->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 			     0600);
@@ -817,19 +873,19 @@ static int cap_db_sync(struct cap *c, struct ent *e, int src, uint64_t *written)
 			rc = -errno;
 			if (base >= 0)
 				close(base);
-			dd_free(&e->blk);
+			dd_free(&e->d->blk);
 			return rc;
 		}
 		e->staged = 1;
 		if (base >= 0)
-			rc = dd_sync(src, dst, base, CAP_DB_THREADS, &e->blk, &r);
+			rc = dd_sync(src, dst, base, CAP_DB_THREADS, &e->d->blk, &r);
 		else
-			rc = dd_copy(src, dst, !c->holding, CAP_DB_THREADS, &e->blk, &r);
+			rc = dd_copy(src, dst, !c->holding, CAP_DB_THREADS, &e->d->blk, &r);
 		if (rc && rc != -EAGAIN && base >= 0) {
 			/* The base may not have been copied whole: claim nothing about the copy. */
 			struct stat st;
 			if (fstat(dst, &st) == 0)
-				dd_reset(&e->blk, (uint64_t)st.st_size);
+				dd_reset(&e->d->blk, (uint64_t)st.st_size);
 			else
 				e->staged = 0;
 		}
@@ -838,7 +894,7 @@ static int cap_db_sync(struct cap *c, struct ent *e, int src, uint64_t *written)
 	}
 	close(dst);
 	*written = r.written;
-	e->synced_pages = r.pages;
+	e->d->synced_pages = r.pages;
 	return rc;
 }
 
@@ -852,7 +908,7 @@ static int cap_precopy_db(struct cap *c, struct ent *e)
 	/* A busy database is compared again under the lock anyway, where only the pages that
 	 * changed since are rewritten; another pass without the lock only saves the lock those
 	 * writes when many pages keep changing. */
-	if (!c->holding && e->precopied && e->staged && e->synced_pages < CAP_RESYNC_PAGES)
+	if (!c->holding && e->precopied && e->staged && e->d->synced_pages < CAP_RESYNC_PAGES)
 		return 0;
 	e->dirty = 0;
 	e->precopied = 0;
@@ -876,7 +932,7 @@ static int cap_precopy_db(struct cap *c, struct ent *e)
 	free(ident);
 	if (pe)
 		goto out; /* unchanged since the previous snapshot: shared at the cut */
-	e->copied_at = e->synced_at = ut_now();
+	e->copied_at = e->d->synced_at = ut_now();
 	uint64_t w = 0;
 	rc = cap_db_sync(c, e, src, &w);
 	c->st->bytes_copied += w;
@@ -890,7 +946,7 @@ static int cap_precopy_db(struct cap *c, struct ent *e)
 		goto out;
 	}
 	e->precopied = 1;
-	e->size = e->blk.size;
+	e->size = e->d->blk.size;
 	c->done_bytes += (uint64_t)st.st_size;
 out:
 	if (src >= 0)
@@ -969,7 +1025,8 @@ static int cap_classify_dbs(struct cap *c)
 		int rc = 0;
 		if (pread(fd, head, sizeof head, 0) == (ssize_t)sizeof head && sq_is_header(head)) {
 			rc = cap_collect(c, e); /* a copy of it as a plain file is being hashed */
-			e->kind = K_DB;
+			if (!rc)
+				rc = cap_as_db(e);
 			e->dirty = 0;
 		}
 		close(fd);
@@ -984,36 +1041,38 @@ static int cap_classify_dbs(struct cap *c)
 static void cap_db_release(struct cap *c)
 {
 	for (size_t i = 0; i < c->n; i++) {
-		struct ent *e = &c->e[i];
-		if (e->db) {
-			sqlite3_exec(e->db, "ROLLBACK", NULL, NULL, NULL);
-			sqlite3_close(e->db);
-			e->db = NULL;
+		struct ent_db *d = c->e[i].d;
+		if (!d)
+			continue;
+		if (d->db) {
+			sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
+			sqlite3_close(d->db);
+			d->db = NULL;
 		}
-		if (e->dbfd >= 0) {
-			sq_unlock(e->dbfd);
-			close(e->dbfd);
-			e->dbfd = -1;
+		if (d->dbfd >= 0) {
+			sq_unlock(d->dbfd);
+			close(d->dbfd);
+			d->dbfd = -1;
 		}
-		if (e->dirfd >= 0) {
-			close(e->dirfd);
-			e->dirfd = -1;
+		if (d->dirfd >= 0) {
+			close(d->dirfd);
+			d->dirfd = -1;
 		}
-		e->locked = e->pinned = 0;
-		e->wal_phase = -1;
+		d->locked = d->pinned = 0;
+		d->wal_phase = -1;
 	}
 }
 
 static char *cap_db_ident(struct ent *e, int dirfd)
 {
-	struct stat s, w;
+	struct cap_stat s = { 0 }, w = { 0 }; /* set when found; zeroed for the compiler */
 	char name[NAME_MAX + 16];
 	int64_t at = cap_ns(ut_realtime());
-	if (fstatat(dirfd, e->name, &s, AT_SYMLINK_NOFOLLOW) < 0)
+	if (cap_lstatat(dirfd, e->name, &s) < 0)
 		return NULL;
 	char *a = cap_ident(&s, at), *b = NULL, *out = NULL;
 	snprintf(name, sizeof name, "%s-wal", e->name);
-	int has_wal = fstatat(dirfd, name, &w, AT_SYMLINK_NOFOLLOW) == 0;
+	int has_wal = cap_lstatat(dirfd, name, &w) == 0;
 	if (has_wal)
 		b = cap_ident(&w, at);
 	if (a && (!has_wal || b) && asprintf(&out, "%s/%s", a, has_wal ? b : "-") < 0)
@@ -1054,7 +1113,7 @@ static void cap_cold_sig(struct ent *e, struct cap_sig sig[2])
 		struct stat st;
 		snprintf(name, sizeof name, "%s%s", e->name, sfx[k]);
 		memset(&sig[k], 0, sizeof sig[k]);
-		if (fstatat(e->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+		if (fstatat(e->d->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
 			sig[k] = (struct cap_sig){ st.st_ino, st.st_size, cap_ns(st.st_mtim),
 						   cap_ns(st.st_ctim) };
 	}
@@ -1065,10 +1124,10 @@ static void cap_cold_sig(struct ent *e, struct cap_sig sig[2])
 static int cap_cold_disturbed(struct ent *e)
 {
 	struct cap_sig now[2];
-	if (cap_shm_in_use(e->dirfd, e->name))
+	if (cap_shm_in_use(e->d->dirfd, e->name))
 		return 1;
 	cap_cold_sig(e, now);
-	return memcmp(now, e->cold_sig, sizeof now) != 0;
+	return memcmp(now, e->d->cold_sig, sizeof now) != 0;
 }
 
 static int cap_wal_present(int dirfd, const char *name)
@@ -1086,31 +1145,31 @@ static int cap_db_prepare(struct cap *c)
 		struct ent *e = &c->e[i];
 		if (e->kind != K_DB)
 			continue;
-		e->dirfd = cap_openat2(c->storefd, c->e[e->parent].path, O_PATH | O_DIRECTORY);
-		if (e->dirfd < 0) {
-			int rc = e->dirfd;
-			e->dirfd = -1;
+		e->d->dirfd = cap_openat2(c->storefd, c->e[e->parent].path, O_PATH | O_DIRECTORY);
+		if (e->d->dirfd < 0) {
+			int rc = e->d->dirfd;
+			e->d->dirfd = -1;
 			c->e[e->parent].rescan = 1;
 			return rc == -ENOENT ? -EAGAIN : rc;
 		}
-		free(e->db_ident);
-		e->db_ident = cap_db_ident(e, e->dirfd);
-		e->dbmode = !cap_wal_present(e->dirfd, e->name) ? DB_ROLLBACK :
-			    cap_shm_in_use(e->dirfd, e->name) ? DB_WAL : DB_WAL_COLD;
-		if (e->dbmode == DB_WAL_COLD)
-			cap_cold_sig(e, e->cold_sig);
-		if (e->dbmode == DB_WAL) {
+		free(e->d->db_ident);
+		e->d->db_ident = cap_db_ident(e, e->d->dirfd);
+		e->d->dbmode = !cap_wal_present(e->d->dirfd, e->name) ? DB_ROLLBACK :
+			    cap_shm_in_use(e->d->dirfd, e->name) ? DB_WAL : DB_WAL_COLD;
+		if (e->d->dbmode == DB_WAL_COLD)
+			cap_cold_sig(e, e->d->cold_sig);
+		if (e->d->dbmode == DB_WAL) {
 			/* No descriptor of ours on this file from here on: closing one would drop the
 			 * POSIX locks SQLite takes for the connection. */
-			int rc = sq_open_ro(e->dirfd, e->name, &e->db);
+			int rc = sq_open_ro(e->d->dirfd, e->name, &e->d->db);
 			if (rc) {
 				log_err("cannot open database %s: %s", cap_where(c, e),
-					e->db ? sqlite3_errmsg(e->db) : strerror(-rc));
+					e->d->db ? sqlite3_errmsg(e->d->db) : strerror(-rc));
 				return rc;
 			}
 		} else {
-			e->dbfd = openat(e->dirfd, e->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-			if (e->dbfd < 0) {
+			e->d->dbfd = openat(e->d->dirfd, e->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+			if (e->d->dbfd < 0) {
 				int rc = -errno;
 				if (rc == -ENOENT) {
 					c->e[e->parent].rescan = 1;
@@ -1150,7 +1209,7 @@ static int cap_copy_companion(struct cap *c, struct ent *e, const char *suffix)
 	struct cp_result r;
 	snprintf(name, sizeof name, "%s%s", e->name, suffix);
 	snprintf(rel, sizeof rel, "%s%s", e->path, suffix);
-	int fd = openat(e->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	int fd = openat(e->d->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	int rc = fd < 0 ? -errno : cap_copy_fd_to_stage(c, fd, rel, 0, &r);
 	if (fd >= 0)
 		close(fd);
@@ -1165,33 +1224,33 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 	struct cp_result r;
 	int rc;
 	e->precopied = 0;
-	if (e->dbmode == DB_WAL_COLD || e->hot) {
+	if (e->d->dbmode == DB_WAL_COLD || e->hot) {
 		/* Made whole below and recovered by SQLite later: nothing is known of its blocks. */
 		e->staged = 0;
-		dd_free(&e->blk);
+		dd_free(&e->d->blk);
 	}
-	if (e->dbmode == DB_WAL) {
+	if (e->d->dbmode == DB_WAL) {
 		rc = cap_db_stage_path(c, e, "", path, sizeof path);
 		if (!rc && !e->staged)
 			cap_recycle(c, e);
 		if (!rc && e->staged) {
 			/* Into the copy at hand, writing only the pages that differ. */
-			rc = sq_backup_into(e->db, path, &e->blk, &w);
+			rc = sq_backup_into(e->d->db, path, &e->d->blk, &w);
 			if (rc) {
 				e->staged = 0;
-				dd_free(&e->blk);
+				dd_free(&e->d->blk);
 			}
 		} else if (!rc) {
 			unlinkat(c->stagefd, e->path, 0);
-			rc = sq_backup_to(e->db, path);
+			rc = sq_backup_to(e->d->db, path);
 			struct stat st;
 			if (!rc && fstatat(c->stagefd, e->path, &st, 0) == 0)
 				w = (uint64_t)st.st_size;
 		}
-	} else if (e->dbmode == DB_ROLLBACK && !e->hot) {
+	} else if (e->d->dbmode == DB_ROLLBACK && !e->hot) {
 		/* The early copy went stale: under the lock, only what differs is rewritten. */
-		e->synced_at = ut_now();
-		rc = cap_db_sync(c, e, e->dbfd, &w);
+		e->d->synced_at = ut_now();
+		rc = cap_db_sync(c, e, e->d->dbfd, &w);
 		c->st->bytes_copied += w;
 		w = 0;
 		if (rc == -EAGAIN) {
@@ -1199,13 +1258,13 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 			return -EAGAIN;
 		}
 	} else {
-		rc = cap_copy_fd_to_stage(c, e->dbfd, e->path, 0, &r);
+		rc = cap_copy_fd_to_stage(c, e->d->dbfd, e->path, 0, &r);
 		w = r.written;
 		/* A crashed writer's journal, or a WAL nobody has open, goes beside the private
 		 * copy, which SQLite then recovers; the live store is never touched. */
 		if (!rc && e->hot)
 			rc = cap_copy_companion(c, e, "-journal");
-		if (!rc && e->dbmode == DB_WAL_COLD) {
+		if (!rc && e->d->dbmode == DB_WAL_COLD) {
 			rc = cap_copy_companion(c, e, "-wal");
 			/* A connection that opened meanwhile may have checkpointed into the file we
 			 * were reading. */
@@ -1307,11 +1366,11 @@ static void cap_unpin(struct cap *c)
 {
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
-		if (e->pinned)
-			sqlite3_exec(e->db, "ROLLBACK", NULL, NULL, NULL);
-		e->pinned = 0;
-		e->wal_phase = -1;
-		e->active_phase = -2;
+		if (e->d->pinned)
+			sqlite3_exec(e->d->db, "ROLLBACK", NULL, NULL, NULL);
+		e->d->pinned = 0;
+		e->d->wal_phase = -1;
+		e->d->active_phase = -2;
 	}
 }
 
@@ -1326,20 +1385,20 @@ static int cap_pin_and_check(struct cap *c, double quiet_since)
 	c->end_phase = INT_MAX;
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
-		if (e->kind != K_DB || e->dbmode != DB_WAL)
+		if (e->kind != K_DB || e->d->dbmode != DB_WAL)
 			continue;
 		rc = wt_marker(c->w, (unsigned)nwal);
 		if (rc)
 			return rc;
-		e->wal_phase = nwal++;
-		rc = sq_begin_read(e->db, CAP_LOCK_WAIT);
+		e->d->wal_phase = nwal++;
+		rc = sq_begin_read(e->d->db, CAP_LOCK_WAIT);
 		if (rc) {
 			if (rc != -EIO)
 				return -EAGAIN;
-			log_err("cannot read database %s: %s", cap_where(c, e), sqlite3_errmsg(e->db));
+			log_err("cannot read database %s: %s", cap_where(c, e), sqlite3_errmsg(e->d->db));
 			return rc;
 		}
-		e->pinned = 1;
+		e->d->pinned = 1;
 	}
 	c->cut_ns = cap_ns(ut_realtime());
 	c->end_phase = nwal; /* events after this marker come after the cut */
@@ -1352,8 +1411,8 @@ static int cap_pin_and_check(struct cap *c, double quiet_since)
 	/* A WAL database pinned before the last pin must not have committed in between. */
 	for (size_t i = 0; !c->broken && i < c->n; i++) {
 		struct ent *e = &c->e[i];
-		if (e->kind == K_DB && e->wal_phase >= 0 && e->wal_phase < nwal - 1 &&
-		    e->active_phase >= e->wal_phase && e->active_phase < nwal) {
+		if (e->kind == K_DB && e->d->wal_phase >= 0 && e->d->wal_phase < nwal - 1 &&
+		    e->d->active_phase >= e->d->wal_phase && e->d->active_phase < nwal) {
 			c->broken = 1;
 			c->broken_why = e->path;
 		}
@@ -1375,9 +1434,9 @@ static int cap_attempt(struct cap *c, double deadline)
 	int nrollback = 0;
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
-		if (e->kind != K_DB || e->dbmode == DB_WAL)
+		if (e->kind != K_DB || e->d->dbmode == DB_WAL)
 			continue;
-		rc = sq_lock_shared(e->dbfd, CAP_LOCK_WAIT);
+		rc = sq_lock_shared(e->d->dbfd, CAP_LOCK_WAIT);
 		if (rc) {
 			if (rc == -EAGAIN)
 				log_info("database %s stayed write-locked; retrying", e->path);
@@ -1385,15 +1444,15 @@ static int cap_attempt(struct cap *c, double deadline)
 		}
 		if (nrollback++ == 0)
 			c->lock_t0 = ut_now(); /* writers wait from here, not while we waited */
-		e->locked = 1;
+		e->d->locked = 1;
 		c->holding = 1;
 		/* A writer may have switched it to WAL, or opened the cold WAL, before our lock. */
-		if (e->dbmode == DB_ROLLBACK ? cap_wal_present(e->dirfd, e->name) :
+		if (e->d->dbmode == DB_ROLLBACK ? cap_wal_present(e->d->dirfd, e->name) :
 					       cap_cold_disturbed(e)) {
 			rc = -EAGAIN;
 			goto out;
 		}
-		rc = sq_journal_is_hot(e->dirfd, e->name, e->dbfd);
+		rc = sq_journal_is_hot(e->d->dirfd, e->name, e->d->dbfd);
 		if (rc < 0)
 			goto out;
 		e->hot = rc == 1;
@@ -1410,7 +1469,7 @@ static int cap_attempt(struct cap *c, double deadline)
 		if (rc)
 			goto out;
 		for (size_t i = 0; i < c->n; i++)
-			if (c->e[i].kind == K_DB && c->e[i].dirfd < 0) {
+			if (c->e[i].kind == K_DB && c->e[i].d->dirfd < 0) {
 				rc = -EAGAIN; /* a new database appeared: start over to lock it too */
 				goto out;
 			}
@@ -1435,18 +1494,18 @@ static int cap_attempt(struct cap *c, double deadline)
 		/* Mode and owner as of the cut: a database's were last read when it was classified,
 		 * and a chmod of it breaks no cut, so it would otherwise never be seen. */
 		struct stat cur;
-		if (fstatat(e->dirfd, e->name, &cur, AT_SYMLINK_NOFOLLOW) == 0) {
+		if (fstatat(e->d->dirfd, e->name, &cur, AT_SYMLINK_NOFOLLOW) == 0) {
 			e->st.st_mode = cur.st_mode;
 			e->st.st_uid = cur.st_uid;
 			e->st.st_gid = cur.st_gid;
 		}
-		char *now = cap_db_ident(e, e->dirfd);
+		char *now = cap_db_ident(e, e->d->dirfd);
 		const struct mf_entry *pe = e->hot ? NULL : cap_prev_same(c, e, now);
 		free(now);
 		e->dbcopied = 0;
 		if (pe && cap_link_prev(c, e, pe) == 0)
 			continue;
-		if (e->dbmode == DB_ROLLBACK && e->precopied && !e->dirty && !e->hot) {
+		if (e->d->dbmode == DB_ROLLBACK && e->precopied && !e->dirty && !e->hot) {
 			e->dbcopied = e->copied = 1;
 			continue;
 		}
@@ -1486,13 +1545,13 @@ static int cap_db_finish(struct cap *c)
 		uint8_t hdr[20] = { 0 };
 		ssize_t hn = pread(fd, hdr, sizeof hdr, 0);
 		int rc = hn < 0 ? -errno : 0;
-		int recover = e->hot || e->dbmode == DB_WAL_COLD;
+		int recover = e->hot || e->d->dbmode == DB_WAL_COLD;
 		/* Emptied or overwritten in place since it was recognised: no database any more,
 		 * so its bytes are kept as they are. */
 		if (!recover && (hn < (ssize_t)sizeof hdr || !sq_is_header(hdr)))
 			e->kind = K_FILE;
 		if (!rc && e->kind == K_DB && !recover && (hdr[18] != 1 || hdr[19] != 1)) {
-			dd_invalidate(&e->blk, 18, 2);
+			dd_invalidate(&e->d->blk, 18, 2);
 			/* The copy holds every committed page and no WAL content is pending, so turning
 			 * it into a rollback-journal database only means rewriting the two format-version
 			 * bytes, as journal_mode=DELETE would (without bumping the change counter). */
@@ -1519,24 +1578,24 @@ static int cap_db_finish(struct cap *c)
 		/* Only the blocks that changed are hashed; the others keep their digests. */
 		struct stat st;
 		rc = fstat(fd, &st) < 0 ? -errno : 0;
-		if (!rc && (!e->staged || e->blk.size != (uint64_t)st.st_size || !e->blk.valid))
-			rc = dd_reset(&e->blk, (uint64_t)st.st_size);
+		if (!rc && (!e->staged || e->d->blk.size != (uint64_t)st.st_size || !e->d->blk.valid))
+			rc = dd_reset(&e->d->blk, (uint64_t)st.st_size);
 		if (!rc)
-			rc = dd_rehash(fd, CAP_DB_THREADS, &e->blk);
+			rc = dd_rehash(fd, CAP_DB_THREADS, &e->d->blk);
 		if (!rc)
 			cap_apply_owner(fd, &e->st);
 		close(fd);
 		if (rc)
 			return rc;
 		e->staged = 1;
-		e->size = e->blk.size;
-		dd_digest(&e->blk, e->digest);
+		e->size = e->d->blk.size;
+		dd_digest(&e->d->blk, e->digest);
 		e->has_digest = 1;
 		free(e->ident);
-		e->ident = e->hot ? NULL : e->db_ident;
+		e->ident = e->hot ? NULL : e->d->db_ident;
 		if (e->hot)
-			free(e->db_ident);
-		e->db_ident = NULL;
+			free(e->d->db_ident);
+		e->d->db_ident = NULL;
 		c->done_bytes += e->size;
 	}
 	return 0;
@@ -1637,10 +1696,10 @@ static int cap_write_blocks(struct cap *c, FILE *f)
 			continue;
 		char *hex = NULL;
 		uint8_t d[32];
-		if (e->staged && e->blk.size == e->size && dd_all_valid(&e->blk)) {
-			dd_digest(&e->blk, d);
+		if (e->staged && e->d->blk.size == e->size && dd_all_valid(&e->d->blk)) {
+			dd_digest(&e->d->blk, d);
 			if (!memcmp(d, e->digest, 32))
-				hex = dd_hex(&e->blk);
+				hex = dd_hex(&e->d->blk);
 		} else if (e->reused) {
 			size_t k;
 			struct dd_blocks b;
@@ -2114,8 +2173,11 @@ out:
 	for (size_t i = 0; i < c.n; i++) {
 		free(c.e[i].path);
 		free(c.e[i].ident);
-		free(c.e[i].db_ident);
-		dd_free(&c.e[i].blk);
+		if (c.e[i].d) {
+			free(c.e[i].d->db_ident);
+			dd_free(&c.e[i].d->blk);
+			free(c.e[i].d);
+		}
 	}
 	free(c.e);
 	cap_free_blocks(&c.pb);

@@ -19,12 +19,12 @@
 #include "capture.h"
 #include "util.h"
 
-struct mf_entry {
+struct mf_entry {              /* one per file of a loaded manifest: kept small */
 	char kind;
+	uint8_t has_digest;
 	uint32_t mode, uid, gid;
 	uint64_t size;
 	int64_t mtime_ns;
-	int has_digest;
 	uint8_t digest[32];
 	char *ident;          /* NULL when none */
 	char *path;           /* unescaped, relative, "" never appears */
