@@ -14,7 +14,12 @@
  *   rather than writing whole new copies. Nothing can open it any more (it is dead); the
  *   capture that used it removes what is left of it.
  * - After a failed capture the previous generation stays current (or there is none, and
- *   callers get -EIO) and no new attempt is made for SF_FAIL_BACKOFF seconds. */
+ *   callers get -EIO) and no new attempt is made for SF_FAIL_BACKOFF seconds.
+ * - At a clean shutdown the current generation stays in the cache as GEN_KEPT, beside
+ *   GEN_KEPT_TIME: when it stopped being readable. The next daemon never serves it; its first
+ *   capture is incremental on it, so unchanged files keep their mtimes (uploaders do not send
+ *   the whole store again after a restart), changed databases are recycled from it, and the
+ *   cut need only fall after that time, not after the daemon's start. */
 #include "stillfs.h"
 
 #include "copy.h"
@@ -31,6 +36,8 @@
 #include <unistd.h>
 
 #define GEN_SPARE "spare"
+#define GEN_KEPT "kept"
+#define GEN_KEPT_TIME "kept.time"
 
 struct gen {
 	struct gen *next;
@@ -62,6 +69,7 @@ struct genmgr {
 	unsigned long n_ok, n_fail, n_deleted;
 	double last_attempt_s;     /* wall time of the last capture, helper included */
 	double born;               /* monotonic time the manager started */
+	double kept_until;         /* GEN_KEPT is there, unread since (real time); else 0 */
 	int last_rc;
 	char last_err[512];
 	struct timespec last_err_at;
@@ -74,6 +82,7 @@ int gen_init(struct genmgr **out, const struct gen_cfg *cfg)
 		return -ENOMEM;
 	gm->cfg = *cfg;
 	gm->born = ut_now();
+	gm->kept_until = cfg->kept_until;
 	pthread_mutex_init(&gm->mu, NULL);
 	pthread_cond_init(&gm->done, NULL);
 	pthread_condattr_t ca;
@@ -104,14 +113,54 @@ static void gen_unref_locked(struct genmgr *gm, struct gen *g)
 	gen_free(g);
 }
 
+/* Keep g as GEN_KEPT for the next daemon. GEN_KEPT_TIME is written last, so that a GEN_KEPT
+ * without it (a crash in between) is never used. 0 or -errno. */
+static int gen_keep(struct genmgr *gm, struct gen *g)
+{
+	int cfd = gm->cfg.cachefd, rc = 0;
+	char buf[64];
+	unlinkat(cfd, GEN_KEPT_TIME, 0);
+	cp_rmtree(cfd, GEN_KEPT);
+	if (renameat(cfd, g->name, cfd, GEN_KEPT) < 0)
+		return -errno;
+	struct timespec rt = ut_realtime();
+	int n = snprintf(buf, sizeof buf, "%lld.%09ld\n", (long long)rt.tv_sec, rt.tv_nsec);
+	int fd = openat(cfd, GEN_KEPT_TIME ".tmp", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW |
+			O_CLOEXEC, 0600);
+	if (fd < 0 || write(fd, buf, (size_t)n) != n || fsync(fd) < 0)
+		rc = errno ? -errno : -EIO;
+	if (fd >= 0)
+		close(fd);
+	if (!rc && renameat(cfd, GEN_KEPT_TIME ".tmp", cfd, GEN_KEPT_TIME) < 0)
+		rc = -errno;
+	if (rc) {
+		unlinkat(cfd, GEN_KEPT_TIME ".tmp", 0);
+		cp_rmtree(cfd, GEN_KEPT);
+	}
+	return rc;
+}
+
 void gen_destroy(struct genmgr *gm)
 {
 	if (!gm)
 		return;
-	/* Shutdown: the kernel has let go of every node, so every generation can go. */
+	/* Shutdown: the kernel has let go of every node, so nothing can read a generation any
+	 * more. The current one stays for the next daemon; the others go. */
+	int kept = 0;
+	if (gm->cur) {
+		int rc = gen_keep(gm, gm->cur);
+		kept = rc == 0;
+		if (rc)
+			log_warn("cannot keep generation %lu for the next start: %s", gm->cur->seq,
+				 strerror(-rc));
+		else
+			log_info("generation %lu kept in the cache for the next start",
+				 gm->cur->seq);
+	}
 	for (struct gen *g = gm->list, *next; g; g = next) {
 		next = g->next;
-		cp_rmtree(gm->cfg.cachefd, g->name);
+		if (!(kept && g == gm->cur))
+			cp_rmtree(gm->cfg.cachefd, g->name);
 		gen_free(g);
 	}
 	cp_rmtree(gm->cfg.cachefd, GEN_SPARE);
@@ -121,8 +170,32 @@ void gen_destroy(struct genmgr *gm)
 	free(gm);
 }
 
-int gen_clean_cache(int cachefd, const char *keep)
+/* GEN_KEPT_TIME as seconds of real time, when it and GEN_KEPT are both usable; else 0. */
+static double gen_kept_time(int cachefd)
 {
+	char buf[64];
+	struct stat st;
+	double t = 0;
+	int fd = openat(cachefd, GEN_KEPT_TIME, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n > 1 && buf[n - 1] == '\n') {
+		char *end;
+		buf[n - 1] = 0;
+		t = strtod(buf, &end);
+		if (*end || !(t > 0 && t < 1e12))
+			t = 0;
+	}
+	if (fstatat(cachefd, GEN_KEPT, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode))
+		t = 0;
+	return t;
+}
+
+int gen_clean_cache(int cachefd, const char *keep, double *kept_until)
+{
+	*kept_until = gen_kept_time(cachefd);
 	int fd = openat(cachefd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
@@ -136,6 +209,9 @@ int gen_clean_cache(int cachefd, const char *keep)
 	while ((de = readdir(d))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
 		    !strcmp(de->d_name, keep))
+			continue;
+		if (*kept_until && (!strcmp(de->d_name, GEN_KEPT) ||
+				    !strcmp(de->d_name, GEN_KEPT_TIME)))
 			continue;
 		int r = cp_rmtree(cachefd, de->d_name);
 		if (r && !rc)
@@ -176,9 +252,20 @@ static int gen_capture_locked(struct genmgr *gm)
 	snprintf(name, sizeof name, "gen-%lu", seq);
 	if (prev)
 		prev->refs++;       /* the capture shares files with it: keep it */
+	const char *prevname = prev ? prev->name : NULL;
 	const char *recycle = prev && gm->spare && !gm->rotating ? GEN_SPARE : NULL;
 	if (recycle)
 		gm->spare = 0;      /* taken: gone after this capture, whatever its outcome */
+	double kept_until = prev ? 0 : gm->kept_until;
+	if (kept_until) {
+		/* An earlier daemon's last generation: shared and recycled like a previous one and
+		 * a spare, and gone after this capture, whatever its outcome. Its time goes first,
+		 * so that generations of ours are never taken for uploads before that time. */
+		gm->kept_until = 0;
+		unlinkat(gm->cfg.cachefd, GEN_KEPT_TIME, 0);
+		prevname = GEN_KEPT;
+		recycle = gm->cfg.recycle ? GEN_KEPT : NULL;
+	}
 	gm->capturing = 1;
 	pthread_mutex_unlock(&gm->mu);
 
@@ -190,15 +277,20 @@ static int gen_capture_locked(struct genmgr *gm)
 	}
 	double t0 = ut_now();
 	/* When readers last used the previous generation, on the real-time clock; with none,
-	 * when this daemon started (uploads of an earlier daemon's snapshots came before). */
+	 * when the earlier daemon stopped serving the one it kept, or else when this daemon
+	 * started (uploads of an earlier daemon's snapshots came before). */
 	struct timespec rt = ut_realtime();
-	double since = prev ? t0 - gen_last_use(prev) : t0 - gm->born;
-	double uploads_before = (double)rt.tv_sec + rt.tv_nsec / 1e9 - (since > 0 ? since : 0);
+	double rt_now = (double)rt.tv_sec + rt.tv_nsec / 1e9;
+	double since = prev ? t0 - gen_last_use(prev) : kept_until ? rt_now - kept_until :
+			      t0 - gm->born;
+	double uploads_before = rt_now - (since > 0 ? since : 0);
 	memset(&st, 0, sizeof st);
-	int rc = gm->cfg.capture(gm->cfg.arg, name, prev ? prev->name : NULL, recycle,
-				 uploads_before, &st, err, sizeof err);
+	int rc = gm->cfg.capture(gm->cfg.arg, name, prevname, recycle, uploads_before, &st, err,
+				 sizeof err);
 	if (recycle)
 		cp_rmtree(gm->cfg.cachefd, recycle);
+	if (kept_until && !recycle)
+		cp_rmtree(gm->cfg.cachefd, GEN_KEPT);
 	if (rc == 0) {
 		fd = openat(gm->cfg.cachefd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0) {
@@ -475,6 +567,7 @@ char *gen_status(struct genmgr *gm)
 	fprintf(f, "captures_failed: %lu\n", gm->n_fail);
 	fprintf(f, "generations_deleted: %lu\n", gm->n_deleted);
 	fprintf(f, "spare_kept: %s\n", gm->spare ? "yes" : "no");
+	fprintf(f, "earlier_generation: %s\n", gm->kept_until ? "kept" : "none");
 	fprintf(f, "last_attempt_s: %.3f\n", gm->last_attempt_s);
 	fprintf(f, "snapshot_max_age_s: %g\n", gm->cfg.max_age);
 	fprintf(f, "snapshot_linger_s: %g\n", gm->cfg.linger);

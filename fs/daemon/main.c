@@ -262,7 +262,7 @@ static int sf_open_cache(void)
 		fprintf(stderr, "stillfs: cache directory %s: %s\n", dir, strerror(errno));
 		return rc;
 	}
-	rc = gen_clean_cache(sf.cachefd, SF_CACHE_MARKER);
+	rc = gen_clean_cache(sf.cachefd, SF_CACHE_MARKER, &sf.kept_until);
 	if (rc)
 		fprintf(stderr, "stillfs: warning: cannot empty the cache %s: %s\n", dir, strerror(-rc));
 	return 0;
@@ -604,7 +604,7 @@ int main(int argc, char **argv)
 	sf.started = ut_realtime();
 	struct gen_cfg gc = { .cachefd = sf.cachefd, .max_age = sf.o.max_age,
 			      .linger = sf.o.linger, .recycle = !sf.o.no_recycle,
-			      .capture = hp_capture };
+			      .kept_until = sf.kept_until, .capture = hp_capture };
 	if (nd_init() || lk_init() || gen_init(&sf.gm, &gc)) {
 		fprintf(stderr, "stillfs: out of memory\n");
 		goto out;

@@ -99,6 +99,7 @@ struct sf {
 	int storefd;               /* O_PATH of the store, opened before mounting */
 	int cachefd;               /* the cache directory */
 	int cachelockfd;           /* flock'ed marker: one daemon per cache */
+	double kept_until;         /* an earlier daemon's generation is in the cache (gen_init) */
 	int procfd;                /* /proc/self/fd, to reopen O_PATH descriptors */
 	struct node root;
 	struct node snapdir;
@@ -218,13 +219,16 @@ struct gen_cfg {
 	double max_age;
 	double linger;
 	int recycle;               /* keep the last deleted generation for the next capture */
+	double kept_until;         /* from gen_clean_cache */
 	gen_capture_fn capture;
 	void *arg;
 };
 int gen_init(struct genmgr **out, const struct gen_cfg *cfg);
 void gen_destroy(struct genmgr *gm);
-/* Remove everything but the marker from the cache directory (leftovers of an earlier run). */
-int gen_clean_cache(int cachefd, const char *keep);
+/* Remove leftovers of an earlier run from the cache directory: everything but the marker
+ * `keep` and the generation an earlier daemon kept at its clean shutdown, when that one is
+ * usable. *kept_until: when the kept one stopped being readable (real time), or 0. */
+int gen_clean_cache(int cachefd, const char *keep, double *kept_until);
 /* The generation `.snapshot` resolves to now, capturing one if needed. Returns a reference
  * (gen_unref) or -EIO when there is none to serve. */
 int gen_acquire(struct genmgr *gm, struct gen **out);

@@ -2,8 +2,9 @@
 # Generations: materialized at open time, one capture for many concurrent openers, pinned by
 # handles and for the linger time, a long reader keeps its generation while a newer one is
 # taken (stillctl refresh), no stale cached bytes across generations, unchanged files shared,
-# old generations deleted, leftovers cleaned at start, and capture failures (disk full) served
-# with the previous generation or EIO, and reported.
+# old generations deleted, leftovers cleaned at start, the last generation kept at unmount for
+# the next daemon's first capture, and capture failures (disk full) served with the previous
+# generation or EIO, and reported.
 source "$(dirname "$0")/lib.sh"
 : "${STILLFS:?}"
 store=$T_WORK/store mnt=$T_WORK/mnt cache=$T_WORK/cache.mnt
@@ -65,9 +66,40 @@ unpinned_aged() { [ "$(t_status "$mnt" pinned)" = no ] && aged; }
 t_wait_for 20 unpinned_aged
 [ "$(cat "$mnt/.snapshot/f")" = CCCC ] || t_fail "no new generation for an opener after max_age"
 [ "$(gen)" = 3 ] || t_fail "expected generation 3, got $(gen)"
+echo EEEE >"$store/f"       # same size as CCCC; changed while generation 3 may be uploaded
 t_unmount "$mnt"
 t_log_clean "$T_DAEMON_LOG"
-[ "$(ls -A "$cache")" = .stillfs-cache ] || t_fail "generations left in the cache after unmount"
+t_cache_kept "$cache"
+
+# --- restart: the generation kept at the unmount is never served, but the next daemon's first
+# capture is incremental on it: unchanged files keep their mtimes (an uploader sends nothing
+# again); f, changed at the same size before the unmount (its own mtime is older than an upload
+# of generation 3 could be), is dated after the unmount, so aws s3 sync sends it; and the kept
+# generation is gone after that capture.
+[ "$(cat "$cache/kept/f")" = CCCC ] || t_fail "the kept generation is not generation 3"
+big_mtime=$(stat -c %Y "$cache/kept/big")
+stopped=$(cut -d. -f1 "$cache/kept.time")
+(( $(stat -c %Y "$store/f") <= stopped )) || t_fail "test bug: f changed after the unmount"
+t_mount "$store" "$mnt" -o snapshot_max_age=1,snapshot_linger=2
+[ "$(t_status "$mnt" earlier_generation)" = kept ] || t_fail "the kept generation was not adopted"
+[ "$(gen)" = none ] || t_fail "the kept generation is served before any capture"
+[ "$(cat "$mnt/.snapshot/f")" = EEEE ] || t_fail "the first generation after a restart is not the store's"
+[ "$(gen)" = 1 ] || t_fail "expected generation 1 after the restart, got $(gen)"
+[ "$(stat -c %Y "$mnt/.snapshot/big")" = "$big_mtime" ] || t_fail "an unchanged file got a new mtime after the restart"
+(( $(stat -c %Y "$mnt/.snapshot/f") > stopped )) || t_fail "a changed file is dated $(stat -c %Y "$mnt/.snapshot/f"), not after the unmount ($stopped)"
+(( $(t_status "$mnt" bytes_shared) >= 3000000 )) || t_fail "the first capture after the restart shared $(t_status "$mnt" bytes_shared) bytes"
+[ "$(t_status "$mnt" earlier_generation)" = none ] || t_fail "the kept generation is still pending after a capture"
+[ ! -e "$cache/kept" ] && [ ! -e "$cache/kept.time" ] || t_fail "the kept generation was not removed after the capture: $(ls -A "$cache")"
+"$STILLCTL" verify "$mnt/.snapshot" >/dev/null || t_fail "the first generation after the restart does not verify"
+t_unmount "$mnt"
+t_log_clean "$T_DAEMON_LOG"
+t_cache_kept "$cache"
+# A daemon that captures nothing leaves the kept generation as it found it.
+cp "$cache/kept.time" "$T_WORK/kept.time"
+t_mount "$store" "$mnt"
+t_unmount "$mnt"
+cmp -s "$cache/kept.time" "$T_WORK/kept.time" || t_fail "a daemon that served nothing changed kept.time"
+t_cache_kept "$cache"
 
 # --- capture failure: a cache too small (disk full) -------------------------------------------
 small=$T_WORK/small
@@ -82,7 +114,7 @@ t_status "$mnt" last_error | grep -Eqi 'space|full' || t_fail "status does not s
 [ "$(t_status "$mnt" captures_failed)" -ge 1 ] || t_fail "status does not count the failure"
 # With room again, a later opener succeeds (after the back-off).
 mv "$store/big" "$T_WORK/big"
-works() { [ "$(cat "$mnt/.snapshot/f" 2>/dev/null)" = CCCC ]; }
+works() { [ "$(cat "$mnt/.snapshot/f" 2>/dev/null)" = EEEE ]; }
 t_wait_for 30 works
 [ "$(gen)" = 1 ] || t_fail "expected generation 1 after recovery"
 # Full again: the refresh fails, and the previous generation is still served.
@@ -90,7 +122,7 @@ mv "$T_WORK/big" "$store/big"
 echo DDDD >"$store/f"
 rc=0; "$STILLCTL" refresh "$mnt" >/dev/null 2>"$T_WORK/refresh.err" || rc=$?
 [ "$rc" -eq 4 ] || t_fail "refresh into a full disk: exit $rc, expected 4: $(cat "$T_WORK/refresh.err")"
-[ "$(cat "$mnt/.snapshot/f")" = CCCC ] || t_fail "the previous generation is not served after a failure"
+[ "$(cat "$mnt/.snapshot/f")" = EEEE ] || t_fail "the previous generation is not served after a failure"
 [ "$(gen)" = 1 ] || t_fail "a failed capture replaced the generation"
 t_unmount "$mnt"
 t_log_clean "$T_DAEMON_LOG" 'no space|No space|capture failed|Input/output|cannot write|cannot finish|cannot publish|cannot copy|capture: '
@@ -125,7 +157,8 @@ for opt in snapshot_linger=0 snapshot_linger=0,no_recycle; do
     [ "$copied" -gt 6000000 ] || t_fail "-o no_recycle: only $copied bytes written"
   fi
   t_unmount "$mnt2"
-  [ "$(ls -A "$cache2")" = .stillfs-cache ] || t_fail "-o $opt: left in the cache after unmount: $(ls -A "$cache2")"
+  t_cache_kept "$cache2"
+  rm -rf "$cache2/kept" "$cache2/kept.time"   # each option starts from an empty cache
 done
 t_log_clean "$T_DAEMON_LOG"
 echo "# daemon-generations: ok"

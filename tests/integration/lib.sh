@@ -73,6 +73,15 @@ t_unmount() {
   t_is_stillfs "$mnt" && t_fail "$mnt still mounted"
   return 0
 }
+# t_cache_kept CACHE: after a clean unmount the cache holds only its marker and the last
+# generation, kept for the next daemon (kept/ and kept.time), and that generation verifies.
+t_cache_kept() {
+  local cache=$1 have
+  have=$(ls -A "$cache" | tr '\n' ' ')
+  [ "$have" = ".stillfs-cache kept kept.time " ] ||
+    t_fail "after unmount the cache holds '$have', not the marker and the kept generation"
+  "$STILLCTL" verify "$cache/kept" >/dev/null || t_fail "the generation kept in $cache does not verify"
+}
 # t_status MNT KEY: one field of the daemon's status file.
 t_status() { awk -v k="$2:" '$1 == k { sub(/^[^ ]+ /, ""); print; exit }' "$1/.stillfs-status"; }
 # t_log_clean LOG [EXTRA_ALLOWED_ERE]: fail if the daemon logged anything that looks like a
