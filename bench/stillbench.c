@@ -115,6 +115,12 @@ static const char *sb_opt(int argc, char **argv, const char *name, const char *d
 	return def;
 }
 
+/* xorshift needs a state other than 0; 2N+1 keeps every --seed N distinct. */
+static uint64_t sb_seed(int argc, char **argv, const char *dflt)
+{
+	return (strtoull(sb_opt(argc, argv, "--seed", dflt), NULL, 0) << 1) | 1;
+}
+
 static int sb_flag(int argc, char **argv, const char *name)
 {
 	for (int i = 0; i < argc; i++)
@@ -202,7 +208,7 @@ static int sb_sqlfill(int argc, char **argv)
 		sb_die("%s", "usage: stillbench sqlfill DB BYTES [--append] [--seed N]");
 	const char *path = argv[0];
 	double bytes = atof(argv[1]);
-	uint64_t seed = strtoull(sb_opt(argc, argv, "--seed", "1"), NULL, 0) | 1;
+	uint64_t seed = sb_seed(argc, argv, "1");
 	const int row = 3000; /* one row per 4 KiB page, like embeddings with metadata */
 	sqlite3 *db;
 	if (sqlite3_open(path, &db) != SQLITE_OK)
@@ -241,7 +247,7 @@ static int sb_fill(int argc, char **argv)
 {
 	if (argc < 2)
 		sb_die("%s", "usage: stillbench fill FILE BYTES [--seed N]");
-	uint64_t seed = strtoull(sb_opt(argc, argv, "--seed", "7"), NULL, 0) | 1;
+	uint64_t seed = sb_seed(argc, argv, "7");
 	long long bytes = atoll(argv[1]);
 	int fd = open(argv[0], O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
 	if (fd < 0)
@@ -293,7 +299,7 @@ static int sb_read(int argc, char **argv)
 			sb_die("read: %s", strerror(errno));
 	} else {
 		long long count = atoll(sb_opt(argc, argv, "--count", "16384"));
-		uint64_t seed = strtoull(sb_opt(argc, argv, "--seed", "42"), NULL, 0) | 1;
+		uint64_t seed = sb_seed(argc, argv, "42");
 		long long blocks = (long long)s.st_size / (long long)bs;
 		if (blocks < 1)
 			sb_die("%s is smaller than one block", argv[0]);
