@@ -1366,6 +1366,8 @@ static void cap_unpin(struct cap *c)
 {
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
+		if (!e->d)
+			continue;
 		if (e->d->pinned)
 			sqlite3_exec(e->d->db, "ROLLBACK", NULL, NULL, NULL);
 		e->d->pinned = 0;
