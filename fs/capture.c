@@ -1605,9 +1605,9 @@ static int cap_db_finish(struct cap *c)
 
 /* ---- finishing -------------------------------------------------------------------------- */
 
-/* A copied file whose bytes equal the previous snapshot's keeps the previous file, so its
- * mtime stays and uploaders skip it. Everything else new gets the cut time as mtime: later
- * than any upload of an earlier snapshot, so neither rsync nor aws s3 sync skips it. */
+/* A copied file whose bytes equal the previous snapshot's keeps the previous file, or at least
+ * its mtime, so uploaders skip it. Everything else new gets the cut time as mtime: later than
+ * any upload of an earlier snapshot, so neither rsync nor aws s3 sync skips it. */
 static int cap_set_times(struct cap *c)
 {
 	for (size_t i = 0; i < c->n; i++) {
@@ -1631,6 +1631,13 @@ static int cap_set_times(struct cap *c)
 					continue;
 				}
 				e->ident = ident;
+				/* Not shared (a recycled database's old copy moved into this snapshot,
+				 * say), but the same bytes as the file uploaded before: the same mtime. */
+				e->mtime_ns = pe->mtime_ns;
+				struct timespec ts[2] = { ut_ns_ts(pe->mtime_ns), ut_ns_ts(pe->mtime_ns) };
+				if (utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
+					return -errno;
+				continue;
 			}
 		}
 		/* The whole second of the cut. S3 keeps LastModified in whole seconds, truncated:

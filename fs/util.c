@@ -85,6 +85,16 @@ struct timespec ut_realtime(void)
 
 int64_t ut_ts_ns(struct timespec t) { return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec; }
 
+struct timespec ut_ns_ts(int64_t ns)
+{
+	struct timespec t = { (time_t)(ns / 1000000000LL), (long)(ns % 1000000000LL) };
+	if (t.tv_nsec < 0) {
+		t.tv_nsec += 1000000000L;
+		t.tv_sec--;
+	}
+	return t;
+}
+
 void ut_format_bytes(uint64_t n, char *buf, size_t len)
 {
 	static const char *unit[] = { "B", "KiB", "MiB", "GiB", "TiB" };

@@ -11,6 +11,7 @@ store=$T_WORK/store mnt=$T_WORK/mnt cache=$T_WORK/cache.mnt
 mkdir -p "$store" "$mnt" "$cache"
 echo AAAA >"$store/f"
 head -c 3000000 /dev/urandom >"$store/big"
+sqlite3 "$store/db.sqlite3" "create table t(v); with recursive n(i) as (select 1 union all select i + 1 from n where i < 40) insert into t select randomblob(50000) from n;"  # over 1 MiB: recyclable
 # Leftovers of an earlier run in a cache that is ours: removed at start.
 touch "$cache/.stillfs-cache" && mkdir -p "$cache/gen-7/junk" "$cache/.gen-8.stillfs-tmp.1"
 t_mount "$store" "$mnt" -o snapshot_max_age=1,snapshot_linger=2
@@ -78,7 +79,9 @@ t_cache_kept "$cache"
 # generation is gone after that capture.
 [ "$(cat "$cache/kept/f")" = CCCC ] || t_fail "the kept generation is not generation 3"
 big_mtime=$(stat -c %Y "$cache/kept/big")
+db_mtime=$(stat -c %Y "$cache/kept/db.sqlite3")
 stopped=$(cut -d. -f1 "$cache/kept.time")
+touch "$store/db.sqlite3"    # a new identity, the same bytes: recycled from kept, not shared
 (( $(stat -c %Y "$store/f") <= stopped )) || t_fail "test bug: f changed after the unmount"
 t_mount "$store" "$mnt" -o snapshot_max_age=1,snapshot_linger=2
 [ "$(t_status "$mnt" earlier_generation)" = kept ] || t_fail "the kept generation was not adopted"
@@ -86,6 +89,7 @@ t_mount "$store" "$mnt" -o snapshot_max_age=1,snapshot_linger=2
 [ "$(cat "$mnt/.snapshot/f")" = EEEE ] || t_fail "the first generation after a restart is not the store's"
 [ "$(gen)" = 1 ] || t_fail "expected generation 1 after the restart, got $(gen)"
 [ "$(stat -c %Y "$mnt/.snapshot/big")" = "$big_mtime" ] || t_fail "an unchanged file got a new mtime after the restart"
+[ "$(stat -c %Y "$mnt/.snapshot/db.sqlite3")" = "$db_mtime" ] || t_fail "a database with unchanged bytes got a new mtime after the restart"
 (( $(stat -c %Y "$mnt/.snapshot/f") > stopped )) || t_fail "a changed file is dated $(stat -c %Y "$mnt/.snapshot/f"), not after the unmount ($stopped)"
 (( $(t_status "$mnt" bytes_shared) >= 3000000 )) || t_fail "the first capture after the restart shared $(t_status "$mnt" bytes_shared) bytes"
 [ "$(t_status "$mnt" earlier_generation)" = none ] || t_fail "the kept generation is still pending after a capture"
@@ -113,12 +117,12 @@ grep -q 'Input/output error' "$T_WORK/eio.err" || t_fail "expected EIO, got: $(c
 t_status "$mnt" last_error | grep -Eqi 'space|full' || t_fail "status does not say why: $(t_status "$mnt" last_error)"
 [ "$(t_status "$mnt" captures_failed)" -ge 1 ] || t_fail "status does not count the failure"
 # With room again, a later opener succeeds (after the back-off).
-mv "$store/big" "$T_WORK/big"
+mv "$store/big" "$store/db.sqlite3" "$T_WORK/"
 works() { [ "$(cat "$mnt/.snapshot/f" 2>/dev/null)" = EEEE ]; }
 t_wait_for 30 works
 [ "$(gen)" = 1 ] || t_fail "expected generation 1 after recovery"
 # Full again: the refresh fails, and the previous generation is still served.
-mv "$T_WORK/big" "$store/big"
+mv "$T_WORK/big" "$T_WORK/db.sqlite3" "$store/"
 echo DDDD >"$store/f"
 rc=0; "$STILLCTL" refresh "$mnt" >/dev/null 2>"$T_WORK/refresh.err" || rc=$?
 [ "$rc" -eq 4 ] || t_fail "refresh into a full disk: exit $rc, expected 4: $(cat "$T_WORK/refresh.err")"
