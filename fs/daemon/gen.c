@@ -15,8 +15,8 @@
  *   capture that used it removes what is left of it.
  * - After a failed capture the previous generation stays current (or there is none, and
  *   callers get -EIO) and no new attempt is made for SF_FAIL_BACKOFF seconds.
- * - At a clean shutdown the current generation stays in the cache as GEN_KEPT, beside
- *   GEN_KEPT_TIME: when it stopped being readable. The next daemon never serves it; its first
+ * - At a clean shutdown with no file of a generation open, the current generation stays in
+ *   the cache as GEN_KEPT, beside GEN_KEPT_TIME: when it stopped being readable. The next daemon never serves it; its first
  *   capture is incremental on it, so unchanged files keep their mtimes (uploaders do not send
  *   the whole store again after a restart), changed databases are recycled from it, and the
  *   cut need only fall after that time, not after the daemon's start. */
@@ -144,10 +144,18 @@ void gen_destroy(struct genmgr *gm)
 {
 	if (!gm)
 		return;
-	/* Shutdown: the kernel has let go of every node, so nothing can read a generation any
-	 * more. The current one stays for the next daemon; the others go. */
+	/* Shutdown: the session is gone, so the daemon answers nothing any more; but a file still
+	 * open after a lazy unmount (a SIGTERM while an upload runs) can still be read, through
+	 * passthrough or the page cache. Only with no handle left is now when the current
+	 * generation stopped being readable: then it stays for the next daemon. The others go. */
 	int kept = 0;
-	if (gm->cur) {
+	unsigned open = 0;
+	for (struct gen *g = gm->list; g; g = g->next)
+		open += g->handles;
+	if (gm->cur && open)
+		log_info("not keeping generation %lu for the next start: %u files of generations "
+			 "are still open", gm->cur->seq, open);
+	if (gm->cur && !open) {
 		int rc = gen_keep(gm, gm->cur);
 		kept = rc == 0;
 		if (rc)
@@ -283,6 +291,10 @@ static int gen_capture_locked(struct genmgr *gm)
 	double rt_now = (double)rt.tv_sec + rt.tv_nsec / 1e9;
 	double since = prev ? t0 - gen_last_use(prev) : kept_until ? rt_now - kept_until :
 			      t0 - gm->born;
+	if (kept_until > rt_now + 1)
+		log_warn("the clock is %.0f s behind the time the earlier daemon stopped (%s): "
+			 "this capture dates its changes after now only", kept_until - rt_now,
+			 GEN_KEPT_TIME);
 	double uploads_before = rt_now - (since > 0 ? since : 0);
 	memset(&st, 0, sizeof st);
 	int rc = gm->cfg.capture(gm->cfg.arg, name, prevname, recycle, uploads_before, &st, err,

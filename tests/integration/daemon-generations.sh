@@ -104,6 +104,16 @@ t_mount "$store" "$mnt"
 t_unmount "$mnt"
 cmp -s "$cache/kept.time" "$T_WORK/kept.time" || t_fail "a daemon that served nothing changed kept.time"
 t_cache_kept "$cache"
+# A daemon stopped by SIGTERM while a file of a generation is open keeps nothing: after the
+# lazy unmount that file can still be read, later than any time the daemon could write down.
+t_mount "$store" "$mnt"
+exec {held}<"$mnt/.snapshot/f"
+kill -TERM "$T_DAEMON_PID"
+rc=0; wait "$T_DAEMON_PID" || rc=$?
+exec {held}<&-
+[ "$rc" -eq 0 ] || t_fail "stillfs exited with status $rc on SIGTERM"
+[ "$(ls -A "$cache")" = .stillfs-cache ] || t_fail "a generation was kept while a file of it was open: $(ls -A "$cache" | tr "\n" " ")"
+grep -q 'not keeping generation 1' "$T_DAEMON_LOG" || t_fail "the log does not say why nothing was kept"
 
 # --- capture failure: a cache too small (disk full) -------------------------------------------
 small=$T_WORK/small
