@@ -114,7 +114,10 @@ static void gen_unref_locked(struct genmgr *gm, struct gen *g)
 }
 
 /* Keep g as GEN_KEPT for the next daemon. GEN_KEPT_TIME is written last, so that a GEN_KEPT
- * without it (a crash in between) is never used. 0 or -errno. */
+ * without it (a crash in between) is never used; and only once the cache's file system has
+ * written everything back: captures never sync, and the next daemon shares the kept files
+ * after checking only their size and mtime, so after a power cut they must not be torn.
+ * 0 or -errno. */
 static int gen_keep(struct genmgr *gm, struct gen *g)
 {
 	int cfd = gm->cfg.cachefd, rc = 0;
@@ -123,8 +126,17 @@ static int gen_keep(struct genmgr *gm, struct gen *g)
 	cp_rmtree(cfd, GEN_KEPT);
 	if (renameat(cfd, g->name, cfd, GEN_KEPT) < 0)
 		return -errno;
+	double t0 = ut_now();
+	if (syncfs(cfd) < 0) {
+		rc = -errno;
+		cp_rmtree(cfd, GEN_KEPT);
+		return rc;
+	}
+	if (ut_now() - t0 > 1)
+		log_info("writing the kept generation back to disk took %.1f s", ut_now() - t0);
 	struct timespec rt = ut_realtime();
 	int n = snprintf(buf, sizeof buf, "%lld.%09ld\n", (long long)rt.tv_sec, rt.tv_nsec);
+	errno = 0;
 	int fd = openat(cfd, GEN_KEPT_TIME ".tmp", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW |
 			O_CLOEXEC, 0600);
 	if (fd < 0 || write(fd, buf, (size_t)n) != n || fsync(fd) < 0)
@@ -133,8 +145,11 @@ static int gen_keep(struct genmgr *gm, struct gen *g)
 		close(fd);
 	if (!rc && renameat(cfd, GEN_KEPT_TIME ".tmp", cfd, GEN_KEPT_TIME) < 0)
 		rc = -errno;
+	if (!rc && fsync(cfd) < 0)
+		rc = -errno;
 	if (rc) {
 		unlinkat(cfd, GEN_KEPT_TIME ".tmp", 0);
+		unlinkat(cfd, GEN_KEPT_TIME, 0);
 		cp_rmtree(cfd, GEN_KEPT);
 	}
 	return rc;
