@@ -798,8 +798,8 @@ static int cap_prev_base(struct cap *c, const struct ent *e, struct dd_blocks *b
  * it is brought up to date in place, so that only the pages that changed are written. Only
  * a copy no other snapshot shares (one link) is taken, and only one we can write to. The
  * first one taken removes that snapshot's manifest: it no longer is a whole snapshot.
- * 0 when e's staged copy is that copy, e->d->blk describing it; else -errno, e->d->blk empty, and
- * e's copy is to be made another way. */
+ * 0 when e's staged copy is that copy, e->d->blk describing it; else -errno, e->d->blk empty,
+ * and e's copy is to be made another way. */
 static int cap_recycle(struct cap *c, struct ent *e)
 {
 	struct stat ps, ns;
@@ -1168,7 +1168,8 @@ static int cap_db_prepare(struct cap *c)
 				return rc;
 			}
 		} else {
-			e->d->dbfd = openat(e->d->dirfd, e->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+			e->d->dbfd = openat(e->d->dirfd, e->name,
+					    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 			if (e->d->dbfd < 0) {
 				int rc = -errno;
 				if (rc == -ENOENT) {
@@ -1397,7 +1398,8 @@ static int cap_pin_and_check(struct cap *c, double quiet_since)
 		if (rc) {
 			if (rc != -EIO)
 				return -EAGAIN;
-			log_err("cannot read database %s: %s", cap_where(c, e), sqlite3_errmsg(e->d->db));
+			log_err("cannot read database %s: %s", cap_where(c, e),
+				sqlite3_errmsg(e->d->db));
 			return rc;
 		}
 		e->d->pinned = 1;
@@ -1580,7 +1582,8 @@ static int cap_db_finish(struct cap *c)
 		/* Only the blocks that changed are hashed; the others keep their digests. */
 		struct stat st;
 		rc = fstat(fd, &st) < 0 ? -errno : 0;
-		if (!rc && (!e->staged || e->d->blk.size != (uint64_t)st.st_size || !e->d->blk.valid))
+		if (!rc && (!e->staged || e->d->blk.size != (uint64_t)st.st_size ||
+			    !e->d->blk.valid))
 			rc = dd_reset(&e->d->blk, (uint64_t)st.st_size);
 		if (!rc)
 			rc = dd_rehash(fd, CAP_DB_THREADS, &e->d->blk);
@@ -1631,10 +1634,11 @@ static int cap_set_times(struct cap *c)
 					continue;
 				}
 				e->ident = ident;
-				/* Not shared (a recycled database's old copy moved into this snapshot,
-				 * say), but the same bytes as the file uploaded before: the same mtime. */
+				/* Not shared (a recycled database's old copy moved into this
+				 * snapshot, say), but the same bytes as the file uploaded before:
+				 * the same mtime. */
 				e->mtime_ns = pe->mtime_ns;
-				struct timespec ts[2] = { ut_ns_ts(pe->mtime_ns), ut_ns_ts(pe->mtime_ns) };
+				struct timespec t = ut_ns_ts(pe->mtime_ns), ts[2] = { t, t };
 				if (utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
 					return -errno;
 				continue;

@@ -16,10 +16,11 @@
  * - After a failed capture the previous generation stays current (or there is none, and
  *   callers get -EIO) and no new attempt is made for SF_FAIL_BACKOFF seconds.
  * - At a clean shutdown with no file of a generation open, the current generation stays in
- *   the cache as GEN_KEPT, beside GEN_KEPT_TIME: when it stopped being readable. The next daemon never serves it; its first
- *   capture is incremental on it, so unchanged files keep their mtimes (uploaders do not send
- *   the whole store again after a restart), changed databases are recycled from it, and the
- *   cut need only fall after that time, not after the daemon's start. */
+ *   the cache as GEN_KEPT, beside GEN_KEPT_TIME: when it stopped being readable. The next
+ *   daemon never serves it; its first capture is incremental on it, so unchanged files keep
+ *   their mtimes (uploaders do not send the whole store again after a restart), changed
+ *   databases are recycled from it, and the cut need only fall after that time, not after the
+ *   daemon's start. */
 #include "stillfs.h"
 
 #include "copy.h"
