@@ -24,6 +24,33 @@ static struct fh *fh_of(struct fuse_file_info *fi)
 	return (struct fh *)(uintptr_t)fi->fh;
 }
 
+/* Every open handle: one the kernel never released (a file still open when the session ended,
+ * after a lazy unmount) stays reachable at exit instead of looking like a leak. */
+static struct fh *fh_all;
+static pthread_mutex_t fh_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void fh_link(struct fh *h)
+{
+	pthread_mutex_lock(&fh_mu);
+	h->next = fh_all;
+	if (fh_all)
+		fh_all->prev = h;
+	fh_all = h;
+	pthread_mutex_unlock(&fh_mu);
+}
+
+static void fh_unlink(struct fh *h)
+{
+	pthread_mutex_lock(&fh_mu);
+	if (h->prev)
+		h->prev->next = h->next;
+	else
+		fh_all = h->next;
+	if (h->next)
+		h->next->prev = h->prev;
+	pthread_mutex_unlock(&fh_mu);
+}
+
 static char *fh_status_text(size_t *len)
 {
 	char *gen = gen_status(sf.gm), *buf = NULL;
@@ -49,6 +76,7 @@ static char *fh_status_text(size_t *len)
 /* Everything a handle holds besides its memory: descriptor, pin, WAL-index count. */
 static void fh_close(struct fh *h)
 {
+	fh_unlink(h);
 	pt_detach(h);
 	if (h->fd >= 0)
 		close(h->fd);
@@ -119,6 +147,7 @@ static int fh_make(struct node *n, struct fuse_file_info *fi, int fd, struct fh 
 		break;
 	}
 	fi->fh = (uintptr_t)h;
+	fh_link(h);
 	*out = h;
 	return 0;
 fail:

@@ -68,6 +68,7 @@ enum pt_mode { PT_NONE, PT_BACKED, PT_CACHED };
 
 /* An open file (file.c). Directories have their own handle (dir.c). */
 struct fh {
+	struct fh *prev, *next;    /* fh_all */
 	int fd;
 	enum pt_mode pt;           /* how the kernel serves its reads and writes */
 	int shm_counted;           /* counted in sf.shm_handles */
