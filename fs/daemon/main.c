@@ -191,7 +191,8 @@ static char *sf_default_cache(const char *store)
 }
 
 /* mkdir -p with mode 0700 for what it creates. */
-static int sf_mkdirs(const char *path)
+/* mkdir -p; *made: whether the last component was created now. */
+static int sf_mkdirs(const char *path, int *made)
 {
 	char buf[PATH_MAX];
 	if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
@@ -200,7 +201,8 @@ static int sf_mkdirs(const char *path)
 		if (*p == '/' || !*p) {
 			char c = *p;
 			*p = 0;
-			if (mkdir(buf, 0700) < 0 && errno != EEXIST)
+			*made = mkdir(buf, 0700) == 0;
+			if (!*made && errno != EEXIST)
 				return -errno;
 			*p = c;
 			if (!c)
@@ -215,9 +217,10 @@ static int sf_mkdirs(const char *path)
 static int sf_open_cache(void)
 {
 	const char *dir = sf.o.cache;
-	int rc = sf_mkdirs(dir), fd;
+	int made = 0, rc = sf_mkdirs(dir, &made), fd;
 	struct stat st;
 
+	sf.cache_made = made;
 	if (rc) {
 		fprintf(stderr, "stillfs: cannot create the cache directory %s: %s\n", dir, strerror(-rc));
 		return rc;
@@ -245,6 +248,7 @@ static int sf_open_cache(void)
 			return -ENOTEMPTY;
 		}
 		fd = openat(sf.cachefd, SF_CACHE_MARKER, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		sf.cache_marked = fd >= 0;
 	}
 	if (fd < 0) {
 		rc = -errno;
@@ -717,6 +721,12 @@ out:
 	if (lc)
 		fuse_loop_cfg_destroy(lc);
 	gen_destroy(sf.gm);
+	/* A start that failed before mounting leaves no cache it made itself behind. */
+	if (!mounted && sf.cache_marked && sf.cachefd >= 0) {
+		unlinkat(sf.cachefd, SF_CACHE_MARKER, 0);
+		if (sf.cache_made)
+			rmdir(sf.o.cache);
+	}
 	if (fuse_slot >= 0)
 		close(fuse_slot);
 	free(cmd.mountpoint);

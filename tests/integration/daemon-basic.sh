@@ -26,6 +26,13 @@ expect_error 'nonexistent.*No such file' "$T_WORK/nonexistent" "$mnt"
 expect_error 'not a directory' "$store/a.txt" "$mnt"
 expect_error 'nomnt.*No such file' "$store" "$T_WORK/nomnt"
 expect_error 'unknown option' "$store" "$mnt" -o bogus_option=1
+# libfuse rejects that option only after the cache was claimed: a cache made by a failed start
+# goes with it, an existing one stays.
+expect_error 'unknown option' "$store" "$mnt" -o "bogus_option=1,cache=$T_WORK/new/cache"
+[ ! -e "$T_WORK/new/cache" ] || t_fail "a failed start left the cache it made: $(ls -A "$T_WORK/new/cache")"
+mkdir -p "$T_WORK/old.cache"
+expect_error 'unknown option' "$store" "$mnt" -o "bogus_option=1,cache=$T_WORK/old.cache"
+[ -d "$T_WORK/old.cache" ] || t_fail "a failed start removed a cache directory it did not make"
 expect_error "snapdir must be" "$store" "$mnt" -o snapdir=sometimes
 expect_error 'must be >= 0' "$store" "$mnt" -o snapshot_max_age=-1
 expect_error 'inside the store' "$store" "$store/sub"
