@@ -90,6 +90,7 @@ struct ent_db {
 	sqlite3 *db;
 	int dbmode;
 	int locked, pinned;
+	int took_prev;           /* its copy was moved here from the previous snapshot */
 	int wal_phase;           /* order of its WAL pin in this attempt, -1 if none */
 	int active_phase;        /* last marker phase in which it was written, -2 if none */
 	char *db_ident;          /* identity taken before the lock */
@@ -151,6 +152,7 @@ struct cap {
 	/* the snapshot given up to cap_opts.recycle: its databases' copies may be taken */
 	int recyfd;
 	int have_recy, recy_taken;
+	int recy_is_prev;        /* the recycled snapshot is the previous one (stillctl --recycle) */
 	struct mf recy;
 	struct cap_blocks rb;
 };
@@ -844,6 +846,7 @@ out:
 		return rc;
 	}
 	e->staged = 1;
+	e->d->took_prev = c->recy_is_prev;
 	c->st->recycled++;
 	return 0;
 }
@@ -1626,7 +1629,8 @@ static int cap_set_times(struct cap *c)
 				uint64_t was = e->written;
 				char *ident = e->ident;
 				e->ident = NULL;
-				if (cap_link_prev(c, e, pe) == 0) {
+				int lr = cap_link_prev(c, e, pe);
+				if (lr == 0) {
 					/* it was copied, then found equal and shared instead */
 					c->st->bytes_copied -= was < c->st->bytes_copied ? was : c->st->bytes_copied;
 					free(e->ident);
@@ -1634,14 +1638,16 @@ static int cap_set_times(struct cap *c)
 					continue;
 				}
 				e->ident = ident;
-				/* Not shared (a recycled database's old copy moved into this
-				 * snapshot, say), but the same bytes as the file uploaded before:
-				 * the same mtime. */
-				e->mtime_ns = pe->mtime_ns;
-				struct timespec t = ut_ns_ts(pe->mtime_ns), ts[2] = { t, t };
-				if (utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
-					return -errno;
-				continue;
+				if (lr == -ENOENT && e->d && e->d->took_prev) {
+					/* The previous file is this one's old copy, moved here after it
+					 * was checked to be as its manifest says (cap_earlier_copy):
+					 * these are the bytes uploaded before, so the same mtime. */
+					e->mtime_ns = pe->mtime_ns;
+					struct timespec t = ut_ns_ts(pe->mtime_ns), ts[2] = { t, t };
+					if (utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
+						return -errno;
+					continue;
+				}
 			}
 		}
 		/* The whole second of the cut. S3 keeps LastModified in whole seconds, truncated:
@@ -2097,6 +2103,10 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 			c.have_recy = 1;
 			cap_load_blocks(c.recyfd, &c.rb);
 		}
+		struct stat a, b;
+		c.recy_is_prev = c.have_prev && c.have_recy && fstat(c.prevfd, &a) == 0 &&
+				 fstat(c.recyfd, &b) == 0 && a.st_dev == b.st_dev &&
+				 a.st_ino == b.st_ino;
 	}
 	rc = wt_open(&c.w, c.workfd);
 	if (rc) {

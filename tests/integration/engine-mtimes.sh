@@ -43,4 +43,15 @@ m=$(stat -c %Y "$T_WORK/s3/note.txt")
 "$STILLCTL" snapshot -q --uploads-before "$(date -d '+1 hour' +%s)" "$store" "$T_WORK/s4" 2>/dev/null &&
   t_fail "--uploads-before in the future was accepted"
 [ ! -e "$T_WORK/s4" ] || t_fail "a refused snapshot left $T_WORK/s4 behind"
+# A previous snapshot whose file no longer is what its manifest says (rewritten in place,
+# same size, after an upload) proves nothing: a copy equal to the manifest's digest still gets
+# a new mtime, or s3 sync would keep the rewritten bytes.
+"$STILLCTL" snapshot -q "$store" "$T_WORK/s5"
+chmod u+w "$T_WORK/s5/seg/c.bin"
+head -c 100000 /dev/urandom >"$T_WORK/s5/seg/c.bin"
+up5=$(date +%s.%N)
+"$STILLCTL" snapshot -q --previous "$T_WORK/s5" "$store" "$T_WORK/s6"
+m=$(stat -c %.9Y "$T_WORK/s6/seg/c.bin")
+[ "$(echo "$m > $up5" | bc)" = 1 ] || t_fail "seg/c.bin: its previous copy was rewritten, yet it kept that copy's mtime $m (upload at $up5)"
+cmp -s "$store/seg/c.bin" "$T_WORK/s6/seg/c.bin" || t_fail "seg/c.bin in s6 differs from the store"
 echo "ok"
