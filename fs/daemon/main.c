@@ -217,10 +217,9 @@ static int sf_mkdirs(const char *path, int *made)
 static int sf_open_cache(void)
 {
 	const char *dir = sf.o.cache;
-	int made = 0, rc = sf_mkdirs(dir, &made), fd;
-	struct stat st;
+	int made = 0, marked = 0, rc = sf_mkdirs(dir, &made), fd;
+	struct stat st, named;
 
-	sf.cache_made = made;
 	if (rc) {
 		fprintf(stderr, "stillfs: cannot create the cache directory %s: %s\n", dir, strerror(-rc));
 		return rc;
@@ -248,7 +247,7 @@ static int sf_open_cache(void)
 			return -ENOTEMPTY;
 		}
 		fd = openat(sf.cachefd, SF_CACHE_MARKER, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-		sf.cache_marked = fd >= 0;
+		marked = fd >= 0;
 	}
 	if (fd < 0) {
 		rc = -errno;
@@ -261,6 +260,18 @@ static int sf_open_cache(void)
 		fprintf(stderr, "stillfs: cache directory %s is in use by another stillfs\n", dir);
 		return rc;
 	}
+	/* A daemon whose start failed removes the marker it made (main): the one we locked must
+	 * still be the one in the directory. */
+	if (fstat(fd, &st) < 0 || fstatat(sf.cachefd, SF_CACHE_MARKER, &named,
+					  AT_SYMLINK_NOFOLLOW) < 0 ||
+	    st.st_ino != named.st_ino || st.st_dev != named.st_dev) {
+		fprintf(stderr, "stillfs: cache directory %s changed while this daemon started; "
+			"start it again\n", dir);
+		return -EAGAIN;
+	}
+	/* Only now is the cache ours to undo if this start fails. */
+	sf.cache_marked = marked;
+	sf.cache_made = made && marked;
 	if (fchmod(sf.cachefd, 0700) < 0 || fstat(sf.cachefd, &st) < 0) {
 		rc = -errno;
 		fprintf(stderr, "stillfs: cache directory %s: %s\n", dir, strerror(errno));
@@ -723,8 +734,10 @@ out:
 	gen_destroy(sf.gm);
 	/* A start that failed before mounting leaves no cache it made itself behind. */
 	if (!mounted && sf.cache_marked && sf.cachefd >= 0) {
+		struct stat a, b;
 		unlinkat(sf.cachefd, SF_CACHE_MARKER, 0);
-		if (sf.cache_made)
+		if (sf.cache_made && fstat(sf.cachefd, &a) == 0 && stat(sf.o.cache, &b) == 0 &&
+		    a.st_dev == b.st_dev && a.st_ino == b.st_ino)
 			rmdir(sf.o.cache);
 	}
 	if (fuse_slot >= 0)
