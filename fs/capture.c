@@ -829,8 +829,7 @@ static int cap_recycle(struct cap *c, struct ent *e)
 			 c->o->recycle, strerror(errno));
 	c->recy_taken = 1;
 	/* Nothing else renames in these trees; still, it must be the file we checked. */
-	if (fstatat(to, e->name, &ns, AT_SYMLINK_NOFOLLOW) < 0 || ns.st_ino != ps.st_ino ||
-	    ns.st_dev != ps.st_dev) {
+	if (fstatat(to, e->name, &ns, AT_SYMLINK_NOFOLLOW) < 0 || !ut_same_file(&ns, &ps)) {
 		rc = -ESTALE;
 		goto out;
 	}
@@ -1620,48 +1619,45 @@ static int cap_set_times(struct cap *c)
 		struct ent *e = &c->e[i];
 		if ((e->kind != K_FILE && e->kind != K_DB) || !e->copied || e->reused)
 			continue;
-		if (c->have_prev) {
-			const struct mf_entry *pe = mf_find(&c->prev, e->path);
-			if (pe && pe->kind == e->kind && pe->has_digest && e->has_digest &&
-			    pe->size == e->size && !memcmp(pe->digest, e->digest, 32) &&
-			    pe->mode == (e->st.st_mode & 07777) && pe->uid == e->st.st_uid &&
-			    pe->gid == e->st.st_gid) {
-				uint64_t was = e->written;
-				char *ident = e->ident;
-				e->ident = NULL;
-				int lr = cap_link_prev(c, e, pe);
-				if (lr == 0) {
-					/* it was copied, then found equal and shared instead */
-					c->st->bytes_copied -= was < c->st->bytes_copied ? was : c->st->bytes_copied;
-					free(e->ident);
-					e->ident = ident;
-					continue;
-				}
-				e->ident = ident;
-				if (lr == -ENOENT && e->d && e->d->took_prev) {
-					/* The previous file is this one's old copy, moved here after it
-					 * was checked to be as its manifest says (cap_earlier_copy):
-					 * these are the bytes uploaded before, so the same mtime. */
-					e->mtime_ns = pe->mtime_ns;
-					struct timespec t = ut_ns_ts(pe->mtime_ns), ts[2] = { t, t };
-					if (utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
-						return -errno;
-					continue;
-				}
-			}
-		}
-		/* The whole second of the cut. S3 keeps LastModified in whole seconds, truncated:
-		 * an upload of this snapshot comes after the cut, so its LastModified is at least
-		 * this second and the next sync does not send the file again; an upload of an
-		 * earlier snapshot came before uploads_before, which the cut's second is after
-		 * (cap_settle waits for that), so this mtime is newer and the file is sent. rsync
-		 * compares whole seconds too: a new second also tells it the file changed. */
-		int64_t sec = c->cut_ns / 1000000000LL;
 		const struct mf_entry *pe = c->have_prev ? mf_find(&c->prev, e->path) : NULL;
-		if (pe && pe->mtime_ns / 1000000000LL >= sec)
-			sec = pe->mtime_ns / 1000000000LL + 1; /* only after a clock step back */
-		e->mtime_ns = sec * 1000000000LL;
-		struct timespec ts[2] = { { (time_t)sec, 0 }, { (time_t)sec, 0 } };
+		int keep = 0;
+		if (pe && pe->kind == e->kind && pe->has_digest && e->has_digest &&
+		    pe->size == e->size && !memcmp(pe->digest, e->digest, 32) &&
+		    pe->mode == (e->st.st_mode & 07777) && pe->uid == e->st.st_uid &&
+		    pe->gid == e->st.st_gid) {
+			uint64_t was = e->written;
+			char *ident = e->ident;
+			e->ident = NULL;
+			int lr = cap_link_prev(c, e, pe);
+			if (lr == 0) {
+				/* it was copied, then found equal and shared instead */
+				c->st->bytes_copied -= was < c->st->bytes_copied ? was : c->st->bytes_copied;
+				free(e->ident);
+				e->ident = ident;
+				continue;
+			}
+			e->ident = ident;
+			/* The previous file may be this one's old copy, moved here after it was checked
+			 * to be as its manifest says (cap_earlier_copy): then these are the bytes
+			 * uploaded before, so the same mtime. */
+			keep = lr == -ENOENT && e->d && e->d->took_prev;
+		}
+		int64_t ns = keep ? pe->mtime_ns : 0;
+		if (!keep) {
+			/* The whole second of the cut. S3 keeps LastModified in whole seconds,
+			 * truncated: an upload of this snapshot comes after the cut, so its
+			 * LastModified is at least this second and the next sync does not send the
+			 * file again; an upload of an earlier snapshot came before uploads_before,
+			 * which the cut's second is after (cap_settle waits for that), so this mtime
+			 * is newer and the file is sent. rsync compares whole seconds too: a new
+			 * second also tells it the file changed. */
+			int64_t sec = c->cut_ns / 1000000000LL;
+			if (pe && pe->mtime_ns / 1000000000LL >= sec)
+				sec = pe->mtime_ns / 1000000000LL + 1; /* only after a clock step back */
+			ns = sec * 1000000000LL;
+		}
+		e->mtime_ns = ns;
+		struct timespec t = ut_ns_ts(ns), ts[2] = { t, t };
 		if (utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
 			return -errno;
 	}
@@ -1960,14 +1956,13 @@ static int cap_inside_store(const struct cap *c, int dirfd)
 		return 0;
 	int fd = dup(dirfd);
 	while (fd >= 0 && fstat(fd, &pst) == 0) {
-		if (pst.st_dev == sst.st_dev && pst.st_ino == sst.st_ino) {
+		if (ut_same_file(&pst, &sst)) {
 			inside = 1;
 			break;
 		}
 		int up = openat(fd, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		struct stat ust;
-		if (up < 0 || (fstat(up, &ust) == 0 && ust.st_dev == pst.st_dev &&
-			       ust.st_ino == pst.st_ino)) {
+		if (up < 0 || (fstat(up, &ust) == 0 && ut_same_file(&ust, &pst))) {
 			if (up >= 0)
 				close(up);
 			break;
@@ -2105,8 +2100,7 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 		}
 		struct stat a, b;
 		c.recy_is_prev = c.have_prev && c.have_recy && fstat(c.prevfd, &a) == 0 &&
-				 fstat(c.recyfd, &b) == 0 && a.st_dev == b.st_dev &&
-				 a.st_ino == b.st_ino;
+				 fstat(c.recyfd, &b) == 0 && ut_same_file(&a, &b);
 	}
 	rc = wt_open(&c.w, c.workfd);
 	if (rc) {
