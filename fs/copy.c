@@ -683,7 +683,7 @@ static int cp_own_fd(int dst, int *fd)
 	if (*fd < 0)
 		return CP_FALLBACK;
 	struct stat a, b;
-	if (fstat(*fd, &a) < 0 || fstat(dst, &b) < 0 || a.st_ino != b.st_ino || a.st_dev != b.st_dev) {
+	if (fstat(*fd, &a) < 0 || fstat(dst, &b) < 0 || !ut_same_file(&a, &b)) {
 		close(*fd);
 		return CP_FALLBACK;
 	}

@@ -85,6 +85,11 @@ struct timespec ut_realtime(void)
 
 int64_t ut_ts_ns(struct timespec t) { return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec; }
 
+int ut_same_file(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
+}
+
 struct timespec ut_ns_ts(int64_t ns)
 {
 	struct timespec t = { (time_t)(ns / 1000000000LL), (long)(ns % 1000000000LL) };

@@ -24,6 +24,8 @@ double ut_now(void);                 /* CLOCK_MONOTONIC seconds */
 struct timespec ut_realtime(void);
 int64_t ut_ts_ns(struct timespec t);
 struct timespec ut_ns_ts(int64_t ns);  /* the inverse, also before 1970 */
+struct stat;
+int ut_same_file(const struct stat *a, const struct stat *b);  /* same device and inode */
 void ut_format_bytes(uint64_t n, char *buf, size_t len);
 /* What openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) does, walked one component at a time
  * with O_NOFOLLOW, for where openat2 is missing (ENOSYS: kernels before 5.6, some seccomp

@@ -262,9 +262,9 @@ static int sf_open_cache(void)
 	}
 	/* A daemon whose start failed removes the marker it made (main): the one we locked must
 	 * still be the one in the directory. */
-	if (fstat(fd, &st) < 0 || fstatat(sf.cachefd, SF_CACHE_MARKER, &named,
-					  AT_SYMLINK_NOFOLLOW) < 0 ||
-	    st.st_ino != named.st_ino || st.st_dev != named.st_dev) {
+	if (fstat(fd, &st) < 0 ||
+	    fstatat(sf.cachefd, SF_CACHE_MARKER, &named, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    !ut_same_file(&st, &named)) {
 		fprintf(stderr, "stillfs: cache directory %s changed while this daemon started; "
 			"start it again\n", dir);
 		return -EAGAIN;
@@ -737,7 +737,7 @@ out:
 		struct stat a, b;
 		unlinkat(sf.cachefd, SF_CACHE_MARKER, 0);
 		if (sf.cache_made && fstat(sf.cachefd, &a) == 0 && stat(sf.o.cache, &b) == 0 &&
-		    a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+		    ut_same_file(&a, &b))
 			rmdir(sf.o.cache);
 	}
 	if (fuse_slot >= 0)
