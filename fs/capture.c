@@ -602,6 +602,8 @@ static int cap_as_recorded(const struct stat *s, const struct mf_entry *pe)
 	       cap_ns(s->st_mtim) == pe->mtime_ns;
 }
 
+#define CAP_LINK_TMP "link" /* in the work directory, beside the watch's markers */
+
 /* Share the previous snapshot's copy of e when it is proven to hold the same bytes. */
 static int cap_link_prev(struct cap *c, struct ent *e, const struct mf_entry *pe)
 {
@@ -615,9 +617,16 @@ static int cap_link_prev(struct cap *c, struct ent *e, const struct mf_entry *pe
 	if (fstat(fd, &ps) < 0 || !cap_as_recorded(&ps, pe))
 		goto out;
 	snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-	unlinkat(c->stagefd, e->path, 0);
-	if (linkat(AT_FDCWD, proc, c->stagefd, e->path, AT_SYMLINK_FOLLOW) < 0) {
+	/* Linked under a private name, then renamed over the staged copy: a link that fails
+	 * (EMLINK on a copy shared by many generations, ENOSPC) leaves the staged copy as it was,
+	 * and the callers go on with it. */
+	int lr = linkat(AT_FDCWD, proc, c->workfd, CAP_LINK_TMP, AT_SYMLINK_FOLLOW);
+	if (lr < 0 && errno == EEXIST && unlinkat(c->workfd, CAP_LINK_TMP, 0) == 0)
+		lr = linkat(AT_FDCWD, proc, c->workfd, CAP_LINK_TMP, AT_SYMLINK_FOLLOW);
+	/* (renamed onto a link to the same file, the name stays; the next link replaces it) */
+	if (lr < 0 || renameat(c->workfd, CAP_LINK_TMP, c->stagefd, e->path) < 0) {
 		rc = -errno;
+		unlinkat(c->workfd, CAP_LINK_TMP, 0);
 		goto out;
 	}
 	e->size = pe->size;
