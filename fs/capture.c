@@ -1663,6 +1663,8 @@ static int cap_set_times(struct cap *c)
 			int64_t sec = c->cut_ns / 1000000000LL;
 			if (pe && pe->mtime_ns / 1000000000LL >= sec)
 				sec = pe->mtime_ns / 1000000000LL + 1; /* only after a clock step back */
+			if (sec >= INT64_MAX / 1000000000LL) /* a previous mtime past 2262 */
+				sec = INT64_MAX / 1000000000LL - 1;
 			ns = sec * 1000000000LL;
 		}
 		e->mtime_ns = ns;

@@ -83,7 +83,16 @@ struct timespec ut_realtime(void)
 	return t;
 }
 
-int64_t ut_ts_ns(struct timespec t) { return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec; }
+/* Saturated: a file can be dated past 2262 (touch -d 2300-01-01), which int64 nanoseconds do
+ * not reach. */
+int64_t ut_ts_ns(struct timespec t)
+{
+	if (t.tv_sec >= INT64_MAX / 1000000000LL)
+		return INT64_MAX;
+	if (t.tv_sec < INT64_MIN / 1000000000LL)
+		return INT64_MIN;
+	return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
 
 int ut_same_file(const struct stat *a, const struct stat *b)
 {

@@ -1244,6 +1244,27 @@ Test(capture, incremental_copies_when_the_previous_copy_takes_no_more_links,
 	cr_assert_eq(verify("out/B", 0, report, sizeof report), 0, "B: %s", report);
 }
 
+/* Dates past 2262 do not fit int64 nanoseconds (the manifest's, the identities'): they must not
+ * overflow (UBSan in scripts/sanitize.sh), and such files are still captured and shared. */
+Test(capture, files_dated_past_2262)
+{
+	static const char *const old[] = { "store/future.bin", "store/dir" };
+	mkd("store/dir", 0755);
+	put_random("store/future.bin", 70000, 0644);
+	const struct timespec far[2] = { { 10413792000, 0 }, { 10413792000, 0 } }; /* 2300 */
+	cr_assert_eq(utimensat(basefd, "store/future.bin", far, 0), 0);
+	cr_assert_eq(utimensat(basefd, "store/dir", far, 0), 0);
+	wait_until_older_than_2s(old, 2);
+	struct cap_stats a, b;
+	snap("A", NULL, &a);
+	snap("B", "A", &b);
+	cr_assert_eq(lst("out/B/future.bin").st_ino, lst("out/A/future.bin").st_ino,
+		     "an unchanged file dated 2300 was not shared");
+	char report[4096];
+	cr_assert_eq(verify("out/A", 0, report, sizeof report), 0, "A: %s", report);
+	cr_assert_eq(verify("out/B", 0, report, sizeof report), 0, "B: %s", report);
+}
+
 /* ---- verify ------------------------------------------------------------------------------- */
 
 static void build_small_store(void)
