@@ -28,6 +28,7 @@ struct dr {
 	struct node *node;
 	struct gen *gen;           /* the generation pinned by this handle, if any */
 	struct dr *snext, *sprev;  /* open handles of `.snapshot` itself (dr_smu) */
+	struct dr *anext, *aprev;  /* every open handle (dr_smu) */
 	pid_t tgid;                /* ... and the process that opened it */
 	int for_helper;            /* the root, opened by the capture helper: no .snapshot */
 	struct dirent *pending;    /* read but not yet returned (it did not fit) */
@@ -42,6 +43,9 @@ struct dr {
  * someone forces a refresh). */
 static pthread_mutex_t dr_smu = PTHREAD_MUTEX_INITIALIZER;
 static struct dr dr_shandles = { .snext = &dr_shandles, .sprev = &dr_shandles };
+/* Every open handle: one the kernel never released (a directory still open when the session
+ * ended) stays reachable at exit instead of looking like a leak. */
+static struct dr dr_all = { .anext = &dr_all, .aprev = &dr_all };
 
 /* Lookups name the calling thread; handles belong to processes. */
 static pid_t dr_tgid(pid_t pid)
@@ -90,12 +94,14 @@ static void dr_free_ents(struct dr *d)
 
 static void dr_free(struct dr *d)
 {
+	pthread_mutex_lock(&dr_smu);
 	if (d->snext) {
-		pthread_mutex_lock(&dr_smu);
 		d->snext->sprev = d->sprev;
 		d->sprev->snext = d->snext;
-		pthread_mutex_unlock(&dr_smu);
 	}
+	d->anext->aprev = d->aprev;
+	d->aprev->anext = d->anext;
+	pthread_mutex_unlock(&dr_smu);
 	if (d->dp)
 		closedir(d->dp);
 	dr_free_ents(d);
@@ -116,7 +122,7 @@ static void dr_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		rc = gen_acquire(sf.gm, &g);       /* a reference of our own */
 	else if (!rc && n->kind == ND_SNAP)
 		gen_ref(sf.gm, g = n->gen);
-	if (!rc && g && !(rc = gen_pin(sf.gm, g)))
+	if (!rc && g && !(rc = gen_pin(sf.gm, g, 0)))
 		pinned = 1;
 	if (rc)
 		goto out;
@@ -126,6 +132,12 @@ static void dr_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	}
 	d->node = n;
 	d->gen = g;
+	pthread_mutex_lock(&dr_smu);
+	d->anext = dr_all.anext;
+	d->aprev = &dr_all;
+	dr_all.anext->aprev = d;
+	dr_all.anext = d;
+	pthread_mutex_unlock(&dr_smu);
 	d->for_helper = n == &sf.root && hp_is_helper(fuse_req_ctx(req)->pid);
 	fd = openat(n->kind == ND_SNAPDIR ? gen_fd(g) : n->fd, ".",
 		    O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -159,7 +171,7 @@ out:
 	if (d)
 		dr_free(d);
 	if (pinned)
-		gen_unpin(sf.gm, g);
+		gen_unpin(sf.gm, g, 0);
 	if (g)
 		gen_unref(sf.gm, g);
 	if (rc)
@@ -341,7 +353,7 @@ static void dr_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 	struct gen *g = d->gen;
 	dr_free(d);
 	if (g) {
-		gen_unpin(sf.gm, g);
+		gen_unpin(sf.gm, g, 0);
 		gen_unref(sf.gm, g);
 	}
 	fuse_reply_err(req, 0);

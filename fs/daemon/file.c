@@ -81,7 +81,7 @@ static void fh_close(struct fh *h)
 	if (h->fd >= 0)
 		close(h->fd);
 	if (h->node->kind == ND_SNAP)
-		gen_unpin(sf.gm, h->node->gen);
+		gen_unpin(sf.gm, h->node->gen, 1);
 	if (h->shm_counted)
 		atomic_fetch_sub(&sf.shm_handles, 1);
 	free(h->text);
@@ -121,12 +121,12 @@ static int fh_make(struct node *n, struct fuse_file_info *fi, int fd, struct fh 
 			rc = -EROFS;
 			goto fail;
 		}
-		if ((rc = gen_pin(sf.gm, n->gen)))
+		if ((rc = gen_pin(sf.gm, n->gen, 1)))
 			goto fail;
 		h->fd = nd_reopen(n, O_RDONLY | (fi->flags & O_NONBLOCK));
 		if (h->fd < 0) {
 			rc = h->fd;
-			gen_unpin(sf.gm, n->gen);
+			gen_unpin(sf.gm, n->gen, 1);
 			goto fail;
 		}
 		fi->keep_cache = 1;

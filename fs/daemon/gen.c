@@ -48,6 +48,7 @@ struct gen {
 	struct cap_stats stats;
 	double born;               /* monotonic time the capture finished */
 	unsigned handles;
+	unsigned files;            /* of the handles, those of files: they read data */
 	double last_close;
 	double last_lookup;
 	unsigned refs;             /* the manager's list (until dead), nodes, borrowers */
@@ -162,12 +163,14 @@ void gen_destroy(struct genmgr *gm)
 		return;
 	/* Shutdown: the session is gone, so the daemon answers nothing any more; but a file still
 	 * open after a lazy unmount (a SIGTERM while an upload runs) can still be read, through
-	 * passthrough or the page cache. Only with no handle left is now when the current
-	 * generation stopped being readable: then it stays for the next daemon. The others go. */
+	 * passthrough or the page cache. Only with no file of any generation open is now when the
+	 * last upload of a snapshot may have ended: then the current generation stays for the next
+	 * daemon, and the others go. A directory still open reads no data, and its files can no
+	 * longer be opened. */
 	int kept = 0;
 	unsigned open = 0;
 	for (struct gen *g = gm->list; g; g = g->next)
-		open += g->handles;
+		open += g->files;
 	if (gm->cur && open)
 		log_info("not keeping generation %lu for the next start: %u files of generations "
 			 "are still open", gm->cur->seq, open);
@@ -416,22 +419,25 @@ void gen_unref(struct genmgr *gm, struct gen *g)
 	pthread_mutex_unlock(&gm->mu);
 }
 
-int gen_pin(struct genmgr *gm, struct gen *g)
+int gen_pin(struct genmgr *gm, struct gen *g, int file)
 {
 	int rc = 0;
 	pthread_mutex_lock(&gm->mu);
-	if (atomic_load(&g->dead))
+	if (atomic_load(&g->dead)) {
 		rc = -ESTALE;
-	else
+	} else {
 		g->handles++;
+		g->files += file != 0;
+	}
 	pthread_mutex_unlock(&gm->mu);
 	return rc;
 }
 
-void gen_unpin(struct genmgr *gm, struct gen *g)
+void gen_unpin(struct genmgr *gm, struct gen *g, int file)
 {
 	pthread_mutex_lock(&gm->mu);
 	g->handles--;
+	g->files -= file != 0;
 	g->last_close = ut_now();
 	if (!g->handles)
 		pthread_cond_signal(&gm->wake);

@@ -238,9 +238,10 @@ int gen_acquire(struct genmgr *gm, struct gen **out);
 int gen_refresh(struct genmgr *gm);
 void gen_ref(struct genmgr *gm, struct gen *g);
 void gen_unref(struct genmgr *gm, struct gen *g);
-/* Count an open handle under g; -ESTALE if g was deleted. */
-int gen_pin(struct genmgr *gm, struct gen *g);
-void gen_unpin(struct genmgr *gm, struct gen *g);
+/* Count an open handle under g, a file's if `file` (else a directory's); -ESTALE if g was
+ * deleted. */
+int gen_pin(struct genmgr *gm, struct gen *g, int file);
+void gen_unpin(struct genmgr *gm, struct gen *g, int file);
 int gen_dead(const struct gen *g);
 int gen_fd(const struct gen *g);
 unsigned long gen_seq(const struct gen *g);
