@@ -604,11 +604,15 @@ static int cap_as_recorded(const struct stat *s, const struct mf_entry *pe)
 
 #define CAP_LINK_TMP "link" /* in the work directory, beside the watch's markers */
 
-/* Share the previous snapshot's copy of e when it is proven to hold the same bytes. */
-static int cap_link_prev(struct cap *c, struct ent *e, const struct mf_entry *pe)
+/* Share the previous snapshot's copy of e when it is proven to hold the same bytes. If
+ * `recorded`, *recorded tells whether the previous copy was found as its manifest says, even
+ * when sharing it then failed. */
+static int cap_link_prev(struct cap *c, struct ent *e, const struct mf_entry *pe, int *recorded)
 {
 	char proc[64];
 	struct stat ps;
+	if (recorded)
+		*recorded = 0;
 	int fd = cap_openat2(c->prevfd, e->path, O_PATH | O_NOFOLLOW);
 	if (fd < 0)
 		return fd;
@@ -616,6 +620,8 @@ static int cap_link_prev(struct cap *c, struct ent *e, const struct mf_entry *pe
 	/* The previous copy must still be what its manifest says it is. */
 	if (fstat(fd, &ps) < 0 || !cap_as_recorded(&ps, pe))
 		goto out;
+	if (recorded)
+		*recorded = 1;
 	snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
 	/* Linked under a private name, then renamed over the staged copy: a link that fails
 	 * (EMLINK on a copy shared by many generations, ENOSPC) leaves the staged copy as it was,
@@ -729,7 +735,7 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	free(e->ident);
 	e->ident = cap_ident(&e->st, at);
 	const struct mf_entry *pe = cap_prev_same(c, e, e->ident);
-	if (pe && cap_link_prev(c, e, pe) == 0) {
+	if (pe && cap_link_prev(c, e, pe, NULL) == 0) {
 		c->done_bytes += e->size;
 		rc = 0;
 		goto out;
@@ -1518,7 +1524,7 @@ static int cap_attempt(struct cap *c, double deadline)
 		const struct mf_entry *pe = e->hot ? NULL : cap_prev_same(c, e, now);
 		free(now);
 		e->dbcopied = 0;
-		if (pe && cap_link_prev(c, e, pe) == 0)
+		if (pe && cap_link_prev(c, e, pe, NULL) == 0)
 			continue;
 		if (e->d->dbmode == DB_ROLLBACK && e->precopied && !e->dirty && !e->hot) {
 			e->dbcopied = e->copied = 1;
@@ -1637,7 +1643,8 @@ static int cap_set_times(struct cap *c)
 			uint64_t was = e->written;
 			char *ident = e->ident;
 			e->ident = NULL;
-			int lr = cap_link_prev(c, e, pe);
+			int recorded;
+			int lr = cap_link_prev(c, e, pe, &recorded);
 			if (lr == 0) {
 				/* it was copied, then found equal and shared instead */
 				c->st->bytes_copied -= was < c->st->bytes_copied ? was : c->st->bytes_copied;
@@ -1646,10 +1653,11 @@ static int cap_set_times(struct cap *c)
 				continue;
 			}
 			e->ident = ident;
-			/* The previous file may be this one's old copy, moved here after it was checked
-			 * to be as its manifest says (cap_earlier_copy): then these are the bytes
-			 * uploaded before, so the same mtime. */
-			keep = lr == -ENOENT && e->d && e->d->took_prev;
+			/* These are the bytes uploaded before, so the same mtime, when the previous
+			 * file is as its manifest says but could not be shared (EMLINK: at its file
+			 * system's link limit), or when it is this one's old copy, moved here after it
+			 * was checked to be as its manifest says (cap_earlier_copy). */
+			keep = recorded || (lr == -ENOENT && e->d && e->d->took_prev);
 		}
 		int64_t ns = keep ? pe->mtime_ns : 0;
 		if (!keep) {
