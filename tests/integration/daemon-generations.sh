@@ -115,6 +115,7 @@ rc=0; wait "$T_DAEMON_PID" || rc=$?
 exec {held}<&- {live}<&-
 [ "$rc" -eq 0 ] || t_fail "stillfs exited with status $rc on SIGTERM"
 t_cache_kept "$cache"
+cmp -s "$cache/kept.time" "$T_WORK/kept.time" && t_fail "the generation kept is the earlier one, not the one served"
 # A daemon stopped by SIGTERM while a file of a generation is open keeps nothing: after the
 # lazy unmount that file can still be read, later than any time the daemon could write down.
 t_mount "$store" "$mnt"
