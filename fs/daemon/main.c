@@ -190,8 +190,8 @@ static char *sf_default_cache(const char *store)
 	return r < 0 ? NULL : path;
 }
 
-/* mkdir -p with mode 0700 for what it creates. */
-/* mkdir -p; *made: whether the last component was created now. */
+/* mkdir -p, mode 0700 for what it creates; *made: whether the last component was created
+ * now. */
 static int sf_mkdirs(const char *path, int *made)
 {
 	char buf[PATH_MAX];
