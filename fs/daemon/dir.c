@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,12 +24,17 @@ struct dr_ent {
 	unsigned char type;
 };
 
+/* A place in a circular list of handles, under dr_smu. */
+struct dr_link {
+	struct dr_link *next, *prev;
+};
+
 struct dr {
 	DIR *dp;
 	struct node *node;
 	struct gen *gen;           /* the generation pinned by this handle, if any */
-	struct dr *snext, *sprev;  /* open handles of `.snapshot` itself (dr_smu) */
-	struct dr *anext, *aprev;  /* every open handle (dr_smu) */
+	struct dr_link all;        /* in dr_all: every open handle */
+	struct dr_link snap;       /* in dr_snap: open handles of `.snapshot` itself */
 	pid_t tgid;                /* ... and the process that opened it */
 	int for_helper;            /* the root, opened by the capture helper: no .snapshot */
 	struct dirent *pending;    /* read but not yet returned (it did not fit) */
@@ -42,10 +48,31 @@ struct dr {
  * generation its handle lists (think tar or rsync opening names relative to that handle while
  * someone forces a refresh). */
 static pthread_mutex_t dr_smu = PTHREAD_MUTEX_INITIALIZER;
-static struct dr dr_shandles = { .snext = &dr_shandles, .sprev = &dr_shandles };
+static struct dr_link dr_snap = { &dr_snap, &dr_snap };
 /* Every open handle: one the kernel never released (a directory still open when the session
  * ended) stays reachable at exit instead of looking like a leak. */
-static struct dr dr_all = { .anext = &dr_all, .aprev = &dr_all };
+static struct dr_link dr_all = { &dr_all, &dr_all };
+
+#define DR_OF(link, member) ((struct dr *)(void *)((char *)(link) - offsetof(struct dr, member)))
+
+static void dr_link_in(struct dr_link *list, struct dr_link *l)
+{
+	pthread_mutex_lock(&dr_smu);
+	l->next = list->next;
+	l->prev = list;
+	list->next->prev = l;
+	list->next = l;
+	pthread_mutex_unlock(&dr_smu);
+}
+
+/* Called with dr_smu held; a link never put in a list is left alone. */
+static void dr_link_out(struct dr_link *l)
+{
+	if (!l->next)
+		return;
+	l->next->prev = l->prev;
+	l->prev->next = l->next;
+}
 
 /* Lookups name the calling thread; handles belong to processes. */
 static pid_t dr_tgid(pid_t pid)
@@ -67,16 +94,18 @@ struct gen *dr_snapdir_gen(pid_t pid)
 {
 	struct gen *g = NULL;
 	pthread_mutex_lock(&dr_smu);
-	int any = dr_shandles.snext != &dr_shandles;
+	int any = dr_snap.next != &dr_snap;
 	pthread_mutex_unlock(&dr_smu);
 	if (!any)
 		return NULL;
 	pid_t tgid = dr_tgid(pid);
 	pthread_mutex_lock(&dr_smu);
-	for (struct dr *d = dr_shandles.snext; d != &dr_shandles; d = d->snext)
+	for (struct dr_link *l = dr_snap.next; l != &dr_snap; l = l->next) {
+		struct dr *d = DR_OF(l, snap);
 		if (d->tgid == tgid && !gen_dead(d->gen) &&
 		    (!g || gen_seq(d->gen) > gen_seq(g)))
 			g = d->gen;
+	}
 	if (g)
 		gen_ref(sf.gm, g);
 	pthread_mutex_unlock(&dr_smu);
@@ -95,12 +124,8 @@ static void dr_free_ents(struct dr *d)
 static void dr_free(struct dr *d)
 {
 	pthread_mutex_lock(&dr_smu);
-	if (d->snext) {
-		d->snext->sprev = d->sprev;
-		d->sprev->snext = d->snext;
-	}
-	d->anext->aprev = d->aprev;
-	d->aprev->anext = d->anext;
+	dr_link_out(&d->snap);
+	dr_link_out(&d->all);
 	pthread_mutex_unlock(&dr_smu);
 	if (d->dp)
 		closedir(d->dp);
@@ -132,12 +157,7 @@ static void dr_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	}
 	d->node = n;
 	d->gen = g;
-	pthread_mutex_lock(&dr_smu);
-	d->anext = dr_all.anext;
-	d->aprev = &dr_all;
-	dr_all.anext->aprev = d;
-	dr_all.anext = d;
-	pthread_mutex_unlock(&dr_smu);
+	dr_link_in(&dr_all, &d->all);
 	d->for_helper = n == &sf.root && hp_is_helper(fuse_req_ctx(req)->pid);
 	fd = openat(n->kind == ND_SNAPDIR ? gen_fd(g) : n->fd, ".",
 		    O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -148,12 +168,7 @@ static void dr_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fd = -1;
 	if (n->kind == ND_SNAPDIR) {
 		d->tgid = dr_tgid(fuse_req_ctx(req)->pid);
-		pthread_mutex_lock(&dr_smu);
-		d->snext = dr_shandles.snext;
-		d->sprev = &dr_shandles;
-		dr_shandles.snext->sprev = d;
-		dr_shandles.snext = d;
-		pthread_mutex_unlock(&dr_smu);
+		dr_link_in(&dr_snap, &d->snap);
 	}
 	if (n->kind == ND_SNAP) {
 		/* Immutable: let the kernel cache the listing. */
