@@ -140,6 +140,7 @@ struct cap {
 	int overflow;
 	int in_attempt, phase, end_phase, broken;
 	const char *broken_why;
+	const char *stuck;       /* the database whose lock the last attempt could not get */
 	double progress_at;
 	uint64_t total_bytes, done_bytes;
 	double lock_t0;
@@ -1452,6 +1453,7 @@ static int cap_attempt(struct cap *c, double deadline)
 	if (rc)
 		goto out;
 	c->lock_t0 = 0;
+	c->stuck = NULL;
 	int nrollback = 0;
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
@@ -1459,8 +1461,10 @@ static int cap_attempt(struct cap *c, double deadline)
 			continue;
 		rc = sq_lock_shared(e->d->dbfd, CAP_LOCK_WAIT);
 		if (rc) {
-			if (rc == -EAGAIN)
+			if (rc == -EAGAIN) {
 				log_info("database %s stayed write-locked; retrying", e->path);
+				c->stuck = e->path;
+			}
 			goto out;
 		}
 		if (nrollback++ == 0)
@@ -1889,9 +1893,10 @@ static void cap_make_id(struct cap_stats *st)
 
 /* ---- the whole capture ------------------------------------------------------------------ */
 
+/* Why no cut could be had, for the error line. */
 static const char *cap_worst(const struct cap *c)
 {
-	static char buf[1024];
+	static char buf[1024], out[1100];
 	size_t used = 0;
 	buf[0] = 0;
 	/* Name the files that changed most often: they are why no cut could be had. */
@@ -1912,7 +1917,14 @@ static const char *cap_worst(const struct cap *c)
 			break;
 		used += (size_t)n;
 	}
-	return buf[0] ? buf : (c->broken_why ? c->broken_why : "databases stayed locked");
+	if (!buf[0] && c->stuck)
+		/* Locked at the last attempt too, with nothing changing: held, not busy. */
+		snprintf(out, sizeof out, "database %s stayed write-locked (a connection in "
+			 "locking_mode=EXCLUSIVE, or a write transaction that never ends)", c->stuck);
+	else
+		snprintf(out, sizeof out, "kept changing: %s",
+			 buf[0] ? buf : c->broken_why ? c->broken_why : "databases stayed locked");
+	return out;
 }
 
 static int cap_settle(struct cap *c)
@@ -1961,8 +1973,7 @@ static int cap_settle(struct cap *c)
 			goto unsettled;
 	}
 unsettled:
-	log_err("no consistent cut within %.0f s; kept changing: %s", c->o->settle_timeout,
-		cap_worst(c));
+	log_err("no consistent cut within %.0f s; %s", c->o->settle_timeout, cap_worst(c));
 	return -EAGAIN;
 }
 

@@ -27,6 +27,23 @@ expect 3 "sub/busy" -- "$STILLCTL" snapshot --settle-timeout 1 --quiet-ms 300 "$
 kill "${T_PIDS[@]}"; wait "${T_PIDS[@]}" 2>/dev/null || true; T_PIDS=()
 leftovers "$T_WORK"
 
+# A database held by a connection in locking_mode=EXCLUSIVE never lets a reader in: exit 3,
+# naming it and saying why, nothing published.
+sqlite3 "$T_WORK/store/excl.db" 'CREATE TABLE t(x); INSERT INTO t VALUES (1);'
+mkfifo "$T_WORK/excl.in"
+exec {excl}<>"$T_WORK/excl.in"   # read-write: opening it does not wait for the reader
+# (not t_bg: its jobs read /dev/null; and without the writing end, so that closing it ends them)
+sqlite3 "$T_WORK/store/excl.db" <"$T_WORK/excl.in" {excl}>&- & T_PIDS+=("$!")
+echo "PRAGMA locking_mode=EXCLUSIVE; INSERT INTO t VALUES (2);" >&$excl
+t_wait_for 10 bash -c "! sqlite3 '$T_WORK/store/excl.db' 'SELECT count(*) FROM t' >/dev/null 2>&1"
+expect 3 "excl.db stayed write-locked (a connection in locking_mode=EXCLUSIVE" -- \
+  "$STILLCTL" snapshot --settle-timeout 3 "$T_WORK/store" "$T_WORK/s3x"
+[ ! -e "$T_WORK/s3x" ] || t_fail "a snapshot without the locked database was published"
+exec {excl}>&-
+wait "${T_PIDS[@]}" 2>/dev/null || true; T_PIDS=()
+rm "$T_WORK/store/excl.db" "$T_WORK/excl.in"
+leftovers "$T_WORK"
+
 # Disk full: exit 4, nothing left on the small filesystem.
 mkdir "$T_WORK/small"; mount -t tmpfs -o size=1m tmpfs "$T_WORK/small"; T_MOUNTS+=("$T_WORK/small")
 head -c 3000000 /dev/urandom >"$T_WORK/store/big"
