@@ -24,17 +24,12 @@ struct dr_ent {
 	unsigned char type;
 };
 
-/* A place in a circular list of handles, under dr_smu. */
-struct dr_link {
-	struct dr_link *next, *prev;
-};
-
 struct dr {
 	DIR *dp;
 	struct node *node;
 	struct gen *gen;           /* the generation pinned by this handle, if any */
-	struct dr_link all;        /* in dr_all: every open handle */
-	struct dr_link snap;       /* in dr_snap: open handles of `.snapshot` itself */
+	struct sf_link all;        /* in dr_all: every open handle (dr_smu) */
+	struct sf_link snap;       /* in dr_snap: open handles of `.snapshot` itself (dr_smu) */
 	pid_t tgid;                /* ... and the process that opened it */
 	int for_helper;            /* the root, opened by the capture helper: no .snapshot */
 	struct dirent *pending;    /* read but not yet returned (it did not fit) */
@@ -48,30 +43,18 @@ struct dr {
  * generation its handle lists (think tar or rsync opening names relative to that handle while
  * someone forces a refresh). */
 static pthread_mutex_t dr_smu = PTHREAD_MUTEX_INITIALIZER;
-static struct dr_link dr_snap = { &dr_snap, &dr_snap };
+static struct sf_link dr_snap = { &dr_snap, &dr_snap };
 /* Every open handle: one the kernel never released (a directory still open when the session
  * ended) stays reachable at exit instead of looking like a leak. */
-static struct dr_link dr_all = { &dr_all, &dr_all };
+static struct sf_link dr_all = { &dr_all, &dr_all };
 
 #define DR_OF(link, member) ((struct dr *)(void *)((char *)(link) - offsetof(struct dr, member)))
 
-static void dr_link_in(struct dr_link *list, struct dr_link *l)
+static void dr_link_in(struct sf_link *list, struct sf_link *l)
 {
 	pthread_mutex_lock(&dr_smu);
-	l->next = list->next;
-	l->prev = list;
-	list->next->prev = l;
-	list->next = l;
+	sf_link_in(list, l);
 	pthread_mutex_unlock(&dr_smu);
-}
-
-/* Called with dr_smu held; a link never put in a list is left alone. */
-static void dr_link_out(struct dr_link *l)
-{
-	if (!l->next)
-		return;
-	l->next->prev = l->prev;
-	l->prev->next = l->next;
 }
 
 /* Lookups name the calling thread; handles belong to processes. */
@@ -100,7 +83,7 @@ struct gen *dr_snapdir_gen(pid_t pid)
 		return NULL;
 	pid_t tgid = dr_tgid(pid);
 	pthread_mutex_lock(&dr_smu);
-	for (struct dr_link *l = dr_snap.next; l != &dr_snap; l = l->next) {
+	for (struct sf_link *l = dr_snap.next; l != &dr_snap; l = l->next) {
 		struct dr *d = DR_OF(l, snap);
 		if (d->tgid == tgid && !gen_dead(d->gen) &&
 		    (!g || gen_seq(d->gen) > gen_seq(g)))
@@ -124,8 +107,8 @@ static void dr_free_ents(struct dr *d)
 static void dr_free(struct dr *d)
 {
 	pthread_mutex_lock(&dr_smu);
-	dr_link_out(&d->snap);
-	dr_link_out(&d->all);
+	sf_link_out(&d->snap);
+	sf_link_out(&d->all);
 	pthread_mutex_unlock(&dr_smu);
 	if (d->dp)
 		closedir(d->dp);

@@ -26,28 +26,20 @@ static struct fh *fh_of(struct fuse_file_info *fi)
 
 /* Every open handle: one the kernel never released (a file still open when the session ended,
  * after a lazy unmount) stays reachable at exit instead of looking like a leak. */
-static struct fh *fh_all;
+static struct sf_link fh_all = { &fh_all, &fh_all };
 static pthread_mutex_t fh_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static void fh_link(struct fh *h)
 {
 	pthread_mutex_lock(&fh_mu);
-	h->next = fh_all;
-	if (fh_all)
-		fh_all->prev = h;
-	fh_all = h;
+	sf_link_in(&fh_all, &h->all);
 	pthread_mutex_unlock(&fh_mu);
 }
 
 static void fh_unlink(struct fh *h)
 {
 	pthread_mutex_lock(&fh_mu);
-	if (h->prev)
-		h->prev->next = h->next;
-	else
-		fh_all = h->next;
-	if (h->next)
-		h->next->prev = h->prev;
+	sf_link_out(&h->all);
 	pthread_mutex_unlock(&fh_mu);
 }
 

@@ -67,8 +67,32 @@ struct node {
 enum pt_mode { PT_NONE, PT_BACKED, PT_CACHED };
 
 /* An open file (file.c). Directories have their own handle (dir.c). */
+/* A place in a circular list of open handles (file.c, dir.c), kept so that a handle the kernel
+ * never released is still reachable at exit; the caller holds the list's lock. */
+struct sf_link {
+	struct sf_link *next, *prev;
+};
+
+static inline void sf_link_in(struct sf_link *list, struct sf_link *l)
+{
+	l->next = list->next;
+	l->prev = list;
+	list->next->prev = l;
+	list->next = l;
+}
+
+/* A link never put in a list is left alone. */
+static inline void sf_link_out(struct sf_link *l)
+{
+	if (!l->next)
+		return;
+	l->next->prev = l->prev;
+	l->prev->next = l->next;
+	l->next = l->prev = NULL;
+}
+
 struct fh {
-	struct fh *prev, *next;    /* fh_all */
+	struct sf_link all;        /* in fh_all */
 	int fd;
 	enum pt_mode pt;           /* how the kernel serves its reads and writes */
 	int shm_counted;           /* counted in sf.shm_handles */
