@@ -1663,8 +1663,10 @@ static int cap_set_times(struct cap *c)
 			 * was checked to be as its manifest says (cap_earlier_copy). */
 			keep = recorded || (lr == -ENOENT && e->d && e->d->took_prev);
 		}
-		int64_t ns = keep ? pe->mtime_ns : 0;
-		if (!keep) {
+		int64_t ns;
+		if (keep) {
+			ns = pe->mtime_ns;
+		} else {
 			/* The whole second of the cut. S3 keeps LastModified in whole seconds,
 			 * truncated: an upload of this snapshot comes after the cut, so its
 			 * LastModified is at least this second and the next sync does not send the
