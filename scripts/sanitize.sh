@@ -71,7 +71,9 @@ if ((do_asan)); then
     rc=0
     if ((${#engine_tests[@]})); then
       meson test -C "$asan" --no-rebuild --print-errorlogs "${engine_tests[@]}" >"$logs/engine.out" 2>&1 || rc=$?
-      ((rc == 0)) || { grep -E '^ *[0-9]+/[0-9]+ .*(FAIL|ERROR|TIMEOUT)' "$logs/engine.out" >&2 || true
+      # Each failing test's line is followed by its own output (--print-errorlogs).
+      ((rc == 0)) || { sed -n '/^ *[0-9]*\/[0-9]* .* \(FAIL\|ERROR\|TIMEOUT\) /,/^Summary of Failures/p' \
+                         "$logs/engine.out" | head -n 80 >&2 || true
                        finding "engine integration tests fail under ASan/UBSan (log: $asan/meson-logs/testlog.txt)"; }
     else
       finding "no engine integration tests found in $asan"

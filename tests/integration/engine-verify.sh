@@ -13,7 +13,11 @@ check_fails() { # $1 = what must be named
 }
 "$STILLCTL" verify "$T_WORK/snap" >/dev/null || t_fail "fresh snapshot does not verify"
 cp -a "$T_WORK/snap" "$T_WORK/bad"
-printf '\x55' | dd of="$T_WORK/bad/d/data.bin" bs=1 seek=123456 conv=notrunc status=none
+# Flip every bit of one byte: writing a fixed value would leave the file intact whenever the
+# random byte already had that value (1 run in 256).
+byte=$(od -An -tu1 -j123456 -N1 "$T_WORK/bad/d/data.bin" | tr -d ' ')
+printf "\\$(printf '%03o' $((byte ^ 255)))" | dd of="$T_WORK/bad/d/data.bin" bs=1 seek=123456 conv=notrunc status=none
+cmp -s "$T_WORK/snap/d/data.bin" "$T_WORK/bad/d/data.bin" && t_fail "the damaged copy still matches"
 check_fails "differs d/data.bin"
 rm -rf "$T_WORK/bad"; cp -a "$T_WORK/snap" "$T_WORK/bad"; rm "$T_WORK/bad/keep.txt"
 check_fails "missing keep.txt"
