@@ -92,7 +92,7 @@ struct ent_db {
 	int locked, pinned;
 	int took_prev;           /* its copy was moved here from the previous snapshot */
 	int wal_phase;           /* order of its WAL pin in this attempt, -1 if none */
-	int active_phase;        /* last marker phase in which it was written, -2 if none */
+	int raced;               /* written between its WAL pin and the final marker */
 	char *db_ident;          /* identity taken before the lock */
 	struct cap_sig cold_sig[2]; /* DB_WAL_COLD: its -wal and -shm when classified */
 };
@@ -260,7 +260,6 @@ static int cap_as_db(struct ent *e)
 			return -ENOMEM;
 		e->d->dirfd = e->d->dbfd = -1;
 		e->d->wal_phase = -1;
-		e->d->active_phase = -2;
 	}
 	e->kind = K_DB;
 	return 0;
@@ -509,6 +508,15 @@ static void cap_break(struct cap *c, const char *why)
 	}
 }
 
+/* A write to a pinned WAL database before the final marker may have committed after its pin
+ * and before a later database's pin: the pins would then not be one instant. A flag, not the
+ * last phase seen: a later write, after the cut, must not hide it. */
+static void cap_db_written(struct cap *c, struct ent_db *d)
+{
+	if (d->wal_phase >= 0 && c->phase >= d->wal_phase && c->phase < c->end_phase)
+		d->raced = 1;
+}
+
 static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
 {
 	struct cap *c = ctx;
@@ -535,7 +543,7 @@ static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
 		/* A writer's journal comes and goes with every transaction: not a tree change. The
 		 * -shm is written by readers too (ourselves included), so it says nothing. */
 		if (strcmp(name + strlen(name) - 4, "-shm"))
-			c->e[i].d->active_phase = c->phase;
+			cap_db_written(c, c->e[i].d);
 		return;
 	}
 	int structural = mask & (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO);
@@ -550,7 +558,7 @@ static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
 	struct ent *e = &c->e[i];
 	if (e->kind == K_DB && !structural) {
 		/* Only the validity of our early copy depends on it, not the cut. */
-		e->d->active_phase = c->phase;
+		cap_db_written(c, e->d);
 		e->dirty = 1;
 		return;
 	}
@@ -1391,7 +1399,7 @@ static void cap_unpin(struct cap *c)
 			sqlite3_exec(e->d->db, "ROLLBACK", NULL, NULL, NULL);
 		e->d->pinned = 0;
 		e->d->wal_phase = -1;
-		e->d->active_phase = -2;
+		e->d->raced = 0;
 	}
 }
 
@@ -1412,6 +1420,7 @@ static int cap_pin_and_check(struct cap *c, double quiet_since)
 		if (rc)
 			return rc;
 		e->d->wal_phase = nwal++;
+		e->d->raced = 0;
 		rc = sq_begin_read(e->d->db, CAP_LOCK_WAIT);
 		if (rc) {
 			if (rc != -EIO)
@@ -1434,7 +1443,7 @@ static int cap_pin_and_check(struct cap *c, double quiet_since)
 	for (size_t i = 0; !c->broken && i < c->n; i++) {
 		struct ent *e = &c->e[i];
 		if (e->kind == K_DB && e->d->wal_phase >= 0 && e->d->wal_phase < nwal - 1 &&
-		    e->d->active_phase >= e->d->wal_phase && e->d->active_phase < nwal) {
+		    e->d->raced) {
 			c->broken = 1;
 			c->broken_why = e->path;
 		}

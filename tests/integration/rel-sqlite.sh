@@ -11,7 +11,9 @@
 # - a database emptied, or overwritten in place with non-SQLite bytes, during a capture: no
 #   database any more; the snapshot keeps its bytes exactly as they were at the cut;
 # - three WAL databases committing as fast as they can: one commits between the pins, so the
-#   cut is retried while the others stay pinned; every snapshot still succeeds and verifies.
+#   cut is retried while the others stay pinned; every snapshot still succeeds and verifies;
+# - one writer committing to two WAL databases in turn: every snapshot holds both as of one
+#   instant (a commit between the pins that was followed by one after the cut once went by).
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/rel-lib.sh"
 store=$T_WORK/store
@@ -111,3 +113,29 @@ done
 kill -TERM "${writers[@]}"
 ((retries > 0)) || t_fail "three busy WAL databases never made a cut retry (the path is not exercised)"
 echo "# busy WAL databases: $retries retries in 3 snapshots, all verified"
+
+# One writer commits row i to a, then row i to b, each its own transaction: at any instant
+# a's last row is b's or the one after. A snapshot whose pins straddle a commit breaks that.
+pair=$T_WORK/pairwal
+mkdir -p "$pair"
+for x in a b; do sqlite3 "$pair/$x.sqlite3" 'pragma journal_mode=wal; create table t(v integer);' >/dev/null; done
+sqlite3 -cmd '.timeout 5000' -cmd "attach '$pair/b.sqlite3' as b" -cmd 'pragma main.synchronous=normal;' \
+  -cmd 'pragma b.synchronous=normal;' "$pair/a.sqlite3" \
+  < <(seq 100000000 | awk '{ print "insert into main.t values (" $1 "); insert into b.t values (" $1 ");" }') \
+  >/dev/null 2>&1 &
+T_PIDS+=("$!")
+last_row() { sqlite3 -cmd '.timeout 5000' "$1" 'select coalesce(max(v), 0) from t'; }
+pair_committing() { (( $(last_row "$pair/b.sqlite3") > 1000 )); }
+t_wait_for 20 pair_committing
+retries=0
+for n in 1 2 3 4 5; do
+  "$STILLCTL" snapshot "$pair" "$T_WORK/pw" >"$T_WORK/pw.out" 2>&1 ||
+    { cat "$T_WORK/pw.out" >&2; t_fail "snapshot $n of two WAL databases written in turn failed"; }
+  r=$(grep -o '[0-9]* retries' "$T_WORK/pw.out" | cut -d' ' -f1)
+  retries=$((retries + ${r:-0}))
+  a=$(last_row "$T_WORK/pw/a.sqlite3") b=$(last_row "$T_WORK/pw/b.sqlite3")
+  ((a == b || a == b + 1)) || t_fail "snapshot $n is not one instant: a ends at row $a, b at row $b"
+  r_verify "$T_WORK/pw"
+  rm -rf "$T_WORK/pw"
+done
+echo "# two WAL databases written in turn: 5 snapshots each one instant ($retries retries)"
