@@ -134,21 +134,26 @@ PY
 rmdir "$M/d" 2>/dev/null && t_fail "rmdir of a non-empty dir succeeded"
 rm "$M/d/g" && rmdir "$M/d" && [ ! -e "$store/d" ] || t_fail "rmdir"
 
-# --- the store changed directly: never stale through the mount -------------------------------
+# --- the store changed directly: seen through the mount within moments ----------------------
+# (stillfs(1), CAVEATS: inotify brings direct changes to the kernel's caches a few ms later)
+has_text() { [ "$(cat "$1" 2>/dev/null)" = "$2" ]; }
+size_is() { [ "$(stat -c %s "$1" 2>/dev/null)" = "$2" ]; }
 echo v1 >"$M/live"
 exec 3<"$M/live"                       # a handle open across the change
-[ "$(cat "$M/live")" = v1 ] || t_fail "live read"
+has_text "$M/live" v1 || t_fail "live read"
 echo v2 >"$store/live"                 # same size, written directly
-[ "$(cat "$M/live")" = v2 ] || t_fail "stale content after a direct same-size write"
+t_wait_for 3 has_text "$M/live" v2
 echo longer-v3 >"$store/live"
-[ "$(cat "$M/live")" = longer-v3 ] || t_fail "stale content after a direct write"
-[ "$(stat -c %s "$M/live")" = 10 ] || t_fail "stale size after a direct write"
+t_wait_for 3 has_text "$M/live" longer-v3
+t_wait_for 3 size_is "$M/live" 10
 exec 3<&-
 mv "$store/live" "$store/live2" && echo new >"$store/live"
-[ "$(cat "$M/live")" = new ] && [ "$(cat "$M/live2")" = longer-v3 ] || t_fail "stale entry after a direct rename"
+t_wait_for 3 has_text "$M/live" new
+t_wait_for 3 has_text "$M/live2" longer-v3
 rm "$store/live2"
-[ -e "$M/live2" ] && t_fail "stale entry after a direct unlink"
-mkdir "$store/direct" && [ -d "$M/direct" ] || t_fail "a directory made directly is not seen"
+t_wait_for 3 test ! -e "$M/live2"
+mkdir "$store/direct"
+t_wait_for 3 test -d "$M/direct"
 
 # --- SIGTERM unmounts cleanly ------------------------------------------------------------------
 kill -TERM "$T_DAEMON_PID"

@@ -2,6 +2,8 @@
 # Every test gets a private work dir and a cleanup trap that kills what it started and
 # unmounts what it mounted, whatever way the test ends.
 set -euo pipefail
+# Byte order for ls, sort and globs, as the expected listings assume, whatever the caller's locale.
+export LC_ALL=C
 
 : "${STILLCTL:?STILLCTL must point to the stillctl binary}"
 T_WORK=$(mktemp -d "${TMPDIR:-/tmp}/stillfs-test.XXXXXX")

@@ -3,7 +3,7 @@
 # inotify queue is shrunk to 16 events (fs.inotify.max_queued_events, read when the queue is
 # created, restored as soon as stillctl has made it, and on exit), and a burst appends to 5,000
 # files and then creates a directory of 1,000 more while a big file is being copied (no event
-# is read meanwhile), so the queue overflows. The capture must then distrust everything: the
+# is read meanwhile; the capture is stopped for the first 100 appends), so the queue overflows. The capture must then distrust everything: the
 # snapshot is one real state of the burst (a prefix of it, in order), every byte as in that
 # state, and it verifies. The proof that the overflow path ran: the big file, never changed,
 # was copied twice (bytes_copied in the manifest).
@@ -28,7 +28,12 @@ t_wait_for 30 queue_made
 echo "$old_max" >"$knob"
 copying_big() { compgen -G "$T_WORK/.snap.stillfs-tmp.*/big/big.bin" >/dev/null; }
 t_wait_for 60 copying_big
-for i in $(seq 0 $((N - 1))); do echo "gen 2" >>"$store/g$((i % 10))/f$i"; done
+# The first appends are made while the capture is stopped, so they overflow its queue however
+# fast it copies; the rest of the burst runs alongside it.
+kill -STOP "$snapper"
+for i in $(seq 0 99); do echo "gen 2" >>"$store/g$((i % 10))/f$i"; done
+kill -CONT "$snapper"
+for i in $(seq 100 $((N - 1))); do echo "gen 2" >>"$store/g$((i % 10))/f$i"; done
 mkdir "$store/new"
 for i in $(seq 0 $((NEW - 1))); do printf 'new %d\n' "$i" >"$store/new/n$i"; done
 r_alive "$snapper" || t_log "warning: the capture ended before the burst did"

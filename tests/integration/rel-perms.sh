@@ -29,12 +29,13 @@ r_same_tree "$store" "$T_WORK/s1" "modes or owners differ (umask 000)" "/wal\.sq
 r_verify "$T_WORK/s1"
 
 # Changes of mode and owner during a capture, before its cut. Top-level entries are read
-# first; the big file in sub/ keeps the capture busy after they have been read.
+# first; the big file in sub/ keeps the capture busy after they have been read, and
+# --quiet-ms holds the cut 2 s past the last change, so a slow shell still changes them first.
 sqlite3 "$store/live.sqlite3" 'create table t(x); insert into t values (1);'; chmod 644 "$store/live.sqlite3"
 echo plain >"$store/plain.txt"; chmod 644 "$store/plain.txt"
 mkdir "$store/opendir"; chmod 755 "$store/opendir"
 (yes 0123456789abcdef || true) | head -c 200M >"$store/sub/big.bin"
-(umask 000; exec "$STILLCTL" snapshot -q "$store" "$T_WORK/s2") &
+(umask 000; exec "$STILLCTL" snapshot -q --quiet-ms 2000 "$store" "$T_WORK/s2") &
 snapper=$!
 T_PIDS+=("$snapper")
 staged() { compgen -G "$T_WORK/.s2.stillfs-tmp.*/sub/big.bin" >/dev/null; }

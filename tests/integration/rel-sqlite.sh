@@ -68,11 +68,12 @@ rc=0; "$STILLCTL" verify "$T_WORK/s2" >"$T_WORK/v.out" 2>&1 || rc=$?
 rm "$store"/badwal.sqlite3*
 
 # Databases that stop being databases during a capture, in place (same inode): read first
-# (top level), then the capture is kept busy by a big file while they change.
+# (top level), then the capture is kept busy by a big file while they change (--quiet-ms holds
+# the cut 2 s past the last change, so a slow shell still changes them first).
 sqlite3 "$store/emptied.sqlite3" 'create table t(x); insert into t values (1);'
 sqlite3 "$store/overwritten.sqlite3" 'create table t(x); insert into t values (1);'
 (yes 0123456789abcdef || true) | head -c 200M >"$store/sub/big.bin"
-"$STILLCTL" snapshot -q "$store" "$T_WORK/s3" 2>"$T_WORK/err" &
+"$STILLCTL" snapshot -q --quiet-ms 2000 "$store" "$T_WORK/s3" 2>"$T_WORK/err" &
 snapper=$!; T_PIDS+=("$snapper")
 busy() { compgen -G "$T_WORK/.s3.stillfs-tmp.*/sub/big.bin" >/dev/null; }
 t_wait_for 60 busy
