@@ -93,8 +93,11 @@ struct ent_db {
 	int took_prev;           /* its copy was moved here from the previous snapshot */
 	int wal_phase;           /* order of its WAL pin in this attempt, -1 if none */
 	int raced;               /* written between its WAL pin and the final marker */
+	int wal_seen;            /* not DB_WAL: its -wal changed since it was classified */
+	int whdr_ok;             /* whdr holds its WAL-index header as pinned */
+	uint8_t whdr[SQ_WAL_HDR];
 	char *db_ident;          /* identity taken before the lock */
-	struct cap_sig cold_sig[2]; /* DB_WAL_COLD: its -wal and -shm when classified */
+	struct cap_sig cold_sig[2]; /* not DB_WAL: its -wal and -shm when classified */
 };
 
 struct ent {
@@ -541,9 +544,17 @@ static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
 	size_t i;
 	if (cap_companion_of(c, dir, name, &i)) {
 		/* A writer's journal comes and goes with every transaction: not a tree change. The
-		 * -shm is written by readers too (ourselves included), so it says nothing. */
-		if (strcmp(name + strlen(name) - 4, "-shm"))
-			cap_db_written(c, c->e[i].d);
+		 * -shm is written by readers too (ourselves included), so it says nothing. A -wal
+		 * beside a database held by its file lock means a connection in WAL mode, which
+		 * commits without that lock. */
+		struct ent_db *d = c->e[i].d;
+		size_t nl = strlen(name);
+		if (!strcmp(name + nl - 4, "-wal") && d->dbmode != DB_WAL) {
+			d->wal_seen = 1;
+			cap_break(c, c->e[i].path);
+		}
+		if (strcmp(name + nl - 4, "-shm"))
+			cap_db_written(c, d);
 		return;
 	}
 	int structural = mask & (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO);
@@ -1164,6 +1175,12 @@ static int cap_wal_present(int dirfd, const char *name)
 	return fstatat(dirfd, wal, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_size > 0;
 }
 
+static int cap_db_unreadable(struct cap *c, struct ent *e)
+{
+	log_err("cannot read database %s: %s", cap_where(c, e), sqlite3_errmsg(e->d->db));
+	return -EIO;
+}
+
 /* Open what each database needs, before any lock is taken, to keep lock holds short. */
 static int cap_db_prepare(struct cap *c)
 {
@@ -1180,10 +1197,14 @@ static int cap_db_prepare(struct cap *c)
 		}
 		free(e->d->db_ident);
 		e->d->db_ident = cap_db_ident(e, e->d->dirfd);
-		e->d->dbmode = !cap_wal_present(e->d->dirfd, e->name) ? DB_ROLLBACK :
-			    cap_shm_in_use(e->d->dirfd, e->name) ? DB_WAL : DB_WAL_COLD;
-		if (e->d->dbmode == DB_WAL_COLD)
+		/* A connection in WAL mode makes it a live WAL database even while its -wal is
+		 * empty (just opened, or checkpointed with TRUNCATE): it commits without waiting
+		 * for the file lock the other kinds are held with. */
+		e->d->dbmode = cap_shm_in_use(e->d->dirfd, e->name) ? DB_WAL :
+			    cap_wal_present(e->d->dirfd, e->name) ? DB_WAL_COLD : DB_ROLLBACK;
+		if (e->d->dbmode != DB_WAL)
 			cap_cold_sig(e, e->d->cold_sig);
+		e->d->wal_seen = 0;
 		if (e->d->dbmode == DB_WAL) {
 			/* No descriptor of ours on this file from here on: closing one would drop the
 			 * POSIX locks SQLite takes for the connection. */
@@ -1193,6 +1214,15 @@ static int cap_db_prepare(struct cap *c)
 					e->d->db ? sqlite3_errmsg(e->d->db) : strerror(-rc));
 				return rc;
 			}
+			/* One read now, so that the connection holds the WAL open from here on (its
+			 * index header can then be read around the pin), and is known to read in WAL
+			 * mode: the last connection may have closed, taking the -wal with it. */
+			rc = sq_begin_read(e->d->db, CAP_LOCK_WAIT);
+			if (rc == 0)
+				rc = sq_reads_wal(e->d->db) == 1 ? 0 : -EAGAIN;
+			sqlite3_exec(e->d->db, "ROLLBACK", NULL, NULL, NULL);
+			if (rc)
+				return rc == -EIO ? cap_db_unreadable(c, e) : -EAGAIN;
 		} else {
 			e->d->dbfd = openat(e->d->dirfd, e->name,
 					    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
@@ -1243,6 +1273,17 @@ static int cap_copy_companion(struct cap *c, struct ent *e, const char *suffix)
 	return rc;
 }
 
+/* pread from the staged copy of rel: the bytes read, or -1. */
+static ssize_t cap_pread_stage(struct cap *c, const char *rel, void *buf, size_t n, off_t off)
+{
+	int fd = openat(c->stagefd, rel, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t got = pread(fd, buf, n, off);
+	close(fd);
+	return got;
+}
+
 /* Under the cut: copy one database that changed since the previous snapshot. */
 static int cap_db_copy(struct cap *c, struct ent *e)
 {
@@ -1260,6 +1301,14 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 		rc = cap_db_stage_path(c, e, "", path, sizeof path);
 		if (!rc && !e->staged)
 			cap_recycle(c, e);
+		/* SQLite opens a copy in WAL format (one made raw, in an attempt that found no
+		 * connection in WAL mode) as a WAL database, which the backup cannot write into. */
+		uint8_t fmt[2] = { 0 };
+		if (!rc && e->staged &&
+		    (cap_pread_stage(c, e->path, fmt, 2, 18) != 2 || fmt[0] != 1 || fmt[1] != 1)) {
+			e->staged = 0;
+			dd_free(&e->d->blk);
+		}
 		if (!rc && e->staged) {
 			/* Into the copy at hand, writing only the pages that differ. */
 			rc = sq_backup_into(e->d->db, path, &e->d->blk, &w);
@@ -1421,15 +1470,27 @@ static int cap_pin_and_check(struct cap *c, double quiet_since)
 			return rc;
 		e->d->wal_phase = nwal++;
 		e->d->raced = 0;
+		/* The index header read on either side of the pin: a commit whose -wal write came
+		 * before the marker, published as it was pinned, is on no known side of it. */
+		uint8_t before[SQ_WAL_HDR];
+		int had = sq_wal_header(e->d->db, before) == 0; /* prepared: it reads the WAL */
 		rc = sq_begin_read(e->d->db, CAP_LOCK_WAIT);
-		if (rc) {
-			if (rc != -EIO)
-				return -EAGAIN;
-			log_err("cannot read database %s: %s", cap_where(c, e),
-				sqlite3_errmsg(e->d->db));
-			return rc;
-		}
+		if (rc)
+			return rc == -EIO ? cap_db_unreadable(c, e) : -EAGAIN;
 		e->d->pinned = 1;
+		e->d->whdr_ok = sq_wal_header(e->d->db, e->d->whdr) == 0;
+		if (e->d->whdr_ok && (!had || memcmp(before, e->d->whdr, SQ_WAL_HDR)))
+			e->d->raced = 1;
+	}
+	/* Right after the last pin, the cut: an earlier pinned database whose index header moved
+	 * since its pin committed before the cut and after its pin. */
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		uint8_t now[SQ_WAL_HDR];
+		if (e->kind == K_DB && e->d->wal_phase >= 0 && e->d->wal_phase < nwal - 1 &&
+		    e->d->whdr_ok && (sq_wal_header(e->d->db, now) != 0 ||
+				      memcmp(now, e->d->whdr, SQ_WAL_HDR)))
+			e->d->raced = 1;
 	}
 	c->cut_ns = cap_ns(ut_realtime());
 	c->end_phase = nwal; /* events after this marker come after the cut */
@@ -1439,7 +1500,8 @@ static int cap_pin_and_check(struct cap *c, double quiet_since)
 	if (rc)
 		return rc;
 	cap_restat_recent(c, quiet_since - 2.0);
-	/* A WAL database pinned before the last pin must not have committed in between. */
+	/* A WAL database pinned before the last pin must not have committed in between: its
+	 * index header moved, or its -wal was written (inotify). */
 	for (size_t i = 0; !c->broken && i < c->n; i++) {
 		struct ent *e = &c->e[i];
 		if (e->kind == K_DB && e->d->wal_phase >= 0 && e->d->wal_phase < nwal - 1 &&
@@ -1481,8 +1543,7 @@ static int cap_attempt(struct cap *c, double deadline)
 		e->d->locked = 1;
 		c->holding = 1;
 		/* A writer may have switched it to WAL, or opened the cold WAL, before our lock. */
-		if (e->d->dbmode == DB_ROLLBACK ? cap_wal_present(e->d->dirfd, e->name) :
-					       cap_cold_disturbed(e)) {
+		if (e->d->wal_seen || cap_cold_disturbed(e)) {
 			rc = -EAGAIN;
 			goto out;
 		}
@@ -1548,6 +1609,21 @@ static int cap_attempt(struct cap *c, double deadline)
 			goto out;
 		if (rc) {
 			log_err("cannot copy database %s: %s", cap_where(c, e), strerror(-rc));
+			goto out;
+		}
+	}
+	/* Our file lock does not stop a connection in WAL mode: one that opened on a database
+	 * held by it may have committed before the cut, or checkpointed into the file we read.
+	 * (Its -wal's events, and its -wal and -shm as found: either alone can miss it, as a
+	 * file deleted and made again may come back with the same inode, size and times.) */
+	rc = cap_drain(c);
+	if (rc)
+		goto out;
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->kind == K_DB && e->d->dbmode != DB_WAL &&
+		    (c->overflow || e->d->wal_seen || cap_cold_disturbed(e))) {
+			rc = -EAGAIN;
 			goto out;
 		}
 	}

@@ -172,6 +172,36 @@ int sq_begin_read(sqlite3 *db, double timeout)
 	}
 }
 
+int sq_reads_wal(sqlite3 *db)
+{
+	sqlite3_stmt *st = NULL;
+	int wal = -EIO;
+	if (sqlite3_prepare_v2(db, "PRAGMA main.journal_mode", -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW) {
+		const char *mode = (const char *)sqlite3_column_text(st, 0);
+		wal = mode && !strcmp(mode, "wal");
+	}
+	sqlite3_finalize(st);
+	return wal;
+}
+
+int sq_wal_header(sqlite3 *db, uint8_t out[SQ_WAL_HDR])
+{
+	sqlite3_file *f = NULL;
+	void volatile *region = NULL;
+	if (sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &f) != SQLITE_OK || !f ||
+	    !f->pMethods || f->pMethods->iVersion < 2 || !f->pMethods->xShmMap)
+		return -ENOTSUP;
+	/* Region 0, not extended: the index exists once any connection has used the WAL. */
+	if (f->pMethods->xShmMap(f, 0, 32 * 1024, 0, &region) != SQLITE_OK || !region)
+		return -ENOTSUP;
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	const volatile uint8_t *h = region;
+	for (int i = 0; i < SQ_WAL_HDR; i++)
+		out[i] = h[i];
+	return 0;
+}
+
 /* ---- backups into an earlier copy ----
  * A VFS over "unix" for the destination of a backup into an existing copy: a page whose bytes
  * the copy holds already is not written again, so bringing a large copy up to date writes

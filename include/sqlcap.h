@@ -31,6 +31,16 @@ int sq_journal_is_hot(int dirfd, const char *name, int dbfd);
 int sq_open_ro(int dirfd, const char *name, sqlite3 **db);
 /* Begin a read transaction (pins a WAL snapshot). 0, -EBUSY, -EAGAIN or -EIO. */
 int sq_begin_read(sqlite3 *db, double timeout);
+/* In a read transaction: 1 if db reads its database in WAL mode, 0 if not, -EIO. Such a
+ * connection keeps a SHARED lock on the database file and its -shm open from then on, so the
+ * last other connection to close cannot delete the -wal and -shm under it. */
+int sq_reads_wal(sqlite3 *db);
+/* The WAL-index header as the shared memory holds it now: both copies, which every commit
+ * rewrites. Two reads that differ mean a commit (or a writer mid-update) came between them.
+ * Only for a connection that sq_reads_wal said reads in WAL mode (on any other, mapping the
+ * index would open, even create, the -shm). 0, or -ENOTSUP if the VFS has no shared memory. */
+#define SQ_WAL_HDR 96
+int sq_wal_header(sqlite3 *db, uint8_t out[SQ_WAL_HDR]);
 /* Copy the pinned state of db into the new file dst_path with the backup API. */
 int sq_backup_to(sqlite3 *db, const char *dst_path);
 /* The same into dst_path, an earlier copy that b describes: pages it holds already are not
