@@ -956,8 +956,10 @@ static int cap_precopy_db(struct cap *c, struct ent *e)
 	}
 	int src = -1, rc = 0;
 	struct stat st;
-	/* A WAL database (one with a -wal) is copied only through SQLite, at the cut. */
-	if (cap_wal_present(pfd, e->name))
+	/* A WAL database (one with a -wal, or a connection of ours) is copied only through
+	 * SQLite, at the cut; and a descriptor of ours on a file our connection has open would,
+	 * closed, drop the POSIX locks SQLite holds on it for that connection. */
+	if (e->d->db || cap_wal_present(pfd, e->name))
 		goto out;
 	src = openat(pfd, e->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (src < 0 || fstat(src, &st) < 0) {
@@ -1215,14 +1217,17 @@ static int cap_db_prepare(struct cap *c)
 				return rc;
 			}
 			/* One read now, so that the connection holds the WAL open from here on (its
-			 * index header can then be read around the pin), and is known to read in WAL
-			 * mode: the last connection may have closed, taking the -wal with it. */
+			 * index header can then be read around the pin, and the last other connection
+			 * to close cannot delete -wal and -shm under it), and is known to read in WAL
+			 * mode: one switched back to rollback mode meanwhile is classified again. */
 			rc = sq_begin_read(e->d->db, CAP_LOCK_WAIT);
+			if (rc == -EIO)
+				return cap_db_unreadable(c, e);
 			if (rc == 0)
 				rc = sq_reads_wal(e->d->db) == 1 ? 0 : -EAGAIN;
 			sqlite3_exec(e->d->db, "ROLLBACK", NULL, NULL, NULL);
 			if (rc)
-				return rc == -EIO ? cap_db_unreadable(c, e) : -EAGAIN;
+				return -EAGAIN;
 		} else {
 			e->d->dbfd = openat(e->d->dirfd, e->name,
 					    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);

@@ -159,17 +159,21 @@ int sq_begin_read(sqlite3 *db, double timeout)
 	sqlite3_finalize(st);
 	if (rc == SQLITE_OK)
 		return 0;
-	sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
 	switch (rc & 0xff) {
 	case SQLITE_BUSY:
 	case SQLITE_LOCKED:
-		return -EBUSY;
+		rc = -EBUSY;
+		break;
 	case SQLITE_READONLY:  /* hot journal or WAL recovery that needs a writer */
 	case SQLITE_CANTOPEN:  /* -wal vanished between our look and the open */
-		return -EAGAIN;
+		rc = -EAGAIN;
+		break;
 	default:
+		/* The caller ends it, after saying why: a ROLLBACK now would clear the message. */
 		return -EIO;
 	}
+	sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+	return rc;
 }
 
 int sq_reads_wal(sqlite3 *db)
@@ -193,7 +197,8 @@ int sq_wal_header(sqlite3 *db, uint8_t out[SQ_WAL_HDR])
 	    !f->pMethods || f->pMethods->iVersion < 2 || !f->pMethods->xShmMap)
 		return -ENOTSUP;
 	/* Region 0, not extended: the index exists once any connection has used the WAL. */
-	if (f->pMethods->xShmMap(f, 0, 32 * 1024, 0, &region) != SQLITE_OK || !region)
+	int rc = f->pMethods->xShmMap(f, 0, 32 * 1024, 0, &region);
+	if ((rc != SQLITE_OK && rc != SQLITE_READONLY) || !region) /* (a -shm we may only read) */
 		return -ENOTSUP;
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	const volatile uint8_t *h = region;

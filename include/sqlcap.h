@@ -29,7 +29,8 @@ int sq_journal_is_hot(int dirfd, const char *name, int dbfd);
 
 /* Open a read-only connection to dirfd/name (not yet in a transaction). */
 int sq_open_ro(int dirfd, const char *name, sqlite3 **db);
-/* Begin a read transaction (pins a WAL snapshot). 0, -EBUSY, -EAGAIN or -EIO. */
+/* Begin a read transaction (pins a WAL snapshot). 0, -EBUSY, -EAGAIN, or -EIO with the
+ * transaction left for the caller to end once sqlite3_errmsg has said why. */
 int sq_begin_read(sqlite3 *db, double timeout);
 /* In a read transaction: 1 if db reads its database in WAL mode, 0 if not, -EIO. Such a
  * connection keeps a SHARED lock on the database file and its -shm open from then on, so the
