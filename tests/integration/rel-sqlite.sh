@@ -127,21 +127,27 @@ sqlite3 -cmd '.timeout 5000' -cmd "attach '$pair/b.sqlite3' as b" -cmd 'pragma m
   >/dev/null 2>&1 &
 T_PIDS+=("$!")
 last_row() { sqlite3 -cmd '.timeout 5000' "$1" 'select coalesce(max(v), 0) from t'; }
-pair_committing() { (( $(last_row "$pair/b.sqlite3") > 1000 )); }
-t_wait_for 20 pair_committing
+# one_instant STORE ROWS N WHAT: once b has ROWS rows, N snapshots of STORE, each holding a at
+# b's last row or the next; adds their retries to $retries, then stops the writer.
 retries=0
-for n in 1 2 3 4 5; do
-  "$STILLCTL" snapshot "$pair" "$T_WORK/pw" >"$T_WORK/pw.out" 2>&1 ||
-    { cat "$T_WORK/pw.out" >&2; t_fail "snapshot $n of two WAL databases written in turn failed"; }
-  r=$(grep -o '[0-9]* retries' "$T_WORK/pw.out" | cut -d' ' -f1)
-  retries=$((retries + ${r:-0}))
-  a=$(last_row "$T_WORK/pw/a.sqlite3") b=$(last_row "$T_WORK/pw/b.sqlite3")
-  ((a == b || a == b + 1)) || t_fail "snapshot $n is not one instant: a ends at row $a, b at row $b"
-  r_verify "$T_WORK/pw"
-  rm -rf "$T_WORK/pw"
-done
-echo "# two WAL databases written in turn: 5 snapshots each one instant ($retries retries)"
-kill "${T_PIDS[@]}" 2>/dev/null || true; wait "${T_PIDS[@]}" 2>/dev/null || true; T_PIDS=()
+one_instant() {
+  local store=$1 what=$4 n r a b
+  committing() { (( $(last_row "$store/b.sqlite3") > $1 )); }
+  t_wait_for 20 committing "$2"
+  for n in $(seq "$3"); do
+    "$STILLCTL" snapshot "$store" "$T_WORK/pw" >"$T_WORK/pw.out" 2>&1 ||
+      { cat "$T_WORK/pw.out" >&2; t_fail "snapshot $n of $what failed"; }
+    r=$(grep -o '[0-9]* retries' "$T_WORK/pw.out" | cut -d' ' -f1)
+    retries=$((retries + ${r:-0}))
+    a=$(last_row "$T_WORK/pw/a.sqlite3") b=$(last_row "$T_WORK/pw/b.sqlite3")
+    ((a == b || a == b + 1)) || t_fail "snapshot $n of $what is not one instant: a ends at row $a, b at row $b"
+    r_verify "$T_WORK/pw"
+    rm -rf "$T_WORK/pw"
+  done
+  echo "# $what: $3 snapshots each one instant"
+  kill "${T_PIDS[@]}" 2>/dev/null || true; wait "${T_PIDS[@]}" 2>/dev/null || true; T_PIDS=()
+}
+one_instant "$pair" 1000 5 "two WAL databases written in turn"
 
 # The same, but a's connection is opened and closed around each of its commits: between them a
 # has no -wal and no connection, so it is held by its file lock like a rollback database, which
@@ -155,20 +161,8 @@ sqlite3 -cmd '.timeout 5000' "$s/b.sqlite3" \
         '{ print "attach \047" a "\047 as a; insert into a.t values (" $1 ");" ($1 % 2 ? " pragma a.wal_checkpoint(truncate);" : "") " detach a; insert into main.t values (" $1 ");" }') \
   >/dev/null 2>&1 &
 T_PIDS+=("$!")
-opening_committing() { (( $(last_row "$s/b.sqlite3") > 200 )); }
-t_wait_for 20 opening_committing
-for n in $(seq 10); do
-  "$STILLCTL" snapshot "$s" "$T_WORK/ow" >"$T_WORK/ow.out" 2>&1 ||
-    { cat "$T_WORK/ow.out" >&2; t_fail "snapshot $n of a database opened for each commit failed"; }
-  r=$(grep -o '[0-9]* retries' "$T_WORK/ow.out" | cut -d' ' -f1)
-  retries=$((retries + ${r:-0}))
-  a=$(last_row "$T_WORK/ow/a.sqlite3") b=$(last_row "$T_WORK/ow/b.sqlite3")
-  ((a == b || a == b + 1)) || t_fail "snapshot $n (a opened for each commit) is not one instant: a ends at row $a, b at row $b"
-  r_verify "$T_WORK/ow"
-  rm -rf "$T_WORK/ow"
-done
-echo "# a WAL database opened for each commit beside one kept open: 10 snapshots each one instant"
-kill "${T_PIDS[@]}" 2>/dev/null || true; wait "${T_PIDS[@]}" 2>/dev/null || true; T_PIDS=()
+one_instant "$s" 200 10 "a WAL database opened for each commit beside one kept open"
+echo "# busy WAL databases in the last two parts: $retries retries"
 
 # One WAL database whose -wal is emptied by a checkpoint after each commit, then whose last
 # connection closes (deleting -wal and -shm) and a new one commits: the capture, started while
@@ -203,5 +197,5 @@ rows=$(sqlite3 "$T_WORK/tw/app.sqlite3" 'select count(*) from t') counted=$(cat 
 r_verify "$T_WORK/tw"
 echo "# a WAL database emptied by TRUNCATE checkpoints, then reopened: $rows rows, as its count.txt"
 # (Whether a given snapshot has to retry depends on the machine's timing; a slow build may see
-# writers pause for the whole pin. Over both parts, one must have.)
+# writers pause for the whole pin. Over all the busy parts, one must have.)
 ((busy_retries + retries > 0)) || t_fail "busy WAL databases never made a cut retry (the path is not exercised)"
