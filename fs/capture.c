@@ -1158,12 +1158,14 @@ static void cap_cold_sig(struct ent *e, struct cap_sig sig[2])
 	}
 }
 
-/* A connection that came (and maybe went) since a cold WAL database was classified rebuilt
- * its -shm or appended to its -wal; it may have checkpointed into the file being read. */
-static int cap_cold_disturbed(struct ent *e)
+/* A database held by its file lock (not DB_WAL), which a connection in WAL mode does not wait
+ * for: 1 if such a connection came (and maybe went) since it was classified. Its -wal's events
+ * and its -wal and -shm as found are both asked: either alone can miss it, as a file deleted
+ * and made again may come back with the same inode, size and times. */
+static int cap_held_disturbed(struct ent *e)
 {
 	struct cap_sig now[2];
-	if (cap_shm_in_use(e->d->dirfd, e->name))
+	if (e->d->wal_seen || cap_shm_in_use(e->d->dirfd, e->name))
 		return 1;
 	cap_cold_sig(e, now);
 	return memcmp(now, e->d->cold_sig, sizeof now) != 0;
@@ -1345,13 +1347,9 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 		 * copy, which SQLite then recovers; the live store is never touched. */
 		if (!rc && e->hot)
 			rc = cap_copy_companion(c, e, "-journal");
-		if (!rc && e->d->dbmode == DB_WAL_COLD) {
+		/* (A connection that opened meanwhile is looked for once all are copied.) */
+		if (!rc && e->d->dbmode == DB_WAL_COLD)
 			rc = cap_copy_companion(c, e, "-wal");
-			/* A connection that opened meanwhile may have checkpointed into the file we
-			 * were reading. */
-			if (!rc && cap_cold_disturbed(e))
-				return -EAGAIN;
-		}
 	}
 	if (rc)
 		return rc;
@@ -1548,7 +1546,7 @@ static int cap_attempt(struct cap *c, double deadline)
 		e->d->locked = 1;
 		c->holding = 1;
 		/* A writer may have switched it to WAL, or opened the cold WAL, before our lock. */
-		if (e->d->wal_seen || cap_cold_disturbed(e)) {
+		if (cap_held_disturbed(e)) {
 			rc = -EAGAIN;
 			goto out;
 		}
@@ -1618,16 +1616,14 @@ static int cap_attempt(struct cap *c, double deadline)
 		}
 	}
 	/* Our file lock does not stop a connection in WAL mode: one that opened on a database
-	 * held by it may have committed before the cut, or checkpointed into the file we read.
-	 * (Its -wal's events, and its -wal and -shm as found: either alone can miss it, as a
-	 * file deleted and made again may come back with the same inode, size and times.) */
+	 * held by it may have committed before the cut, or checkpointed into the file we read. */
 	rc = cap_drain(c);
 	if (rc)
 		goto out;
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
 		if (e->kind == K_DB && e->d->dbmode != DB_WAL &&
-		    (c->overflow || e->d->wal_seen || cap_cold_disturbed(e))) {
+		    (c->overflow || cap_held_disturbed(e))) {
 			rc = -EAGAIN;
 			goto out;
 		}
