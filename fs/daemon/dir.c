@@ -28,6 +28,8 @@ struct dr {
 	DIR *dp;
 	struct node *node;
 	struct gen *gen;           /* the generation pinned by this handle, if any */
+	uid_t uid;                 /* charged for its descriptor (sf_fd_charge) ... */
+	int charged;               /* ... if set */
 	struct sf_link all;        /* in dr_all: every open handle (dr_smu) */
 	struct sf_link snap;       /* in dr_snap: open handles of `.snapshot` itself (dr_smu) */
 	pid_t tgid;                /* ... and the process that opened it */
@@ -112,6 +114,8 @@ static void dr_free(struct dr *d)
 	pthread_mutex_unlock(&dr_smu);
 	if (d->dp)
 		closedir(d->dp);
+	if (d->charged)
+		sf_fd_uncharge(d->uid);
 	dr_free_ents(d);
 	free(d);
 }
@@ -142,10 +146,18 @@ static void dr_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	d->gen = g;
 	dr_link_in(&dr_all, &d->all);
 	d->for_helper = n == &sf.root && hp_is_helper(fuse_req_ctx(req)->pid);
+	d->uid = fuse_req_ctx(req)->uid;
+	if ((rc = sf_fd_charge(d->uid)))
+		goto out;
+	d->charged = 1;
+	if ((rc = nd_pin(n)))
+		goto out;
 	fd = openat(n->kind == ND_SNAPDIR ? gen_fd(g) : n->fd, ".",
 		    O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || !(d->dp = fdopendir(fd))) {
-		rc = -errno;
+	rc = fd < 0 ? -errno : 0;
+	nd_unpin(n);
+	if (rc || !(d->dp = fdopendir(fd))) {
+		rc = rc ? rc : -errno;
 		goto out;
 	}
 	fd = -1;

@@ -65,10 +65,12 @@ static char *fh_status_text(size_t *len)
 	return buf;
 }
 
-/* Everything a handle holds besides its memory: descriptor, pin, WAL-index count. */
+/* Everything a handle holds besides its memory: descriptor and its charge, pin,
+ * WAL-index count. */
 static void fh_close(struct fh *h)
 {
 	fh_unlink(h);
+	sf_fd_uncharge(h->uid);
 	pt_detach(h);
 	if (h->fd >= 0)
 		close(h->fd);
@@ -80,8 +82,9 @@ static void fh_close(struct fh *h)
 	free(h);
 }
 
-/* Open n for the caller. On success *out holds a handle that fh_close undoes. */
-static int fh_make(struct node *n, struct fuse_file_info *fi, int fd, struct fh **out)
+/* Open n for the caller, whose descriptor uid is charged for already. On success *out holds
+ * a handle that fh_close undoes, the charge included. */
+static int fh_make(struct node *n, struct fuse_file_info *fi, int fd, uid_t uid, struct fh **out)
 {
 	struct fh *h = calloc(1, sizeof *h);
 	int rc = 0;
@@ -91,6 +94,7 @@ static int fh_make(struct node *n, struct fuse_file_info *fi, int fd, struct fh 
 		goto fail;
 	}
 	h->node = n;
+	h->uid = uid;
 	h->fd = -1;
 	switch (n->kind) {
 	case ND_SNAPDIR:
@@ -163,13 +167,14 @@ static int fh_attach(struct fh *h, struct fuse_file_info *fi)
 static void fh_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct node *n = nd_of(ino);
+	uid_t uid = fuse_req_ctx(req)->uid;
 	struct fh *h;
 	int rc = nd_check(n);
 
 	if (!rc && (n->kind == ND_SNAPDIR || (n->kind != ND_STATUS && S_ISDIR(n->type))))
 		rc = -EISDIR;
-	if (!rc)
-		rc = fh_make(n, fi, -1, &h);
+	if (!rc && !(rc = sf_fd_charge(uid)) && (rc = fh_make(n, fi, -1, uid, &h)))
+		sf_fd_uncharge(uid);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
@@ -185,9 +190,10 @@ static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		      struct fuse_file_info *fi)
 {
 	struct node *p = nd_of(parent);
+	uid_t uid = fuse_req_ctx(req)->uid;
 	struct fuse_entry_param e;
 	struct fh *h;
-	int fd = -1, rc = 0;
+	int fd = -1, rc = 0, charged = 0, pinned = 0;
 
 	if (p->kind == ND_SNAP || p->kind == ND_SNAPDIR)
 		rc = -EROFS;
@@ -195,6 +201,11 @@ static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		rc = -ENOTDIR;
 	else if (p == &sf.root && (!strcmp(name, SF_SNAPDIR) || !strcmp(name, SF_STATUS)))
 		rc = -EEXIST;
+	/* Like open(2) at its descriptor limit, fail before the file is made. */
+	if (!rc && !(rc = sf_fd_charge(uid)))
+		charged = 1;
+	if (!rc && !(rc = nd_pin(p)))
+		pinned = 1;
 	if (rc)
 		goto out;
 	fd = openat(p->fd, name, (fi->flags | O_CREAT | O_CLOEXEC) & ~(O_NOFOLLOW | O_DIRECT),
@@ -207,10 +218,11 @@ static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		goto out;
 	if ((rc = nd_lookup(p, name, &e)))
 		goto out;
-	if ((rc = fh_make(nd_of(e.ino), fi, fd, &h))) {
+	if ((rc = fh_make(nd_of(e.ino), fi, fd, uid, &h))) {
 		nd_forget(nd_of(e.ino), 1);
 		goto out;
 	}
+	nd_unpin(p);
 	pt_arm(fh_attach(h, fi));
 	rc = fuse_reply_create(req, &e, fi);
 	pt_arm(0);
@@ -218,6 +230,10 @@ static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		fh_close(h);
 	return;
 out:
+	if (pinned)
+		nd_unpin(p);
+	if (charged)
+		sf_fd_uncharge(uid);
 	if (fd >= 0)
 		close(fd);
 	fuse_reply_err(req, -rc);

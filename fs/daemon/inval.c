@@ -20,11 +20,13 @@
  * epoch (FUSE_NOTIFY_INC_EPOCH, Linux 6.16), which makes it look every cached name up again.
  * A directory that cannot be watched (watch limit) keeps timeouts 0 for what is below it.
  *
- * The same thread keeps the node table within its budget of descriptors (one O_PATH
- * descriptor per inode the kernel knows): past three quarters of it, the least recently
- * looked-up half is offered back to the kernel with FUSE_NOTIFY_PRUNE (Linux 6.18), which
- * drops the unused ones and sends FORGET for them. Without it a walk of a large store stops
- * at the descriptor limit (EMFILE) until the kernel's own memory pressure forgets inodes.
+ * The same thread keeps the node table within its budget (sf.node_budget): past three
+ * quarters of it, the least recently looked-up half is offered back to the kernel with
+ * FUSE_NOTIFY_PRUNE (Linux 6.18), which drops the unused ones and sends FORGET for them.
+ * Where nodes reopen their descriptors by file handle (node.c) this only bounds memory.
+ * Otherwise every node holds a descriptor, and without FUSE_NOTIFY_PRUNE a walk of a large
+ * store stops at the descriptor limit (EMFILE) until the kernel's own memory pressure
+ * forgets inodes.
  *
  * Locking: the wd -> node map and node->wd are under sf.mu, and so are inotify_add_watch and
  * inotify_rm_watch (a watch belongs to an inode, so a node freed and made again for the same
@@ -386,6 +388,10 @@ int iv_start(struct fuse_session *se, int watch)
 	/* The capture helper watches every directory of the store with the same user's
 	 * watches: leave it most of them. */
 	iv_budget = max / 4;
+	/* A watched directory keeps its descriptor (its events are resolved against it): at
+	 * most half of the nodes' budget, so the rest can be closed and reopened. */
+	if (sf.fd_budget && iv_budget > sf.fd_budget / 2)
+		iv_budget = sf.fd_budget / 2;
 	iv_se = se;
 	if (pipe2(iv_stop, O_CLOEXEC) < 0 || pipe2(iv_kick, O_CLOEXEC | O_NONBLOCK) < 0) {
 		log_warn("cannot make the invalidation thread's pipes: %s", strerror(errno));

@@ -31,6 +31,7 @@ struct lk_owner {
 	struct lk_owner *next;
 	uint64_t owner;
 	int fd;
+	uid_t uid;                 /* charged for fd (sf_fd_charge) */
 	unsigned refs;             /* the node's list + callers using fd (sf.mu) */
 	const void *via;           /* the handle of its last lock request (sf.mu) */
 };
@@ -63,12 +64,14 @@ static void lk_put(struct lk_owner *o)
 	pthread_mutex_unlock(&sf.mu);
 	if (last) {
 		close(o->fd);
+		sf_fd_uncharge(o->uid);
 		free(o);
 	}
 }
 
-/* The owner's record, with a reference for the caller; created if create is set. */
-static int lk_get(struct node *n, uint64_t owner, int create, struct lk_owner **out)
+/* The owner's record, with a reference for the caller; created if create is set, its
+ * descriptor charged to uid. */
+static int lk_get(struct node *n, uint64_t owner, int create, uid_t uid, struct lk_owner **out)
 {
 	struct lk_owner *o, *fresh = NULL;
 	int fd = -1;
@@ -89,23 +92,28 @@ static int lk_get(struct node *n, uint64_t owner, int create, struct lk_owner **
 		pthread_mutex_unlock(&sf.mu);
 		if (o || !create)
 			break;
+		int rc = sf_fd_charge(uid);
+		if (rc)
+			return rc;
 		/* Read-write if at all possible, so both lock types work; the kernel has already
 		 * refused a write lock through a handle not open for writing. */
 		fd = nd_reopen(n, O_RDWR | O_NONBLOCK);
 		if (fd < 0)
 			fd = nd_reopen(n, O_RDONLY | O_NONBLOCK);
-		if (fd < 0)
-			return fd;
-		if (!(fresh = calloc(1, sizeof *fresh))) {
-			close(fd);
-			return -ENOMEM;
+		if (fd < 0 || !(fresh = calloc(1, sizeof *fresh))) {
+			sf_fd_uncharge(uid);
+			if (fd >= 0)
+				close(fd);
+			return fd < 0 ? fd : -ENOMEM;
 		}
 		fresh->owner = owner;
+		fresh->uid = uid;
 		fresh->fd = fd;
 		fresh->refs = 2;   /* the list's and the caller's */
 	}
 	if (fresh) {           /* another thread made one meanwhile */
 		close(fresh->fd);
+		sf_fd_uncharge(fresh->uid);
 		free(fresh);
 	}
 	*out = o;
@@ -222,7 +230,7 @@ static void lk_getlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 {
 	struct fh *h = (struct fh *)(uintptr_t)fi->fh;
 	struct lk_owner *o;
-	int rc = h->fd < 0 ? -EINVAL : lk_get(h->node, fi->lock_owner, 0, &o);
+	int rc = h->fd < 0 ? -EINVAL : lk_get(h->node, fi->lock_owner, 0, 0, &o);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
@@ -250,7 +258,8 @@ static void lk_setlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	struct fh *h = (struct fh *)(uintptr_t)fi->fh;
 	struct lk_owner *o = NULL;
 	int unlock = lock->l_type == F_UNLCK;
-	int rc = h->fd < 0 ? -EINVAL : lk_get(h->node, fi->lock_owner, !unlock, &o);
+	int rc = h->fd < 0 ? -EINVAL : lk_get(h->node, fi->lock_owner, !unlock,
+							fuse_req_ctx(req)->uid, &o);
 
 	if (!rc && o) {
 		struct flock fl = *lock;

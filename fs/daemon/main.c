@@ -41,6 +41,7 @@ static const struct fuse_opt sf_optspec[] = {
 	{ "no_live_cache", offsetof(struct sf_opts, no_live_cache), 1 },
 	{ "no_recycle", offsetof(struct sf_opts, no_recycle), 1 },
 	{ "max_nodes=%lu", offsetof(struct sf_opts, max_nodes), 0 },
+	{ "max_user_fds=%lu", offsetof(struct sf_opts, max_user_fds), 0 },
 	{ "capture_nice=%d", offsetof(struct sf_opts, capture_nice), 0 },
 	FUSE_OPT_END
 };
@@ -70,9 +71,13 @@ static void sf_usage(const char *prog)
 	       "                               one is kept until the next capture, which moves\n"
 	       "                               its database copies over and rewrites only the\n"
 	       "                               pages that changed)\n"
-	       "    -o max_nodes=N             most inodes kept open for the kernel (default: the\n"
-	       "                               descriptor limit less a reserve); past 3/4 of it the\n"
-	       "                               least recently used are offered back to the kernel\n"
+	       "    -o max_nodes=N             most inodes kept for the kernel (default: 262144, or\n"
+	       "                               3/4 of the descriptor limit where nodes cannot be\n"
+	       "                               reopened by file handle); past 3/4 of it the least\n"
+	       "                               recently used are offered back to the kernel\n"
+	       "    -o max_user_fds=N          most open files, directories and lock owners of one\n"
+	       "                               user other than root (default: 3/16 of the\n"
+	       "                               descriptor limit)\n"
 	       "    -o capture_nice=N          CPU niceness of captures, so that the application\n"
 	       "                               keeps its cores (default: %d; 0 = the daemon's)\n\n",
 	       prog, SF_DEFAULT_MAX_AGE, SF_DEFAULT_LINGER, SF_DEFAULT_CAPTURE_NICE);
@@ -387,6 +392,122 @@ static int sf_validate(void)
 	return SF_EXIT_OK;
 }
 
+/* Descriptors of handles and lock owners charged per user (sf_fd_charge); sf_fd_mu. */
+struct sf_user {
+	uid_t uid;
+	size_t n;
+};
+static pthread_mutex_t sf_fd_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct sf_user *sf_users;
+static size_t sf_nusers, sf_users_cap;
+static size_t sf_fd_pool;          /* most charged descriptors, all users together */
+static size_t sf_fd_limit;         /* RLIMIT_NOFILE, shared out by sf_budgets */
+static int sf_fd_handles;          /* node descriptors are reopened by file handle */
+static size_t sf_fd_all, sf_fd_users;   /* charged now: in all, to users other than root */
+
+/* Root and the daemon's own user are charged against the pool alone. */
+static int sf_privileged(uid_t uid)
+{
+	return uid == 0 || uid == sf.uid;
+}
+
+int sf_fd_charge(uid_t uid)
+{
+	int rc = 0;
+	size_t i = 0;
+
+	pthread_mutex_lock(&sf_fd_mu);
+	if (sf_fd_all >= sf_fd_pool) {
+		rc = -ENFILE;
+	} else if (!sf_privileged(uid)) {
+		while (i < sf_nusers && sf_users[i].uid != uid)
+			i++;
+		if (sf_fd_users >= sf_fd_pool - sf_fd_pool / 8) {
+			rc = -ENFILE;            /* what is left is root's */
+		} else if (i < sf_nusers && sf_users[i].n >= sf.o.max_user_fds) {
+			rc = -EMFILE;
+		} else if (i == sf_nusers) {
+			if (sf_nusers == sf_users_cap) {
+				size_t cap = sf_users_cap ? sf_users_cap * 2 : 16;
+				struct sf_user *u = realloc(sf_users, cap * sizeof *u);
+				if (!u)
+					rc = -ENOMEM;
+				else
+					sf_users = u, sf_users_cap = cap;
+			}
+			if (!rc)
+				sf_users[sf_nusers++] = (struct sf_user){ uid, 0 };
+		}
+		if (!rc) {
+			sf_users[i].n++;
+			sf_fd_users++;
+		}
+	}
+	if (!rc)
+		sf_fd_all++;
+	pthread_mutex_unlock(&sf_fd_mu);
+	return rc;
+}
+
+void sf_fd_uncharge(uid_t uid)
+{
+	pthread_mutex_lock(&sf_fd_mu);
+	sf_fd_all--;
+	if (!sf_privileged(uid))
+		for (size_t i = 0; i < sf_nusers; i++)
+			if (sf_users[i].uid == uid) {
+				sf_fd_users--;
+				if (!--sf_users[i].n)
+					sf_users[i] = sf_users[--sf_nusers];
+				break;
+			}
+	pthread_mutex_unlock(&sf_fd_mu);
+}
+
+/* Share the descriptor limit out: a reserve for what must not fail (captures, directory
+ * scans, transient reopens), node descriptors (sf.fd_budget), and the pool that handles and
+ * lock owners are charged to. With file handles, nodes need only a quarter, however many
+ * inodes the kernel knows; without, each node holds a descriptor and the node table is
+ * bounded instead, so the limit is raised as far as privilege allows. */
+static void sf_budgets(void)
+{
+	struct rlimit rl;
+	int handles = nd_handles_init();
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		rl.rlim_cur = rl.rlim_max = 1024;
+	if (!handles) {
+		FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+		unsigned long nr_open = 0;
+		if (f && fscanf(f, "%lu", &nr_open) == 1 && nr_open > rl.rlim_max) {
+			struct rlimit more = { nr_open, nr_open };
+			if (setrlimit(RLIMIT_NOFILE, &more) == 0)
+				rl = more;
+		}
+		if (f)
+			fclose(f);
+	}
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	size_t limit = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (1UL << 30) ? 1UL << 30
+										   : (size_t)rl.rlim_cur;
+	size_t avail = limit > 256 ? limit - 64 : limit / 2;
+	sf.fd_budget = handles ? avail / 4 : avail / 4 * 3;
+	sf_fd_pool = avail - sf.fd_budget;
+	if (!sf.o.max_user_fds)
+		sf.o.max_user_fds = sf_fd_pool / 4 ? sf_fd_pool / 4 : 1;
+	/* With handles the node table costs memory only: prune it well before that matters. */
+	sf.node_budget = handles ? 262144 : sf.fd_budget;
+	if (sf.o.max_nodes > 0 && (handles || (size_t)sf.o.max_nodes < sf.node_budget))
+		sf.node_budget = (size_t)sf.o.max_nodes;
+	if (sf.fd_budget > sf.node_budget)
+		sf.fd_budget = sf.node_budget;
+	sf_fd_limit = limit;
+	sf_fd_handles = handles;
+}
+
 static int sf_open_fds(void)
 {
 	struct stat st;
@@ -423,29 +544,7 @@ static int sf_open_fds(void)
 	sf.status.kind = ND_STATUS;
 	sf.status.is_static = 1;
 	sf.status.nlookup = 1;
-	/* One descriptor per inode the kernel knows and per lock owner: allow as many as we
-	 * may; with privilege, up to the kernel's own ceiling (fs.nr_open). */
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-		FILE *f = fopen("/proc/sys/fs/nr_open", "re");
-		unsigned long nr_open = 0;
-		if (f && fscanf(f, "%lu", &nr_open) == 1 && nr_open > rl.rlim_max) {
-			struct rlimit more = { nr_open, nr_open };
-			if (setrlimit(RLIMIT_NOFILE, &more) == 0)
-				rl = more;
-		}
-		if (f)
-			fclose(f);
-		if (rl.rlim_cur < rl.rlim_max) {
-			rl.rlim_cur = rl.rlim_max;
-			setrlimit(RLIMIT_NOFILE, &rl);
-		}
-		/* Keep a reserve for what must not fail for want of a descriptor: capture helpers,
-		 * opens, lock owners. Lookups beyond the budget fail with EMFILE instead. */
-		sf.node_budget = rl.rlim_cur > 512 ? (size_t)rl.rlim_cur - 256 : (size_t)rl.rlim_cur / 2;
-		if (sf.o.max_nodes > 0 && (size_t)sf.o.max_nodes < sf.node_budget)
-			sf.node_budget = (size_t)sf.o.max_nodes;
-	}
+	sf_budgets();
 	return 0;
 }
 
@@ -676,6 +775,10 @@ int main(int argc, char **argv)
 	if (!cmd.foreground)
 		log_to_syslog(1);
 	log_info("serving %s at %s (cache %s)", sf.o.store, sf.o.mountpoint, sf.o.cache);
+	log_info("descriptor limit %zu: %zu for nodes%s, %zu for handles and lock owners "
+		 "(%lu per user)", sf_fd_limit, sf.fd_budget,
+		 sf_fd_handles ? " (reopened by file handle)" : "", sf_fd_pool,
+		 sf.o.max_user_fds);
 
 	/* Our own thread must not take the signals meant to stop the loop. */
 	sigset_t block, old;

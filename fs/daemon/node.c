@@ -1,12 +1,21 @@
-/* The inode table: one node per backing inode the kernel knows, holding an O_PATH
- * descriptor, so every operation is an *at() call relative to it (never a path through the
- * mountpoint, which may cover the store itself).
+/* The inode table: one node per backing inode the kernel knows. A node reaches its file
+ * through an O_PATH descriptor, so every operation is an *at() call relative to it (never a
+ * path through the mountpoint, which may cover the store itself).
  *
  * Nodeids are node addresses. Live nodes are keyed by (dev, ino). Snapshot nodes are keyed by
  * (generation, dev, ino): a file shared by hard link between two generations gets one nodeid
  * per generation, so a node always knows which generation it pins, and the kernel never
- * serves one generation's cached pages or attributes under another's name. While a node
- * holds its descriptor the backing inode cannot be freed, so its number is not reused. */
+ * serves one generation's cached pages or attributes under another's name.
+ *
+ * The kernel may know far more inodes than the daemon may hold descriptors. Where file
+ * handles work (a root daemon: open_by_handle_at needs CAP_DAC_READ_SEARCH), a node also
+ * keeps its file handle, and its descriptor is closed when more than sf.fd_budget are open
+ * and it is the least recently used one nobody has pinned; nd_pin opens it again from the
+ * handle. A handle names the inode and its generation, so a closed node whose inode number
+ * was freed and reused is noticed at the next lookup of the new file (nd_from_fd) and never
+ * reopened as it. Directories watched by inotify keep their descriptors (inval.c needs them
+ * for every event; their number is bounded by half the budget). Without file handles every
+ * node holds its descriptor, and the node table itself is what is bounded (nd_budget_wait). */
 #include "stillfs.h"
 
 #include "util.h"
@@ -14,12 +23,55 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/fsuid.h>
 #include <unistd.h>
 
+#define ND_OF_LRU(l) ((struct node *)(void *)((char *)(l) - offsetof(struct node, lru)))
+
 struct sf sf;
+
+static int nd_handles;          /* descriptors may be closed and reopened by handle */
+static dev_t nd_cache_dev;      /* the filesystem of sf.cachefd (snapshot nodes) */
+static int nd_store_mfd = -1;   /* the store's root, not O_PATH: open_by_handle_at needs that */
+/* Open descriptors that may be closed, the most recently used first (sf.mu). */
+static struct sf_link nd_lru = { &nd_lru, &nd_lru };
+
+/* Both filesystems must give handles and take them back (the latter needs privilege). */
+int nd_handles_init(void)
+{
+	struct stat st, got;
+	int ok = 1;
+
+	nd_store_mfd = openat(sf.storefd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	const int mfds[2] = { nd_store_mfd, sf.cachefd };
+
+	for (int i = 0; i < 2 && ok; i++) {
+		struct file_handle *h = malloc(sizeof *h + MAX_HANDLE_SZ);
+		int mnt, fd = -1;
+		ok = 0;
+		if (h && fstat(mfds[i], &st) == 0) {
+			h->handle_bytes = MAX_HANDLE_SZ;
+			if (name_to_handle_at(mfds[i], "", h, &mnt, AT_EMPTY_PATH) == 0)
+				fd = open_by_handle_at(mfds[i], h, O_PATH | O_CLOEXEC);
+			ok = fd >= 0 && fstat(fd, &got) == 0 && got.st_dev == st.st_dev &&
+			     got.st_ino == st.st_ino;
+			if (i == 1)
+				nd_cache_dev = st.st_dev;
+		}
+		if (fd >= 0)
+			close(fd);
+		free(h);
+	}
+	if (!ok && nd_store_mfd >= 0) {
+		close(nd_store_mfd);
+		nd_store_mfd = -1;
+	}
+	return nd_handles = ok;
+}
 
 int nd_init(void)
 {
@@ -158,8 +210,14 @@ int nd_stat(struct node *n, struct stat *st)
 		*st = sf.snapdir_st;
 		return 0;
 	}
+	int rc = nd_pin(n);
+	if (rc)
+		return rc;
 	if (fstatat(n->fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
-		return -errno;
+		rc = -errno;
+	nd_unpin(n);
+	if (rc)
+		return rc;
 	if (n->kind == ND_SNAP)
 		nd_snap_attr(st);
 	if (n->is_manifest)
@@ -185,26 +243,193 @@ int nd_check(const struct node *n)
 	return n->kind == ND_SNAP && gen_dead(n->gen) ? -ESTALE : 0;
 }
 
+/* The file handle of fd, a node's descriptor on the filesystem its kind reopens from, or
+ * NULL (no handles, another filesystem mounted below the store, no memory). */
+static struct file_handle *nd_handle_of(int fd, dev_t dev, enum nd_kind kind)
+{
+	struct file_handle *h;
+	int mnt;
+
+	if (!nd_handles || dev != (kind == ND_SNAP ? nd_cache_dev : sf.root.dev))
+		return NULL;
+	if (!(h = malloc(sizeof *h + MAX_HANDLE_SZ)))
+		return NULL;
+	h->handle_bytes = MAX_HANDLE_SZ;
+	if (name_to_handle_at(fd, "", h, &mnt, AT_EMPTY_PATH) < 0) {
+		free(h);
+		return NULL;
+	}
+	return h;
+}
+
+static int nd_same_handle(const struct file_handle *a, const struct file_handle *b)
+{
+	return a && b && a->handle_type == b->handle_type && a->handle_bytes == b->handle_bytes &&
+	       !memcmp(a->f_handle, b->f_handle, a->handle_bytes);
+}
+
+/* Open a closed node's descriptor again from its handle: the same inode or -ESTALE. */
+static int nd_open_handle(const struct node *n)
+{
+	int mfd = n->kind == ND_SNAP ? sf.cachefd : nd_store_mfd;
+	struct stat st;
+
+	/* A request served with the caller's fsuid has no CAP_DAC_READ_SEARCH: the reopen is
+	 * the daemon's own business, not the caller's. */
+	uid_t fsuid = (uid_t)setfsuid((uid_t)-1);
+	if (fsuid != 0 && sf.uid == 0)
+		setfsuid(0);
+	int fd = open_by_handle_at(mfd, n->handle, O_PATH | O_CLOEXEC);
+	int err = errno;
+	if (fsuid != 0 && sf.uid == 0)
+		setfsuid(fsuid);
+	if (fd < 0)
+		return -err;
+	if (fstat(fd, &st) < 0 || st.st_dev != n->dev || st.st_ino != n->ino) {
+		close(fd);
+		return -ESTALE;
+	}
+	return fd;
+}
+
+static int nd_closable(const struct node *n)
+{
+	return n->handle && n->fd >= 0 && !n->pins && n->wd <= 0 && !n->gone;
+}
+
+/* sf.mu held. Close what exceeds the budget, least recently used first: the descriptors
+ * are returned in out[] (at most max) to be closed once the mutex is let go. */
+static size_t nd_evict(int *out, size_t max)
+{
+	size_t k = 0;
+	while (sf.nfds > sf.fd_budget && k < max && nd_lru.prev != &nd_lru) {
+		struct node *n = ND_OF_LRU(nd_lru.prev);
+		sf_link_out(&n->lru);
+		out[k++] = n->fd;
+		n->fd = -1;
+		sf.nfds--;
+	}
+	return k;
+}
+
+static void nd_close_all(const int *fds, size_t k)
+{
+	for (size_t i = 0; i < k; i++)
+		close(fds[i]);
+}
+
+/* sf.mu held: n's descriptor is not in use; it may go when the budget is exceeded. */
+static void nd_release_locked(struct node *n)
+{
+	if (nd_closable(n)) {
+		sf_link_out(&n->lru);
+		sf_link_in(&nd_lru, &n->lru);
+	}
+}
+
+/* Everything a node holds; it is out of the table and nobody pins it. */
+static void nd_free(struct node *n)
+{
+	lk_free_all(n);
+	if (n->fd >= 0) {
+		close(n->fd);
+		pthread_mutex_lock(&sf.mu);
+		sf.nfds--;
+		pthread_mutex_unlock(&sf.mu);
+	}
+	if (n->gen)
+		gen_unref(sf.gm, n->gen);
+	free(n->handle);
+	free(n);
+}
+
+int nd_pin(struct node *n)
+{
+	int victims[16], fd = -1;
+	size_t k = 0;
+
+	if (n->is_static)
+		return 0;
+	pthread_mutex_lock(&sf.mu);
+	n->pins++;
+	sf_link_out(&n->lru);
+	int open = n->fd >= 0;
+	pthread_mutex_unlock(&sf.mu);
+	if (open)
+		return 0;
+	if (!n->handle || (fd = nd_open_handle(n)) < 0) {
+		int rc = n->handle ? fd : -EBADF;
+		nd_unpin(n);
+		return rc;
+	}
+	pthread_mutex_lock(&sf.mu);
+	if (n->fd < 0) {           /* else another thread reopened it meanwhile */
+		n->fd = fd;
+		fd = -1;
+		sf.nfds++;
+		k = nd_evict(victims, sizeof victims / sizeof victims[0]);
+	}
+	pthread_mutex_unlock(&sf.mu);
+	if (fd >= 0)
+		close(fd);
+	nd_close_all(victims, k);
+	return 0;
+}
+
+void nd_unpin(struct node *n)
+{
+	int victims[16];
+	size_t k = 0;
+
+	if (n->is_static)
+		return;
+	pthread_mutex_lock(&sf.mu);
+	int last = !--n->pins, gone = last && n->gone;
+	if (last && !gone) {
+		nd_release_locked(n);
+		k = nd_evict(victims, sizeof victims / sizeof victims[0]);
+	}
+	pthread_mutex_unlock(&sf.mu);
+	nd_close_all(victims, k);
+	if (gone)
+		nd_free(n);
+}
+
 int nd_from_fd(int fd, enum nd_kind kind, struct gen *g, struct fuse_entry_param *e)
 {
 	struct stat st;
 	struct node *n, *fresh = NULL;
+	struct file_handle *h;
+	int victims[16];
+	size_t k = 0;
 
 	if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
 		int rc = -errno;
 		close(fd);
 		return rc;
 	}
+	h = nd_handle_of(fd, st.st_dev, kind);
 	pthread_mutex_lock(&sf.mu);
 	n = nd_find(g, st.st_dev, st.st_ino);
+	if (n && n->fd < 0 && !nd_same_handle(n->handle, h)) {
+		/* Its inode was freed while its descriptor was closed, and the number now names
+		 * another file: the kernel keeps the old nodeid (it goes stale), this file gets
+		 * a node of its own. */
+		nd_remove(n);
+		n = NULL;
+	}
 	if (!n) {
 		fresh = n = calloc(1, sizeof *n);
 		if (!n) {
 			pthread_mutex_unlock(&sf.mu);
 			close(fd);
+			free(h);
 			return -ENOMEM;
 		}
 		n->fd = fd;
+		n->handle = h;
+		h = NULL;
+		sf.nfds++;
 		n->dev = st.st_dev;
 		n->ino = st.st_ino;
 		n->type = st.st_mode & S_IFMT;
@@ -214,13 +439,23 @@ int nd_from_fd(int fd, enum nd_kind kind, struct gen *g, struct fuse_entry_param
 		if (kind == ND_LIVE && S_ISDIR(n->type) && !sf.o.no_live_cache)
 			iv_watch_locked(n);
 		iv_node_added();
+		fd = -1;
+	} else if (n->fd < 0) {
+		n->fd = fd;        /* the same file: keep the descriptor just opened */
+		fd = -1;
+		sf.nfds++;
 	}
 	n->nlookup++;
 	n->used = ++sf.use_clock;
+	if (!n->pins)
+		nd_release_locked(n);
+	k = nd_evict(victims, sizeof victims / sizeof victims[0]);
 	pthread_mutex_unlock(&sf.mu);
-	if (!fresh)
+	nd_close_all(victims, k);
+	free(h);
+	if (fd >= 0)
 		close(fd);
-	else if (g)
+	if (fresh && g)
 		gen_ref(sf.gm, g);
 
 	memset(e, 0, sizeof *e);
@@ -239,7 +474,7 @@ static int nd_budget_wait(void)
 	struct timespec until;
 	int rc = 0;
 
-	if (!sf.node_budget)
+	if (!sf.node_budget || nd_handles)
 		return 0;
 	clock_gettime(CLOCK_MONOTONIC, &until);
 	until.tv_nsec += 500 * 1000000L;
@@ -288,9 +523,13 @@ int nd_lookup(struct node *parent, const char *name, struct fuse_entry_param *e)
 		return -ENOTDIR;
 	if ((rc = nd_budget_wait()))
 		return rc;
+	if ((rc = nd_pin(parent)))
+		return rc;
 	int fd = openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	rc = -errno;
+	nd_unpin(parent);
 	if (fd < 0)
-		return -errno;
+		return rc;
 	rc = nd_from_fd(fd, parent->kind, parent->gen, e);
 	if (rc == 0 && parent->kind == ND_LIVE) {
 		iv_mark(nd_of(e->ino), parent);
@@ -315,17 +554,17 @@ void nd_forget(struct node *n, uint64_t nlookup)
 	if (gone) {
 		nd_remove(n);
 		iv_unwatch_locked(n);
+		sf_link_out(&n->lru);
 		if (sf.node_budget && sf.nnodes + 1 >= sf.node_budget)
 			pthread_cond_broadcast(&sf.budget_cv);
+		if (n->pins) {     /* still in use: the last nd_unpin frees it */
+			n->gone = 1;
+			gone = 0;
+		}
 	}
 	pthread_mutex_unlock(&sf.mu);
-	if (!gone)
-		return;
-	lk_free_all(n);
-	close(n->fd);
-	if (n->gen)
-		gen_unref(sf.gm, n->gen);
-	free(n);
+	if (gone)
+		nd_free(n);
 }
 
 void nd_procpath(const struct node *n, char *buf, size_t len)
@@ -333,12 +572,17 @@ void nd_procpath(const struct node *n, char *buf, size_t len)
 	snprintf(buf, len, "%d", n->fd);
 }
 
-int nd_reopen(const struct node *n, int flags)
+int nd_reopen(struct node *n, int flags)
 {
 	char p[32];
+	int rc = nd_pin(n);
+	if (rc)
+		return rc;
 	nd_procpath(n, p, sizeof p);
 	int fd = openat(sf.procfd, p, flags | O_CLOEXEC);
-	return fd < 0 ? -errno : fd;
+	rc = fd < 0 ? -errno : fd;
+	nd_unpin(n);
+	return rc;
 }
 
 void nd_reclaim(struct gen *g)
@@ -349,7 +593,8 @@ void nd_reclaim(struct gen *g)
 	pthread_mutex_lock(&sf.mu);
 	for (size_t i = 0; i < sf.tabsize; i++)
 		for (struct node *m = sf.tab[i]; m; m = m->hnext) {
-			if (m->gen != g || !S_ISREG(m->type))
+			/* A closed one holds nothing of the file. */
+			if (m->gen != g || !S_ISREG(m->type) || m->fd < 0)
 				continue;
 			if (n == cap) {
 				size_t c = cap ? cap * 2 : 64;

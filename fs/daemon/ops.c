@@ -33,7 +33,7 @@ static int op_writable_dir(const struct node *parent)
 
 /* The daemon creates files as itself; give a new one to the caller the way the kernel
  * would have (the group of a set-group-ID directory is inherited). fd >= 0: the new file
- * is open; otherwise it is parent/name. */
+ * is open; otherwise it is parent/name. parent is pinned (nd_pin). */
 int op_give(fuse_req_t req, const struct node *parent, int fd, const char *name, mode_t mode)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
@@ -167,7 +167,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 	struct node *n = nd_of(ino);
 	int fd = fi ? ((struct fh *)(uintptr_t)fi->fh)->fd : -1;
 	char p[32];
-	int rc = nd_check(n);
+	int rc = nd_check(n), pinned = 0;
 
 	if (rc)
 		goto out;
@@ -175,6 +175,9 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 		rc = -EROFS;
 		goto out;
 	}
+	if ((rc = nd_pin(n)))
+		goto out;
+	pinned = 1;
 	if (valid & FUSE_SET_ATTR_MODE) {
 		if (S_ISLNK(n->type)) {
 			rc = -EOPNOTSUPP;
@@ -215,10 +218,13 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 	struct stat st;
 	rc = nd_stat(n, &st);
 	if (!rc) {
+		nd_unpin(n);
 		fuse_reply_attr(req, &st, nd_attr_timeout(n));
 		return;
 	}
 out:
+	if (pinned)
+		nd_unpin(n);
 	fuse_reply_err(req, -rc);
 }
 
@@ -227,13 +233,17 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 	struct node *n = nd_of(ino);
 	char buf[PATH_MAX + 1];
 	int rc = nd_check(n);
+	if (!rc)
+		rc = nd_pin(n);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
 	}
 	ssize_t len = readlinkat(n->fd, "", buf, sizeof buf);
+	rc = errno;
+	nd_unpin(n);
 	if (len < 0)
-		fuse_reply_err(req, errno);
+		fuse_reply_err(req, rc);
 	else if ((size_t)len == sizeof buf)
 		fuse_reply_err(req, ENAMETOOLONG);
 	else {
@@ -252,6 +262,8 @@ static void op_make(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t 
 
 	if (!rc && op_reserved(p, name))
 		rc = -EEXIST;
+	if (!rc)
+		rc = nd_pin(p);
 	if (rc)
 		goto out;
 	if (link)
@@ -260,13 +272,10 @@ static void op_make(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t 
 		rc = mkdirat(p->fd, name, mode & 07777);
 	else
 		rc = mknodat(p->fd, name, mode, rdev);
-	if (rc < 0) {
-		rc = -errno;
-		goto out;
-	}
-	rc = op_give(req, p, -1, name, link ? S_IFLNK : mode);
+	rc = rc < 0 ? -errno : op_give(req, p, -1, name, link ? S_IFLNK : mode);
 	if (!rc)
 		rc = nd_lookup(p, name, &e);
+	nd_unpin(p);
 	if (!rc) {
 		fuse_reply_entry(req, &e);
 		return;
@@ -297,8 +306,11 @@ static void op_remove(fuse_req_t req, fuse_ino_t parent, const char *name, int f
 	int rc = op_writable_dir(p);
 	if (!rc && op_reserved(p, name))
 		rc = -EROFS;
-	if (!rc && unlinkat(p->fd, name, flags) < 0)
-		rc = -errno;
+	if (!rc && !(rc = nd_pin(p))) {
+		if (unlinkat(p->fd, name, flags) < 0)
+			rc = -errno;
+		nd_unpin(p);
+	}
 	fuse_reply_err(req, -rc);
 }
 
@@ -324,8 +336,14 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		rc = -EROFS;
 	if (!rc && (flags & ~(unsigned)(RENAME_EXCHANGE | RENAME_NOREPLACE)))
 		rc = -EINVAL;
-	if (!rc && renameat2(p->fd, name, np->fd, newname, flags) < 0)
-		rc = -errno;
+	if (!rc && !(rc = nd_pin(p))) {
+		if (!(rc = nd_pin(np))) {
+			if (renameat2(p->fd, name, np->fd, newname, flags) < 0)
+				rc = -errno;
+			nd_unpin(np);
+		}
+		nd_unpin(p);
+	}
 	fuse_reply_err(req, -rc);
 }
 
@@ -341,14 +359,17 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 		rc = -EXDEV;
 	if (!rc && op_reserved(np, newname))
 		rc = -EEXIST;
-	if (rc)
+	if (rc || (rc = nd_pin(n)))
 		goto out;
-	nd_procpath(n, p, sizeof p);
-	if (linkat(sf.procfd, p, np->fd, newname, AT_SYMLINK_FOLLOW) < 0) {
-		rc = -errno;
-		goto out;
+	if (!(rc = nd_pin(np))) {
+		nd_procpath(n, p, sizeof p);
+		if (linkat(sf.procfd, p, np->fd, newname, AT_SYMLINK_FOLLOW) < 0)
+			rc = -errno;
+		nd_unpin(np);
 	}
-	rc = nd_lookup(np, newname, &e);
+	nd_unpin(n);
+	if (!rc)
+		rc = nd_lookup(np, newname, &e);
 	if (!rc) {
 		fuse_reply_entry(req, &e);
 		return;
@@ -361,22 +382,32 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 {
 	struct node *n = nd_of(ino);
 	struct statvfs sv;
+	int rc = nd_pin(n);
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
 	int fd = n->kind == ND_STATUS ? sf.root.fd : n->kind == ND_SNAPDIR ? sf.cachefd : n->fd;
-	if (fstatvfs(fd, &sv) < 0)
-		fuse_reply_err(req, errno);
+	rc = fstatvfs(fd, &sv) < 0 ? errno : 0;
+	nd_unpin(n);
+	if (rc)
+		fuse_reply_err(req, rc);
 	else
 		fuse_reply_statfs(req, &sv);
 }
 
 /* xattr calls have no *at() form for O_PATH descriptors here, so they go through
- * /proc/self/fd/N, which reaches the backing inode itself. Symlinks have no user xattrs. */
-static int op_xattr_path(const struct node *n, char *buf, size_t len)
+ * /proc/self/fd/N, which reaches the backing inode itself. Symlinks have no user xattrs.
+ * On success n is pinned: the caller unpins it after using the path. */
+static int op_xattr_path(struct node *n, char *buf, size_t len)
 {
 	int rc = nd_check(n);
 	if (rc)
 		return rc;
 	if (n->kind == ND_STATUS || n->kind == ND_SNAPDIR || S_ISLNK(n->type))
 		return -ENOTSUP;
+	if ((rc = nd_pin(n)))
+		return rc;
 	snprintf(buf, len, "/proc/self/fd/%d", n->fd);
 	return 0;
 }
@@ -408,8 +439,11 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 		goto out;
 	}
 	rc = op_xattr_path(n, path, sizeof path);
-	if (!rc && setxattr(path, name, value, size, flags) < 0)
-		rc = -errno;
+	if (!rc) {
+		if (setxattr(path, name, value, size, flags) < 0)
+			rc = -errno;
+		nd_unpin(n);
+	}
 out:
 	fuse_reply_err(req, -rc);
 }
@@ -420,8 +454,11 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	char path[64];
 	int rc = n->kind == ND_SNAP || n->kind == ND_SNAPDIR ? -EROFS
 							     : op_xattr_path(n, path, sizeof path);
-	if (!rc && removexattr(path, name) < 0)
-		rc = -errno;
+	if (!rc) {
+		if (removexattr(path, name) < 0)
+			rc = -errno;
+		nd_unpin(n);
+	}
 	fuse_reply_err(req, -rc);
 }
 
@@ -437,13 +474,17 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 	if (rc)
 		goto out;
 	if (size && !(buf = malloc(size))) {
-		rc = -ENOMEM;
-		goto out;
+		len = -1;
+		errno = ENOMEM;
+	} else {
+		len = getxattr(path, name, buf, size);
 	}
-	len = getxattr(path, name, buf, size);
 	if (len < 0)
 		rc = -errno;
-	else if (size)
+	nd_unpin(n);
+	if (rc)
+		goto out;
+	if (size)
 		fuse_reply_buf(req, buf, (size_t)len);
 	else
 		fuse_reply_xattr(req, (size_t)len);
@@ -470,13 +511,17 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	if (rc)
 		goto out;
 	if (size && !(buf = malloc(size))) {
-		rc = -ENOMEM;
-		goto out;
+		len = -1;
+		errno = ENOMEM;
+	} else {
+		len = listxattr(path, buf, size);
 	}
-	len = listxattr(path, buf, size);
 	if (len < 0)
 		rc = -errno;
-	else if (size)
+	nd_unpin(n);
+	if (rc)
+		goto out;
+	if (size)
 		fuse_reply_buf(req, buf, (size_t)len);
 	else
 		fuse_reply_xattr(req, (size_t)len);

@@ -39,10 +39,22 @@ struct gen;
 struct genmgr;
 struct lk_owner;
 
+/* A place in a circular list of open handles (file.c, dir.c), kept so that a handle the kernel
+ * never released is still reachable at exit; the caller holds the list's lock. */
+struct sf_link {
+	struct sf_link *next, *prev;
+};
+
 struct node {
 	struct node *hnext;
 	uint64_t nlookup;          /* kernel references (sf.mu); freed at 0 unless static */
-	int fd;                    /* O_PATH descriptor of the backing file */
+	/* O_PATH descriptor of the backing file, or -1 while closed. Use it only between
+	 * nd_pin and nd_unpin (or under sf.mu): an unpinned one may be closed at any time. */
+	int fd;
+	struct file_handle *handle; /* reopens fd once closed; NULL: fd is never closed */
+	struct sf_link lru;        /* in node.c's list of closable descriptors (sf.mu) */
+	unsigned pins;             /* nd_pin calls not yet undone (sf.mu) */
+	unsigned gone : 1;         /* forgotten while pinned: the last nd_unpin frees it */
 	dev_t dev;
 	ino_t ino;
 	mode_t type;               /* S_IFMT bits */
@@ -66,13 +78,6 @@ struct node {
 
 enum pt_mode { PT_NONE, PT_BACKED, PT_CACHED };
 
-/* An open file (file.c). Directories have their own handle (dir.c). */
-/* A place in a circular list of open handles (file.c, dir.c), kept so that a handle the kernel
- * never released is still reachable at exit; the caller holds the list's lock. */
-struct sf_link {
-	struct sf_link *next, *prev;
-};
-
 static inline void sf_link_in(struct sf_link *list, struct sf_link *l)
 {
 	l->next = list->next;
@@ -91,8 +96,10 @@ static inline void sf_link_out(struct sf_link *l)
 	l->next = l->prev = NULL;
 }
 
+/* An open file (file.c). Directories have their own handle (dir.c). */
 struct fh {
 	struct sf_link all;        /* in fh_all */
+	uid_t uid;                 /* charged for it (sf_fd_charge) */
 	int fd;
 	enum pt_mode pt;           /* how the kernel serves its reads and writes */
 	int shm_counted;           /* counted in sf.shm_handles */
@@ -115,6 +122,7 @@ struct sf_opts {
 	int no_live_cache;
 	int no_recycle;
 	unsigned long max_nodes;
+	unsigned long max_user_fds;
 	int capture_nice;
 };
 
@@ -136,7 +144,9 @@ struct sf {
 	struct node **tab;
 	size_t tabsize;
 	size_t nnodes;
-	size_t node_budget;        /* most nodes (each an open descriptor) we keep */
+	size_t node_budget;        /* most nodes kept before pruning (and waiting, see nd_budget_wait) */
+	size_t fd_budget;          /* most node descriptors open at once */
+	size_t nfds;               /* node descriptors open now (sf.mu) */
 	uint64_t use_clock;        /* counts lookups (sf.mu) */
 	pthread_cond_t budget_cv;  /* a node was freed at the budget (sf.mu, CLOCK_MONOTONIC) */
 	uid_t uid;
@@ -148,8 +158,20 @@ struct sf {
 
 extern struct sf sf;
 
+/* main.c: descriptors of handles and lock owners, per user. A user other than root (or the
+ * daemon's own) holds at most -o max_user_fds of them, and all of them together leave root a
+ * reserve, so no user can make another's opens fail. 0, or -EMFILE / -ENFILE. */
+int sf_fd_charge(uid_t uid);
+void sf_fd_uncharge(uid_t uid);
+
 /* node.c */
 int nd_init(void);
+/* 1 if nodes can close their descriptors and reopen them by file handle (name_to_handle_at
+ * and open_by_handle_at work on the store and the cache): then fd_budget bounds them. */
+int nd_handles_init(void);
+/* Keep n->fd open (reopened if it was closed) until nd_unpin. 0 or -errno (n not pinned). */
+int nd_pin(struct node *n);
+void nd_unpin(struct node *n);
 struct node *nd_of(fuse_ino_t ino);
 fuse_ino_t nd_id(const struct node *n);
 /* Look NAME up below the live or snapshot directory PARENT; on success the node's lookup
@@ -164,9 +186,10 @@ int nd_stat(struct node *n, struct stat *st);
 void nd_snap_attr(struct stat *st);
 void nd_fill_timeouts(const struct node *n, struct fuse_entry_param *e);
 double nd_attr_timeout(const struct node *n);
-int nd_reopen(const struct node *n, int flags);
+int nd_reopen(struct node *n, int flags);
 /* sf.mu held: the live node of a backing inode, or NULL. */
 struct node *nd_find_live(dev_t dev, ino_t ino);
+/* n pinned. */
 void nd_procpath(const struct node *n, char *buf, size_t len);
 /* After generation g was deleted: free the space of its files that only we still hold. */
 void nd_reclaim(struct gen *g);
