@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The daemon keeps one descriptor per inode the kernel knows; a store with more files than it
-# may keep open (-o max_nodes, or the descriptor limit) must still be walked whole, live and
-# through .snapshot: past 3/4 of the budget the daemon asks the kernel to forget the least
-# recently used inodes (FUSE_NOTIFY_PRUNE) and a lookup at the budget waits for that.
+# A store with more files than the daemon keeps nodes for (-o max_nodes) must still be walked
+# whole, live and through .snapshot: past 3/4 of the budget the daemon asks the kernel to
+# forget the least recently used inodes (FUSE_NOTIFY_PRUNE); where nodes hold a descriptor
+# each (no file handles), a lookup at the budget waits for that.
 # 6,000 files in 60 directories with room for 1,000 nodes: every file is stat'ed and read by
 # find and tar, no lookup fails, the daemon's descriptors stay within the budget.
 source "$(dirname "$0")/lib.sh"
