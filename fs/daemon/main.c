@@ -76,8 +76,8 @@ static void sf_usage(const char *prog)
 	       "                               reopened by file handle); past 3/4 of it the least\n"
 	       "                               recently used are offered back to the kernel\n"
 	       "    -o max_user_fds=N          most open files, directories and lock owners of one\n"
-	       "                               user other than root (default: 3/16 of the\n"
-	       "                               descriptor limit)\n"
+	       "                               user other than root (default: a quarter of the\n"
+	       "                               descriptors left for them; see stillfs(1))\n"
 	       "    -o capture_nice=N          CPU niceness of captures, so that the application\n"
 	       "                               keeps its cores (default: %d; 0 = the daemon's)\n\n",
 	       prog, SF_DEFAULT_MAX_AGE, SF_DEFAULT_LINGER, SF_DEFAULT_CAPTURE_NICE);
