@@ -45,9 +45,21 @@
  * than this when it was recorded: timestamps come from a coarse clock, so a write in the same
  * tick as our stat could otherwise leave every field of the identity the same. */
 #define CAP_RACY_NS 2000000000LL
-#define CAP_LOCK_WAIT 2.0          /* seconds to wait for one database lock per attempt */
-#define CAP_MAX_HOLD 2.0           /* seconds we may keep writers waiting while files settle */
-#define CAP_PRE_QUIET 0.4          /* seconds to look for a quiet window before locking */
+#define CAP_LOCK_WAIT 2.0          /* seconds to wait for the first database lock per attempt */
+/* Writers of the databases wait for us from the first lock to the last release. Locks after
+ * the first are waited for only within this budget, and no database copy starts past it: the
+ * attempt is given up and redone instead. (One copy already started runs to its end: it
+ * rewrites only the pages that changed since the copy made without the lock.) */
+#define CAP_HOLD_BUDGET 0.2
+#define CAP_PRE_QUIET 0.4   /* seconds to look for a quiet window before taking any lock */
+/* When no quiet window comes without them: the locks are taken and the files given this long
+ * (at most CAP_HOLD_WAIT) to fall quiet, as a writer that persists files and then commits
+ * finishes its files and waits at its commit. One that was stopped halfway through a group
+ * (at a database access between two files) is caught after the release: see cap_after. */
+#define CAP_HOLD_QUIET 0.05
+#define CAP_HOLD_WAIT 0.12
+#define CAP_AFTER_WAIT 0.1  /* how long writers we held up are watched after the release */
+#define CAP_MARK_RELEASE 63 /* the marker put in the event queue at the release */
 
 static volatile sig_atomic_t cap_stop;
 void cap_interrupt(void) { cap_stop = 1; }
@@ -59,6 +71,7 @@ enum { K_NONE = 0, K_DIR = 'd', K_FILE = 'f', K_DB = 's', K_LINK = 'l', K_SKIP =
  * it is held like a rollback database and recovered from a private copy, because even a
  * read-only SQLite connection would create or rebuild the -shm in the store. */
 enum { DB_ROLLBACK, DB_WAL, DB_WAL_COLD };
+enum { AFTER_NEWTX = 1, AFTER_CONTINUED };
 
 /* What tells a file changed: the parts of a stat that matter, without the rest of its size
  * (an entry per file adds up on large stores). */
@@ -74,6 +87,7 @@ struct cap_stat {
 	dev_t st_dev;
 	ino_t st_ino;
 	off_t st_size;
+	nlink_t st_nlink;
 	mode_t st_mode;
 	uid_t st_uid;
 	gid_t st_gid;
@@ -152,6 +166,11 @@ struct cap {
 	double uploads_before;   /* realtime; see cap_opts */
 	int64_t newest_ctime;    /* of anything the scans saw, for the quiet window at start */
 	int holding;             /* rollback databases are locked: writers wait on us */
+	double copy_until;       /* while holding: copies stop at this time (0: never) */
+	/* After the release (cap_after): 1 armed, 2 the release marker passed; the verdict is
+	 * AFTER_NEWTX (a transaction began first) or AFTER_CONTINUED (a plain file was written
+	 * first), or 0 if none yet. */
+	int after_state, after_verdict, watch_after;
 	struct cap_blocks pb;    /* of the previous snapshot's databases */
 	/* the snapshot given up to cap_opts.recycle: its databases' copies may be taken */
 	int recyfd;
@@ -177,7 +196,7 @@ static int64_t cap_ns(struct timespec t) { return ut_ts_ns(t); }
 static void cap_keep_stat(struct cap_stat *to, const struct stat *s)
 {
 	*to = (struct cap_stat){ .st_dev = s->st_dev, .st_ino = s->st_ino, .st_size = s->st_size,
-				 .st_mode = s->st_mode, .st_uid = s->st_uid, .st_gid = s->st_gid,
+				 .st_nlink = s->st_nlink, .st_mode = s->st_mode, .st_uid = s->st_uid, .st_gid = s->st_gid,
 				 .st_atim = s->st_atim, .st_mtim = s->st_mtim,
 				 .st_ctim = s->st_ctim };
 }
@@ -520,6 +539,27 @@ static void cap_db_written(struct cap *c, struct ent_db *d)
 		d->raced = 1;
 }
 
+/* After the release: what a writer we held up did first. A new transaction (a rollback
+ * journal created, a WAL written) means it had reached the end of what it was doing; a plain
+ * file written (or made) first means it was stopped halfway through a group of files. */
+static void cap_after_event(struct cap *c, uint32_t dir, const char *name, uint32_t mask)
+{
+	size_t i, nl = strlen(name);
+	if (nl > 8 && !strcmp(name + nl - 8, "-journal") && (mask & (IN_CREATE | IN_MOVED_TO))) {
+		c->after_verdict = AFTER_NEWTX;
+		return;
+	}
+	if (cap_companion_of(c, dir, name, &i)) {
+		if (nl > 4 && !strcmp(name + nl - 4, "-wal") && (mask & IN_MODIFY))
+			c->after_verdict = AFTER_NEWTX;
+		return;
+	}
+	if (!cap_lookup(c, dir, name, &i))
+		c->after_verdict = AFTER_CONTINUED; /* a file made: a rename or a new file */
+	else if (c->e[i].kind != K_DB && c->e[i].kind != K_SKIP && c->e[i].kind != K_COMPANION)
+		c->after_verdict = AFTER_CONTINUED;
+}
+
 static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
 {
 	struct cap *c = ctx;
@@ -529,11 +569,18 @@ static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
 		return;
 	}
 	if (dir == WT_MARKER) {
-		c->phase++;
+		if (atoi(name) == CAP_MARK_RELEASE) {
+			if (c->after_state == 1)
+				c->after_state = 2;
+		} else {
+			c->phase++;
+		}
 		return;
 	}
 	if (dir >= c->n || c->e[dir].kind != K_DIR)
 		return;
+	if (c->after_state == 2 && !c->after_verdict)
+		cap_after_event(c, dir, name, mask);
 	if (!name[0]) {
 		if (mask & (IN_DELETE_SELF | IN_MOVE_SELF))
 			c->e[c->e[dir].parent].rescan = 1;
@@ -1002,7 +1049,11 @@ static int cap_copy_dirty(struct cap *c, int *copied)
 		struct ent *e = &c->e[i];
 		if (cap_stop)
 			return -EINTR;
+		if (c->copy_until > 0 && ut_now() > c->copy_until)
+			return -EAGAIN; /* writers wait on us: no copy may keep them waiting longer */
 		if (e->dirty && e->kind == K_DB) {
+			if (c->holding)
+				continue; /* it is compared at the cut anyway, still locked */
 			int rc = cap_drain(c);
 			if (!rc && e->dirty)
 				rc = cap_precopy_db(c, e);
@@ -1394,18 +1445,54 @@ static int cap_catch_up(struct cap *c, double until)
 	return 0;
 }
 
-/* Catch up and wait until no plain file has changed for the quiet window.
- * 0 when quiet, -EAGAIN if that did not happen before `until`. */
-static int cap_quiet(struct cap *c, double until)
+/* 1 if the live file of copied plain file e is no longer what was copied. inotify does not
+ * report every write: not Linux native AIO (io_submit), not a write through another name of a
+ * hard link outside the watched directory, not one whose event is still being queued. All of
+ * them move ctime, which a stat sees. */
+static int cap_stale(const struct cap *c, const struct ent *e)
 {
-	double window = c->o->quiet_ms / 1000.0;
+	struct stat st;
+	if (fstatat(c->storefd, e->path, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return 1;
+	return st.st_ino != e->st.st_ino || st.st_size != e->st.st_size ||
+	       cap_ns(st.st_mtim) != cap_ns(e->st.st_mtim) ||
+	       cap_ns(st.st_ctim) != cap_ns(e->st.st_ctim);
+}
+
+/* Stat every copied plain file against its copy; each that changed is marked dirty and, in an
+ * attempt before its end, breaks it. Returns how many changed. */
+static size_t cap_sweep(struct cap *c)
+{
+	size_t changed = 0;
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->kind != K_FILE || !e->copied || e->dirty || !cap_stale(c, e))
+			continue;
+		e->dirty = 1;
+		e->dirty_count++;
+		changed++;
+		cap_break(c, e->path);
+	}
+	if (changed)
+		c->last_change = ut_now();
+	return changed;
+}
+
+/* Catch up and wait until no plain file has changed for the quiet window, as both the events
+ * and a sweep of every file's stat tell. No lock is held here: a writer that we held up would
+ * stall wherever it is, maybe halfway through a group of files, and look quiet.
+ * 0 when quiet, -EAGAIN if that did not happen before `until`. */
+static int cap_quiet(struct cap *c, double window, double until)
+{
 	for (;;) {
 		int rc = cap_catch_up(c, until);
 		if (rc)
 			return rc;
 		double now = ut_now(), idle = now - c->last_change;
-		if (idle >= window)
+		if (idle >= window && !cap_sweep(c))
 			return 0;
+		if (idle >= window)
+			continue; /* the sweep found changes: copy them, then wait again */
 		if (now >= until)
 			return -EAGAIN;
 		double wait = window - idle < until - now ? window - idle : until - now;
@@ -1416,48 +1503,19 @@ static int cap_quiet(struct cap *c, double until)
 	}
 }
 
-/* A write makes its data visible before its event is queued, so a writer preempted between
- * the two could hide a change from the last drain. Its ctime moved before the data did:
- * compare what was copied recently against a fresh stat. */
-static void cap_restat_recent(struct cap *c, double since)
+/* How long a lock may be waited for now: the first without limit (CAP_LOCK_WAIT: nobody waits
+ * on us yet), the others only within what is left of the hold budget. */
+static double cap_lock_wait(const struct cap *c)
 {
-	for (size_t i = 0; i < c->n; i++) {
-		struct ent *e = &c->e[i];
-		struct stat st;
-		if (e->kind != K_FILE || !e->copied || e->copied_at < since)
-			continue;
-		if (fstatat(c->storefd, e->path, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
-		    st.st_ino != e->st.st_ino || st.st_size != e->st.st_size ||
-		    cap_ns(st.st_mtim) != cap_ns(e->st.st_mtim) ||
-		    cap_ns(st.st_ctim) != cap_ns(e->st.st_ctim)) {
-			e->dirty = 1;
-			e->dirty_count++;
-			c->last_change = ut_now();
-			if (!c->broken) {
-				c->broken = 1;
-				c->broken_why = e->path;
-			}
-		}
-	}
-}
-
-static void cap_unpin(struct cap *c)
-{
-	for (size_t i = 0; i < c->n; i++) {
-		struct ent *e = &c->e[i];
-		if (!e->d)
-			continue;
-		if (e->d->pinned)
-			sqlite3_exec(e->d->db, "ROLLBACK", NULL, NULL, NULL);
-		e->d->pinned = 0;
-		e->d->wal_phase = -1;
-		e->d->raced = 0;
-	}
+	if (c->lock_t0 <= 0)
+		return CAP_LOCK_WAIT;
+	double left = c->lock_t0 + CAP_HOLD_BUDGET - ut_now();
+	return left > 0.001 ? left : 0.001;
 }
 
 /* Pin every WAL database, each behind a marker, then a final marker; drain and judge.
  * 0 if the cut holds, -EAGAIN if something changed before it, -errno on errors. */
-static int cap_pin_and_check(struct cap *c, double quiet_since)
+static int cap_pin_and_check(struct cap *c)
 {
 	int nwal = 0, rc = 0;
 	c->in_attempt = 1;
@@ -1477,7 +1535,7 @@ static int cap_pin_and_check(struct cap *c, double quiet_since)
 		 * before the marker, published as it was pinned, is on no known side of it. */
 		uint8_t before[SQ_WAL_HDR];
 		int had = sq_wal_header(e->d->db, before) == 0; /* prepared: it reads the WAL */
-		rc = sq_begin_read(e->d->db, CAP_LOCK_WAIT);
+		rc = sq_begin_read(e->d->db, cap_lock_wait(c));
 		if (rc)
 			return rc == -EIO ? cap_db_unreadable(c, e) : -EAGAIN;
 		e->d->pinned = 1;
@@ -1498,11 +1556,13 @@ static int cap_pin_and_check(struct cap *c, double quiet_since)
 	c->cut_ns = cap_ns(ut_realtime());
 	c->end_phase = nwal; /* events after this marker come after the cut */
 	rc = wt_marker(c->w, (unsigned)nwal);
-	if (!rc)
-		rc = cap_drain(c);
 	if (rc)
 		return rc;
-	cap_restat_recent(c, quiet_since - 2.0);
+	/* Right after the cut, before the writers move on: what no event reports. */
+	cap_sweep(c);
+	rc = cap_drain(c);
+	if (rc)
+		return rc;
 	/* A WAL database pinned before the last pin must not have committed in between: its
 	 * index header moved, or its -wal was written (inotify). */
 	for (size_t i = 0; !c->broken && i < c->n; i++) {
@@ -1516,7 +1576,11 @@ static int cap_pin_and_check(struct cap *c, double quiet_since)
 	return c->broken || c->overflow ? -EAGAIN : 0;
 }
 
-/* One attempt at a cut. 0 when the snapshot's databases are staged, -EAGAIN to retry. */
+/* One attempt at a cut. 0 when the snapshot's databases are staged, -EAGAIN to retry. If the
+ * files were not quiet before the locks, they are given CAP_HOLD_WAIT under them to become
+ * quiet; a writer held up by our lock stalls wherever it is, so the cut is then judged again
+ * after the release (cap_after). If anything moved before the cut, the locks are given back
+ * at once. */
 static int cap_attempt(struct cap *c, double deadline)
 {
 	/* The plain files copied so far are hashed before any writer is made to wait on us, not
@@ -1528,20 +1592,21 @@ static int cap_attempt(struct cap *c, double deadline)
 		goto out;
 	c->lock_t0 = 0;
 	c->stuck = NULL;
-	int nrollback = 0;
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
 		if (e->kind != K_DB || e->d->dbmode == DB_WAL)
 			continue;
-		rc = sq_lock_shared(e->d->dbfd, CAP_LOCK_WAIT);
+		double wait = cap_lock_wait(c);
+		rc = sq_lock_shared(e->d->dbfd, wait);
 		if (rc) {
 			if (rc == -EAGAIN) {
-				log_info("database %s stayed write-locked; retrying", e->path);
+				if (wait >= CAP_LOCK_WAIT)
+					log_info("database %s stayed write-locked; retrying", e->path);
 				c->stuck = e->path;
 			}
 			goto out;
 		}
-		if (nrollback++ == 0)
+		if (c->lock_t0 <= 0)
 			c->lock_t0 = ut_now(); /* writers wait from here, not while we waited */
 		e->d->locked = 1;
 		c->holding = 1;
@@ -1555,33 +1620,25 @@ static int cap_attempt(struct cap *c, double deadline)
 			goto out;
 		e->hot = rc == 1;
 	}
-	if (nrollback == 0)
-		c->lock_t0 = 0;
-	/* Writers of rollback databases now wait at their next commit. Files they write before
-	 * it (a persist) are let finish and recopied, then the cut is judged. */
-	double hold_until = ut_now() + CAP_MAX_HOLD;
-	if (nrollback == 0 || hold_until > deadline)
-		hold_until = deadline;
-	for (;;) {
-		rc = cap_quiet(c, hold_until);
-		if (rc)
-			goto out;
-		for (size_t i = 0; i < c->n; i++)
-			if (c->e[i].kind == K_DB && c->e[i].d->dirfd < 0) {
-				rc = -EAGAIN; /* a new database appeared: start over to lock it too */
-				goto out;
-			}
-		rc = cap_pin_and_check(c, c->last_change);
-		if (rc != -EAGAIN)
-			break;
-		cap_unpin(c);
-		c->in_attempt = 0;
-		c->st->retries++;
-		if (ut_now() >= hold_until) {
-			rc = -EAGAIN;
-			goto out;
-		}
+	double window = c->o->quiet_ms / 1000.0;
+	c->watch_after = 0;
+	if (c->lock_t0 > 0) {
+		/* Quiet before the locks, unless something moves while they are taken. */
+		if (ut_now() - c->last_change < window)
+			window = CAP_HOLD_QUIET;
+		c->copy_until = c->lock_t0 + CAP_HOLD_WAIT;
+		double changed = c->last_change;
+		rc = cap_quiet(c, window, c->copy_until);
+		c->copy_until = 0;
+		c->watch_after = window < c->o->quiet_ms / 1000.0 || c->last_change != changed;
+	} else {
+		rc = cap_quiet(c, window, deadline); /* nobody waits on us */
 	}
+	for (size_t i = 0; !rc && i < c->n; i++)
+		if (c->e[i].kind == K_DB && c->e[i].d->dirfd < 0)
+			rc = -EAGAIN; /* a new database appeared: start over to lock it too */
+	if (!rc)
+		rc = cap_pin_and_check(c);
 	if (rc)
 		goto out;
 	/* The cut holds. Copy what changed while everything is still held. */
@@ -1589,6 +1646,12 @@ static int cap_attempt(struct cap *c, double deadline)
 		struct ent *e = &c->e[i];
 		if (e->kind != K_DB)
 			continue;
+		if (c->lock_t0 > 0 && ut_now() - c->lock_t0 > CAP_HOLD_BUDGET) {
+			/* The next attempt finds the copies made so far, and copies less. */
+			c->broken_why = "database copies outlasting the hold budget";
+			rc = -EAGAIN;
+			goto out;
+		}
 		/* Mode and owner as of the cut: a database's were last read when it was classified,
 		 * and a chmod of it breaks no cut, so it would otherwise never be seen. */
 		struct stat cur;
@@ -1627,6 +1690,9 @@ static int cap_attempt(struct cap *c, double deadline)
 			rc = -EAGAIN;
 			goto out;
 		}
+		/* A writer in a transaction now may be waiting for us, stopped wherever it was. */
+		if (e->kind == K_DB && e->d->locked && sq_writer_active(e->d->dbfd) != 0)
+			c->watch_after = 1;
 	}
 	rc = 0;
 out:
@@ -1761,6 +1827,9 @@ static int cap_set_times(struct cap *c)
 			 * is newer and the file is sent. rsync compares whole seconds too: a new
 			 * second also tells it the file changed. */
 			int64_t sec = c->cut_ns / 1000000000LL;
+			int64_t after = (int64_t)floor(c->uploads_before) + 1;
+			if (sec < after)
+				sec = after; /* the clock was stepped back (cap_settle) */
 			if (pe && pe->mtime_ns / 1000000000LL >= sec)
 				sec = pe->mtime_ns / 1000000000LL + 1; /* only after a clock step back */
 			if (sec >= INT64_MAX / 1000000000LL) /* a previous mtime past 2262 */
@@ -2015,28 +2084,60 @@ static const char *cap_worst(const struct cap *c)
 	return out;
 }
 
+/* After the release, when writers may have been waiting for us: watch what they do first
+ * (cap_after_event). 0 if the cut stands, -EAGAIN if a writer went on writing plain files
+ * before beginning any transaction: it was stopped halfway through a group of files. */
+static int cap_after(struct cap *c)
+{
+	if (!c->watch_after)
+		return 0;
+	c->after_state = 1;
+	c->after_verdict = 0;
+	int rc = wt_marker(c->w, CAP_MARK_RELEASE);
+	double until = ut_now() + CAP_AFTER_WAIT;
+	while (!rc && !c->after_verdict) {
+		rc = cap_drain(c);
+		double left = until - ut_now();
+		if (rc || c->after_verdict || left <= 0)
+			break;
+		struct pollfd p = { .fd = wt_fd(c->w), .events = POLLIN };
+		poll(&p, 1, (int)(left * 1000) + 1);
+	}
+	c->after_state = 0;
+	if (rc)
+		return rc;
+	if (c->after_verdict == AFTER_CONTINUED) {
+		c->broken_why = "a group of files the cut would have split";
+		return -EAGAIN;
+	}
+	return 0;
+}
+
 static int cap_settle(struct cap *c)
 {
 	/* The first pass copies the whole store; the settle timeout starts after it. */
 	int first = cap_catch_up(c, 0);
 	if (first && first != -EAGAIN)
 		return first;
-	/* The cut must fall in a later whole second than any upload of an earlier snapshot
-	 * (see cap_set_times); keep up with the store while that second comes. */
-	double barrier = floor(c->uploads_before) + 1;
-	while (ut_realtime().tv_sec < barrier) {
+	/* The cut should fall in a later whole second than any upload of an earlier snapshot
+	 * (see cap_set_times); keep up with the store while that second comes. It is at most a
+	 * second away unless the clock was stepped back: then it is not waited for, and
+	 * cap_set_times dates the changed files past uploads_before instead. */
+	double barrier = floor(c->uploads_before) + 1, stop = ut_now() + 1.0;
+	for (;;) {
 		struct timespec now = ut_realtime();
 		double left = barrier - ((double)now.tv_sec + now.tv_nsec / 1e9);
-		int rc = cap_quiet(c, ut_now() + left);
+		if (stop - ut_now() < left)
+			left = stop - ut_now();
+		if (left <= 0)
+			break;
+		int rc = cap_quiet(c, c->o->quiet_ms / 1000.0, ut_now() + left);
 		if (rc && rc != -EAGAIN)
 			return rc;
 		if (rc == 0) {
-			/* cap_quiet may have used part of it already. */
-			now = ut_realtime();
-			left = barrier - ((double)now.tv_sec + now.tv_nsec / 1e9);
+			/* quiet early: wait out the rest, still reading events */
 			struct pollfd p = { .fd = wt_fd(c->w), .events = POLLIN };
-			if (left > 0)
-				poll(&p, 1, (int)(left * 1000) + 1);
+			poll(&p, 1, (int)(left * 1000) + 1);
 		}
 		if (cap_stop)
 			return -EINTR;
@@ -2044,14 +2145,16 @@ static int cap_settle(struct cap *c)
 	double deadline = ut_now() + c->o->settle_timeout;
 	for (;;) {
 		/* Look for a quiet moment before taking any lock, so that writers are usually held
-		 * only while the databases are copied; if none comes, the attempt waits under lock. */
+		 * only while the databases are copied. */
 		double pre = ut_now() + CAP_PRE_QUIET;
-		int rc = cap_quiet(c, pre < deadline ? pre : deadline);
+		int rc = cap_quiet(c, c->o->quiet_ms / 1000.0, pre < deadline ? pre : deadline);
 		if (rc && rc != -EAGAIN)
 			return rc;
 		if (ut_now() >= deadline)
 			goto unsettled;
 		rc = cap_attempt(c, deadline);
+		if (rc == 0)
+			rc = cap_after(c);
 		if (rc == 0)
 			return 0;
 		if (rc != -EAGAIN)
