@@ -17,6 +17,7 @@
 #include "capture.h"
 #include "copy.h"
 #include "dbdelta.h"
+#include "hnsw.h"
 #include "manifest.h"
 #include "sha256.h"
 #include "sqlcap.h"
@@ -60,6 +61,9 @@
 #define CAP_HOLD_WAIT 0.12
 #define CAP_AFTER_WAIT 0.1  /* how long writers we held up are watched after the release */
 #define CAP_MARK_RELEASE 63 /* the marker put in the event queue at the release */
+/* A segment of files found torn and unchanged for this long is torn in the store itself: no
+ * writer stalls inside a persist that long (they are let stall for a second). */
+#define CAP_TORN_PATIENCE 3.0
 
 static volatile sig_atomic_t cap_stop;
 void cap_interrupt(void) { cap_stop = 1; }
@@ -171,6 +175,10 @@ struct cap {
 	 * AFTER_NEWTX (a transaction began first) or AFTER_CONTINUED (a plain file was written
 	 * first), or 0 if none yet. */
 	int after_state, after_verdict, watch_after;
+	/* HNSW segments found torn (cap_check_segments): the directory, its files' identity
+	 * then, and since when they have been so. */
+	struct { size_t dir; uint32_t sig; double since; } torn[16];
+	unsigned ntorn;
 	struct cap_blocks pb;    /* of the previous snapshot's databases */
 	/* the snapshot given up to cap_opts.recycle: its databases' copies may be taken */
 	int recyfd;
@@ -2113,6 +2121,76 @@ static int cap_after(struct cap *c)
 	return 0;
 }
 
+/* The staged copy of every HNSW vector segment (ChromaDB's index files, rewritten in place
+ * one after another) must be one persist: a writer that stalled inside a persist for longer
+ * than the quiet window would otherwise leave a torn set. 0 if every one is whole, -EAGAIN
+ * to wait and try again, -errno. A set found torn with nothing changed for CAP_TORN_PATIENCE
+ * is torn in the live store itself (a writer that died mid-persist): kept, with a warning. */
+static int cap_check_segments(struct cap *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *d = &c->e[i];
+		size_t f[HV_NFILES];
+		struct timespec mt[HV_NFILES] = { { 0, 0 } };
+		uint32_t sig = 2166136261u;
+		unsigned k;
+		if (d->kind != K_DIR)
+			continue;
+		for (k = 0; k < HV_NFILES; k++) {
+			if (!cap_lookup(c, i, hv_file_names[k], &f[k]) || c->e[f[k]].kind != K_FILE) {
+				if (k != HV_PICKLE)
+					break;
+				continue; /* a fresh index has no pickle yet */
+			}
+			mt[k] = c->e[f[k]].st.st_mtim;
+			int64_t v[2] = { cap_ns(c->e[f[k]].st.st_ctim), (int64_t)c->e[f[k]].st.st_ino };
+			for (unsigned b = 0; b < sizeof v; b++)
+				sig = (sig ^ ((const uint8_t *)v)[b]) * 16777619u;
+		}
+		if (k < HV_NFILES)
+			continue;
+		char why[256] = "";
+		int torn = !hv_order_ok(mt);
+		if (torn) {
+			snprintf(why, sizeof why, "its files were written out of order");
+		} else {
+			int fd = cap_openat2(c->stagefd, d->path, O_RDONLY | O_DIRECTORY);
+			if (fd < 0)
+				return fd;
+			torn = hv_check(fd, why, sizeof why);
+			close(fd);
+			if (torn < 0 && torn != -ENOENT)
+				return torn;
+			torn = torn != 0;
+		}
+		if (!torn)
+			continue;
+		unsigned t;
+		for (t = 0; t < c->ntorn && c->torn[t].dir != i; t++)
+			;
+		if (t < c->ntorn && c->torn[t].sig == sig &&
+		    ut_now() - c->torn[t].since >= CAP_TORN_PATIENCE) {
+			log_warn("HNSW segment %s is torn in the store itself (%s); copied as it is",
+				 cap_where(c, d), why);
+			continue;
+		}
+		if (t == c->ntorn && t < sizeof c->torn / sizeof c->torn[0])
+			c->ntorn++;
+		if (t < c->ntorn && (c->torn[t].dir != i || c->torn[t].sig != sig))
+			c->torn[t].since = ut_now();
+		if (t < c->ntorn) {
+			c->torn[t].dir = i;
+			c->torn[t].sig = sig;
+		}
+		log_info("HNSW segment %s caught inside a persist (%s); retrying", d->path, why);
+		c->broken_why = d->path;
+		c->last_change = ut_now();
+		d->dirty_count++;
+		return -EAGAIN;
+	}
+	return 0;
+}
+
 static int cap_settle(struct cap *c)
 {
 	/* The first pass copies the whole store; the settle timeout starts after it. */
@@ -2155,6 +2233,8 @@ static int cap_settle(struct cap *c)
 		rc = cap_attempt(c, deadline);
 		if (rc == 0)
 			rc = cap_after(c);
+		if (rc == 0)
+			rc = cap_check_segments(c);
 		if (rc == 0)
 			return 0;
 		if (rc != -EAGAIN)
