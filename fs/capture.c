@@ -32,6 +32,7 @@
 #include <limits.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <linux/openat2.h>
 #include <signal.h>
 #include <stdio.h>
@@ -132,6 +133,7 @@ struct ent {
 	struct cap_stat st;      /* source, as copied */
 	uint8_t digest[32];
 	unsigned dirty_count;
+	uint32_t alias;          /* another name of entry `alias`'s file, linked to its copy */
 	char kind;               /* K_*; K_NONE until classified, or once gone */
 	unsigned dirty : 1, copied : 1, reused : 1, rescan : 1, hot : 1, dbcopied : 1;
 	unsigned precopied : 1;  /* a database copied before the cut; valid while not dirty */
@@ -155,6 +157,9 @@ struct cap {
 	struct ent *e;
 	size_t n, cap;
 	struct ut_map index;
+	struct ut_map inodes;    /* "dev:ino" of a file with several names -> the entry copied */
+	char **ikeys;            /* the keys of inodes, freed at the end */
+	size_t nikeys;
 	struct mf prev;
 	int have_prev;
 	/* event bookkeeping for one cut attempt */
@@ -171,6 +176,7 @@ struct cap {
 	int64_t newest_ctime;    /* of anything the scans saw, for the quiet window at start */
 	int holding;             /* rollback databases are locked: writers wait on us */
 	double copy_until;       /* while holding: copies stop at this time (0: never) */
+	double sweep_s;          /* how long the last sweep of every file's stat took */
 	/* After the release (cap_after): 1 armed, 2 the release marker passed; the verdict is
 	 * AFTER_NEWTX (a transaction began first) or AFTER_CONTINUED (a plain file was written
 	 * first), or 0 if none yet. */
@@ -622,6 +628,8 @@ static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
 		return;
 	}
 	struct ent *e = &c->e[i];
+	if (e->alias)
+		c->e[e->alias].dirty = 1; /* written through this name: the shared copy is stale */
 	if (e->kind == K_DB && !structural) {
 		/* Only the validity of our early copy depends on it, not the cut. */
 		cap_db_written(c, e->d);
@@ -770,6 +778,48 @@ static int cap_copy_link(struct cap *c, struct ent *e)
 	return 0;
 }
 
+/* 1 if entry p holds a clean copy of its own (no alias) of the file whose stat is s. */
+static int cap_is_copy_of(const struct cap *c, size_t p, const struct cap_stat *s)
+{
+	const struct ent *pe = &c->e[p];
+	return pe->kind == K_FILE && pe->copied && !pe->dirty && !pe->alias &&
+	       pe->st.st_dev == s->st_dev && pe->st.st_ino == s->st_ino &&
+	       pe->st.st_size == s->st_size && cap_ns(pe->st.st_mtim) == cap_ns(s->st_mtim) &&
+	       cap_ns(pe->st.st_ctim) == cap_ns(s->st_ctim);
+}
+
+/* A file with several names in the store is copied once: e, just stat'ed, becomes another name
+ * of a clean copy of the same file if there is one (linked to it in cap_link_aliases, once the
+ * snapshot's times are set), else the copy the other names will share. 1 if e became such a
+ * name, 0 if it is to be copied, -errno. */
+static int cap_alias(struct cap *c, struct ent *e)
+{
+	char key[48];
+	size_t p, me = (size_t)(e - c->e);
+	snprintf(key, sizeof key, "%jx:%jx", (uintmax_t)e->st.st_dev, (uintmax_t)e->st.st_ino);
+	e->alias = 0;
+	if (ut_map_get(&c->inodes, key, &p) && p != me && cap_is_copy_of(c, p, &e->st)) {
+		cap_unstage(c, me);
+		e->alias = (uint32_t)p;
+		e->copied = 1;
+		return 1;
+	}
+	if (me > UINT32_MAX)
+		return 0;
+	char **keys = realloc(c->ikeys, (c->nikeys + 1) * sizeof *keys);
+	if (!keys)
+		return -ENOMEM;
+	c->ikeys = keys;
+	if (!(keys[c->nikeys] = strdup(key)))
+		return -ENOMEM;
+	if (ut_map_put(&c->inodes, keys[c->nikeys], me)) {
+		free(keys[c->nikeys]);
+		return -ENOMEM;
+	}
+	c->nikeys++;
+	return 0;
+}
+
 /* Copy (or share) one regular file; classifies it as a database on the way. */
 static int cap_copy_file(struct cap *c, struct ent *e)
 {
@@ -805,6 +855,11 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 		/* copied early by cap_precopy_db, judged under its lock */
 		rc = cap_as_db(e);
 		e->dirty = 1;
+		goto out;
+	}
+	if (e->st.st_nlink > 1 && (rc = cap_alias(c, e)) != 0) {
+		if (rc > 0)
+			rc = 0;
 		goto out;
 	}
 	free(e->ident);
@@ -1460,6 +1515,8 @@ static int cap_catch_up(struct cap *c, double until)
 static int cap_stale(const struct cap *c, const struct ent *e)
 {
 	struct stat st;
+	if (e->alias && !cap_is_copy_of(c, e->alias, &e->st))
+		return 1;
 	if (fstatat(c->storefd, e->path, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return 1;
 	return st.st_ino != e->st.st_ino || st.st_size != e->st.st_size ||
@@ -1467,37 +1524,66 @@ static int cap_stale(const struct cap *c, const struct ent *e)
 	       cap_ns(st.st_ctim) != cap_ns(e->st.st_ctim);
 }
 
-/* Stat every copied plain file against its copy; each that changed is marked dirty and, in an
- * attempt before its end, breaks it. Returns how many changed. */
-static size_t cap_sweep(struct cap *c)
+/* One share of a sweep: entries [from, to) are stat'ed, those that changed marked dirty. */
+struct cap_sweep_part {
+	struct cap *c;
+	size_t from, to, changed, first;
+};
+
+static void *cap_sweep_part(void *arg)
 {
-	size_t changed = 0;
-	for (size_t i = 0; i < c->n; i++) {
-		struct ent *e = &c->e[i];
-		if (e->kind != K_FILE || !e->copied || e->dirty || !cap_stale(c, e))
+	struct cap_sweep_part *p = arg;
+	for (size_t i = p->from; i < p->to; i++) {
+		struct ent *e = &p->c->e[i];
+		if (e->kind != K_FILE || !e->copied || e->dirty || !cap_stale(p->c, e))
 			continue;
 		e->dirty = 1;
 		e->dirty_count++;
-		changed++;
-		cap_break(c, e->path);
+		if (!p->changed++)
+			p->first = i;
 	}
-	if (changed)
+	return NULL;
+}
+
+/* Stat every copied plain file against its copy; each that changed is marked dirty and, in an
+ * attempt before its end, breaks it. Returns how many changed. A large store is swept on two
+ * threads: the sweep at the cut is part of how long writers wait. */
+#define CAP_SWEEP_SPLIT 4096
+static size_t cap_sweep(struct cap *c)
+{
+	double t0 = ut_now();
+	struct cap_sweep_part a = { c, 0, c->n, 0, 0 }, b = a;
+	pthread_t th;
+	int two = c->n >= CAP_SWEEP_SPLIT;
+	if (two) {
+		a.to = b.from = c->n / 2;
+		two = pthread_create(&th, NULL, cap_sweep_part, &b) == 0;
+		if (!two)
+			a.to = c->n;
+	}
+	cap_sweep_part(&a);
+	if (two)
+		pthread_join(th, NULL);
+	if (a.changed || b.changed) {
 		c->last_change = ut_now();
-	return changed;
+		cap_break(c, c->e[a.changed ? a.first : b.first].path);
+	}
+	c->sweep_s = ut_now() - t0;
+	return a.changed + b.changed;
 }
 
 /* Catch up and wait until no plain file has changed for the quiet window, as both the events
  * and a sweep of every file's stat tell. No lock is held here: a writer that we held up would
  * stall wherever it is, maybe halfway through a group of files, and look quiet.
  * 0 when quiet, -EAGAIN if that did not happen before `until`. */
-static int cap_quiet(struct cap *c, double window, double until)
+static int cap_quiet(struct cap *c, double window, double until, int sweep)
 {
 	for (;;) {
 		int rc = cap_catch_up(c, until);
 		if (rc)
 			return rc;
 		double now = ut_now(), idle = now - c->last_change;
-		if (idle >= window && !cap_sweep(c))
+		if (idle >= window && (!sweep || !cap_sweep(c)))
 			return 0;
 		if (idle >= window)
 			continue; /* the sweep found changes: copy them, then wait again */
@@ -1631,16 +1717,18 @@ static int cap_attempt(struct cap *c, double deadline)
 	double window = c->o->quiet_ms / 1000.0;
 	c->watch_after = 0;
 	if (c->lock_t0 > 0) {
-		/* Quiet before the locks, unless something moves while they are taken. */
+		/* Quiet before the locks, unless something moves while they are taken. The sweep
+		 * at the cut comes next: what is left of the budget after it is all the files get. */
 		if (ut_now() - c->last_change < window)
 			window = CAP_HOLD_QUIET;
-		c->copy_until = c->lock_t0 + CAP_HOLD_WAIT;
+		double wait = CAP_HOLD_BUDGET - 2 * c->sweep_s;
+		c->copy_until = c->lock_t0 + (wait < CAP_HOLD_WAIT ? wait : CAP_HOLD_WAIT);
 		double changed = c->last_change;
-		rc = cap_quiet(c, window, c->copy_until);
+		rc = cap_quiet(c, window, c->copy_until, 0);
 		c->copy_until = 0;
 		c->watch_after = window < c->o->quiet_ms / 1000.0 || c->last_change != changed;
 	} else {
-		rc = cap_quiet(c, window, deadline); /* nobody waits on us */
+		rc = cap_quiet(c, window, deadline, 1); /* nobody waits on us */
 	}
 	for (size_t i = 0; !rc && i < c->n; i++)
 		if (c->e[i].kind == K_DB && c->e[i].d->dirfd < 0)
@@ -1796,7 +1884,7 @@ static int cap_set_times(struct cap *c)
 {
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
-		if ((e->kind != K_FILE && e->kind != K_DB) || !e->copied || e->reused)
+		if ((e->kind != K_FILE && e->kind != K_DB) || !e->copied || e->reused || e->alias)
 			continue;
 		const struct mf_entry *pe = c->have_prev ? mf_find(&c->prev, e->path) : NULL;
 		int keep = 0;
@@ -1848,6 +1936,43 @@ static int cap_set_times(struct cap *c)
 		struct timespec t = ut_ns_ts(ns), ts[2] = { t, t };
 		if (utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
 			return -errno;
+	}
+	return 0;
+}
+
+/* Every other name of a file copied once becomes a hard link to that copy, as in the store.
+ * Where a link cannot be made (the link limit of the file system), it gets a copy of the copy. */
+static int cap_link_aliases(struct cap *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->kind != K_FILE || !e->alias)
+			continue;
+		const struct ent *p = &c->e[e->alias];
+		unlinkat(c->stagefd, e->path, 0);
+		if (linkat(c->stagefd, p->path, c->stagefd, e->path, 0) < 0) {
+			struct cp_result r;
+			int src = openat(c->stagefd, p->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+			int rc = src < 0 ? -errno : cap_copy_fd_to_stage(c, src, e->path, 0, &r);
+			if (src >= 0)
+				close(src);
+			struct timespec t = ut_ns_ts(p->mtime_ns), ts[2] = { t, t };
+			int fd = rc ? -1 : openat(c->stagefd, e->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+			if (fd >= 0) {
+				cap_apply_owner(fd, &e->st);
+				if (futimens(fd, ts) < 0)
+					rc = -errno;
+				close(fd);
+			}
+			if (rc)
+				return rc;
+		}
+		e->size = p->size;
+		e->has_digest = p->has_digest;
+		memcpy(e->digest, p->digest, 32);
+		e->mtime_ns = p->mtime_ns;
+		free(e->ident);
+		e->ident = p->ident ? strdup(p->ident) : NULL;
 	}
 	return 0;
 }
@@ -2150,20 +2275,22 @@ static int cap_check_segments(struct cap *c)
 		if (k < HV_NFILES)
 			continue;
 		char why[256] = "";
-		int torn = !hv_order_ok(mt);
-		if (torn) {
+		int fd = cap_openat2(c->stagefd, d->path, O_RDONLY | O_DIRECTORY);
+		if (fd < 0)
+			return fd;
+		int torn = 0;
+		if (!hv_is_segment(fd)) {
+			torn = 0; /* files of these names in some other format */
+		} else if (!hv_order_ok(mt)) {
+			torn = 1;
 			snprintf(why, sizeof why, "its files were written out of order");
 		} else {
-			int fd = cap_openat2(c->stagefd, d->path, O_RDONLY | O_DIRECTORY);
-			if (fd < 0)
-				return fd;
 			torn = hv_check(fd, why, sizeof why);
-			close(fd);
-			if (torn < 0 && torn != -ENOENT)
-				return torn;
-			torn = torn != 0;
 		}
-		if (!torn)
+		close(fd);
+		if (torn < 0 && torn != -ENOENT)
+			return torn;
+		if (torn <= 0)
 			continue;
 		unsigned t;
 		for (t = 0; t < c->ntorn && c->torn[t].dir != i; t++)
@@ -2209,7 +2336,7 @@ static int cap_settle(struct cap *c)
 			left = stop - ut_now();
 		if (left <= 0)
 			break;
-		int rc = cap_quiet(c, c->o->quiet_ms / 1000.0, ut_now() + left);
+		int rc = cap_quiet(c, c->o->quiet_ms / 1000.0, ut_now() + left, 1);
 		if (rc && rc != -EAGAIN)
 			return rc;
 		if (rc == 0) {
@@ -2225,7 +2352,7 @@ static int cap_settle(struct cap *c)
 		/* Look for a quiet moment before taking any lock, so that writers are usually held
 		 * only while the databases are copied. */
 		double pre = ut_now() + CAP_PRE_QUIET;
-		int rc = cap_quiet(c, c->o->quiet_ms / 1000.0, pre < deadline ? pre : deadline);
+		int rc = cap_quiet(c, c->o->quiet_ms / 1000.0, pre < deadline ? pre : deadline, 1);
 		if (rc && rc != -EAGAIN)
 			return rc;
 		if (ut_now() >= deadline)
@@ -2445,6 +2572,8 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	if (!rc)
 		rc = cap_set_times(&c);
 	if (!rc)
+		rc = cap_link_aliases(&c);
+	if (!rc)
 		rc = cap_finish_dirs(&c);
 	if (rc) {
 		log_err("cannot finish the snapshot: %s", strerror(-rc));
@@ -2501,6 +2630,10 @@ out:
 	cap_free_blocks(&c.pb);
 	cap_free_blocks(&c.rb);
 	ut_map_free(&c.index);
+	ut_map_free(&c.inodes);
+	for (size_t i = 0; i < c.nikeys; i++)
+		free(c.ikeys[i]);
+	free(c.ikeys);
 	if (c.have_prev)
 		mf_free(&c.prev);
 	if (c.have_recy)

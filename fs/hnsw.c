@@ -190,9 +190,10 @@ static int read_header(struct hv_ctx *c)
 	return 0;
 }
 
-/* The header against itself: the layout fields are all functions of M, maxM0 and the vector
- * size, so garbage or a half-written header cannot pass. */
-static int check_header(struct hv_ctx *c)
+/* The header's layout fields against each other: all are functions of M, maxM0 and the
+ * vector size, and no persist changes them, so a header that fails this is no hnswlib header
+ * (or garbage), not one caught mid-persist. */
+static int check_layout(struct hv_ctx *c)
 {
 	const struct hv_header *h = &c->h;
 
@@ -214,6 +215,16 @@ static int check_header(struct hv_ctx *c)
 	if (!isfinite(h->mult) || fabs(h->mult * log((double)h->m) - 1.0) > 1e-6)
 		return torn(c, "header.bin level multiplier %g is not 1/ln(M %llu)", h->mult,
 			    (unsigned long long)h->m);
+	return 0;
+}
+
+/* The header's counts, which every persist rewrites. */
+static int check_header(struct hv_ctx *c)
+{
+	const struct hv_header *h = &c->h;
+	int rc = check_layout(c);
+	if (rc)
+		return rc;
 	if (h->count > h->max_elements)
 		return torn(c, "header.bin counts %llu elements, more than its capacity %llu",
 			    (unsigned long long)h->count, (unsigned long long)h->max_elements);
@@ -599,7 +610,15 @@ int hv_is_segment(int dirfd)
 		    !S_ISREG(st.st_mode))
 			return 0;
 	}
-	return 1;
+	/* Files of these names in another format are no segment of ours to judge. */
+	struct hv_ctx c = { 0 };
+	struct stat st;
+	c.fd[HV_HEADER] = openat(dirfd, hv_file_names[HV_HEADER], O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	int seg = c.fd[HV_HEADER] >= 0 && fstat(c.fd[HV_HEADER], &st) == 0 &&
+		  (c.size[HV_HEADER] = st.st_size, read_header(&c) == 0) && check_layout(&c) == 0;
+	if (c.fd[HV_HEADER] >= 0)
+		close(c.fd[HV_HEADER]);
+	return seg;
 }
 
 static int ts_after(struct timespec a, struct timespec b)
