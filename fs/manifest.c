@@ -521,9 +521,9 @@ int mf_load(int dirfd, const char *name, struct mf *m)
 		rc = in.lineno == 0 ? mf_bad(&in, "empty") :
 		     in.state < MF_ENTRIES ? mf_bad(&in, "truncated in its header, after line %d",
 						    in.lineno) :
-		     mf_bad(&in, "truncated after line %d: the header counts %" PRIu64 " entries and "
-			    "%" PRIu64 " block lines, %zu and %" PRIu64 " are there, and no end line",
-			    in.lineno, in.want_entries, in.want_blocks, m->n, in.blocks);
+		     mf_bad(&in, "truncated after line %d: %zu of the %" PRIu64 " entries and %"
+			    PRIu64 " of the %" PRIu64 " block lines the header counts, and no end "
+			    "line", in.lineno, m->n, in.want_entries, in.blocks, in.want_blocks);
 	if (rc) {
 		char why[sizeof m->why];
 		if (rc != -EBADMSG)
