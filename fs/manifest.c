@@ -176,7 +176,7 @@ int mf_write(FILE *f, struct mf *m)
 	for (size_t i = 0; i < m->n; i++) {
 		const struct mf_entry *e = &m->e[i];
 		if (!strchr("dfsl", e->kind) || !e->kind || !mf_path_ok(e->path) ||
-		    (i && !strcmp(m->e[i - 1].path, e->path)) || (e->ident && strpbrk(e->ident, " \n")))
+		    (i && !strcmp(m->e[i - 1].path, e->path)) || (e->ident && (!e->ident[0] || strpbrk(e->ident, " \n"))))
 			return -EINVAL;
 		files += e->kind == 'f' || e->kind == 's';
 		blocks += mf_has_blocks(e);
@@ -433,15 +433,16 @@ static int mf_miscounted(struct mf_in *in, const char *line)
 		      in->blocks, in->want_entries, in->want_blocks);
 }
 
-/* One whole line, without its newline; raw is the line as read, for the digest. */
-static int mf_line(struct mf_in *in, char *line, const char *raw, size_t rawlen)
+/* One whole line of len bytes, its newline included. */
+static int mf_line(struct mf_in *in, char *line, size_t len)
 {
 	if (in->state == MF_ENTRIES && in->m->n == in->want_entries)
 		in->state = MF_BLOCKS;
 	if (in->state == MF_BLOCKS && in->blocks == in->want_blocks)
 		in->state = MF_END;
 	if (in->state != MF_END)
-		sha256_update(&in->sha, raw, rawlen);
+		sha256_update(&in->sha, line, len);
+	line[len - 1] = 0; /* parsing cuts it up: the digest has had it whole */
 	int rc;
 	switch (in->state) {
 	case MF_FIRST: {
@@ -487,8 +488,8 @@ int mf_load(int dirfd, const char *name, struct mf *m)
 		snprintf(m->why, sizeof m->why, "%s", strerror(-rc));
 		return rc;
 	}
-	char *line = NULL, *copy = NULL;
-	size_t cap = 0, room = 0;
+	char *line = NULL;
+	size_t cap = 0;
 	ssize_t len;
 	while (!rc && (len = getline(&line, &cap, f)) > 0) {
 		in.lineno++;
@@ -498,24 +499,11 @@ int mf_load(int dirfd, const char *name, struct mf *m)
 				mf_bad(&in, "line %d holds a NUL byte", in.lineno);
 			break;
 		}
-		/* Parsing cuts the line up; the digest wants it whole. */
-		if ((size_t)len > room) {
-			char *nc = realloc(copy, (size_t)len);
-			if (!nc) {
-				rc = -ENOMEM;
-				break;
-			}
-			copy = nc;
-			room = (size_t)len;
-		}
-		memcpy(copy, line, (size_t)len);
-		copy[len - 1] = 0;
-		rc = mf_line(&in, copy, line, (size_t)len);
+		rc = mf_line(&in, line, (size_t)len);
 	}
 	if (!rc && ferror(f))
 		rc = -EIO;
 	free(line);
-	free(copy);
 	fclose(f);
 	if (!rc && in.state != MF_DONE)
 		rc = in.lineno == 0 ? mf_bad(&in, "empty") :
