@@ -141,13 +141,6 @@ struct ent {
 	unsigned has_digest : 1;
 };
 
-/* Block digests of an earlier snapshot's databases, from its manifest header lines. */
-struct cap_blocks {
-	char **path, **hex;
-	size_t n;
-	struct ut_map index;
-};
-
 struct cap {
 	const struct cap_opts *o;
 	struct cap_stats *st;
@@ -185,13 +178,11 @@ struct cap {
 	 * then, and since when they have been so. */
 	struct { size_t dir; uint32_t sig; double since; } torn[16];
 	unsigned ntorn;
-	struct cap_blocks pb;    /* of the previous snapshot's databases */
 	/* the snapshot given up to cap_opts.recycle: its databases' copies may be taken */
 	int recyfd;
 	int have_recy, recy_taken;
 	int recy_is_prev;        /* the recycled snapshot is the previous one (stillctl --recycle) */
 	struct mf recy;
-	struct cap_blocks rb;
 };
 
 static int cap_openat2(int dirfd, const char *path, int flags)
@@ -909,19 +900,14 @@ static int cap_copy_fd_to_stage(struct cap *c, int src, const char *rel, int dig
 #define CAP_DB_THREADS 2       /* compare and hash databases on this many threads */
 #define CAP_RESYNC_PAGES 2048  /* pages a pass may leave to the locked pass (8 MiB) */
 
-/* An earlier snapshot's copy of e (in dirfd, described by manifest m and block table t) with
- * the digests of its blocks, to start e's copy from. The digests must add up to the
- * manifest's digest of that copy, and the copy must still be what the manifest says it is
+/* An earlier snapshot's copy of e (in dirfd, described by manifest m) with the digests of
+ * its blocks, to start e's copy from. The copy must still be what the manifest says it is
  * (as for sharing it, cap_link_prev). An fd opened with flags, or -errno. */
-static int cap_earlier_copy(int dirfd, const struct mf *m, const struct cap_blocks *t,
-			    const struct ent *e, int flags, struct dd_blocks *b, struct stat *ps)
+static int cap_earlier_copy(int dirfd, const struct mf *m, const struct ent *e, int flags,
+			    struct dd_blocks *b, struct stat *ps)
 {
-	size_t k;
-	if (!ut_map_get(&t->index, e->path, &k))
-		return -ENOENT;
 	const struct mf_entry *pe = mf_find(m, e->path);
-	if (!pe || pe->kind != K_DB || !pe->has_digest ||
-	    dd_from_hex(b, t->hex[k], pe->size, pe->digest))
+	if (!pe || pe->kind != K_DB || mf_blocks_of(m, e->path, b))
 		return -ENOENT;
 	int fd = cap_openat2(dirfd, e->path, flags | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
 	if (fd >= 0 && (fstat(fd, ps) < 0 || !cap_as_recorded(ps, pe))) {
@@ -938,7 +924,7 @@ static int cap_prev_base(struct cap *c, const struct ent *e, struct dd_blocks *b
 	struct stat ps;
 	if (!c->have_prev)
 		return -ENOENT;
-	return cap_earlier_copy(c->prevfd, &c->prev, &c->pb, e, O_RDONLY, b, &ps);
+	return cap_earlier_copy(c->prevfd, &c->prev, e, O_RDONLY, b, &ps);
 }
 
 /* Take the recycled snapshot's copy of e: move it to e's place in the staging tree, where
@@ -953,7 +939,7 @@ static int cap_recycle(struct cap *c, struct ent *e)
 	dd_free(&e->d->blk);
 	if (!c->have_recy)
 		return -ENOENT;
-	int fd = cap_earlier_copy(c->recyfd, &c->recy, &c->rb, e, O_RDWR, &e->d->blk, &ps);
+	int fd = cap_earlier_copy(c->recyfd, &c->recy, e, O_RDWR, &e->d->blk, &ps);
 	if (fd < 0)
 		return fd;
 	int rc = -EMLINK, from = -1, to = -1;
@@ -2010,140 +1996,12 @@ static void cap_finish_root(struct cap *c)
 	futimens(c->stagefd, ts);
 }
 
-/* The header key of a database's block digests: "blocks PATH HEX", PATH escaped as in the
- * entries, HEX the SHA-256 of each 1 MiB block. Other readers ignore keys they do not know;
- * the next --previous capture starts from the copy and reuses the digests of its unchanged
- * blocks (after checking that they add up to the entry's digest). */
-#define CAP_BLOCKS_KEY "blocks"
-
-static int cap_write_blocks(struct cap *c, FILE *f)
-{
-	for (size_t i = 1; i < c->n; i++) {
-		struct ent *e = &c->e[i];
-		if (e->kind != K_DB || !e->has_digest || e->size <= DD_BLOCK)
-			continue;
-		char *hex = NULL;
-		uint8_t d[32];
-		if (e->staged && e->d->blk.size == e->size && dd_all_valid(&e->d->blk)) {
-			dd_digest(&e->d->blk, d);
-			if (!memcmp(d, e->digest, 32))
-				hex = dd_hex(&e->d->blk);
-		} else if (e->reused) {
-			size_t k;
-			struct dd_blocks b;
-			if (ut_map_get(&c->pb.index, e->path, &k) &&
-			    dd_from_hex(&b, c->pb.hex[k], e->size, e->digest) == 0) {
-				dd_free(&b);
-				hex = strdup(c->pb.hex[k]);
-			}
-		}
-		if (!hex)
-			continue;
-		char *path = cp_escape(e->path);
-		if (path)
-			fprintf(f, CAP_BLOCKS_KEY " %s %s\n", path, hex);
-		free(path);
-		free(hex);
-	}
-	return ferror(f) ? -EIO : 0;
-}
-
-/* Read the block digests of the databases of the snapshot dirfd from its manifest header. */
-static void cap_load_blocks(int dirfd, struct cap_blocks *t)
-{
-	int fd = openat(dirfd, CAP_MANIFEST_NAME, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-	FILE *f = fd < 0 ? NULL : fdopen(fd, "r");
-	if (!f) {
-		if (fd >= 0)
-			close(fd);
-		return;
-	}
-	char *line = NULL;
-	size_t cap = 0, room = 0;
-	ssize_t len;
-	while ((len = getline(&line, &cap, f)) > 0) {
-		if (line[len - 1] == '\n')
-			line[--len] = 0;
-		if (!strcmp(line, "."))
-			break;
-		if (strncmp(line, CAP_BLOCKS_KEY " ", sizeof CAP_BLOCKS_KEY))
-			continue;
-		char *p = line + sizeof CAP_BLOCKS_KEY, *sp = strchr(p, ' ');
-		if (!sp)
-			continue;
-		*sp = 0;
-		char *path = cp_unescape(p), *hex = strdup(sp + 1);
-		size_t old;
-		if (!path || !hex || ut_map_get(&t->index, path, &old)) {
-			free(path);
-			free(hex);
-			continue;
-		}
-		if (t->n == room) {
-			room = room ? room * 2 : 16;
-			char **np = realloc(t->path, room * sizeof *np);
-			char **nh = np ? realloc(t->hex, room * sizeof *nh) : NULL;
-			if (np)
-				t->path = np;
-			if (nh)
-				t->hex = nh;
-			if (!np || !nh) {
-				free(path);
-				free(hex);
-				break;
-			}
-		}
-		t->path[t->n] = path;
-		t->hex[t->n] = hex;
-		if (ut_map_put(&t->index, path, t->n)) {
-			free(path);
-			free(hex);
-			break;
-		}
-		t->n++;
-	}
-	free(line);
-	fclose(f);
-}
-
-static void cap_free_blocks(struct cap_blocks *t)
-{
-	for (size_t i = 0; i < t->n; i++) {
-		free(t->path[i]);
-		free(t->hex[i]);
-	}
-	free(t->path);
-	free(t->hex);
-	ut_map_free(&t->index);
-}
-
+/* The manifest lists every entry kept, with the block digests of the database copies that
+ * have them: the next --previous or --recycle capture starts from those copies. */
 static int cap_write_manifest(struct cap *c)
 {
-	int fd = openat(c->stagefd, CAP_MANIFEST_NAME, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
-	if (fd < 0)
-		return -errno;
-	FILE *f = fdopen(fd, "w");
-	if (!f) {
-		close(fd);
-		return -ENOMEM;
-	}
-	/* The header as the manifest module writes it, with the block lines before its end. */
-	char *hdr = NULL;
-	size_t hlen = 0;
-	FILE *hf = open_memstream(&hdr, &hlen);
-	int rc = hf ? mf_write_header(hf, c->st) : -ENOMEM;
-	if (hf && fclose(hf) == EOF && !rc)
-		rc = -ENOMEM;
-	if (!rc && hlen >= 3 && !strcmp(hdr + hlen - 3, "\n.\n")) {
-		fwrite(hdr, 1, hlen - 2, f);
-		rc = cap_write_blocks(c, f);
-		fputs(".\n", f);
-	} else if (!rc) {
-		fwrite(hdr, 1, hlen, f);
-	}
-	free(hdr);
-	if (!rc && ferror(f))
-		rc = -EIO;
+	struct mf out = { .stats = *c->st };
+	int rc = 0;
 	for (size_t i = 1; !rc && i < c->n; i++) {
 		struct ent *e = &c->e[i];
 		if (e->kind != K_DIR && e->kind != K_FILE && e->kind != K_DB && e->kind != K_LINK)
@@ -2155,8 +2013,27 @@ static int cap_write_manifest(struct cap *c)
 			.path = e->path,
 		};
 		memcpy(me.digest, e->digest, 32);
-		rc = mf_write_entry(f, &me);
+		const struct mf_entry *pe;
+		if (e->kind == K_DB && e->staged && e->d->blk.size == e->size &&
+		    dd_all_valid(&e->d->blk))
+			me.blocks = e->d->blk.d;
+		else if (e->kind == K_DB && e->reused && c->have_prev &&
+			 (pe = mf_find(&c->prev, e->path)))
+			me.blocks = pe->blocks;
+		rc = mf_add(&out, &me);
 	}
+	int fd = rc ? -1 : openat(c->stagefd, CAP_MANIFEST_NAME,
+				  O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+	FILE *f = fd < 0 ? NULL : fdopen(fd, "w");
+	if (!f) {
+		rc = rc ? rc : fd < 0 ? -errno : -ENOMEM;
+		if (fd >= 0)
+			close(fd);
+		mf_free(&out);
+		return rc;
+	}
+	rc = mf_write(f, &out);
+	mf_free(&out);
 	if (fflush(f) == EOF && !rc)
 		rc = -errno;
 	/* It changes with every snapshot: the cut's second, like every other changed file. */
@@ -2473,6 +2350,19 @@ static void cap_summary(const struct cap *c)
 		 c->st->recycled ? ", database copies recycled" : "");
 }
 
+/* The manifest of an earlier snapshot named in the options, opened as fd (-1: errno says
+ * why not). 1 if m holds it; else 0, and a warning saying why and what follows. */
+static int cap_load_earlier(const char *dir, int fd, struct mf *m, const char *otherwise)
+{
+	int rc = fd < 0 ? -errno : mf_load(fd, CAP_MANIFEST_NAME, m);
+	if (rc && fd < 0)
+		log_warn("%s: %s; %s", dir, strerror(-rc), otherwise);
+	else if (rc)
+		log_warn("%s: not a readable snapshot (%s: %s); %s", dir, CAP_MANIFEST_NAME, m->why,
+			 otherwise);
+	return !rc;
+}
+
 void cap_opts_init(struct cap_opts *o)
 {
 	memset(o, 0, sizeof *o);
@@ -2505,12 +2395,7 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 		goto out;
 	if (o->previous) {
 		c.prevfd = open(o->previous, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (c.prevfd < 0 || mf_load(c.prevfd, CAP_MANIFEST_NAME, &c.prev) != 0)
-			log_warn("%s: not a readable snapshot; copying everything", o->previous);
-		else
-			c.have_prev = 1;
-		if (c.have_prev)
-			cap_load_blocks(c.prevfd, &c.pb);
+		c.have_prev = cap_load_earlier(o->previous, c.prevfd, &c.prev, "copying everything");
 	}
 	if (o->recycle) {
 		/* Files are moved out of it: never out of the live store. */
@@ -2520,12 +2405,7 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 			rc = -EINVAL;
 			goto out;
 		}
-		if (c.recyfd < 0 || mf_load(c.recyfd, CAP_MANIFEST_NAME, &c.recy) != 0) {
-			log_warn("%s: not a readable snapshot; nothing recycled", o->recycle);
-		} else {
-			c.have_recy = 1;
-			cap_load_blocks(c.recyfd, &c.rb);
-		}
+		c.have_recy = cap_load_earlier(o->recycle, c.recyfd, &c.recy, "nothing recycled");
 		struct stat a, b;
 		c.recy_is_prev = c.have_prev && c.have_recy && fstat(c.prevfd, &a) == 0 &&
 				 fstat(c.recyfd, &b) == 0 && ut_same_file(&a, &b);
@@ -2627,8 +2507,6 @@ out:
 		}
 	}
 	free(c.e);
-	cap_free_blocks(&c.pb);
-	cap_free_blocks(&c.rb);
 	ut_map_free(&c.index);
 	ut_map_free(&c.inodes);
 	for (size_t i = 0; i < c.nikeys; i++)
