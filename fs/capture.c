@@ -53,6 +53,7 @@
  * attempt is given up and redone instead. (One copy already started runs to its end: it
  * rewrites only the pages that changed since the copy made without the lock.) */
 #define CAP_HOLD_BUDGET 0.2
+#define CAP_PATH_MAX (PATH_MAX - 128) /* longest store path captured (see cap_scan_dir) */
 #define CAP_PRE_QUIET 0.4   /* seconds to look for a quiet window before taking any lock */
 /* When no quiet window comes without them: the locks are taken and the files given this long
  * (at most CAP_HOLD_WAIT) to fall quiet, as a writer that persists files and then commits
@@ -456,6 +457,7 @@ static int cap_scan_dir(struct cap *c, size_t di)
 		goto out;
 	}
 	struct dirent *de;
+	unsigned long_warned = 0;
 	/* readdir reports errors only through errno, which the loop body also sets. */
 	while ((errno = 0, de = readdir(d))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
@@ -466,6 +468,16 @@ static int cap_scan_dir(struct cap *c, size_t di)
 		struct stat st;
 		if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 			continue; /* vanished: the delete event will follow */
+		if (strlen(c->e[di].path) + strlen(de->d_name) + 2 > CAP_PATH_MAX) {
+			/* Paths are walked from the store's root, and a copy names its companions and
+			 * its stage place in a buffer of PATH_MAX: one path too deep must not stop the
+			 * backup of everything else. */
+			if (!long_warned++)
+				log_warn("skipping what lies in %.80s... (%zu bytes deep): its paths are "
+					 "longer than %d bytes", c->e[di].path, strlen(c->e[di].path),
+					 CAP_PATH_MAX);
+			continue;
+		}
 		/* A regular file may become K_DB or K_COMPANION once its content is seen. */
 		char kind = S_ISDIR(st.st_mode) ? K_DIR : S_ISREG(st.st_mode) ? K_FILE :
 			    S_ISLNK(st.st_mode) ? K_LINK : K_SKIP;
