@@ -61,6 +61,7 @@
  * (at a database access between two files) is caught after the release: see cap_after. */
 #define CAP_HOLD_QUIET 0.05
 #define CAP_HOLD_WAIT 0.12
+#define CAP_HOLD_COPY_MAX (16 << 20) /* the largest file recopied while writers wait on us */
 #define CAP_AFTER_WAIT 0.1  /* how long writers we held up are watched after the release */
 #define CAP_MARK_RELEASE 63 /* the marker put in the event queue at the release */
 /* A segment of files found torn and unchanged for this long is torn in the store itself: no
@@ -171,6 +172,7 @@ struct cap {
 	int holding;             /* rollback databases are locked: writers wait on us */
 	double copy_until;       /* while holding: copies stop at this time (0: never) */
 	double sweep_s;          /* how long the last sweep of every file's stat took */
+	double pre_quiet;        /* how long to look for a quiet window before locking anyway */
 	/* After the release (cap_after): 1 armed, 2 the release marker passed; the verdict is
 	 * AFTER_NEWTX (a transaction began first) or AFTER_CONTINUED (a plain file was written
 	 * first), or 0 if none yet. */
@@ -1110,8 +1112,11 @@ static int cap_copy_dirty(struct cap *c, int *copied)
 		struct ent *e = &c->e[i];
 		if (cap_stop)
 			return -EINTR;
-		if (c->copy_until > 0 && ut_now() > c->copy_until)
-			return -EAGAIN; /* writers wait on us: no copy may keep them waiting longer */
+		/* Writers wait on us: no copy may keep them waiting past the budget, and a large
+		 * file is copied after the release instead. */
+		if (c->copy_until > 0 && (ut_now() > c->copy_until ||
+					  (e->dirty && e->st.st_size > CAP_HOLD_COPY_MAX)))
+			return -EAGAIN;
 		if (e->dirty && e->kind == K_DB) {
 			if (c->holding)
 				continue; /* it is compared at the cut anyway, still locked */
@@ -1724,6 +1729,8 @@ static int cap_attempt(struct cap *c, double deadline)
 		double changed = c->last_change;
 		rc = cap_quiet(c, window, c->copy_until, 0);
 		c->copy_until = 0;
+		if (rc == -EAGAIN)
+			rc = -ETIME;
 		c->watch_after = window < c->o->quiet_ms / 1000.0 || c->last_change != changed;
 	} else {
 		rc = cap_quiet(c, window, deadline, 1); /* nobody waits on us */
@@ -2237,16 +2244,24 @@ static int cap_settle(struct cap *c)
 			return -EINTR;
 	}
 	double deadline = ut_now() + c->o->settle_timeout;
+	c->pre_quiet = CAP_PRE_QUIET;
 	for (;;) {
 		/* Look for a quiet moment before taking any lock, so that writers are usually held
 		 * only while the databases are copied. */
-		double pre = ut_now() + CAP_PRE_QUIET;
+		double pre = ut_now() + c->pre_quiet;
 		int rc = cap_quiet(c, c->o->quiet_ms / 1000.0, pre < deadline ? pre : deadline, 1);
 		if (rc && rc != -EAGAIN)
 			return rc;
 		if (ut_now() >= deadline)
 			goto unsettled;
 		rc = cap_attempt(c, deadline);
+		if (rc == -ETIME) {
+			/* The files did not fall quiet under the locks either: a writer that never
+			 * stops. Hold the databases less often, not for longer. */
+			if (c->pre_quiet < 8 * CAP_PRE_QUIET)
+				c->pre_quiet *= 2;
+			rc = -EAGAIN;
+		}
 		if (rc == 0)
 			rc = cap_after(c);
 		if (rc == 0)
@@ -2260,7 +2275,8 @@ static int cap_settle(struct cap *c)
 			goto unsettled;
 	}
 unsettled:
-	log_err("no consistent cut within %.0f s; %s", c->o->settle_timeout, cap_worst(c));
+	log_err("no consistent cut within %.0f s (databases held %.0f ms at most); %s",
+		c->o->settle_timeout, c->st->lock_max_s * 1000, cap_worst(c));
 	return -EAGAIN;
 }
 
