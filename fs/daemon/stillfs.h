@@ -175,8 +175,10 @@ int nd_check(const struct node *n);
 
 /* ops.c */
 void op_register(struct fuse_lowlevel_ops *ops);
-/* Give a file the daemon just created to the caller (fd >= 0: it is open; else parent/name). */
-int op_give(fuse_req_t req, const struct node *parent, int fd, const char *name, mode_t mode);
+/* Make the calling thread's file-system accesses those of req's caller (a root daemon only);
+ * 0 or -errno. op_cred_drop restores the daemon's own, and must come before the reply. */
+int op_cred_take(fuse_req_t req);
+void op_cred_drop(void);
 
 /* dir.c */
 void dr_register(struct fuse_lowlevel_ops *ops);
