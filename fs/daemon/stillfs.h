@@ -116,6 +116,8 @@ struct sf_opts {
 	int no_recycle;
 	unsigned long max_nodes;
 	int capture_nice;
+	/* Numbers as given, checked by sf_validate: libfuse's own parsing takes "10abc" as 10. */
+	char *max_age_opt, *linger_opt, *settle_opt, *max_nodes_opt, *capture_nice_opt;
 };
 
 struct sf {
@@ -281,7 +283,8 @@ int gen_open_current(struct genmgr *gm);
 /* Sleep until woken by gen activity or timeout seconds. */
 void gen_wait(struct genmgr *gm, double timeout);
 void gen_wake(struct genmgr *gm);
-/* "key: value" lines describing the current state. Returns a malloc'd string. */
-char *gen_status(struct genmgr *gm);
+/* "key: value" lines describing the current state. Returns a malloc'd string. Without
+ * detailed, the last error is only its kind: the full message may name a private file. */
+char *gen_status(struct genmgr *gm, int detailed);
 
 #endif
