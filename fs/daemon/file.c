@@ -43,9 +43,14 @@ static void fh_unlink(struct fh *h)
 	pthread_mutex_unlock(&fh_mu);
 }
 
-static char *fh_status_text(size_t *len)
+/* The status file is world-readable; the last error's message, which may name a file in a
+ * private directory, is shown in full only to root and the store's owner. */
+static char *fh_status_text(fuse_req_t req, size_t *len)
 {
-	char *gen = gen_status(sf.gm), *buf = NULL;
+	uid_t uid = fuse_req_ctx(req)->uid;
+	struct stat st;
+	int detailed = uid == 0 || (fstat(sf.storefd, &st) == 0 && st.st_uid == uid);
+	char *gen = gen_status(sf.gm, detailed), *buf = NULL;
 	size_t n = 0;
 	FILE *f = open_memstream(&buf, &n);
 	if (!f) {
@@ -81,7 +86,8 @@ static void fh_close(struct fh *h)
 }
 
 /* Open n for the caller. On success *out holds a handle that fh_close undoes. */
-static int fh_make(struct node *n, struct fuse_file_info *fi, int fd, struct fh **out)
+static int fh_make(fuse_req_t req, struct node *n, struct fuse_file_info *fi, int fd,
+		   struct fh **out)
 {
 	struct fh *h = calloc(1, sizeof *h);
 	int rc = 0;
@@ -101,7 +107,7 @@ static int fh_make(struct node *n, struct fuse_file_info *fi, int fd, struct fh 
 			rc = -EROFS;
 			goto fail;
 		}
-		if (!(h->text = fh_status_text(&h->len))) {
+		if (!(h->text = fh_status_text(req, &h->len))) {
 			rc = -ENOMEM;
 			goto fail;
 		}
@@ -170,7 +176,7 @@ static void fh_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		rc = -EISDIR;
 	/* A live file is opened as the caller: the store's own permission checks apply. */
 	if (!rc && !(rc = n->kind == ND_LIVE ? op_cred_take(req) : 0)) {
-		rc = fh_make(n, fi, -1, &h);
+		rc = fh_make(req, n, fi, -1, &h);
 		op_cred_drop();
 	}
 	if (rc) {
@@ -248,7 +254,7 @@ static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		rc = -ESTALE;
 		goto out;
 	}
-	if ((rc = fh_make(nd_of(e.ino), fi, fd, &h))) {
+	if ((rc = fh_make(req, nd_of(e.ino), fi, fd, &h))) {
 		nd_forget(nd_of(e.ino), 1);
 		goto out;
 	}
