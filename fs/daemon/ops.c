@@ -209,20 +209,40 @@ static int op_utimens(const struct node *n, int fd, const struct stat *attr, int
 	return utimensat(sf.procfd, p, tv, 0) < 0 ? -errno : 0;
 }
 
-/* The changes setattr asks for, on n's own descriptor (or the open handle's fd), never on a
- * name: /proc/self/fd/N reaches the very inode our O_PATH descriptor holds. */
-static int op_setattr_live(const struct node *n, int fd, const struct stat *attr, int valid)
+/* chmod n on its own descriptor (or the open handle's fd), never on a name:
+ * /proc/self/fd/N reaches the very inode our O_PATH descriptor holds. */
+static int op_chmod(const struct node *n, int fd, mode_t mode)
 {
 	char p[32];
+
+	if (S_ISLNK(n->type))
+		return -EOPNOTSUPP;
+	nd_procpath(n, p, sizeof p);
+	return (fd >= 0 ? fchmod(fd, mode) : fchmodat(sf.procfd, p, mode, 0)) < 0 ? -errno : 0;
+}
+
+/* 1 if mode is n's mode less some of its set-ID bits. The kernel asks for that itself, in the
+ * name of whoever writes or truncates a file they do not own, as a local file system would
+ * clear them: taking a privilege away needs none. */
+static int op_clears_setid(const struct node *n, mode_t mode)
+{
+	const mode_t setid = S_ISUID | S_ISGID;
+	struct stat st;
+
+	if (fstatat(n->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0 || S_ISLNK(st.st_mode))
+		return 0;
+	mode &= 07777;
+	return (st.st_mode & setid & ~mode) && (mode & ~setid) == (st.st_mode & 07777 & ~setid) &&
+	       !(mode & ~st.st_mode & setid);
+}
+
+/* The changes setattr asks for, on n's own descriptor (or the open handle's fd). */
+static int op_setattr_live(const struct node *n, int fd, const struct stat *attr, int valid)
+{
 	int rc = 0;
 
-	nd_procpath(n, p, sizeof p);
-	if (valid & FUSE_SET_ATTR_MODE) {
-		if (S_ISLNK(n->type))
-			return -EOPNOTSUPP;
-		if ((fd >= 0 ? fchmod(fd, attr->st_mode) : fchmodat(sf.procfd, p, attr->st_mode, 0)) < 0)
-			return -errno;
-	}
+	if ((valid & FUSE_SET_ATTR_MODE) && (rc = op_chmod(n, fd, attr->st_mode)))
+		return rc;
 	if (valid & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
 		uid_t uid = (valid & FUSE_SET_ATTR_UID) ? attr->st_uid : (uid_t)-1;
 		gid_t gid = (valid & FUSE_SET_ATTR_GID) ? attr->st_gid : (gid_t)-1;
@@ -257,6 +277,10 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 
 	if (!rc && n->kind != ND_LIVE)
 		rc = -EROFS;
+	if (!rc && (valid & FUSE_SET_ATTR_MODE) && op_clears_setid(n, attr->st_mode)) {
+		rc = op_chmod(n, fd, attr->st_mode);
+		valid &= ~FUSE_SET_ATTR_MODE;
+	}
 	if (!rc && !(rc = op_cred_take(req))) {
 		rc = op_setattr_live(n, fd, attr, valid);
 		op_cred_drop();
