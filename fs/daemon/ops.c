@@ -40,7 +40,8 @@ static int op_writable_dir(const struct node *parent)
  * rules; nothing is given away afterwards by name. */
 static gid_t *op_root_groups;
 static int op_root_ngroups;
-static _Thread_local int op_as_caller;
+static _Thread_local int op_as_caller;     /* OP_CRED_* changed in this thread */
+enum { OP_CRED_IDS = 1, OP_CRED_GROUPS = 2 };
 
 static void op_cred_init(void)
 {
@@ -58,30 +59,42 @@ static int op_setfs(long uid_call, unsigned id)
 	return (unsigned)syscall(uid_call, -1) == id ? 0 : -EPERM;
 }
 
-int op_cred_take(fuse_req_t req)
+/* The caller's supplementary groups for this thread. */
+static int op_set_groups(fuse_req_t req)
 {
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	gid_t small[64], *groups = small;
-	int n, rc = 0;
+	int n = fuse_req_getgroups(req, 64, small), rc = 0;
 
-	if (sf.uid != 0)
-		return 0;          /* not root: everything already runs as the daemon's user */
-	n = fuse_req_getgroups(req, 64, small);
 	if (n > 64 && (groups = calloc((size_t)n, sizeof *groups)))
 		n = fuse_req_getgroups(req, n, groups);
 	/* Unknown (process gone, another pid namespace): its primary group only, which grants
 	 * less, never more. */
 	if (!groups || n < 0)
 		n = 0;
-	op_as_caller = 1;
+	op_as_caller |= OP_CRED_GROUPS;
 	if (syscall(SYS_setgroups, (size_t)n, groups ? groups : small) < 0)
 		rc = -errno;
+	if (groups != small)
+		free(groups);
+	return rc;
+}
+
+int op_cred_take(fuse_req_t req)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	int rc = 0;
+
+	if (sf.uid != 0)
+		return 0;          /* not root: everything already runs as the daemon's user */
+	/* A root caller keeps root's capabilities, to which supplementary groups add nothing:
+	 * only its group, which new files get, is the caller's own. */
+	if (ctx->uid != 0)
+		rc = op_set_groups(req);
+	op_as_caller |= OP_CRED_IDS;
 	if (!rc)
 		rc = op_setfs(SYS_setfsgid, ctx->gid);
 	if (!rc)
 		rc = op_setfs(SYS_setfsuid, ctx->uid);
-	if (groups != small)
-		free(groups);
 	if (rc) {
 		log_err("cannot take the credentials of uid %u: %s", (unsigned)ctx->uid, strerror(-rc));
 		op_cred_drop();
@@ -91,11 +104,11 @@ int op_cred_take(fuse_req_t req)
 
 void op_cred_drop(void)
 {
-	if (!op_as_caller)
-		return;
 	/* A thread that kept a caller's identity would serve the next request with it. */
-	if (op_setfs(SYS_setfsuid, sf.uid) || op_setfs(SYS_setfsgid, sf.gid) ||
-	    syscall(SYS_setgroups, (size_t)op_root_ngroups, op_root_groups) < 0) {
+	if (((op_as_caller & OP_CRED_IDS) &&
+	     (op_setfs(SYS_setfsuid, sf.uid) || op_setfs(SYS_setfsgid, sf.gid))) ||
+	    ((op_as_caller & OP_CRED_GROUPS) &&
+	     syscall(SYS_setgroups, (size_t)op_root_ngroups, op_root_groups) < 0)) {
 		log_err("cannot restore the daemon's credentials: %s", strerror(errno));
 		abort();
 	}
