@@ -174,6 +174,9 @@ static void fh_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 	if (!rc && (n->kind == ND_SNAPDIR || (n->kind != ND_STATUS && S_ISDIR(n->type))))
 		rc = -EISDIR;
+	/* The kernel opens special files itself; an open of a FIFO here could hold this thread. */
+	else if (!rc && n->kind == ND_LIVE && !S_ISREG(n->type))
+		rc = -ENXIO;
 	/* A live file is opened as the caller: the store's own permission checks apply. */
 	if (!rc && !(rc = n->kind == ND_LIVE ? op_cred_take(req) : 0)) {
 		rc = fh_make(req, n, fi, -1, &h);
