@@ -7,6 +7,7 @@
 # - the caller's own chmod, chgrp (to a group of theirs), truncate, utimens, setxattr,
 #   removexattr, rename, link, unlink and rmdir work; chown to another user and chgrp to a
 #   group the caller is not in are refused by the store's own rules;
+# - requests of the user and of root served at the same time each get their own credentials;
 # - set-ID bits: the caller keeps set-user-ID on a file of theirs, and set-group-ID on a
 #   file made in a set-group-ID directory of a group they are not in is cleared by the kernel.
 source "$(dirname "$0")/lib.sh"
@@ -59,6 +60,15 @@ as_user setfattr -x user.k "$m/f" && ! getfattr -n user.k "$s/f" 2>/dev/null || 
 as_user mv "$m/hard" "$m/moved" && [ -e "$s/moved" ] || t_fail "rename of the user's own file"
 as_user rm "$m/moved" "$m/sl" "$m/fifo" && as_user rmdir "$m/dir" || t_fail "unlink or rmdir of the user's own entries"
 [ -z "$(ls "$s" | grep -Ev '^(f|suid)$')" ] || t_fail "left in $s: $(ls "$s")"
+
+# Credentials are per thread: the user and root creating at once each get their own files.
+mkdir -p "$store/both" && chmod 1777 "$store/both"
+as_user sh -c "for i in \$(seq 300); do : >'$mnt/both/u'\$i; done" & upid=$!
+for i in $(seq 300); do : >"$mnt/both/r$i"; done
+wait "$upid" || t_fail "the user's creates failed"
+wrong=$(find "$store/both" \( -name 'u*' ! -user "$user" \) -o \( -name 'r*' ! -user root \) | head -3)
+[ -z "$wrong" ] || t_fail "files created at once by the user and root got the other's owner: $wrong"
+[ "$(ls "$store/both" | wc -l)" = 600 ] || t_fail "$(ls "$store/both" | wc -l) files made, not 600"
 
 # What the caller may not do is refused by the store itself.
 out=$(as_user chown "$other" "$m/f" 2>&1) && t_fail "the user gave a file away: $out"
