@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Creating a file through the mount never hands the caller a file it did not create.
 # With -o allow_other, a real unprivileged user (made with useradd) who may also write a
-# directory of the store directly, 200 tries each:
+# directory of the store directly:
 # - looks NAME up through the mount (the kernel then remembers it missing for up to 10 s),
 #   plants at NAME in the store a symlink to a root-only file outside the store, and opens
-#   NAME with O_CREAT through the mount;
-# - the same with an existing 0600 file of root's renamed to NAME (another user's file).
+#   NAME with O_CREAT through the mount, 200 tries;
+# - the same with an existing 0600 file of root's renamed to NAME (another user's file), 1000
+#   tries (the rename wins the window less often).
 # Root's files keep owner, mode and contents, and are never opened for the user: the daemon
 # creates as the caller with O_EXCL|O_NOFOLLOW and opens an existing name only if it is a
 # regular file the caller may open. The caller's own creates still work and are the caller's.
@@ -31,7 +32,7 @@ t_log "planted symlink: $out"
   t_fail "create through a planted symlink changed root's file: $(attrs "$secret") (was $secret_was)"
 grep -q ' opened=0 ' <<<"$out" || t_fail "the user opened through a planted symlink: $out"
 
-out=$(as_user "$ATTACK" create-existing "$mnt/d" "$store/d" victim 200) || t_fail "attack: $out"
+out=$(as_user "$ATTACK" create-existing "$mnt/d" "$store/d" victim 1000) || t_fail "attack: $out"
 t_log "existing file of root: $out"
 [ "$(attrs "$store/d/victim")" = "$victim_was" ] && [ "$(cat "$store/d/victim")" = victim ] ||
   t_fail "create of an existing name gave root's file away: $(attrs "$store/d/victim") (was $victim_was)"
