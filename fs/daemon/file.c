@@ -43,9 +43,14 @@ static void fh_unlink(struct fh *h)
 	pthread_mutex_unlock(&fh_mu);
 }
 
-static char *fh_status_text(size_t *len)
+/* The status file is world-readable; the last error's message, which may name a file in a
+ * private directory, is shown in full only to root and the store's owner. */
+static char *fh_status_text(fuse_req_t req, size_t *len)
 {
-	char *gen = gen_status(sf.gm), *buf = NULL;
+	uid_t uid = fuse_req_ctx(req)->uid;
+	struct stat st;
+	int detailed = uid == 0 || (fstat(sf.storefd, &st) == 0 && st.st_uid == uid);
+	char *gen = gen_status(sf.gm, detailed), *buf = NULL;
 	size_t n = 0;
 	FILE *f = open_memstream(&buf, &n);
 	if (!f) {
@@ -81,7 +86,8 @@ static void fh_close(struct fh *h)
 }
 
 /* Open n for the caller. On success *out holds a handle that fh_close undoes. */
-static int fh_make(struct node *n, struct fuse_file_info *fi, int fd, struct fh **out)
+static int fh_make(fuse_req_t req, struct node *n, struct fuse_file_info *fi, int fd,
+		   struct fh **out)
 {
 	struct fh *h = calloc(1, sizeof *h);
 	int rc = 0;
@@ -101,7 +107,7 @@ static int fh_make(struct node *n, struct fuse_file_info *fi, int fd, struct fh 
 			rc = -EROFS;
 			goto fail;
 		}
-		if (!(h->text = fh_status_text(&h->len))) {
+		if (!(h->text = fh_status_text(req, &h->len))) {
 			rc = -ENOMEM;
 			goto fail;
 		}
@@ -168,8 +174,14 @@ static void fh_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 	if (!rc && (n->kind == ND_SNAPDIR || (n->kind != ND_STATUS && S_ISDIR(n->type))))
 		rc = -EISDIR;
-	if (!rc)
-		rc = fh_make(n, fi, -1, &h);
+	/* The kernel opens special files itself; an open of a FIFO here could hold this thread. */
+	else if (!rc && n->kind == ND_LIVE && !S_ISREG(n->type))
+		rc = -ENXIO;
+	/* A live file is opened as the caller: the store's own permission checks apply. */
+	if (!rc && !(rc = n->kind == ND_LIVE ? op_cred_take(req) : 0)) {
+		rc = fh_make(req, n, fi, -1, &h);
+		op_cred_drop();
+	}
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
@@ -181,11 +193,41 @@ static void fh_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fh_close(h);       /* interrupted: no release will come */
 }
 
+/* O_CREAT of a name that exists after all (the store changed while the kernel remembered it
+ * missing): open it only if it is a regular file, never through a symlink, never a FIFO that
+ * would hold this thread or a device. Called with the caller's credentials. */
+static int fh_open_existing(const struct node *p, const char *name, int flags)
+{
+	char path[32];
+	struct stat st;
+	int fd, pfd = openat(p->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+
+	if (pfd < 0)
+		return -errno;
+	if (fstat(pfd, &st) < 0)
+		fd = -errno;
+	else if (!S_ISREG(st.st_mode))
+		fd = S_ISLNK(st.st_mode) ? -ELOOP : S_ISDIR(st.st_mode) ? -EISDIR : -ENXIO;
+	else {
+		/* Reopen the inode we checked, not the name again. */
+		snprintf(path, sizeof path, "%d", pfd);
+		fd = openat(sf.procfd, path, (flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_DIRECT |
+							O_NOCTTY)) | O_CLOEXEC);
+		if (fd < 0)
+			fd = -errno;
+	}
+	close(pfd);
+	return fd;
+}
+
+/* Create parent/name as the caller: the kernel makes the file the caller's, with the set-ID
+ * bits it allows, and nothing is changed afterwards by name. */
 static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
 		      struct fuse_file_info *fi)
 {
 	struct node *p = nd_of(parent);
 	struct fuse_entry_param e;
+	struct stat st;
 	struct fh *h;
 	int fd = -1, rc = 0;
 
@@ -195,19 +237,27 @@ static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		rc = -ENOTDIR;
 	else if (p == &sf.root && (!strcmp(name, SF_SNAPDIR) || !strcmp(name, SF_STATUS)))
 		rc = -EEXIST;
-	if (rc)
+	if (rc || (rc = op_cred_take(req)))
 		goto out;
-	fd = openat(p->fd, name, (fi->flags | O_CREAT | O_CLOEXEC) & ~(O_NOFOLLOW | O_DIRECT),
+	fd = openat(p->fd, name, (fi->flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC) & ~O_DIRECT,
 		    mode & 07777);
+	if (fd < 0)
+		fd = errno == EEXIST && !(fi->flags & O_EXCL) ? fh_open_existing(p, name, fi->flags)
+							       : -errno;
+	op_cred_drop();
 	if (fd < 0) {
-		rc = -errno;
+		rc = fd;
 		goto out;
 	}
-	if ((rc = op_give(req, p, fd, name, mode)))
-		goto out;
 	if ((rc = nd_lookup(p, name, &e)))
 		goto out;
-	if ((rc = fh_make(nd_of(e.ino), fi, fd, &h))) {
+	/* The name may name another file by now: the handle and the entry must be one file. */
+	if (fstat(fd, &st) < 0 || !ut_same_file(&st, &e.attr)) {
+		nd_forget(nd_of(e.ino), 1);
+		rc = -ESTALE;
+		goto out;
+	}
+	if ((rc = fh_make(req, nd_of(e.ino), fi, fd, &h))) {
 		nd_forget(nd_of(e.ino), 1);
 		goto out;
 	}

@@ -134,12 +134,13 @@ static void hp_log_lines(char *buf, size_t *len, int final, char *last, size_t l
 		if (*msg) {
 			char clear[1024];
 			hp_unproc(msg, clear, sizeof clear);
-			/* The engine's warnings (skipped files) are warnings in our log too. */
+			/* The engine's warnings (skipped files) are warnings in our log too. Its
+			 * lines are escaped already (log_relay, ut_escape). */
 			if (!strncmp(clear, "warning: ", 9))
-				log_warn("capture: %s", clear + 9);
+				log_relay(LOG_KIND_WARN, "capture: %s", clear + 9);
 			else
-				log_info("capture: %s", clear);
-			snprintf(last, lastlen, "%s", clear);
+				log_relay(LOG_KIND_INFO, "capture: %s", clear);
+			ut_escape(last, lastlen, clear, 0);
 		}
 		start = nl + 1;
 		if (start > buf + *len)

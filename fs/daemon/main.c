@@ -33,15 +33,15 @@ enum { SF_EXIT_OK = 0, SF_EXIT_FAIL = 1, SF_EXIT_USAGE = 2 };
 
 static const struct fuse_opt sf_optspec[] = {
 	{ "snapdir=%s", offsetof(struct sf_opts, snapdir_opt), 0 },
-	{ "snapshot_max_age=%lf", offsetof(struct sf_opts, max_age), 0 },
-	{ "snapshot_linger=%lf", offsetof(struct sf_opts, linger), 0 },
-	{ "settle_timeout=%lf", offsetof(struct sf_opts, settle), 0 },
+	{ "snapshot_max_age=%s", offsetof(struct sf_opts, max_age_opt), 0 },
+	{ "snapshot_linger=%s", offsetof(struct sf_opts, linger_opt), 0 },
+	{ "settle_timeout=%s", offsetof(struct sf_opts, settle_opt), 0 },
 	{ "cache=%s", offsetof(struct sf_opts, cache_opt), 0 },
 	{ "no_passthrough", offsetof(struct sf_opts, no_passthrough), 1 },
 	{ "no_live_cache", offsetof(struct sf_opts, no_live_cache), 1 },
 	{ "no_recycle", offsetof(struct sf_opts, no_recycle), 1 },
-	{ "max_nodes=%lu", offsetof(struct sf_opts, max_nodes), 0 },
-	{ "capture_nice=%d", offsetof(struct sf_opts, capture_nice), 0 },
+	{ "max_nodes=%s", offsetof(struct sf_opts, max_nodes_opt), 0 },
+	{ "capture_nice=%s", offsetof(struct sf_opts, capture_nice_opt), 0 },
 	FUSE_OPT_END
 };
 
@@ -212,6 +212,57 @@ static int sf_mkdirs(const char *path, int *made)
 	return 0;
 }
 
+/* The cache is ours alone: the daemon's own directory, in directories that nobody else may
+ * change (written only by their owner, root or the daemon's user, or sticky). Anyone who could
+ * swap it, or something in it, could have a root daemon delete or write files of their
+ * choosing. fd is the opened cache. One line on stderr and -EPERM if not. */
+static int sf_cache_safe(const char *dir, int fd)
+{
+	uid_t me = geteuid();
+	struct stat st;
+	char *path = realpath(dir, NULL), *slash;
+	int rc = 0;
+
+	struct stat named;
+	if (fstat(fd, &st) < 0 || !path || stat(path, &named) < 0) {
+		rc = -errno;
+		fprintf(stderr, "stillfs: cache directory %s: %s\n", dir, strerror(errno));
+		goto out;
+	}
+	if (!ut_same_file(&st, &named)) {
+		fprintf(stderr, "stillfs: cache directory %s changed while this daemon started\n", dir);
+		rc = -EAGAIN;
+		goto out;
+	}
+	if (st.st_uid != me) {
+		fprintf(stderr, "stillfs: cache directory %s belongs to uid %u, not to this daemon's "
+			"uid %u\n", dir, (unsigned)st.st_uid, (unsigned)me);
+		rc = -EPERM;
+		goto out;
+	}
+	while ((slash = strrchr(path, '/'))) {
+		slash[slash == path] = 0;          /* the parent; "/" stays "/" */
+		if (stat(path, &st) < 0) {
+			rc = -errno;
+			fprintf(stderr, "stillfs: %s: %s\n", path, strerror(errno));
+			goto out;
+		}
+		if ((st.st_uid != 0 && st.st_uid != me) ||
+		    ((st.st_mode & 0022) && !(st.st_mode & S_ISVTX))) {
+			fprintf(stderr, "stillfs: cache directory %s is inside %s, which others may "
+				"change; give one in a directory only root or uid %u may write\n", dir,
+				path, (unsigned)me);
+			rc = -EPERM;
+			goto out;
+		}
+		if (!path[1])
+			break;
+	}
+out:
+	free(path);
+	return rc;
+}
+
 /* Open the cache directory and claim it: a marker file, flock'ed for as long as we run,
  * says it is ours, so its contents may be deleted and no second daemon shares it. */
 static int sf_open_cache(void)
@@ -230,6 +281,8 @@ static int sf_open_cache(void)
 		fprintf(stderr, "stillfs: cache directory %s: %s\n", dir, strerror(errno));
 		return rc;
 	}
+	if ((rc = sf_cache_safe(dir, sf.cachefd)))
+		return rc;
 	fd = openat(sf.cachefd, SF_CACHE_MARKER, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0 && errno == ENOENT) {
 		/* A new cache must be empty: we delete whatever is in it. */
@@ -283,6 +336,28 @@ static int sf_open_cache(void)
 	return 0;
 }
 
+/* -o NAME=TEXT, if given: a number from min to max (a whole one if whole), all of TEXT.
+ * 0, or -1 after one line on stderr. */
+static int sf_number(const char *name, const char *text, double min, double max, int whole,
+		     double *out)
+{
+	char *end;
+	double v;
+
+	if (!text)
+		return 0;
+	errno = 0;
+	v = strtod(text, &end);
+	if (!*text || *text == ' ' || *text == '\t' || *end || errno || !(v >= min && v <= max) ||
+	    (whole && v != (double)(long long)v)) {
+		fprintf(stderr, "stillfs: %s must be %s from %g to %g, not '%s'\n", name,
+			whole ? "a whole number" : "a number", min, max, text);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
 /* Everything about paths and options; one line on stderr and non-zero on the first error. */
 static int sf_validate(void)
 {
@@ -290,7 +365,20 @@ static int sf_validate(void)
 	char *p;
 	struct stat st;
 	struct statfs sfs;
+	double nodes = (double)o->max_nodes, nice = o->capture_nice;
 
+	if (sf_number("snapshot_max_age", o->max_age_opt, 0, 1e9, 0, &o->max_age) ||
+	    sf_number("snapshot_linger", o->linger_opt, 0, 1e9, 0, &o->linger) ||
+	    sf_number("settle_timeout", o->settle_opt, 0.001, 1e9, 0, &o->settle) ||
+	    sf_number("max_nodes", o->max_nodes_opt, 0, 1e12, 1, &nodes) ||
+	    sf_number("capture_nice", o->capture_nice_opt, 0, 19, 1, &nice))
+		return SF_EXIT_USAGE;
+	o->max_nodes = (unsigned long)nodes;
+	o->capture_nice = (int)nice;
+	if (o->cache_opt && !o->cache_opt[0]) {
+		fprintf(stderr, "stillfs: -o cache= needs a directory\n");
+		return SF_EXIT_USAGE;
+	}
 	if (o->snapdir_opt) {
 		if (!strcmp(o->snapdir_opt, "visible"))
 			o->snapdir_visible = 1;
@@ -299,16 +387,6 @@ static int sf_validate(void)
 				o->snapdir_opt);
 			return SF_EXIT_USAGE;
 		}
-	}
-	if (o->capture_nice < 0 || o->capture_nice > 19) {
-		fprintf(stderr, "stillfs: capture_nice must be 0 to 19, not %d\n", o->capture_nice);
-		return SF_EXIT_USAGE;
-	}
-	if (!(o->max_age >= 0) || !(o->linger >= 0) || !(o->settle > 0) || o->max_age > 1e9 ||
-	    o->linger > 1e9 || o->settle > 1e9) {
-		fprintf(stderr, "stillfs: snapshot_max_age and snapshot_linger must be >= 0 and "
-			"settle_timeout > 0 (seconds)\n");
-		return SF_EXIT_USAGE;
 	}
 	if (!(p = realpath(o->store, NULL))) {
 		fprintf(stderr, "stillfs: store %s: %s\n", o->store, strerror(errno));

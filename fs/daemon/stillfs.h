@@ -116,6 +116,8 @@ struct sf_opts {
 	int no_recycle;
 	unsigned long max_nodes;
 	int capture_nice;
+	/* Numbers as given, checked by sf_validate: libfuse's own parsing takes "10abc" as 10. */
+	char *max_age_opt, *linger_opt, *settle_opt, *max_nodes_opt, *capture_nice_opt;
 };
 
 struct sf {
@@ -175,8 +177,10 @@ int nd_check(const struct node *n);
 
 /* ops.c */
 void op_register(struct fuse_lowlevel_ops *ops);
-/* Give a file the daemon just created to the caller (fd >= 0: it is open; else parent/name). */
-int op_give(fuse_req_t req, const struct node *parent, int fd, const char *name, mode_t mode);
+/* Make the calling thread's file-system accesses those of req's caller (a root daemon only);
+ * 0 or -errno. op_cred_drop restores the daemon's own, and must come before the reply. */
+int op_cred_take(fuse_req_t req);
+void op_cred_drop(void);
 
 /* dir.c */
 void dr_register(struct fuse_lowlevel_ops *ops);
@@ -279,7 +283,8 @@ int gen_open_current(struct genmgr *gm);
 /* Sleep until woken by gen activity or timeout seconds. */
 void gen_wait(struct genmgr *gm, double timeout);
 void gen_wake(struct genmgr *gm);
-/* "key: value" lines describing the current state. Returns a malloc'd string. */
-char *gen_status(struct genmgr *gm);
+/* "key: value" lines describing the current state. Returns a malloc'd string. Without
+ * detailed, the last error is only its kind: the full message may name a private file. */
+char *gen_status(struct genmgr *gm, int detailed);
 
 #endif
