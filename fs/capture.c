@@ -63,6 +63,7 @@
 #define CAP_HOLD_WAIT 0.12
 #define CAP_HOLD_COPY_MAX (16 << 20) /* the largest file recopied while writers wait on us */
 #define CAP_AFTER_WAIT 0.1  /* how long writers we held up are watched after the release */
+#define CAP_AFTER_TX 3      /* transactions begun after it that show they had got to an end */
 #define CAP_MARK_RELEASE 63 /* the marker put in the event queue at the release */
 /* A segment of files found torn and unchanged for this long is torn in the store itself: no
  * writer stalls inside a persist that long (they are let stall for a second). */
@@ -177,6 +178,7 @@ struct cap {
 	 * AFTER_NEWTX (a transaction began first) or AFTER_CONTINUED (a plain file was written
 	 * first), or 0 if none yet. */
 	int after_state, after_verdict, watch_after;
+	unsigned after_tx;       /* transactions begun since the release */
 	/* HNSW segments found torn (cap_check_segments): the directory, its files' identity
 	 * then, and since when they have been so. */
 	struct { size_t dir; uint32_t sig; double since; } torn[16];
@@ -558,18 +560,22 @@ static void cap_db_written(struct cap *c, struct ent_db *d)
 		d->raced = 1;
 }
 
-/* After the release: what a writer we held up did first. A new transaction (a rollback
- * journal created, a WAL written) means it had reached the end of what it was doing; a plain
- * file written (or made) first means it was stopped halfway through a group of files. */
+/* After the release: what the writers we held up did first. A plain file written (or made)
+ * at once means one was stopped halfway through a group of files; transactions beginning (a
+ * rollback journal created, a WAL written) before it mean they had reached the end of what
+ * they were doing. One is not enough: another thread's next commit can come first while the
+ * thread writing the group is still waking up (its SELECT waited for that commit). */
 static void cap_after_event(struct cap *c, uint32_t dir, const char *name, uint32_t mask)
 {
 	size_t i, nl = strlen(name);
 	if (nl > 8 && !strcmp(name + nl - 8, "-journal") && (mask & (IN_CREATE | IN_MOVED_TO))) {
-		c->after_verdict = AFTER_NEWTX;
+		if (++c->after_tx >= CAP_AFTER_TX)
+			c->after_verdict = AFTER_NEWTX;
 		return;
 	}
 	if (cap_companion_of(c, dir, name, &i)) {
-		if (nl > 4 && !strcmp(name + nl - 4, "-wal") && (mask & IN_MODIFY))
+		if (nl > 4 && !strcmp(name + nl - 4, "-wal") && (mask & IN_MODIFY) &&
+		    ++c->after_tx >= CAP_AFTER_TX)
 			c->after_verdict = AFTER_NEWTX;
 		return;
 	}
@@ -1673,6 +1679,17 @@ static int cap_pin_and_check(struct cap *c)
 	return c->broken || c->overflow ? -EAGAIN : 0;
 }
 
+/* 1 if a writer is in a transaction on a database we hold: it may be waiting for us. */
+static int cap_writer_waiting(const struct cap *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		const struct ent *e = &c->e[i];
+		if (e->kind == K_DB && e->d->locked && sq_writer_active(e->d->dbfd) != 0)
+			return 1;
+	}
+	return 0;
+}
+
 /* One attempt at a cut. 0 when the snapshot's databases are staged, -EAGAIN to retry. If the
  * files were not quiet before the locks, they are given CAP_HOLD_WAIT under them to become
  * quiet; a writer held up by our lock stalls wherever it is, so the cut is then judged again
@@ -1729,6 +1746,11 @@ static int cap_attempt(struct cap *c, double deadline)
 		double changed = c->last_change;
 		rc = cap_quiet(c, window, c->copy_until, 0);
 		c->copy_until = 0;
+		/* A short quiet under the locks stands for the quiet window only where a writer is
+		 * waiting for us: it may have finished its files first. Otherwise the writers are
+		 * still of their own accord, which they also are in a stall inside a group. */
+		if (!rc && window < c->o->quiet_ms / 1000.0 && !cap_writer_waiting(c))
+			rc = -EAGAIN;
 		if (rc == -EAGAIN)
 			rc = -ETIME;
 		c->watch_after = window < c->o->quiet_ms / 1000.0 || c->last_change != changed;
@@ -1791,10 +1813,10 @@ static int cap_attempt(struct cap *c, double deadline)
 			rc = -EAGAIN;
 			goto out;
 		}
-		/* A writer in a transaction now may be waiting for us, stopped wherever it was. */
-		if (e->kind == K_DB && e->d->locked && sq_writer_active(e->d->dbfd) != 0)
-			c->watch_after = 1;
 	}
+	/* A writer in a transaction now may be waiting for us, stopped wherever it was. */
+	if (cap_writer_waiting(c))
+		c->watch_after = 1;
 	rc = 0;
 out:
 	if (c->lock_t0 > 0) {
@@ -2122,6 +2144,7 @@ static int cap_after(struct cap *c)
 		return 0;
 	c->after_state = 1;
 	c->after_verdict = 0;
+	c->after_tx = 0;
 	int rc = wt_marker(c->w, CAP_MARK_RELEASE);
 	double until = ut_now() + CAP_AFTER_WAIT;
 	while (!rc && !c->after_verdict) {
@@ -2395,7 +2418,7 @@ void cap_opts_init(struct cap_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	o->settle_timeout = 30;
-	o->quiet_ms = 100;
+	o->quiet_ms = 400;
 }
 
 int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
