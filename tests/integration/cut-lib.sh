@@ -4,7 +4,8 @@
 # published and one instant, or refused cleanly.
 #
 # env: ADVERSARY = adversary binary; CUT_CAPTURES (20) captures per test; CUT_TRIES (60) naive
-# copies at most in the negative control.
+# copies at most in the negative control; CUT_WRITER_OPTS: more `adversary run` options (such
+# as --idle-ms 2000 for an engine whose quiet window is longer than the writer's idle time).
 : "${ADVERSARY:?ADVERSARY must point to the adversary binary}"
 CUT_CAPTURES=${CUT_CAPTURES:-20}
 CUT_TRIES=${CUT_TRIES:-60}
@@ -18,7 +19,8 @@ cut_start() {
   shift
   CUT_ON_READ=0
   [[ " $* " != *" --on-read "* ]] || CUT_ON_READ=1
-  t_bg "$ADVERSARY" run --mode "$CUT_MODE" "$@" "$CUT_STORE" >"$CUT_OUT" 2>&1
+  # shellcheck disable=SC2086 # CUT_WRITER_OPTS is words on purpose
+  t_bg "$ADVERSARY" run --mode "$CUT_MODE" "$@" ${CUT_WRITER_OPTS:-} "$CUT_STORE" >"$CUT_OUT" 2>&1
   CUT_WRITER=$!
   t_wait_for 30 cut_ready
   t_log "$(grep '^adversary: ready' "$CUT_OUT")"
@@ -28,6 +30,14 @@ cut_ready() { cut_alive; grep -q '^adversary: ready' "$CUT_OUT"; }
 # A writer started with --on-read prints "burst N" when a reader sets it off and "armed N" once
 # its cool-down is over: each capture starts armed, so that it meets a burst of its own.
 cut_armed() { cut_alive; ((CUT_ON_READ == 0)) || tail -n 1 "$CUT_OUT" | grep -q '^armed '; }
+cut_bursting() {
+  cut_alive
+  if tail -n 1 "$CUT_OUT" | grep -q '^armed '; then
+    cat "$CUT_STORE"/*/header.bin >/dev/null
+    return 1
+  fi
+  tail -n 1 "$CUT_OUT" | grep -q '^burst '
+}
 cut_bursts() { grep -c '^burst ' "$CUT_OUT" || true; }
 
 # cut_judge DIR: 0 if the checker passes DIR, 1 if it finds it torn (verdict in DIR.verdict);
@@ -49,6 +59,8 @@ cut_negative() {
   shift
   for ((i = 1; i <= CUT_TRIES; i++)); do
     cut_alive
+    # copies made while the writer idles cannot tear: a writer waiting for readers is set off
+    ((CUT_ON_READ == 0)) || t_wait_for 30 cut_bursting
     # cp complains when the rollback journal vanishes under it: part of the race shown
     "$@" "$CUT_STORE" "$dst" 2>/dev/null || true
     if ! cut_judge "$dst"; then
