@@ -4,4 +4,4 @@
 # writer bursts when a reader opens the group (--on-read).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/cut-lib.sh"
-cut_class 4 aio "cp -a" --on-read
+cut_class 4 aio cut_copy_files --on-read

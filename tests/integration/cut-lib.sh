@@ -51,6 +51,17 @@ cut_judge() {
   esac
 }
 
+# cut_copy_files SRC DST: a naive copy one file at a time, a process each, as a backup script
+# does; it copies the two names of a hard link as two files.
+cut_copy_files() {
+  local f
+  mkdir "$2"
+  (cd "$1" && find . -type f) | while read -r f; do
+    mkdir -p "$2/${f%/*}"
+    cp "$1/$f" "$2/$f" 2>/dev/null || true   # a rollback journal may vanish under it
+  done
+}
+
 # cut_negative CLASS COPY_CMD...: naive copies of the live store (COPY_CMD SRC DST) until the
 # checker calls one torn; failing that within CUT_TRIES copies, the test proves nothing, and
 # fails.

@@ -5,8 +5,10 @@
  *   adversary run --mode MODE [--stall-ms N] [--burst-ms N] [--idle-ms N] [--on-read] STORE
  *   adversary check --mode MODE COPY
  *
- * The store is a ChromaDB persist directory in miniature: chroma.sqlite3 (rollback journal,
- * busy_timeout of 1000 s) and a segment folder of five files persisted as one group.  Every
+ * The store is a ChromaDB persist directory in miniature: chroma.sqlite3 (rollback journal; its
+ * writers wait up to 1000 s for a lock) and a segment folder of five files persisted as one
+ * group, in ChromaDB's order (header.bin, data_level0.bin, length.bin, link_lists.bin,
+ * index_metadata.pickle), sizes changing from persist to persist.  Every
  * persist writes its sequence number S (and the previous persist's, P) into every file of the
  * group; each file is a pure function of (file, S, P) with a header checksum, a body checksum and
  * S stamped in every 4 KiB block, so a file mixing two persists, cut short or padded is caught on
@@ -18,17 +20,23 @@
  * a file of the group (a backup starting), and the idle time is the cool-down before the next
  * trigger: the adversarial moment then meets every capture instead of a random share of them.
  *
+ * After its last file a persist commits max_seq_id = S together with the records the next
+ * persist will cover (group-select: max_seq_id alone, the records come from another thread).
+ *
  * Modes (one per way a quiet window has been fooled):
- *   group-commit  in place through long-lived descriptors; a commit to chroma.sqlite3 between
- *                 data_level0.bin and length.bin: a capture's SHARED lock stalls the writer
- *                 half-way through the group, which then looks quiet.
+ *   group-commit  in place through long-lived descriptors (pwrite in 64 KiB pieces, then
+ *                 truncate to the new size; the pickle is truncated first, as ChromaDB does);
+ *                 between data_level0.bin and length.bin a commit of a midgroup row: a
+ *                 capture's SHARED lock stalls the writer half-way through the group, which
+ *                 then looks quiet.
  *   group-select  the same with a plain SELECT there, while another thread commits a record
- *                 every few ms: that thread's commit, waiting on the capture's lock, holds
- *                 PENDING, which blocks the SELECT.
- *   hardlink      the group also holds x.bin, which has two names (current/x.bin,
- *                 archive/x.bin) and is written through current/ only: inotify reports the
- *                 write in current/ alone.  A churning unrelated file (churn/noise.bin) keeps
- *                 a capture settling for more than 2 s.  Use with --on-read.
+ *                 every 0.3 ms or so: that thread's commit, waiting on the capture's lock,
+ *                 holds PENDING, which blocks the SELECT.
+ *   hardlink      the group also holds x.bin, written last, which has two names
+ *                 (current/x.bin, archive/x.bin) and is written through current/ only: inotify
+ *                 reports the write in current/ alone.  A churning unrelated file
+ *                 (churn/noise.bin, written by a thread of its own during bursts) keeps a
+ *                 capture settling for more than 2 s.  Use with --on-read.
  *   aio           the group is written with Linux native AIO (io_submit), which raises no
  *                 inotify event; sizes never change, since a truncate would raise one.  With
  *                 the churning file.  Use with --on-read.
@@ -52,7 +60,9 @@
  *   - the database passes PRAGMA integrity_check.
  * Every state between two writes of the writer satisfies all of these unless a group is half
  * written, so a copy that fails one was not taken at one instant.  Files named *.tmp (a
- * rename-stall persist in progress) are not part of the store's state and are ignored.
+ * rename-stall persist in progress) and churn/noise.bin are not judged.  `check` prints one
+ * line, "consistent: ..." (exit 0) or "torn: ..." with every violation (exit 1); exit 2 is bad
+ * usage, 3 a checker that could not run.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -701,7 +711,7 @@ static void burst(struct adv *a)
 		if (!persist(a))
 			sleep_ms(1); /* group-select: wait for the ingest thread's next record */
 		if (churn)
-			sleep_ms(100); /* the churning file alone keeps the capture settling */
+			sleep_ms(20); /* the churning file goes on in between */
 	} while (now_s() < end && !stop);
 	atomic_store(&a->churning, false);
 }
