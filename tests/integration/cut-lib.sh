@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared steps of the cut-*.sh tests (sourced after lib.sh): one adversarial writer
 # (tests/torture/adversary.c) per way a quiet window has been fooled, a negative control that
 # shows the writer and its checker can tear a copy, then consecutive captures that must each be
@@ -133,7 +134,8 @@ cut_captures() {
 }
 
 # cut_stop: stop the writer, check it ends cleanly, and that a copy of the store at rest passes
-# the checker (the checker does not call everything torn).
+# the checker (the checker does not call everything torn), but not with a file of the group
+# emptied or missing.
 cut_stop() {
   cut_alive
   kill -TERM "$CUT_WRITER"
@@ -146,6 +148,16 @@ cut_stop() {
   t_log "$(tail -n 1 "$CUT_OUT")"
   cp -a "$CUT_STORE" "$T_WORK/rest"
   cut_judge "$T_WORK/rest" || t_fail "the checker calls the store at rest torn: $(cat "$T_WORK/rest.verdict")"
+  local f
+  for f in "$T_WORK"/rest/*/index_metadata.pickle "$T_WORK"/rest/*/data_level0.bin; do
+    cp "$f" "$f.saved"
+    : >"$f"
+    ! cut_judge "$T_WORK/rest" || t_fail "the checker passes the store with ${f##*/} empty"
+    rm "$f"
+    ! cut_judge "$T_WORK/rest" || t_fail "the checker passes the store without ${f##*/}"
+    mv "$f.saved" "$f"
+  done
+  cut_judge "$T_WORK/rest" || t_fail "the store at rest no longer passes: $(cat "$T_WORK/rest.verdict")"
 }
 
 # cut_class CLASS MODE NAIVE_COPY [adversary run options...] [-- snapshot options...]:
