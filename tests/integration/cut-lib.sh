@@ -86,9 +86,18 @@ cut_negative() {
     "writer or the checker cannot tear, so the captures below would prove nothing"
 }
 
+# cut_held MS: remember the longest time a capture held the databases (CUT_HELD_MAX, in ms).
+CUT_HELD_MAX=0
+cut_held() {
+  local ms=${1%.*}
+  [ -n "$ms" ] || t_fail "no database hold reported"
+  ((ms <= CUT_HELD_MAX)) || CUT_HELD_MAX=$ms
+}
+
 # cut_captures CLASS [stillctl snapshot options...]: CUT_CAPTURES consecutive captures of the
 # live store. Each is published (exit 0) and then must pass the checker and stillctl verify, or
-# is refused cleanly (exit 3, nothing at DEST). At least 80% must be published.
+# is refused cleanly (exit 3, nothing at DEST). At least 80% must be published, and no capture
+# may hold the databases longer than CUT_HOLD_MAX_MS (250 ms).
 cut_captures() {
   local class=$1 i rc dest published=0 torn=0 refused=0 unverified=0 bursts0
   shift
@@ -101,6 +110,7 @@ cut_captures() {
     case $rc in
       0)
         published=$((published + 1))
+        cut_held "$(awk '$1 == "lock_max_s" { printf "%.0f", $2 * 1000 }' "$dest/.stillfs-manifest")"
         if ! cut_judge "$dest"; then
           torn=$((torn + 1))
           echo "# class $class capture $i: published but TORN: $(cat "$dest.verdict")" >&2
@@ -113,13 +123,14 @@ cut_captures() {
       3)
         [ ! -e "$dest" ] || t_fail "class $class capture $i: exit 3 but $dest exists"
         refused=$((refused + 1))
+        cut_held "$(sed -n 's/.*databases held \([0-9]*\) ms at most.*/\1/p' "$T_WORK/snap.err" | tail -n 1)"
         echo "# class $class capture $i: no consistent cut (exit 3): $(tail -n 1 "$T_WORK/snap.err")" >&2
         ;;
       *) t_fail "class $class capture $i: stillctl snapshot exited $rc: $(cat "$T_WORK/snap.err")" ;;
     esac
     rm -rf "$dest" "$dest.verdict"
   done
-  echo "class $class: captures $CUT_CAPTURES, published $published, torn $torn"
+  echo "class $class: captures $CUT_CAPTURES, published $published, torn $torn, databases held $CUT_HELD_MAX ms at most"
   if ((CUT_ON_READ)); then
     local set_off=$(($(cut_bursts) - bursts0))
     t_log "class $class: $set_off of $CUT_CAPTURES captures set off a burst of the writer"
@@ -127,6 +138,8 @@ cut_captures() {
       t_fail "class $class: only $set_off captures met a burst of the writer: not adversarial"
   fi
   ((torn == 0)) || t_fail "class $class: $torn of $published published captures are torn (above)"
+  ((CUT_HELD_MAX <= ${CUT_HOLD_MAX_MS:-250})) ||
+    t_fail "class $class: a capture held the databases $CUT_HELD_MAX ms (at most ${CUT_HOLD_MAX_MS:-250} allowed)"
   ((unverified == 0)) || t_fail "class $class: $unverified published captures fail stillctl verify"
   ((published * 5 >= CUT_CAPTURES * 4)) ||
     t_fail "class $class: only $published of $CUT_CAPTURES captures published (80% needed)"
