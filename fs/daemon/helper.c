@@ -24,10 +24,14 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <inttypes.h>
+#include <linux/capability.h>
+#include <linux/securebits.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -275,6 +279,55 @@ out:
 
 /* ---- the helper process itself ---- */
 
+/* What the engine needs of root: read every store file and list every directory
+ * (DAC_READ_SEARCH); give its copies the store's owners (CHOWN), modes, times and links
+ * between generations (FOWNER), set-group-ID bits included (FSETID); and write to and move
+ * copies that already carry other owners and read-only modes, which recycling an earlier
+ * generation's database copies does (DAC_OVERRIDE; without it captures still succeed, but
+ * copy such databases whole). */
+#define HP_CAPS ((1ULL << CAP_CHOWN) | (1ULL << CAP_DAC_OVERRIDE) | \
+		 (1ULL << CAP_DAC_READ_SEARCH) | (1ULL << CAP_FOWNER) | (1ULL << CAP_FSETID))
+
+/* Give up every other privilege, for good, before any thread exists (capabilities are per
+ * thread; new ones inherit them). A daemon run by a user has none to give up, but still
+ * gets no new ones. */
+static int hp_drop_privileges(void)
+{
+	struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+	struct __user_cap_data_struct d[2];
+	uint64_t have, keep;
+
+	if (syscall(SYS_capget, &hdr, d) < 0)
+		return -errno;
+	have = (uint64_t)d[0].permitted | (uint64_t)d[1].permitted << 32;
+	keep = have & HP_CAPS;
+	if (have & (1ULL << CAP_SETPCAP)) {
+		/* No execve may bring back more (root's implicit capabilities included). */
+		if (prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED |
+			  SECBIT_NO_SETUID_FIXUP | SECBIT_NO_SETUID_FIXUP_LOCKED |
+			  SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED,
+			  0, 0, 0) < 0)
+			return -errno;
+		for (unsigned long c = 0; c < 64; c++)
+			if (!(HP_CAPS & (1ULL << c)) && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0) {
+				if (errno == EINVAL)    /* past the kernel's last capability */
+					break;
+				return -errno;
+			}
+	}
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+		return -errno;
+	memset(d, 0, sizeof d);
+	d[0].effective = d[0].permitted = (uint32_t)keep;
+	d[1].effective = d[1].permitted = (uint32_t)(keep >> 32);
+	if (syscall(SYS_capset, &hdr, d) < 0)
+		return -errno;
+	/* Not dumpable: no core of what it read, and only CAP_SYS_PTRACE may attach to it. */
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+		return -errno;
+	return 0;
+}
+
 static void *hp_lifeline(void *arg)
 {
 	char c;
@@ -313,6 +366,12 @@ int hp_main(int argc, char **argv)
 	errno = 0;
 	if (atoi(argv[5]) && setpriority(PRIO_PROCESS, 0, atoi(argv[5])) < 0)
 		log_warn("capture priority %s: %s", argv[5], strerror(errno));
+	int rc = hp_drop_privileges();
+	if (rc) {
+		fprintf(stderr, "stillfs: capture helper: cannot drop privileges: %s\n", strerror(-rc));
+		printf("err %d\n", -rc);
+		return CAP_EXIT_FAIL;
+	}
 	o.uploads_before = atof(argv[6]);
 	o.store = argv[7];
 	o.dest = argv[8];
@@ -321,7 +380,7 @@ int hp_main(int argc, char **argv)
 	if (pthread_create(&t, NULL, hp_lifeline, NULL) == 0)
 		pthread_detach(t);
 	memset(&st, 0, sizeof st);
-	int rc = cap_snapshot(&o, &st);
+	rc = cap_snapshot(&o, &st);
 	if (rc == 0)
 		printf("ok id=%s cut=%lld.%09ld dur=%.6f lock=%.6f files=%" PRIu64
 		       " copied=%" PRIu64 " linked=%" PRIu64 " retries=%u\n",
