@@ -9,7 +9,8 @@
  * Protocol (argv): --capture-helper --settle-timeout S --nice N UPLOADS_BEFORE STORE DEST
  * [PREVIOUS [RECYCLE]]
  *   STORE is /proc/self/fd/N of the store descriptor the daemon opened before mounting
- *   (inherited, so a store covered by our own mount is still reached), DEST, PREVIOUS and
+ *   (inherited, so a store covered by our own mount is still reached), or of the mount's
+ *   own root while a WAL index is open through it (hp_open_mount), DEST, PREVIOUS and
  *   RECYCLE (cap_opts.recycle) are /proc/self/fd/M/NAME below the inherited cache descriptor.
  *   stdin: a pipe the daemon never writes; EOF means the daemon is gone, so give up.
  *   stdout: one result line, "ok id=... cut=S.N dur=... lock=... files=... copied=...
@@ -63,7 +64,7 @@ int hp_is_helper(pid_t tid)
 	return tid == h || access(path, F_OK) == 0;
 }
 
-static int hp_spawn(char *const argv[], int life, int out, int err, pid_t *pid)
+static int hp_spawn(char *const argv[], int life, int out, int err, int mnt, pid_t *pid)
 {
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t at;
@@ -80,6 +81,8 @@ static int hp_spawn(char *const argv[], int life, int out, int err, pid_t *pid)
 	 * daemon's mount alive). */
 	posix_spawn_file_actions_adddup2(&fa, sf.storefd, sf.storefd);
 	posix_spawn_file_actions_adddup2(&fa, sf.cachefd, sf.cachefd);
+	if (mnt >= 0)
+		posix_spawn_file_actions_adddup2(&fa, mnt, mnt);
 	sigemptyset(&none);
 	sigemptyset(&deflt);
 	sigaddset(&deflt, SIGTERM);
@@ -94,6 +97,57 @@ static int hp_spawn(char *const argv[], int life, int out, int err, pid_t *pid)
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&at);
 	return -rc;
+}
+
+/* Our own mount's root, for the helper to read the store through. Its path may lead
+ * elsewhere by now (a user who can rename a directory above it can put anything there), so
+ * it is opened without following a last symlink and accepted only as the root of a
+ * fuse.stillfs mount made by our user: a mount no other user can make. Opened for one
+ * capture at a time: a descriptor kept open would make the mount busy for umount. */
+static int hp_open_mount(int *out)
+{
+	struct statx sx;
+	unsigned maj, min;
+	int id, fd, found = 0;
+	char *line = NULL, want[32];
+	size_t cap = 0;
+	FILE *f;
+
+	*out = -1;
+	fd = open(sf.o.mountpoint, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	/* No request to ourselves: the cached attributes name the mount well enough. */
+	if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, &sx) < 0 ||
+	    !(sx.stx_mask & STATX_MNT_ID) || !(sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) ||
+	    !(sx.stx_attributes & STATX_ATTR_MOUNT_ROOT))
+		goto out;
+	snprintf(want, sizeof want, "user_id=%u", (unsigned)geteuid());
+	if (!(f = fopen("/proc/self/mountinfo", "re")))
+		goto out;
+	while (!found && getline(&line, &cap, f) > 0) {
+		/* ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPEROPTS */
+		char *sep = strstr(line, " - "), type[64], *opts;
+		if (!sep || sscanf(line, "%d %*d %u:%u", &id, &maj, &min) != 3 ||
+		    (uint64_t)id != sx.stx_mnt_id)
+			continue;
+		if (sscanf(sep + 3, "%63s", type) != 1 || strcmp(type, "fuse.stillfs") ||
+		    maj != sx.stx_dev_major || min != sx.stx_dev_minor)
+			break;
+		opts = strrchr(sep, ' ');
+		for (char *o = opts ? strtok(opts + 1, ",\n") : NULL; o; o = strtok(NULL, ",\n"))
+			found |= !strcmp(o, want);
+		break;
+	}
+	free(line);
+	fclose(f);
+out:
+	if (!found) {
+		close(fd);
+		return -EXDEV;
+	}
+	*out = fd;
+	return 0;
 }
 
 /* The helper reaches the store and the cache through our descriptors (/proc/self/fd/N); the
@@ -178,7 +232,7 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 		obuf[1024], ebuf[4096];
 	size_t olen = 0, elen = 0;
 	pid_t pid = -1;
-	int rc, status;
+	int rc, status, mnt = -1;
 	(void)arg;
 
 	err[0] = 0;
@@ -187,7 +241,12 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 		 * live in the mount's page cache, not in the store's, so the engine must read the
 		 * databases through the mount to see them (and to leave its own marks where
 		 * the application sees them). */
-		snprintf(store, sizeof store, "%s", sf.o.mountpoint);
+		if ((rc = hp_open_mount(&mnt))) {
+			snprintf(err, errlen, "the mountpoint %s does not lead to this mount any more "
+				 "(moved?): cannot read the store through it", sf.o.mountpoint);
+			goto out;
+		}
+		snprintf(store, sizeof store, "/proc/self/fd/%d", mnt);
 	} else {
 		snprintf(store, sizeof store, "/proc/self/fd/%d", sf.storefd);
 	}
@@ -208,7 +267,7 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 		goto out;
 	}
 	pthread_mutex_lock(&hp_mu);
-	rc = hp_spawn(argv, life[0], out[1], errp[1], &pid);
+	rc = hp_spawn(argv, life[0], out[1], errp[1], mnt, &pid);
 	if (!rc)
 		hp_pid = pid;
 	pthread_mutex_unlock(&hp_mu);
@@ -266,6 +325,8 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 			 WIFEXITED(status) ? WEXITSTATUS(status) : -1);
 	}
 out:
+	if (mnt >= 0)
+		close(mnt);
 	for (int i = 0; i < 2; i++) {
 		if (life[i] >= 0)
 			close(life[i]);

@@ -4,6 +4,7 @@
 # capability sets are CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER and FSETID, it has no
 # inheritable or ambient ones, and no_new_privs is set. The capture it makes
 # still gives every file its owner and mode.
+# And it reads the store through no path a user can redirect.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/reld-lib.sh"
 : "${STILLFS:?}"
@@ -52,4 +53,42 @@ sqlite3 "$store/d/db" 'insert into t values (2);'
 [ "$(stat -c '%U:%G %a' "$mnt/.snapshot/d/db")" = "daemon:daemon 440" ] ||
   t_fail "the snapshot's database is $(stat -c '%U:%G %a' "$mnt/.snapshot/d/db")"
 t_unmount "$mnt"
+
+# While an SQLite WAL index is open through the mount, the helper reads the store through the
+# mount. A user who can rename a directory above the mountpoint can make its path lead to a
+# directory of theirs: the helper must not read that as the store.
+atk_user=sfhlp$$
+useradd -M -N -s /usr/sbin/nologin "$atk_user" || t_fail "cannot create the test user"
+trap 'rc=$?; set +e; reld_untrace; ( (exit "$rc"); t_cleanup ); userdel "$atk_user" 2>/dev/null; exit "$rc"' EXIT
+as_user=(setpriv --reuid "$atk_user" --regid nogroup --clear-groups --)
+chmod 711 "$T_WORK"
+home=$T_WORK/home
+mkdir -p "$home/x/mnt" && chown -R "$atk_user" "$home"
+mnt2=$home/x/mnt
+# no_passthrough: with passthrough the WAL index is the store's own, and the store is read directly.
+t_mount "$store" "$mnt2" -o auto_unmount,allow_other,no_passthrough,snapshot_max_age=3600,snapshot_linger=0
+python3 - "$mnt2/wal.db" >"$T_WORK/app.out" <<'EOF' & app=$!
+import sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("pragma journal_mode=wal"); c.execute("create table if not exists t(x)")
+c.execute("insert into t values (1)")
+print("open", flush=True); time.sleep(3600)
+EOF
+T_PIDS+=("$app")
+app_open() { grep -q open "$T_WORK/app.out"; }
+t_wait_for 20 app_open
+# Through the mount's own root, the capture works and sees the WAL's last commit.
+"$STILLCTL" refresh "$mnt2" >"$T_WORK/refresh.out" 2>&1 || t_fail "a capture through the mount failed: $(cat "$T_WORK/refresh.out")"
+[ "$(sqlite3 "file:$mnt2/.snapshot/wal.db?mode=ro&immutable=1" 'select count(*) from t')" = 1 ] ||
+  t_fail "the snapshot misses the WAL's commit"
+"${as_user[@]}" sh -c "mv '$home/x' '$home/moved' && mkdir -p '$home/x/mnt' && echo planted >'$home/x/mnt/planted'" ||
+  t_fail "the user could not move the mountpoint's parent"
+mnt2=$home/moved/mnt
+T_MOUNTS+=("$mnt2")
+"$STILLCTL" refresh "$mnt2" >"$T_WORK/refresh.out" 2>&1 && t_fail "a capture read the store through a path the user redirected"
+[ -e "$mnt2/.snapshot/planted" ] && t_fail "the user's planted file is in the snapshot"
+grep -q "does not lead to this mount" "$T_DAEMON_LOG" || t_fail "the daemon did not say why: $(tail -n 3 "$T_DAEMON_LOG")"
+kill "$app"; wait "$app" 2>/dev/null || true
+reld_forget "$app"
+t_unmount "$mnt2"
 echo "# reld-attack-helper: ok"
