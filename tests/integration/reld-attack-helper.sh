@@ -17,9 +17,16 @@ chown daemon:daemon "$store/d/db" && chmod 440 "$store/d/db"
 chown nobody:nogroup "$store/d" && chmod 500 "$store/d"
 t_mount "$store" "$mnt" -o auto_unmount,snapshot_max_age=3600,snapshot_linger=0,settle_timeout=30
 
-# A store that never holds still keeps the capture's helper alive while we look at it.
-( exec 2>/dev/null; i=0; while :; do echo "$i" >"$store/busy"; i=$((i + 1)); done ) & busy=$!
+# A database held in a write transaction keeps the capture's helper waiting while we look.
+python3 - "$store/d/db" >"$T_WORK/busy.out" <<'EOF' & busy=$!
+import sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("begin exclusive"); c.execute("insert into t values (0)")
+print("locked", flush=True); time.sleep(3600)
+EOF
 T_PIDS+=("$busy")
+busy_locked() { grep -q locked "$T_WORK/busy.out"; }
+t_wait_for 20 busy_locked
 "$STILLCTL" refresh "$mnt" >"$T_WORK/refresh.out" 2>&1 & ref=$!
 T_PIDS+=("$ref")
 helper=
@@ -29,6 +36,9 @@ T_PIDS+=("$helper")
 field() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$helper/status"; }
 # CHOWN 0, DAC_OVERRIDE 1, DAC_READ_SEARCH 2, FOWNER 3, FSETID 4
 want=000000000000001f
+# Just spawned, it may not have given them up yet (it does before it starts working).
+dropped() { [ "$(field CapEff)" = "$want" ]; }
+t_wait_for 10 dropped
 for set in CapEff CapPrm CapBnd; do
   [ "$(field "$set")" = "$want" ] || t_fail "the capture helper's $set is $(field "$set"), not $want"
 done
@@ -36,6 +46,7 @@ for set in CapInh CapAmb; do
   [ "$(field "$set")" = 0000000000000000 ] || t_fail "the capture helper's $set is $(field "$set")"
 done
 [ "$(field NoNewPrivs)" = 1 ] || t_fail "the capture helper may gain privileges (NoNewPrivs $(field NoNewPrivs))"
+kill -0 "$helper" 2>/dev/null || t_fail "the capture ended while its status was read"
 kill "$busy"; wait "$busy" 2>/dev/null || true
 reld_forget "$busy"
 wait "$ref" || t_fail "the capture failed: $(cat "$T_WORK/refresh.out")"
