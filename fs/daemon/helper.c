@@ -150,19 +150,21 @@ out:
 	return 0;
 }
 
-/* The helper reaches the store and the cache through our descriptors (/proc/self/fd/N); the
- * user knows them by their paths. */
-static void hp_unproc(const char *msg, char *out, size_t len)
+/* The helper reaches the store, the cache and (mnt >= 0) the mount's root through our
+ * descriptors (/proc/self/fd/N); the user knows them by their paths. */
+static void hp_unproc(const char *msg, int mnt, char *out, size_t len)
 {
-	char fds[2][32];
-	const char *paths[2] = { sf.o.store, sf.o.cache };
+	char fds[3][32];
+	const char *paths[3] = { sf.o.store, sf.o.cache, sf.o.mountpoint };
+	int nfds = mnt >= 0 ? 3 : 2;
 	size_t o = 0;
 
 	snprintf(fds[0], sizeof fds[0], "/proc/self/fd/%d", sf.storefd);
 	snprintf(fds[1], sizeof fds[1], "/proc/self/fd/%d", sf.cachefd);
+	snprintf(fds[2], sizeof fds[2], "/proc/self/fd/%d", mnt);
 	while (*msg && o + 1 < len) {
 		int hit = -1;
-		for (int i = 0; i < 2 && hit < 0; i++) {
+		for (int i = 0; i < nfds && hit < 0; i++) {
 			size_t n = strlen(fds[i]);
 			if (!strncmp(msg, fds[i], n) && !(msg[n] >= '0' && msg[n] <= '9'))
 				hit = i;
@@ -178,7 +180,7 @@ static void hp_unproc(const char *msg, char *out, size_t len)
 }
 
 /* Log complete lines of the helper's stderr; keep the last one as the failure reason. */
-static void hp_log_lines(char *buf, size_t *len, int final, char *last, size_t lastlen)
+static void hp_log_lines(char *buf, size_t *len, int final, int mnt, char *last, size_t lastlen)
 {
 	char *start = buf, *nl;
 	while ((nl = memchr(start, '\n', *len - (size_t)(start - buf))) || (final && start < buf + *len)) {
@@ -191,7 +193,7 @@ static void hp_log_lines(char *buf, size_t *len, int final, char *last, size_t l
 			msg += 9;
 		if (*msg) {
 			char clear[1024];
-			hp_unproc(msg, clear, sizeof clear);
+			hp_unproc(msg, mnt, clear, sizeof clear);
 			/* The engine's warnings (skipped files) are warnings in our log too. */
 			if (!strncmp(clear, "warning: ", 9))
 				log_warn("capture: %s", clear + 9);
@@ -299,15 +301,15 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 			if (n > 0) {
 				elen += (size_t)n;
 				if (elen == sizeof ebuf - 1)    /* an endless line: cut it */
-					hp_log_lines(ebuf, &elen, 1, err, errlen);
+					hp_log_lines(ebuf, &elen, 1, mnt, err, errlen);
 				else
-					hp_log_lines(ebuf, &elen, 0, err, errlen);
+					hp_log_lines(ebuf, &elen, 0, mnt, err, errlen);
 			} else if (n == 0 || errno != EINTR) {
 				pf[1].fd = -1;
 			}
 		}
 	}
-	hp_log_lines(ebuf, &elen, 1, err, errlen);
+	hp_log_lines(ebuf, &elen, 1, mnt, err, errlen);
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 	pthread_mutex_lock(&hp_mu);

@@ -160,6 +160,43 @@ a=$(elapsed_ms stat "$mnt/probe")
 python3 "$T_WORK/locker.py" hold-flock "$mnt/world" 0 >"$T_WORK/after.out" & p=$!
 t_wait_for 10 holding after
 kill "$p"; wait "$p" 2>/dev/null || true
+# Queued waits still behave as blocking locks: granted when the holder lets go through the
+# mount or directly on the store, and ended by a signal with EINTR, without the lock.
+timeout 60 python3 - "$mnt/world" "$store/world" <<'EOF' || t_fail "a queued lock wait misbehaved"
+import fcntl, os, signal, sys, threading, time
+mnt, direct = sys.argv[1], sys.argv[2]
+class Alarm(Exception):
+    pass
+def on_alarm(*a):
+    raise Alarm()        # a handler that returns would have Python retry the lock (PEP 475)
+signal.signal(signal.SIGALRM, on_alarm)
+for kind in ("flock", "posix"):
+    op = fcntl.flock if kind == "flock" else fcntl.lockf
+    for holder_path in (mnt, direct):
+        locked_r, locked_w = os.pipe()
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                           # the holder, another process
+            h = os.open(holder_path, os.O_RDWR)
+            op(h, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(locked_w, b"x"); os.read(go_r, 1); os._exit(0)
+        os.read(locked_r, 1)
+        fd = os.open(mnt, os.O_RDWR)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        try:
+            op(fd, fcntl.LOCK_EX)
+            sys.exit(f"{kind} via {holder_path}: got a held lock")
+        except Alarm:    # raised only once the wait returned (EINTR)
+            pass
+        threading.Timer(0.3, lambda: os.write(go_w, b"x")).start()   # the holder lets go
+        t0 = time.monotonic()
+        op(fd, fcntl.LOCK_EX)
+        waited = time.monotonic() - t0
+        assert waited < 2, f"{kind} via {holder_path}: granted after {waited:.2f} s"
+        os.waitpid(pid, 0)
+        os.close(fd)
+        for x in (locked_r, locked_w, go_r, go_w): os.close(x)
+EOF
 t_unmount "$mnt"
 t_log_clean "$T_DAEMON_LOG"
 echo "# reld-attack-locks: ok"
