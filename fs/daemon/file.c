@@ -63,6 +63,7 @@ static char *fh_status_text(fuse_req_t req, size_t *len)
 	fprintf(f, "mountpoint: %s\n", sf.o.mountpoint);
 	fprintf(f, "cache: %s\n", sf.o.cache);
 	fprintf(f, "passthrough: %s\n", pt_enabled() ? "on" : "off");
+	fprintf(f, "lock_waiters: %u\n", lk_waiting());
 	fprintf(f, "%s", gen ? gen : "");
 	fclose(f);
 	free(gen);

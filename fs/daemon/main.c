@@ -593,8 +593,7 @@ static void sf_names_load(struct sf_names *ns)
 	closedir(d);
 }
 
-/* Housekeeping: delete old generations, tell the kernel when .snapshot switched, wake lock
- * waiters that were interrupted or must give up for shutdown. */
+/* Housekeeping: delete old generations, tell the kernel when .snapshot switched. */
 static void *sf_housekeeper(void *arg)
 {
 	unsigned long seen = 0;
@@ -619,7 +618,6 @@ static void *sf_housekeeper(void *arg)
 			atomic_store(&sf.exiting, 1);
 			hp_kill();
 		}
-		lk_kick_waiters();
 		gen_wait(sf.gm, next < 1 ? next : 1);
 	}
 	sf_names_free(&names);
@@ -766,9 +764,10 @@ int main(int argc, char **argv)
 	hk_started = pthread_create(&hk, NULL, sf_housekeeper, NULL) == 0;
 	if (hk_started)
 		iv_start(sf.se, !sf.o.no_live_cache);
+	int lk_failed = hk_started && lk_start() != 0;
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (!hk_started) {
-		log_err("cannot start the housekeeping thread");
+	if (!hk_started || lk_failed) {
+		log_err("cannot start the housekeeping threads");
 		goto out;
 	}
 
@@ -785,8 +784,9 @@ int main(int argc, char **argv)
 		fuse_loop_cfg_set_clone_fd(lc, (unsigned)cmd.clone_fd);
 		if (cmd.max_idle_threads != UINT_MAX)
 			fuse_loop_cfg_set_idle_threads(lc, cmd.max_idle_threads);
-		/* Blocking lock requests and lookups waiting for a capture each hold a thread;
-		 * the live view must still be served meanwhile. */
+		/* Lookups waiting for a capture each hold a thread; the live view must still be
+		 * served meanwhile. (Blocking lock requests hold none: lock.c answers them
+		 * later.) */
 		fuse_loop_cfg_set_max_threads(lc, user_threads ? cmd.max_threads : SF_DEFAULT_THREADS);
 		rc = fuse_session_loop_mt(sf.se, lc);
 	}
@@ -795,6 +795,7 @@ int main(int argc, char **argv)
 	log_info("unmounting %s", sf.o.mountpoint);
 out:
 	atomic_store(&sf.exiting, 1);
+	lk_stop();         /* before the session goes: it answers the waiting lock requests */
 	iv_stop_thread();
 	if (hk_started) {
 		atomic_store(&sf_hk_stop, 1);

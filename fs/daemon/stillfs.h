@@ -225,8 +225,12 @@ void lk_drop_owner(struct node *n, uint64_t owner);
 void lk_free_all(struct node *n);
 /* Drop the locks of owners whose last lock request came through this handle (at release). */
 void lk_drop_handle(struct node *n, const void *handle);
-/* Wake lock waiters blocked in the kernel so they notice interrupts or shutdown. */
-void lk_kick_waiters(void);
+/* The thread that answers blocking lock requests once granted or interrupted (after
+ * daemonizing); lk_stop answers those still waiting with EINTR. */
+int lk_start(void);
+void lk_stop(void);
+/* How many blocking lock requests wait now. */
+unsigned lk_waiting(void);
 
 /* helper.c */
 int hp_main(int argc, char **argv);
