@@ -54,16 +54,11 @@
  * rewrites only the pages that changed since the copy made without the lock.) */
 #define CAP_HOLD_BUDGET 0.2
 #define CAP_PATH_MAX (PATH_MAX - 128) /* longest store path captured (see cap_scan_dir) */
-#define CAP_PRE_QUIET 0.4   /* seconds to look for a quiet window before taking any lock */
-/* When no quiet window comes without them: the locks are taken and the files given this long
- * (at most CAP_HOLD_WAIT) to fall quiet, as a writer that persists files and then commits
- * finishes its files and waits at its commit. One that was stopped halfway through a group
- * (at a database access between two files) is caught after the release: see cap_after. */
-#define CAP_HOLD_QUIET 0.05
-#define CAP_HOLD_WAIT 0.12
-#define CAP_HOLD_COPY_MAX (16 << 20) /* the largest file recopied while writers wait on us */
-#define CAP_AFTER_WAIT 0.1  /* how long writers we held up are watched after the release */
-#define CAP_AFTER_TX 3      /* transactions begun after it that show they had got to an end */
+/* A writer that waited for our locks resumes where it stopped when they are released. If it
+ * stopped inside a group of files of its own accord (a stall longer than the quiet window), its
+ * next plain-file write shows it: the cut is redone when one comes this soon after the release
+ * (the quiet window, at least). SQLite's busy handler sleeps up to 100 ms between tries. */
+#define CAP_AFTER_MIN 0.25
 #define CAP_MARK_RELEASE 63 /* the marker put in the event queue at the release */
 /* A segment of files found torn and unchanged for this long is torn in the store itself: no
  * writer stalls inside a persist that long (they are let stall for a second). */
@@ -79,7 +74,6 @@ enum { K_NONE = 0, K_DIR = 'd', K_FILE = 'f', K_DB = 's', K_LINK = 'l', K_SKIP =
  * it is held like a rollback database and recovered from a private copy, because even a
  * read-only SQLite connection would create or rebuild the -shm in the store. */
 enum { DB_ROLLBACK, DB_WAL, DB_WAL_COLD };
-enum { AFTER_NEWTX = 1, AFTER_CONTINUED };
 
 /* What tells a file changed: the parts of a stat that matter, without the rest of its size
  * (an entry per file adds up on large stores). */
@@ -171,14 +165,10 @@ struct cap {
 	double uploads_before;   /* realtime; see cap_opts */
 	int64_t newest_ctime;    /* of anything the scans saw, for the quiet window at start */
 	int holding;             /* rollback databases are locked: writers wait on us */
-	double copy_until;       /* while holding: copies stop at this time (0: never) */
 	double sweep_s;          /* how long the last sweep of every file's stat took */
-	double pre_quiet;        /* how long to look for a quiet window before locking anyway */
-	/* After the release (cap_after): 1 armed, 2 the release marker passed; the verdict is
-	 * AFTER_NEWTX (a transaction began first) or AFTER_CONTINUED (a plain file was written
-	 * first), or 0 if none yet. */
-	int after_state, after_verdict, watch_after;
-	unsigned after_tx;       /* transactions begun since the release */
+	/* After the release (cap_after): 1 armed, 2 the release marker passed; after_written:
+	 * a plain file was written (or made) since. */
+	int after_state, after_written, watch_after;
 	/* HNSW segments found torn (cap_check_segments): the directory, its files' identity
 	 * then, and since when they have been so. */
 	struct { size_t dir; uint32_t sig; double since; } torn[16];
@@ -560,29 +550,15 @@ static void cap_db_written(struct cap *c, struct ent_db *d)
 		d->raced = 1;
 }
 
-/* After the release: what the writers we held up did first. A plain file written (or made)
- * at once means one was stopped halfway through a group of files; transactions beginning (a
- * rollback journal created, a WAL written) before it mean they had reached the end of what
- * they were doing. One is not enough: another thread's next commit can come first while the
- * thread writing the group is still waking up (its SELECT waited for that commit). */
-static void cap_after_event(struct cap *c, uint32_t dir, const char *name, uint32_t mask)
+/* After the release: a plain file written (or made) by anyone. */
+static void cap_after_event(struct cap *c, uint32_t dir, const char *name)
 {
-	size_t i, nl = strlen(name);
-	if (nl > 8 && !strcmp(name + nl - 8, "-journal") && (mask & (IN_CREATE | IN_MOVED_TO))) {
-		if (++c->after_tx >= CAP_AFTER_TX)
-			c->after_verdict = AFTER_NEWTX;
+	size_t i;
+	if (cap_companion_of(c, dir, name, &i))
 		return;
-	}
-	if (cap_companion_of(c, dir, name, &i)) {
-		if (nl > 4 && !strcmp(name + nl - 4, "-wal") && (mask & IN_MODIFY) &&
-		    ++c->after_tx >= CAP_AFTER_TX)
-			c->after_verdict = AFTER_NEWTX;
-		return;
-	}
-	if (!cap_lookup(c, dir, name, &i))
-		c->after_verdict = AFTER_CONTINUED; /* a file made: a rename or a new file */
-	else if (c->e[i].kind != K_DB && c->e[i].kind != K_SKIP && c->e[i].kind != K_COMPANION)
-		c->after_verdict = AFTER_CONTINUED;
+	if (!cap_lookup(c, dir, name, &i) ||
+	    (c->e[i].kind != K_DB && c->e[i].kind != K_SKIP && c->e[i].kind != K_COMPANION))
+		c->after_written = 1;
 }
 
 static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
@@ -604,8 +580,8 @@ static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
 	}
 	if (dir >= c->n || c->e[dir].kind != K_DIR)
 		return;
-	if (c->after_state == 2 && !c->after_verdict)
-		cap_after_event(c, dir, name, mask);
+	if (c->after_state == 2 && !c->after_written)
+		cap_after_event(c, dir, name);
 	if (!name[0]) {
 		if (mask & (IN_DELETE_SELF | IN_MOVE_SELF))
 			c->e[c->e[dir].parent].rescan = 1;
@@ -1118,14 +1094,7 @@ static int cap_copy_dirty(struct cap *c, int *copied)
 		struct ent *e = &c->e[i];
 		if (cap_stop)
 			return -EINTR;
-		/* Writers wait on us: no copy may keep them waiting past the budget, and a large
-		 * file is copied after the release instead. */
-		if (c->copy_until > 0 && (ut_now() > c->copy_until ||
-					  (e->dirty && e->st.st_size > CAP_HOLD_COPY_MAX)))
-			return -EAGAIN;
 		if (e->dirty && e->kind == K_DB) {
-			if (c->holding)
-				continue; /* it is compared at the cut anyway, still locked */
 			int rc = cap_drain(c);
 			if (!rc && e->dirty)
 				rc = cap_precopy_db(c, e);
@@ -1585,14 +1554,15 @@ static size_t cap_sweep(struct cap *c)
  * and a sweep of every file's stat tell. No lock is held here: a writer that we held up would
  * stall wherever it is, maybe halfway through a group of files, and look quiet.
  * 0 when quiet, -EAGAIN if that did not happen before `until`. */
-static int cap_quiet(struct cap *c, double window, double until, int sweep)
+static int cap_quiet(struct cap *c, double until)
 {
+	double window = c->o->quiet_ms / 1000.0;
 	for (;;) {
 		int rc = cap_catch_up(c, until);
 		if (rc)
 			return rc;
 		double now = ut_now(), idle = now - c->last_change;
-		if (idle >= window && (!sweep || !cap_sweep(c)))
+		if (idle >= window && !cap_sweep(c))
 			return 0;
 		if (idle >= window)
 			continue; /* the sweep found changes: copy them, then wait again */
@@ -1690,11 +1660,11 @@ static int cap_writer_waiting(const struct cap *c)
 	return 0;
 }
 
-/* One attempt at a cut. 0 when the snapshot's databases are staged, -EAGAIN to retry. If the
- * files were not quiet before the locks, they are given CAP_HOLD_WAIT under them to become
- * quiet; a writer held up by our lock stalls wherever it is, so the cut is then judged again
- * after the release (cap_after). If anything moved before the cut, the locks are given back
- * at once. */
+/* One attempt at a cut, the files quiet. 0 when the snapshot's databases are staged, -EAGAIN
+ * to retry. Nothing here waits for files while databases are held: a writer held up by our
+ * lock stalls wherever it is, maybe halfway through a group of files, and would look quiet.
+ * If anything moved before the cut, the locks are given back at once. Where there is nothing
+ * to lock (WAL databases only, or none), it waits for quiet itself: nobody waits on us. */
 static int cap_attempt(struct cap *c, double deadline)
 {
 	/* The plain files copied so far are hashed before any writer is made to wait on us, not
@@ -1734,29 +1704,8 @@ static int cap_attempt(struct cap *c, double deadline)
 			goto out;
 		e->hot = rc == 1;
 	}
-	double window = c->o->quiet_ms / 1000.0;
 	c->watch_after = 0;
-	if (c->lock_t0 > 0) {
-		/* Quiet before the locks, unless something moves while they are taken. The sweep
-		 * at the cut comes next: what is left of the budget after it is all the files get. */
-		if (ut_now() - c->last_change < window)
-			window = CAP_HOLD_QUIET;
-		double wait = CAP_HOLD_BUDGET - 2 * c->sweep_s;
-		c->copy_until = c->lock_t0 + (wait < CAP_HOLD_WAIT ? wait : CAP_HOLD_WAIT);
-		double changed = c->last_change;
-		rc = cap_quiet(c, window, c->copy_until, 0);
-		c->copy_until = 0;
-		/* A short quiet under the locks stands for the quiet window only where a writer is
-		 * waiting for us: it may have finished its files first. Otherwise the writers are
-		 * still of their own accord, which they also are in a stall inside a group. */
-		if (!rc && window < c->o->quiet_ms / 1000.0 && !cap_writer_waiting(c))
-			rc = -EAGAIN;
-		if (rc == -EAGAIN)
-			rc = -ETIME;
-		c->watch_after = window < c->o->quiet_ms / 1000.0 || c->last_change != changed;
-	} else {
-		rc = cap_quiet(c, window, deadline, 1); /* nobody waits on us */
-	}
+	rc = c->lock_t0 > 0 ? 0 : cap_quiet(c, deadline);
 	for (size_t i = 0; !rc && i < c->n; i++)
 		if (c->e[i].kind == K_DB && c->e[i].d->dirfd < 0)
 			rc = -EAGAIN; /* a new database appeared: start over to lock it too */
@@ -2135,22 +2084,23 @@ static const char *cap_worst(const struct cap *c)
 	return out;
 }
 
-/* After the release, when writers may have been waiting for us: watch what they do first
- * (cap_after_event). 0 if the cut stands, -EAGAIN if a writer went on writing plain files
- * before beginning any transaction: it was stopped halfway through a group of files. */
+/* After the release, when a writer may have been waiting for us: 0 if the cut stands, -EAGAIN
+ * if a plain file was written within the after window (a writer we held up went on with a
+ * group of files it had begun before the cut, or one began right after it: either way the
+ * cut is redone rather than trusted). */
 static int cap_after(struct cap *c)
 {
 	if (!c->watch_after)
 		return 0;
 	c->after_state = 1;
-	c->after_verdict = 0;
-	c->after_tx = 0;
+	c->after_written = 0;
+	double window = c->o->quiet_ms / 1000.0;
 	int rc = wt_marker(c->w, CAP_MARK_RELEASE);
-	double until = ut_now() + CAP_AFTER_WAIT;
-	while (!rc && !c->after_verdict) {
+	double until = ut_now() + (window > CAP_AFTER_MIN ? window : CAP_AFTER_MIN);
+	while (!rc && !c->after_written) {
 		rc = cap_drain(c);
 		double left = until - ut_now();
-		if (rc || c->after_verdict || left <= 0)
+		if (rc || c->after_written || left <= 0)
 			break;
 		struct pollfd p = { .fd = wt_fd(c->w), .events = POLLIN };
 		poll(&p, 1, (int)(left * 1000) + 1);
@@ -2158,8 +2108,9 @@ static int cap_after(struct cap *c)
 	c->after_state = 0;
 	if (rc)
 		return rc;
-	if (c->after_verdict == AFTER_CONTINUED) {
-		c->broken_why = "a group of files the cut would have split";
+	if (c->after_written) {
+		c->broken_why = "a group of files the cut may have split";
+		c->last_change = ut_now();
 		return -EAGAIN;
 	}
 	return 0;
@@ -2255,7 +2206,7 @@ static int cap_settle(struct cap *c)
 			left = stop - ut_now();
 		if (left <= 0)
 			break;
-		int rc = cap_quiet(c, c->o->quiet_ms / 1000.0, ut_now() + left, 1);
+		int rc = cap_quiet(c, ut_now() + left);
 		if (rc && rc != -EAGAIN)
 			return rc;
 		if (rc == 0) {
@@ -2267,24 +2218,14 @@ static int cap_settle(struct cap *c)
 			return -EINTR;
 	}
 	double deadline = ut_now() + c->o->settle_timeout;
-	c->pre_quiet = CAP_PRE_QUIET;
 	for (;;) {
-		/* Look for a quiet moment before taking any lock, so that writers are usually held
-		 * only while the databases are copied. */
-		double pre = ut_now() + c->pre_quiet;
-		int rc = cap_quiet(c, c->o->quiet_ms / 1000.0, pre < deadline ? pre : deadline, 1);
+		/* Files quiet first, without any lock; then lock and check that they still are. */
+		int rc = cap_quiet(c, deadline);
 		if (rc && rc != -EAGAIN)
 			return rc;
-		if (ut_now() >= deadline)
+		if (rc || ut_now() >= deadline)
 			goto unsettled;
 		rc = cap_attempt(c, deadline);
-		if (rc == -ETIME) {
-			/* The files did not fall quiet under the locks either: a writer that never
-			 * stops. Hold the databases less often, not for longer. */
-			if (c->pre_quiet < 8 * CAP_PRE_QUIET)
-				c->pre_quiet *= 2;
-			rc = -EAGAIN;
-		}
 		if (rc == 0)
 			rc = cap_after(c);
 		if (rc == 0)
