@@ -17,6 +17,7 @@
 #include "capture.h"
 #include "copy.h"
 #include "dbdelta.h"
+#include "hnsw.h"
 #include "manifest.h"
 #include "sha256.h"
 #include "sqlcap.h"
@@ -31,6 +32,7 @@
 #include <limits.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <linux/openat2.h>
 #include <signal.h>
 #include <stdio.h>
@@ -45,9 +47,22 @@
  * than this when it was recorded: timestamps come from a coarse clock, so a write in the same
  * tick as our stat could otherwise leave every field of the identity the same. */
 #define CAP_RACY_NS 2000000000LL
-#define CAP_LOCK_WAIT 2.0          /* seconds to wait for one database lock per attempt */
-#define CAP_MAX_HOLD 2.0           /* seconds we may keep writers waiting while files settle */
-#define CAP_PRE_QUIET 0.4          /* seconds to look for a quiet window before locking */
+#define CAP_LOCK_WAIT 2.0          /* seconds to wait for the first database lock per attempt */
+/* Writers of the databases wait for us from the first lock to the last release. Locks after
+ * the first are waited for only within this budget, and no database copy starts past it: the
+ * attempt is given up and redone instead. (One copy already started runs to its end: it
+ * rewrites only the pages that changed since the copy made without the lock.) */
+#define CAP_HOLD_BUDGET 0.2
+#define CAP_PATH_MAX (PATH_MAX - 128) /* longest store path captured (see cap_scan_dir) */
+/* A writer that waited for our locks resumes where it stopped when they are released. If it
+ * stopped inside a group of files of its own accord (a stall longer than the quiet window), its
+ * next plain-file write shows it: the cut is redone when one comes this soon after the release
+ * (the quiet window, at least). SQLite's busy handler sleeps up to 100 ms between tries. */
+#define CAP_AFTER_MIN 0.25
+#define CAP_MARK_RELEASE 63 /* the marker put in the event queue at the release */
+/* A segment of files found torn and unchanged for this long is torn in the store itself: no
+ * writer stalls inside a persist that long (they are let stall for a second). */
+#define CAP_TORN_PATIENCE 3.0
 
 static volatile sig_atomic_t cap_stop;
 void cap_interrupt(void) { cap_stop = 1; }
@@ -74,6 +89,7 @@ struct cap_stat {
 	dev_t st_dev;
 	ino_t st_ino;
 	off_t st_size;
+	nlink_t st_nlink;
 	mode_t st_mode;
 	uid_t st_uid;
 	gid_t st_gid;
@@ -114,18 +130,12 @@ struct ent {
 	struct cap_stat st;      /* source, as copied */
 	uint8_t digest[32];
 	unsigned dirty_count;
+	uint32_t alias;          /* another name of entry `alias`'s file, linked to its copy */
 	char kind;               /* K_*; K_NONE until classified, or once gone */
 	unsigned dirty : 1, copied : 1, reused : 1, rescan : 1, hot : 1, dbcopied : 1;
 	unsigned precopied : 1;  /* a database copied before the cut; valid while not dirty */
 	unsigned staged : 1;     /* a database whose staged copy d->blk describes */
 	unsigned has_digest : 1;
-};
-
-/* Block digests of an earlier snapshot's databases, from its manifest header lines. */
-struct cap_blocks {
-	char **path, **hex;
-	size_t n;
-	struct ut_map index;
 };
 
 struct cap {
@@ -137,6 +147,9 @@ struct cap {
 	struct ent *e;
 	size_t n, cap;
 	struct ut_map index;
+	struct ut_map inodes;    /* "dev:ino" of a file with several names -> the entry copied */
+	char **ikeys;            /* the keys of inodes, freed at the end */
+	size_t nikeys;
 	struct mf prev;
 	int have_prev;
 	/* event bookkeeping for one cut attempt */
@@ -152,13 +165,19 @@ struct cap {
 	double uploads_before;   /* realtime; see cap_opts */
 	int64_t newest_ctime;    /* of anything the scans saw, for the quiet window at start */
 	int holding;             /* rollback databases are locked: writers wait on us */
-	struct cap_blocks pb;    /* of the previous snapshot's databases */
+	double sweep_s;          /* how long the last sweep of every file's stat took */
+	/* After the release (cap_after): 1 armed, 2 the release marker passed; after_written:
+	 * a plain file was written (or made) since. */
+	int after_state, after_written, watch_after;
+	/* HNSW segments found torn (cap_check_segments): the directory, its files' identity
+	 * then, and since when they have been so. */
+	struct { size_t dir; uint32_t sig; double since; } torn[16];
+	unsigned ntorn;
 	/* the snapshot given up to cap_opts.recycle: its databases' copies may be taken */
 	int recyfd;
 	int have_recy, recy_taken;
 	int recy_is_prev;        /* the recycled snapshot is the previous one (stillctl --recycle) */
 	struct mf recy;
-	struct cap_blocks rb;
 };
 
 static int cap_openat2(int dirfd, const char *path, int flags)
@@ -177,7 +196,7 @@ static int64_t cap_ns(struct timespec t) { return ut_ts_ns(t); }
 static void cap_keep_stat(struct cap_stat *to, const struct stat *s)
 {
 	*to = (struct cap_stat){ .st_dev = s->st_dev, .st_ino = s->st_ino, .st_size = s->st_size,
-				 .st_mode = s->st_mode, .st_uid = s->st_uid, .st_gid = s->st_gid,
+				 .st_nlink = s->st_nlink, .st_mode = s->st_mode, .st_uid = s->st_uid, .st_gid = s->st_gid,
 				 .st_atim = s->st_atim, .st_mtim = s->st_mtim,
 				 .st_ctim = s->st_ctim };
 }
@@ -432,6 +451,7 @@ static int cap_scan_dir(struct cap *c, size_t di)
 		goto out;
 	}
 	struct dirent *de;
+	unsigned long_warned = 0;
 	/* readdir reports errors only through errno, which the loop body also sets. */
 	while ((errno = 0, de = readdir(d))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
@@ -442,6 +462,16 @@ static int cap_scan_dir(struct cap *c, size_t di)
 		struct stat st;
 		if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 			continue; /* vanished: the delete event will follow */
+		if (strlen(c->e[di].path) + strlen(de->d_name) + 2 > CAP_PATH_MAX) {
+			/* Paths are walked from the store's root, and a copy names its companions and
+			 * its stage place in a buffer of PATH_MAX: one path too deep must not stop the
+			 * backup of everything else. */
+			if (!long_warned++)
+				log_warn("skipping what lies in %.80s... (%zu bytes deep): its paths are "
+					 "longer than %d bytes", c->e[di].path, strlen(c->e[di].path),
+					 CAP_PATH_MAX);
+			continue;
+		}
 		/* A regular file may become K_DB or K_COMPANION once its content is seen. */
 		char kind = S_ISDIR(st.st_mode) ? K_DIR : S_ISREG(st.st_mode) ? K_FILE :
 			    S_ISLNK(st.st_mode) ? K_LINK : K_SKIP;
@@ -520,6 +550,17 @@ static void cap_db_written(struct cap *c, struct ent_db *d)
 		d->raced = 1;
 }
 
+/* After the release: a plain file written (or made) by anyone. */
+static void cap_after_event(struct cap *c, uint32_t dir, const char *name)
+{
+	size_t i;
+	if (cap_companion_of(c, dir, name, &i))
+		return;
+	if (!cap_lookup(c, dir, name, &i) ||
+	    (c->e[i].kind != K_DB && c->e[i].kind != K_SKIP && c->e[i].kind != K_COMPANION))
+		c->after_written = 1;
+}
+
 static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
 {
 	struct cap *c = ctx;
@@ -529,11 +570,18 @@ static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
 		return;
 	}
 	if (dir == WT_MARKER) {
-		c->phase++;
+		if (atoi(name) == CAP_MARK_RELEASE) {
+			if (c->after_state == 1)
+				c->after_state = 2;
+		} else {
+			c->phase++;
+		}
 		return;
 	}
 	if (dir >= c->n || c->e[dir].kind != K_DIR)
 		return;
+	if (c->after_state == 2 && !c->after_written)
+		cap_after_event(c, dir, name);
 	if (!name[0]) {
 		if (mask & (IN_DELETE_SELF | IN_MOVE_SELF))
 			c->e[c->e[dir].parent].rescan = 1;
@@ -567,6 +615,8 @@ static void cap_event(void *ctx, uint32_t dir, const char *name, uint32_t mask)
 		return;
 	}
 	struct ent *e = &c->e[i];
+	if (e->alias)
+		c->e[e->alias].dirty = 1; /* written through this name: the shared copy is stale */
 	if (e->kind == K_DB && !structural) {
 		/* Only the validity of our early copy depends on it, not the cut. */
 		cap_db_written(c, e->d);
@@ -715,6 +765,48 @@ static int cap_copy_link(struct cap *c, struct ent *e)
 	return 0;
 }
 
+/* 1 if entry p holds a clean copy of its own (no alias) of the file whose stat is s. */
+static int cap_is_copy_of(const struct cap *c, size_t p, const struct cap_stat *s)
+{
+	const struct ent *pe = &c->e[p];
+	return pe->kind == K_FILE && pe->copied && !pe->dirty && !pe->alias &&
+	       pe->st.st_dev == s->st_dev && pe->st.st_ino == s->st_ino &&
+	       pe->st.st_size == s->st_size && cap_ns(pe->st.st_mtim) == cap_ns(s->st_mtim) &&
+	       cap_ns(pe->st.st_ctim) == cap_ns(s->st_ctim);
+}
+
+/* A file with several names in the store is copied once: e, just stat'ed, becomes another name
+ * of a clean copy of the same file if there is one (linked to it in cap_link_aliases, once the
+ * snapshot's times are set), else the copy the other names will share. 1 if e became such a
+ * name, 0 if it is to be copied, -errno. */
+static int cap_alias(struct cap *c, struct ent *e)
+{
+	char key[48];
+	size_t p, me = (size_t)(e - c->e);
+	snprintf(key, sizeof key, "%jx:%jx", (uintmax_t)e->st.st_dev, (uintmax_t)e->st.st_ino);
+	e->alias = 0;
+	if (ut_map_get(&c->inodes, key, &p) && p != me && cap_is_copy_of(c, p, &e->st)) {
+		cap_unstage(c, me);
+		e->alias = (uint32_t)p;
+		e->copied = 1;
+		return 1;
+	}
+	if (me > UINT32_MAX)
+		return 0;
+	char **keys = realloc(c->ikeys, (c->nikeys + 1) * sizeof *keys);
+	if (!keys)
+		return -ENOMEM;
+	c->ikeys = keys;
+	if (!(keys[c->nikeys] = strdup(key)))
+		return -ENOMEM;
+	if (ut_map_put(&c->inodes, keys[c->nikeys], me)) {
+		free(keys[c->nikeys]);
+		return -ENOMEM;
+	}
+	c->nikeys++;
+	return 0;
+}
+
 /* Copy (or share) one regular file; classifies it as a database on the way. */
 static int cap_copy_file(struct cap *c, struct ent *e)
 {
@@ -750,6 +842,11 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 		/* copied early by cap_precopy_db, judged under its lock */
 		rc = cap_as_db(e);
 		e->dirty = 1;
+		goto out;
+	}
+	if (e->st.st_nlink > 1 && (rc = cap_alias(c, e)) != 0) {
+		if (rc > 0)
+			rc = 0;
 		goto out;
 	}
 	free(e->ident);
@@ -799,19 +896,14 @@ static int cap_copy_fd_to_stage(struct cap *c, int src, const char *rel, int dig
 #define CAP_DB_THREADS 2       /* compare and hash databases on this many threads */
 #define CAP_RESYNC_PAGES 2048  /* pages a pass may leave to the locked pass (8 MiB) */
 
-/* An earlier snapshot's copy of e (in dirfd, described by manifest m and block table t) with
- * the digests of its blocks, to start e's copy from. The digests must add up to the
- * manifest's digest of that copy, and the copy must still be what the manifest says it is
+/* An earlier snapshot's copy of e (in dirfd, described by manifest m) with the digests of
+ * its blocks, to start e's copy from. The copy must still be what the manifest says it is
  * (as for sharing it, cap_link_prev). An fd opened with flags, or -errno. */
-static int cap_earlier_copy(int dirfd, const struct mf *m, const struct cap_blocks *t,
-			    const struct ent *e, int flags, struct dd_blocks *b, struct stat *ps)
+static int cap_earlier_copy(int dirfd, const struct mf *m, const struct ent *e, int flags,
+			    struct dd_blocks *b, struct stat *ps)
 {
-	size_t k;
-	if (!ut_map_get(&t->index, e->path, &k))
-		return -ENOENT;
 	const struct mf_entry *pe = mf_find(m, e->path);
-	if (!pe || pe->kind != K_DB || !pe->has_digest ||
-	    dd_from_hex(b, t->hex[k], pe->size, pe->digest))
+	if (!pe || pe->kind != K_DB || mf_blocks_of(m, e->path, b))
 		return -ENOENT;
 	int fd = cap_openat2(dirfd, e->path, flags | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
 	if (fd >= 0 && (fstat(fd, ps) < 0 || !cap_as_recorded(ps, pe))) {
@@ -828,7 +920,7 @@ static int cap_prev_base(struct cap *c, const struct ent *e, struct dd_blocks *b
 	struct stat ps;
 	if (!c->have_prev)
 		return -ENOENT;
-	return cap_earlier_copy(c->prevfd, &c->prev, &c->pb, e, O_RDONLY, b, &ps);
+	return cap_earlier_copy(c->prevfd, &c->prev, e, O_RDONLY, b, &ps);
 }
 
 /* Take the recycled snapshot's copy of e: move it to e's place in the staging tree, where
@@ -843,7 +935,7 @@ static int cap_recycle(struct cap *c, struct ent *e)
 	dd_free(&e->d->blk);
 	if (!c->have_recy)
 		return -ENOENT;
-	int fd = cap_earlier_copy(c->recyfd, &c->recy, &c->rb, e, O_RDWR, &e->d->blk, &ps);
+	int fd = cap_earlier_copy(c->recyfd, &c->recy, e, O_RDWR, &e->d->blk, &ps);
 	if (fd < 0)
 		return fd;
 	int rc = -EMLINK, from = -1, to = -1;
@@ -1394,7 +1486,73 @@ static int cap_catch_up(struct cap *c, double until)
 	return 0;
 }
 
-/* Catch up and wait until no plain file has changed for the quiet window.
+/* 1 if the live file of copied plain file e is no longer what was copied. inotify does not
+ * report every write: not Linux native AIO (io_submit), not a write through another name of a
+ * hard link outside the watched directory, not one whose event is still being queued. All of
+ * them move ctime, which a stat sees. */
+static int cap_stale(const struct cap *c, const struct ent *e)
+{
+	struct stat st;
+	if (e->alias && !cap_is_copy_of(c, e->alias, &e->st))
+		return 1;
+	if (fstatat(c->storefd, e->path, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return 1;
+	return st.st_ino != e->st.st_ino || st.st_size != e->st.st_size ||
+	       cap_ns(st.st_mtim) != cap_ns(e->st.st_mtim) ||
+	       cap_ns(st.st_ctim) != cap_ns(e->st.st_ctim);
+}
+
+/* One share of a sweep: entries [from, to) are stat'ed, those that changed marked dirty. */
+struct cap_sweep_part {
+	struct cap *c;
+	size_t from, to, changed, first;
+};
+
+static void *cap_sweep_part(void *arg)
+{
+	struct cap_sweep_part *p = arg;
+	for (size_t i = p->from; i < p->to; i++) {
+		struct ent *e = &p->c->e[i];
+		if (e->kind != K_FILE || !e->copied || e->dirty || !cap_stale(p->c, e))
+			continue;
+		e->dirty = 1;
+		e->dirty_count++;
+		if (!p->changed++)
+			p->first = i;
+	}
+	return NULL;
+}
+
+/* Stat every copied plain file against its copy; each that changed is marked dirty and, in an
+ * attempt before its end, breaks it. Returns how many changed. A large store is swept on two
+ * threads: the sweep at the cut is part of how long writers wait. */
+#define CAP_SWEEP_SPLIT 4096
+static size_t cap_sweep(struct cap *c)
+{
+	double t0 = ut_now();
+	struct cap_sweep_part a = { c, 0, c->n, 0, 0 }, b = a;
+	pthread_t th;
+	int two = c->n >= CAP_SWEEP_SPLIT;
+	if (two) {
+		a.to = b.from = c->n / 2;
+		two = pthread_create(&th, NULL, cap_sweep_part, &b) == 0;
+		if (!two)
+			a.to = c->n;
+	}
+	cap_sweep_part(&a);
+	if (two)
+		pthread_join(th, NULL);
+	if (a.changed || b.changed) {
+		c->last_change = ut_now();
+		cap_break(c, c->e[a.changed ? a.first : b.first].path);
+	}
+	c->sweep_s = ut_now() - t0;
+	return a.changed + b.changed;
+}
+
+/* Catch up and wait until no plain file has changed for the quiet window, as both the events
+ * and a sweep of every file's stat tell. No lock is held here: a writer that we held up would
+ * stall wherever it is, maybe halfway through a group of files, and look quiet.
  * 0 when quiet, -EAGAIN if that did not happen before `until`. */
 static int cap_quiet(struct cap *c, double until)
 {
@@ -1404,8 +1562,10 @@ static int cap_quiet(struct cap *c, double until)
 		if (rc)
 			return rc;
 		double now = ut_now(), idle = now - c->last_change;
-		if (idle >= window)
+		if (idle >= window && !cap_sweep(c))
 			return 0;
+		if (idle >= window)
+			continue; /* the sweep found changes: copy them, then wait again */
 		if (now >= until)
 			return -EAGAIN;
 		double wait = window - idle < until - now ? window - idle : until - now;
@@ -1416,48 +1576,19 @@ static int cap_quiet(struct cap *c, double until)
 	}
 }
 
-/* A write makes its data visible before its event is queued, so a writer preempted between
- * the two could hide a change from the last drain. Its ctime moved before the data did:
- * compare what was copied recently against a fresh stat. */
-static void cap_restat_recent(struct cap *c, double since)
+/* How long a lock may be waited for now: the first without limit (CAP_LOCK_WAIT: nobody waits
+ * on us yet), the others only within what is left of the hold budget. */
+static double cap_lock_wait(const struct cap *c)
 {
-	for (size_t i = 0; i < c->n; i++) {
-		struct ent *e = &c->e[i];
-		struct stat st;
-		if (e->kind != K_FILE || !e->copied || e->copied_at < since)
-			continue;
-		if (fstatat(c->storefd, e->path, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
-		    st.st_ino != e->st.st_ino || st.st_size != e->st.st_size ||
-		    cap_ns(st.st_mtim) != cap_ns(e->st.st_mtim) ||
-		    cap_ns(st.st_ctim) != cap_ns(e->st.st_ctim)) {
-			e->dirty = 1;
-			e->dirty_count++;
-			c->last_change = ut_now();
-			if (!c->broken) {
-				c->broken = 1;
-				c->broken_why = e->path;
-			}
-		}
-	}
-}
-
-static void cap_unpin(struct cap *c)
-{
-	for (size_t i = 0; i < c->n; i++) {
-		struct ent *e = &c->e[i];
-		if (!e->d)
-			continue;
-		if (e->d->pinned)
-			sqlite3_exec(e->d->db, "ROLLBACK", NULL, NULL, NULL);
-		e->d->pinned = 0;
-		e->d->wal_phase = -1;
-		e->d->raced = 0;
-	}
+	if (c->lock_t0 <= 0)
+		return CAP_LOCK_WAIT;
+	double left = c->lock_t0 + CAP_HOLD_BUDGET - ut_now();
+	return left > 0.001 ? left : 0.001;
 }
 
 /* Pin every WAL database, each behind a marker, then a final marker; drain and judge.
  * 0 if the cut holds, -EAGAIN if something changed before it, -errno on errors. */
-static int cap_pin_and_check(struct cap *c, double quiet_since)
+static int cap_pin_and_check(struct cap *c)
 {
 	int nwal = 0, rc = 0;
 	c->in_attempt = 1;
@@ -1477,7 +1608,7 @@ static int cap_pin_and_check(struct cap *c, double quiet_since)
 		 * before the marker, published as it was pinned, is on no known side of it. */
 		uint8_t before[SQ_WAL_HDR];
 		int had = sq_wal_header(e->d->db, before) == 0; /* prepared: it reads the WAL */
-		rc = sq_begin_read(e->d->db, CAP_LOCK_WAIT);
+		rc = sq_begin_read(e->d->db, cap_lock_wait(c));
 		if (rc)
 			return rc == -EIO ? cap_db_unreadable(c, e) : -EAGAIN;
 		e->d->pinned = 1;
@@ -1498,11 +1629,13 @@ static int cap_pin_and_check(struct cap *c, double quiet_since)
 	c->cut_ns = cap_ns(ut_realtime());
 	c->end_phase = nwal; /* events after this marker come after the cut */
 	rc = wt_marker(c->w, (unsigned)nwal);
-	if (!rc)
-		rc = cap_drain(c);
 	if (rc)
 		return rc;
-	cap_restat_recent(c, quiet_since - 2.0);
+	/* Right after the cut, before the writers move on: what no event reports. */
+	cap_sweep(c);
+	rc = cap_drain(c);
+	if (rc)
+		return rc;
 	/* A WAL database pinned before the last pin must not have committed in between: its
 	 * index header moved, or its -wal was written (inotify). */
 	for (size_t i = 0; !c->broken && i < c->n; i++) {
@@ -1516,7 +1649,22 @@ static int cap_pin_and_check(struct cap *c, double quiet_since)
 	return c->broken || c->overflow ? -EAGAIN : 0;
 }
 
-/* One attempt at a cut. 0 when the snapshot's databases are staged, -EAGAIN to retry. */
+/* 1 if a writer is in a transaction on a database we hold: it may be waiting for us. */
+static int cap_writer_waiting(const struct cap *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		const struct ent *e = &c->e[i];
+		if (e->kind == K_DB && e->d->locked && sq_writer_active(e->d->dbfd) != 0)
+			return 1;
+	}
+	return 0;
+}
+
+/* One attempt at a cut, the files quiet. 0 when the snapshot's databases are staged, -EAGAIN
+ * to retry. Nothing here waits for files while databases are held: a writer held up by our
+ * lock stalls wherever it is, maybe halfway through a group of files, and would look quiet.
+ * If anything moved before the cut, the locks are given back at once. Where there is nothing
+ * to lock (WAL databases only, or none), it waits for quiet itself: nobody waits on us. */
 static int cap_attempt(struct cap *c, double deadline)
 {
 	/* The plain files copied so far are hashed before any writer is made to wait on us, not
@@ -1528,20 +1676,21 @@ static int cap_attempt(struct cap *c, double deadline)
 		goto out;
 	c->lock_t0 = 0;
 	c->stuck = NULL;
-	int nrollback = 0;
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
 		if (e->kind != K_DB || e->d->dbmode == DB_WAL)
 			continue;
-		rc = sq_lock_shared(e->d->dbfd, CAP_LOCK_WAIT);
+		double wait = cap_lock_wait(c);
+		rc = sq_lock_shared(e->d->dbfd, wait);
 		if (rc) {
 			if (rc == -EAGAIN) {
-				log_info("database %s stayed write-locked; retrying", e->path);
+				if (wait >= CAP_LOCK_WAIT)
+					log_info("database %s stayed write-locked; retrying", e->path);
 				c->stuck = e->path;
 			}
 			goto out;
 		}
-		if (nrollback++ == 0)
+		if (c->lock_t0 <= 0)
 			c->lock_t0 = ut_now(); /* writers wait from here, not while we waited */
 		e->d->locked = 1;
 		c->holding = 1;
@@ -1555,33 +1704,13 @@ static int cap_attempt(struct cap *c, double deadline)
 			goto out;
 		e->hot = rc == 1;
 	}
-	if (nrollback == 0)
-		c->lock_t0 = 0;
-	/* Writers of rollback databases now wait at their next commit. Files they write before
-	 * it (a persist) are let finish and recopied, then the cut is judged. */
-	double hold_until = ut_now() + CAP_MAX_HOLD;
-	if (nrollback == 0 || hold_until > deadline)
-		hold_until = deadline;
-	for (;;) {
-		rc = cap_quiet(c, hold_until);
-		if (rc)
-			goto out;
-		for (size_t i = 0; i < c->n; i++)
-			if (c->e[i].kind == K_DB && c->e[i].d->dirfd < 0) {
-				rc = -EAGAIN; /* a new database appeared: start over to lock it too */
-				goto out;
-			}
-		rc = cap_pin_and_check(c, c->last_change);
-		if (rc != -EAGAIN)
-			break;
-		cap_unpin(c);
-		c->in_attempt = 0;
-		c->st->retries++;
-		if (ut_now() >= hold_until) {
-			rc = -EAGAIN;
-			goto out;
-		}
-	}
+	c->watch_after = 0;
+	rc = c->lock_t0 > 0 ? 0 : cap_quiet(c, deadline);
+	for (size_t i = 0; !rc && i < c->n; i++)
+		if (c->e[i].kind == K_DB && c->e[i].d->dirfd < 0)
+			rc = -EAGAIN; /* a new database appeared: start over to lock it too */
+	if (!rc)
+		rc = cap_pin_and_check(c);
 	if (rc)
 		goto out;
 	/* The cut holds. Copy what changed while everything is still held. */
@@ -1589,6 +1718,12 @@ static int cap_attempt(struct cap *c, double deadline)
 		struct ent *e = &c->e[i];
 		if (e->kind != K_DB)
 			continue;
+		if (c->lock_t0 > 0 && ut_now() - c->lock_t0 > CAP_HOLD_BUDGET) {
+			/* The next attempt finds the copies made so far, and copies less. */
+			c->broken_why = "database copies outlasting the hold budget";
+			rc = -EAGAIN;
+			goto out;
+		}
 		/* Mode and owner as of the cut: a database's were last read when it was classified,
 		 * and a chmod of it breaks no cut, so it would otherwise never be seen. */
 		struct stat cur;
@@ -1628,6 +1763,9 @@ static int cap_attempt(struct cap *c, double deadline)
 			goto out;
 		}
 	}
+	/* A writer in a transaction now may be waiting for us, stopped wherever it was. */
+	if (cap_writer_waiting(c))
+		c->watch_after = 1;
 	rc = 0;
 out:
 	if (c->lock_t0 > 0) {
@@ -1722,7 +1860,7 @@ static int cap_set_times(struct cap *c)
 {
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
-		if ((e->kind != K_FILE && e->kind != K_DB) || !e->copied || e->reused)
+		if ((e->kind != K_FILE && e->kind != K_DB) || !e->copied || e->reused || e->alias)
 			continue;
 		const struct mf_entry *pe = c->have_prev ? mf_find(&c->prev, e->path) : NULL;
 		int keep = 0;
@@ -1761,6 +1899,9 @@ static int cap_set_times(struct cap *c)
 			 * is newer and the file is sent. rsync compares whole seconds too: a new
 			 * second also tells it the file changed. */
 			int64_t sec = c->cut_ns / 1000000000LL;
+			int64_t after = (int64_t)floor(c->uploads_before) + 1;
+			if (sec < after)
+				sec = after; /* the clock was stepped back (cap_settle) */
 			if (pe && pe->mtime_ns / 1000000000LL >= sec)
 				sec = pe->mtime_ns / 1000000000LL + 1; /* only after a clock step back */
 			if (sec >= INT64_MAX / 1000000000LL) /* a previous mtime past 2262 */
@@ -1771,6 +1912,43 @@ static int cap_set_times(struct cap *c)
 		struct timespec t = ut_ns_ts(ns), ts[2] = { t, t };
 		if (utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
 			return -errno;
+	}
+	return 0;
+}
+
+/* Every other name of a file copied once becomes a hard link to that copy, as in the store.
+ * Where a link cannot be made (the link limit of the file system), it gets a copy of the copy. */
+static int cap_link_aliases(struct cap *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->kind != K_FILE || !e->alias)
+			continue;
+		const struct ent *p = &c->e[e->alias];
+		unlinkat(c->stagefd, e->path, 0);
+		if (linkat(c->stagefd, p->path, c->stagefd, e->path, 0) < 0) {
+			struct cp_result r;
+			int src = openat(c->stagefd, p->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+			int rc = src < 0 ? -errno : cap_copy_fd_to_stage(c, src, e->path, 0, &r);
+			if (src >= 0)
+				close(src);
+			struct timespec t = ut_ns_ts(p->mtime_ns), ts[2] = { t, t };
+			int fd = rc ? -1 : openat(c->stagefd, e->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+			if (fd >= 0) {
+				cap_apply_owner(fd, &e->st);
+				if (futimens(fd, ts) < 0)
+					rc = -errno;
+				close(fd);
+			}
+			if (rc)
+				return rc;
+		}
+		e->size = p->size;
+		e->has_digest = p->has_digest;
+		memcpy(e->digest, p->digest, 32);
+		e->mtime_ns = p->mtime_ns;
+		free(e->ident);
+		e->ident = p->ident ? strdup(p->ident) : NULL;
 	}
 	return 0;
 }
@@ -1808,140 +1986,12 @@ static void cap_finish_root(struct cap *c)
 	futimens(c->stagefd, ts);
 }
 
-/* The header key of a database's block digests: "blocks PATH HEX", PATH escaped as in the
- * entries, HEX the SHA-256 of each 1 MiB block. Other readers ignore keys they do not know;
- * the next --previous capture starts from the copy and reuses the digests of its unchanged
- * blocks (after checking that they add up to the entry's digest). */
-#define CAP_BLOCKS_KEY "blocks"
-
-static int cap_write_blocks(struct cap *c, FILE *f)
-{
-	for (size_t i = 1; i < c->n; i++) {
-		struct ent *e = &c->e[i];
-		if (e->kind != K_DB || !e->has_digest || e->size <= DD_BLOCK)
-			continue;
-		char *hex = NULL;
-		uint8_t d[32];
-		if (e->staged && e->d->blk.size == e->size && dd_all_valid(&e->d->blk)) {
-			dd_digest(&e->d->blk, d);
-			if (!memcmp(d, e->digest, 32))
-				hex = dd_hex(&e->d->blk);
-		} else if (e->reused) {
-			size_t k;
-			struct dd_blocks b;
-			if (ut_map_get(&c->pb.index, e->path, &k) &&
-			    dd_from_hex(&b, c->pb.hex[k], e->size, e->digest) == 0) {
-				dd_free(&b);
-				hex = strdup(c->pb.hex[k]);
-			}
-		}
-		if (!hex)
-			continue;
-		char *path = cp_escape(e->path);
-		if (path)
-			fprintf(f, CAP_BLOCKS_KEY " %s %s\n", path, hex);
-		free(path);
-		free(hex);
-	}
-	return ferror(f) ? -EIO : 0;
-}
-
-/* Read the block digests of the databases of the snapshot dirfd from its manifest header. */
-static void cap_load_blocks(int dirfd, struct cap_blocks *t)
-{
-	int fd = openat(dirfd, CAP_MANIFEST_NAME, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-	FILE *f = fd < 0 ? NULL : fdopen(fd, "r");
-	if (!f) {
-		if (fd >= 0)
-			close(fd);
-		return;
-	}
-	char *line = NULL;
-	size_t cap = 0, room = 0;
-	ssize_t len;
-	while ((len = getline(&line, &cap, f)) > 0) {
-		if (line[len - 1] == '\n')
-			line[--len] = 0;
-		if (!strcmp(line, "."))
-			break;
-		if (strncmp(line, CAP_BLOCKS_KEY " ", sizeof CAP_BLOCKS_KEY))
-			continue;
-		char *p = line + sizeof CAP_BLOCKS_KEY, *sp = strchr(p, ' ');
-		if (!sp)
-			continue;
-		*sp = 0;
-		char *path = cp_unescape(p), *hex = strdup(sp + 1);
-		size_t old;
-		if (!path || !hex || ut_map_get(&t->index, path, &old)) {
-			free(path);
-			free(hex);
-			continue;
-		}
-		if (t->n == room) {
-			room = room ? room * 2 : 16;
-			char **np = realloc(t->path, room * sizeof *np);
-			char **nh = np ? realloc(t->hex, room * sizeof *nh) : NULL;
-			if (np)
-				t->path = np;
-			if (nh)
-				t->hex = nh;
-			if (!np || !nh) {
-				free(path);
-				free(hex);
-				break;
-			}
-		}
-		t->path[t->n] = path;
-		t->hex[t->n] = hex;
-		if (ut_map_put(&t->index, path, t->n)) {
-			free(path);
-			free(hex);
-			break;
-		}
-		t->n++;
-	}
-	free(line);
-	fclose(f);
-}
-
-static void cap_free_blocks(struct cap_blocks *t)
-{
-	for (size_t i = 0; i < t->n; i++) {
-		free(t->path[i]);
-		free(t->hex[i]);
-	}
-	free(t->path);
-	free(t->hex);
-	ut_map_free(&t->index);
-}
-
+/* The manifest lists every entry kept, with the block digests of the database copies that
+ * have them: the next --previous or --recycle capture starts from those copies. */
 static int cap_write_manifest(struct cap *c)
 {
-	int fd = openat(c->stagefd, CAP_MANIFEST_NAME, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
-	if (fd < 0)
-		return -errno;
-	FILE *f = fdopen(fd, "w");
-	if (!f) {
-		close(fd);
-		return -ENOMEM;
-	}
-	/* The header as the manifest module writes it, with the block lines before its end. */
-	char *hdr = NULL;
-	size_t hlen = 0;
-	FILE *hf = open_memstream(&hdr, &hlen);
-	int rc = hf ? mf_write_header(hf, c->st) : -ENOMEM;
-	if (hf && fclose(hf) == EOF && !rc)
-		rc = -ENOMEM;
-	if (!rc && hlen >= 3 && !strcmp(hdr + hlen - 3, "\n.\n")) {
-		fwrite(hdr, 1, hlen - 2, f);
-		rc = cap_write_blocks(c, f);
-		fputs(".\n", f);
-	} else if (!rc) {
-		fwrite(hdr, 1, hlen, f);
-	}
-	free(hdr);
-	if (!rc && ferror(f))
-		rc = -EIO;
+	struct mf out = { .stats = *c->st };
+	int rc = 0;
 	for (size_t i = 1; !rc && i < c->n; i++) {
 		struct ent *e = &c->e[i];
 		if (e->kind != K_DIR && e->kind != K_FILE && e->kind != K_DB && e->kind != K_LINK)
@@ -1953,8 +2003,27 @@ static int cap_write_manifest(struct cap *c)
 			.path = e->path,
 		};
 		memcpy(me.digest, e->digest, 32);
-		rc = mf_write_entry(f, &me);
+		const struct mf_entry *pe;
+		if (e->kind == K_DB && e->staged && e->d->blk.size == e->size &&
+		    dd_all_valid(&e->d->blk))
+			me.blocks = e->d->blk.d;
+		else if (e->kind == K_DB && e->reused && c->have_prev &&
+			 (pe = mf_find(&c->prev, e->path)))
+			me.blocks = pe->blocks;
+		rc = mf_add(&out, &me);
 	}
+	int fd = rc ? -1 : openat(c->stagefd, CAP_MANIFEST_NAME,
+				  O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+	FILE *f = fd < 0 ? NULL : fdopen(fd, "w");
+	if (!f) {
+		rc = rc ? rc : fd < 0 ? -errno : -ENOMEM;
+		if (fd >= 0)
+			close(fd);
+		mf_free(&out);
+		return rc;
+	}
+	rc = mf_write(f, &out);
+	mf_free(&out);
 	if (fflush(f) == EOF && !rc)
 		rc = -errno;
 	/* It changes with every snapshot: the cut's second, like every other changed file. */
@@ -2015,43 +2084,152 @@ static const char *cap_worst(const struct cap *c)
 	return out;
 }
 
+/* After the release, when a writer may have been waiting for us: 0 if the cut stands, -EAGAIN
+ * if a plain file was written within the after window (a writer we held up went on with a
+ * group of files it had begun before the cut, or one began right after it: either way the
+ * cut is redone rather than trusted). */
+static int cap_after(struct cap *c)
+{
+	if (!c->watch_after)
+		return 0;
+	c->after_state = 1;
+	c->after_written = 0;
+	double window = c->o->quiet_ms / 1000.0;
+	int rc = wt_marker(c->w, CAP_MARK_RELEASE);
+	double until = ut_now() + (window > CAP_AFTER_MIN ? window : CAP_AFTER_MIN);
+	while (!rc && !c->after_written) {
+		rc = cap_drain(c);
+		double left = until - ut_now();
+		if (rc || c->after_written || left <= 0)
+			break;
+		struct pollfd p = { .fd = wt_fd(c->w), .events = POLLIN };
+		poll(&p, 1, (int)(left * 1000) + 1);
+	}
+	c->after_state = 0;
+	if (rc)
+		return rc;
+	if (c->after_written) {
+		c->broken_why = "a group of files the cut may have split";
+		c->last_change = ut_now();
+		return -EAGAIN;
+	}
+	return 0;
+}
+
+/* The staged copy of every HNSW vector segment (ChromaDB's index files, rewritten in place
+ * one after another) must be one persist: a writer that stalled inside a persist for longer
+ * than the quiet window would otherwise leave a torn set. 0 if every one is whole, -EAGAIN
+ * to wait and try again, -errno. A set found torn with nothing changed for CAP_TORN_PATIENCE
+ * is torn in the live store itself (a writer that died mid-persist): kept, with a warning. */
+static int cap_check_segments(struct cap *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *d = &c->e[i];
+		size_t f[HV_NFILES];
+		struct timespec mt[HV_NFILES] = { { 0, 0 } };
+		uint32_t sig = 2166136261u;
+		unsigned k;
+		if (d->kind != K_DIR)
+			continue;
+		for (k = 0; k < HV_NFILES; k++) {
+			if (!cap_lookup(c, i, hv_file_names[k], &f[k]) || c->e[f[k]].kind != K_FILE) {
+				if (k != HV_PICKLE)
+					break;
+				continue; /* a fresh index has no pickle yet */
+			}
+			mt[k] = c->e[f[k]].st.st_mtim;
+			int64_t v[2] = { cap_ns(c->e[f[k]].st.st_ctim), (int64_t)c->e[f[k]].st.st_ino };
+			for (unsigned b = 0; b < sizeof v; b++)
+				sig = (sig ^ ((const uint8_t *)v)[b]) * 16777619u;
+		}
+		if (k < HV_NFILES)
+			continue;
+		char why[256] = "";
+		int fd = cap_openat2(c->stagefd, d->path, O_RDONLY | O_DIRECTORY);
+		if (fd < 0)
+			return fd;
+		int torn = 0;
+		if (!hv_is_segment(fd)) {
+			torn = 0; /* files of these names in some other format */
+		} else if (!hv_order_ok(mt)) {
+			torn = 1;
+			snprintf(why, sizeof why, "its files were written out of order");
+		} else {
+			torn = hv_check(fd, why, sizeof why);
+		}
+		close(fd);
+		if (torn < 0 && torn != -ENOENT)
+			return torn;
+		if (torn <= 0)
+			continue;
+		unsigned t;
+		for (t = 0; t < c->ntorn && c->torn[t].dir != i; t++)
+			;
+		if (t < c->ntorn && c->torn[t].sig == sig &&
+		    ut_now() - c->torn[t].since >= CAP_TORN_PATIENCE) {
+			log_warn("HNSW segment %s is torn in the store itself (%s); copied as it is",
+				 cap_where(c, d), why);
+			continue;
+		}
+		if (t == c->ntorn && t < sizeof c->torn / sizeof c->torn[0])
+			c->ntorn++;
+		if (t < c->ntorn && (c->torn[t].dir != i || c->torn[t].sig != sig))
+			c->torn[t].since = ut_now();
+		if (t < c->ntorn) {
+			c->torn[t].dir = i;
+			c->torn[t].sig = sig;
+		}
+		log_info("HNSW segment %s caught inside a persist (%s); retrying", d->path, why);
+		c->broken_why = d->path;
+		c->last_change = ut_now();
+		d->dirty_count++;
+		return -EAGAIN;
+	}
+	return 0;
+}
+
 static int cap_settle(struct cap *c)
 {
 	/* The first pass copies the whole store; the settle timeout starts after it. */
 	int first = cap_catch_up(c, 0);
 	if (first && first != -EAGAIN)
 		return first;
-	/* The cut must fall in a later whole second than any upload of an earlier snapshot
-	 * (see cap_set_times); keep up with the store while that second comes. */
-	double barrier = floor(c->uploads_before) + 1;
-	while (ut_realtime().tv_sec < barrier) {
+	/* The cut should fall in a later whole second than any upload of an earlier snapshot
+	 * (see cap_set_times); keep up with the store while that second comes. It is at most a
+	 * second away unless the clock was stepped back: then it is not waited for, and
+	 * cap_set_times dates the changed files past uploads_before instead. */
+	double barrier = floor(c->uploads_before) + 1, stop = ut_now() + 1.0;
+	for (;;) {
 		struct timespec now = ut_realtime();
 		double left = barrier - ((double)now.tv_sec + now.tv_nsec / 1e9);
+		if (stop - ut_now() < left)
+			left = stop - ut_now();
+		if (left <= 0)
+			break;
 		int rc = cap_quiet(c, ut_now() + left);
 		if (rc && rc != -EAGAIN)
 			return rc;
 		if (rc == 0) {
-			/* cap_quiet may have used part of it already. */
-			now = ut_realtime();
-			left = barrier - ((double)now.tv_sec + now.tv_nsec / 1e9);
+			/* quiet early: wait out the rest, still reading events */
 			struct pollfd p = { .fd = wt_fd(c->w), .events = POLLIN };
-			if (left > 0)
-				poll(&p, 1, (int)(left * 1000) + 1);
+			poll(&p, 1, (int)(left * 1000) + 1);
 		}
 		if (cap_stop)
 			return -EINTR;
 	}
 	double deadline = ut_now() + c->o->settle_timeout;
 	for (;;) {
-		/* Look for a quiet moment before taking any lock, so that writers are usually held
-		 * only while the databases are copied; if none comes, the attempt waits under lock. */
-		double pre = ut_now() + CAP_PRE_QUIET;
-		int rc = cap_quiet(c, pre < deadline ? pre : deadline);
+		/* Files quiet first, without any lock; then lock and check that they still are. */
+		int rc = cap_quiet(c, deadline);
 		if (rc && rc != -EAGAIN)
 			return rc;
-		if (ut_now() >= deadline)
+		if (rc || ut_now() >= deadline)
 			goto unsettled;
 		rc = cap_attempt(c, deadline);
+		if (rc == 0)
+			rc = cap_after(c);
+		if (rc == 0)
+			rc = cap_check_segments(c);
 		if (rc == 0)
 			return 0;
 		if (rc != -EAGAIN)
@@ -2061,7 +2239,8 @@ static int cap_settle(struct cap *c)
 			goto unsettled;
 	}
 unsettled:
-	log_err("no consistent cut within %.0f s; %s", c->o->settle_timeout, cap_worst(c));
+	log_err("no consistent cut within %.0f s (databases held %.0f ms at most); %s",
+		c->o->settle_timeout, c->st->lock_max_s * 1000, cap_worst(c));
 	return -EAGAIN;
 }
 
@@ -2163,11 +2342,24 @@ static void cap_summary(const struct cap *c)
 		 c->st->recycled ? ", database copies recycled" : "");
 }
 
+/* The manifest of an earlier snapshot named in the options, opened as fd (-1: errno says
+ * why not). 1 if m holds it; else 0, and a warning saying why and what follows. */
+static int cap_load_earlier(const char *dir, int fd, struct mf *m, const char *otherwise)
+{
+	int rc = fd < 0 ? -errno : mf_load(fd, CAP_MANIFEST_NAME, m);
+	if (rc && fd < 0)
+		log_warn("%s: %s; %s", dir, strerror(-rc), otherwise);
+	else if (rc)
+		log_warn("%s: not a readable snapshot (%s: %s); %s", dir, CAP_MANIFEST_NAME, m->why,
+			 otherwise);
+	return !rc;
+}
+
 void cap_opts_init(struct cap_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	o->settle_timeout = 30;
-	o->quiet_ms = 100;
+	o->quiet_ms = 400;
 }
 
 int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
@@ -2195,12 +2387,7 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 		goto out;
 	if (o->previous) {
 		c.prevfd = open(o->previous, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (c.prevfd < 0 || mf_load(c.prevfd, CAP_MANIFEST_NAME, &c.prev) != 0)
-			log_warn("%s: not a readable snapshot; copying everything", o->previous);
-		else
-			c.have_prev = 1;
-		if (c.have_prev)
-			cap_load_blocks(c.prevfd, &c.pb);
+		c.have_prev = cap_load_earlier(o->previous, c.prevfd, &c.prev, "copying everything");
 	}
 	if (o->recycle) {
 		/* Files are moved out of it: never out of the live store. */
@@ -2210,12 +2397,7 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 			rc = -EINVAL;
 			goto out;
 		}
-		if (c.recyfd < 0 || mf_load(c.recyfd, CAP_MANIFEST_NAME, &c.recy) != 0) {
-			log_warn("%s: not a readable snapshot; nothing recycled", o->recycle);
-		} else {
-			c.have_recy = 1;
-			cap_load_blocks(c.recyfd, &c.rb);
-		}
+		c.have_recy = cap_load_earlier(o->recycle, c.recyfd, &c.recy, "nothing recycled");
 		struct stat a, b;
 		c.recy_is_prev = c.have_prev && c.have_recy && fstat(c.prevfd, &a) == 0 &&
 				 fstat(c.recyfd, &b) == 0 && ut_same_file(&a, &b);
@@ -2261,6 +2443,8 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 		rc = cap_db_finish(&c);
 	if (!rc)
 		rc = cap_set_times(&c);
+	if (!rc)
+		rc = cap_link_aliases(&c);
 	if (!rc)
 		rc = cap_finish_dirs(&c);
 	if (rc) {
@@ -2315,9 +2499,11 @@ out:
 		}
 	}
 	free(c.e);
-	cap_free_blocks(&c.pb);
-	cap_free_blocks(&c.rb);
 	ut_map_free(&c.index);
+	ut_map_free(&c.inodes);
+	for (size_t i = 0; i < c.nikeys; i++)
+		free(c.ikeys[i]);
+	free(c.ikeys);
 	if (c.have_prev)
 		mf_free(&c.prev);
 	if (c.have_recy)

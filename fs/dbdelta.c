@@ -104,44 +104,6 @@ void dd_digest(const struct dd_blocks *b, uint8_t out[32])
 		sha256(b->d, b->n * 32, out);
 }
 
-char *dd_hex(const struct dd_blocks *b)
-{
-	char *s = malloc(b->n * 64 + 1);
-	if (!s)
-		return NULL;
-	for (size_t i = 0; i < b->n; i++) {
-		char h[65];
-		sha256_hex(b->d[i], h);
-		memcpy(s + i * 64, h, 64);
-	}
-	s[b->n * 64] = 0;
-	return s;
-}
-
-int dd_from_hex(struct dd_blocks *b, const char *hex, uint64_t size, const uint8_t digest[32])
-{
-	uint8_t check[32];
-	size_t n = dd_nblocks(size);
-	dd_init(b);
-	if (strlen(hex) != n * 64 || dd_reset(b, size))
-		goto bad;
-	for (size_t i = 0; i < n; i++) {
-		char h[65];
-		memcpy(h, hex + i * 64, 64);
-		h[64] = 0;
-		if (sha256_from_hex(h, b->d[i]))
-			goto bad;
-		b->valid[i] = 1;
-	}
-	dd_digest(b, check);
-	if (memcmp(check, digest, 32))
-		goto bad;
-	return 0;
-bad:
-	dd_free(b);
-	return -EINVAL;
-}
-
 /* ---- the workers ------------------------------------------------------------------------ */
 
 enum { DD_HASH, DD_CMP };

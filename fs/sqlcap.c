@@ -68,6 +68,15 @@ void sq_unlock(int fd)
 	sq_ofd(fd, F_OFD_SETLK, F_UNLCK, SQ_SHARED_FIRST, SQ_SHARED_SIZE);
 }
 
+int sq_writer_active(int dbfd)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = SQ_RESERVED_BYTE,
+			    .l_len = 1 };
+	if (fcntl(dbfd, F_OFD_GETLK, &fl) < 0)
+		return -errno;
+	return fl.l_type != F_UNLCK;
+}
+
 int sq_journal_is_hot(int dirfd, const char *name, int dbfd)
 {
 	char jname[4096];

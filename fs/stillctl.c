@@ -29,7 +29,7 @@ static const char usage_text[] =
 	"      --settle-timeout SEC  give up when no consistent cut is found within SEC (30)\n"
 	"      --quiet-ms MS         files must have been still for MS milliseconds at the cut,\n"
 	"                            so that a group of files rewritten one after another is\n"
-	"                            not caught half-way (100; 0 turns this off)\n"
+	"                            not caught half-way (400; 0 turns this off)\n"
 	"      --progress            report progress on stderr every second\n"
 	"      --sync                flush the snapshot to disk before publishing it\n"
 	"      --nice N              run at CPU niceness N so that the application keeps its\n"

@@ -23,12 +23,46 @@ void log_init(const char *prog) { log_prog = prog; }
 void log_to_syslog(int on) { log_syslog = on; if (on) openlog(log_prog, LOG_PID, LOG_DAEMON); }
 void log_set_quiet(int quiet) { log_quiet = quiet; }
 
-static void log_v(int prio, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
-
-static void log_v(int prio, const char *fmt, va_list ap)
+char *ut_escape(char *dst, size_t len, const char *src, int backslash)
 {
-	char msg[1024];
-	vsnprintf(msg, sizeof msg, fmt, ap);
+	static const char hex[] = "0123456789abcdef";
+	size_t o = 0;
+
+	for (const unsigned char *s = (const unsigned char *)src; *s; s++) {
+		char esc[5] = { (char)*s, 0 };
+		if (*s == '\\' && backslash)
+			strcpy(esc, "\\\\");
+		else if (*s == '\n')
+			strcpy(esc, "\\n");
+		else if (*s == '\t')
+			strcpy(esc, "\\t");
+		else if (*s < 0x20 || *s == 0x7f) {
+			esc[0] = '\\';
+			esc[1] = 'x';
+			esc[2] = hex[*s >> 4];
+			esc[3] = hex[*s & 15];
+		}
+		size_t n = strlen(esc);
+		if (o + n >= len)
+			break;                 /* cut, but never in the middle of an escape */
+		memcpy(dst + o, esc, n);
+		o += n;
+	}
+	if (len)
+		dst[o] = 0;
+	return dst;
+}
+
+static void log_v(int prio, int backslash, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
+
+/* Every message is escaped (ut_escape): names of files go into messages, and one holding a
+ * newline must not make a log line of its own. */
+static void log_v(int prio, int backslash, const char *fmt, va_list ap)
+{
+	char raw[1024], msg[1024];
+	vsnprintf(raw, sizeof raw, fmt, ap);
+	ut_escape(msg, sizeof msg, raw, backslash);
 	pthread_mutex_lock(&log_lock);
 	if (prio == LOG_ERR) {
 		snprintf(log_last, sizeof log_last, "%s", msg);
@@ -46,7 +80,7 @@ void log_err(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	log_v(LOG_ERR, fmt, ap);
+	log_v(LOG_ERR, 1, fmt, ap);
 	va_end(ap);
 }
 
@@ -54,7 +88,7 @@ void log_warn(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	log_v(LOG_WARNING, fmt, ap);
+	log_v(LOG_WARNING, 1, fmt, ap);
 	va_end(ap);
 }
 
@@ -62,7 +96,16 @@ void log_info(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	log_v(LOG_INFO, fmt, ap);
+	log_v(LOG_INFO, 1, fmt, ap);
+	va_end(ap);
+}
+
+void log_relay(enum log_kind kind, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_v(kind == LOG_KIND_ERR ? LOG_ERR : kind == LOG_KIND_WARN ? LOG_WARNING : LOG_INFO, 0,
+	      fmt, ap);
 	va_end(ap);
 }
 

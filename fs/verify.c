@@ -198,8 +198,9 @@ int vf_verify(const char *dir, const struct vf_opts *o, FILE *out)
 		if (rc == -ENOENT)
 			log_err("%s: no %s here; not a stillfs snapshot (or its manifest was not copied)",
 				dir, CAP_MANIFEST_NAME);
-		else if (rc != -EBADMSG)
-			log_err("%s/%s: %s", dir, CAP_MANIFEST_NAME, strerror(-rc));
+		else
+			log_err("%s/%s: %s; nothing can be verified against it", dir,
+				CAP_MANIFEST_NAME, m.why);
 		close(v.dirfd);
 		return rc;
 	}

@@ -34,12 +34,6 @@ int dd_all_valid(const struct dd_blocks *b);
 /* The "sha256-1m" digest from the block digests (all must be valid). */
 void dd_digest(const struct dd_blocks *b, uint8_t out[32]);
 
-/* Block digests as hex (64 per block), for the manifest; malloc'd, NULL on ENOMEM. */
-char *dd_hex(const struct dd_blocks *b);
-/* Parse hex block digests for a copy of `size` bytes whose digest is `digest`; the blocks
- * must add up to it. 0, or -EINVAL (b is left empty). */
-int dd_from_hex(struct dd_blocks *b, const char *hex, uint64_t size, const uint8_t digest[32]);
-
 struct dd_result {
 	uint64_t written;     /* bytes written to the copy (pages rewritten, blocks copied) */
 	uint64_t pages;       /* 4 KiB pages found different and rewritten */

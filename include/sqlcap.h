@@ -23,6 +23,11 @@ int sq_is_header(const uint8_t head[16]);
 int sq_lock_shared(int fd, double timeout);
 void sq_unlock(int fd);
 
+/* 1 if a connection of another process holds the RESERVED lock of the database open at dbfd
+ * (it is in a write transaction, maybe waiting for our SHARED lock to commit), 0 if none,
+ * or -errno. */
+int sq_writer_active(int dbfd);
+
 /* With the SHARED lock held on dbfd: 1 if NAME-journal beside it is hot (its writer died
  * mid-transaction), 0 if not, or -errno. */
 int sq_journal_is_hot(int dirfd, const char *name, int dbfd);

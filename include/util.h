@@ -15,6 +15,10 @@ void log_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_set_quiet(int quiet);
+/* A message whose texts are escaped already (a line another stillfs process logged with these
+ * functions, or made from one): control characters are escaped again, backslashes are not. */
+enum log_kind { LOG_KIND_INFO, LOG_KIND_WARN, LOG_KIND_ERR };
+void log_relay(enum log_kind kind, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Last error message logged with log_err (for status reporting). */
 const char *log_last_error(void);
 /* How many errors have been logged so far. */
@@ -27,6 +31,10 @@ struct timespec ut_ns_ts(int64_t ns);  /* the inverse, also before 1970 */
 struct stat;
 int ut_same_file(const struct stat *a, const struct stat *b);  /* same device and inode */
 void ut_format_bytes(uint64_t n, char *buf, size_t len);
+/* src into dst (len bytes, len > 0) with control characters and DEL written as \n, \t or
+ * \xHH and, if backslash, "\" as "\\": a file name can then neither break a log or status
+ * line nor pass for another text. Cut to fit, never inside an escape. Returns dst. */
+char *ut_escape(char *dst, size_t len, const char *src, int backslash);
 /* What openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) does, walked one component at a time
  * with O_NOFOLLOW, for where openat2 is missing (ENOSYS: kernels before 5.6, some seccomp
  * sandboxes, valgrind). An fd or -errno (-ELOOP for a symlink on the way, -EXDEV for ".."). */

@@ -30,7 +30,7 @@ check() { # check DIR: consistent cut across all files, and the manifest matches
 
 step "a live store with a writer running (torture write: ChromaDB's pattern)"
 "$torture" init "$demo/store" >/dev/null
-"$torture" write "$demo/store" >"$demo/writer.log" 2>&1 & writer=$!
+"$torture" write --persist-interval 1000 "$demo/store" >"$demo/writer.log" 2>&1 & writer=$!
 persisted() { [ -n "$(sqlite3 -cmd '.timeout 5000' "file:$demo/store/chroma.sqlite3?mode=ro" 'select seq from max_seq_id' 2>/dev/null)" ]; }
 wait_for persisted
 ls -l "$demo/store" | sed 's/^/   /'

@@ -43,9 +43,14 @@ static void fh_unlink(struct fh *h)
 	pthread_mutex_unlock(&fh_mu);
 }
 
-static char *fh_status_text(size_t *len)
+/* The status file is world-readable; the last error's message, which may name a file in a
+ * private directory, is shown in full only to root and the store's owner. */
+static char *fh_status_text(fuse_req_t req, size_t *len)
 {
-	char *gen = gen_status(sf.gm), *buf = NULL;
+	uid_t uid = fuse_req_ctx(req)->uid;
+	struct stat st;
+	int detailed = uid == 0 || (fstat(sf.storefd, &st) == 0 && st.st_uid == uid);
+	char *gen = gen_status(sf.gm, detailed), *buf = NULL;
 	size_t n = 0;
 	FILE *f = open_memstream(&buf, &n);
 	if (!f) {
@@ -58,6 +63,7 @@ static char *fh_status_text(size_t *len)
 	fprintf(f, "mountpoint: %s\n", sf.o.mountpoint);
 	fprintf(f, "cache: %s\n", sf.o.cache);
 	fprintf(f, "passthrough: %s\n", pt_enabled() ? "on" : "off");
+	fprintf(f, "lock_waiters: %u\n", lk_waiting());
 	fprintf(f, "%s", gen ? gen : "");
 	fclose(f);
 	free(gen);
@@ -65,15 +71,14 @@ static char *fh_status_text(size_t *len)
 	return buf;
 }
 
-/* Everything a handle holds besides its memory: descriptor and its charge, pin,
- * WAL-index count. */
+/* Everything a handle holds besides its memory: descriptor, pin, WAL-index count. */
 static void fh_close(struct fh *h)
 {
 	fh_unlink(h);
-	sf_fd_uncharge(h->uid);
 	pt_detach(h);
 	if (h->fd >= 0)
 		close(h->fd);
+	sf_fd_uncharge(h->uid);
 	if (h->node->kind == ND_SNAP)
 		gen_unpin(sf.gm, h->node->gen, 1);
 	if (h->shm_counted)
@@ -82,9 +87,10 @@ static void fh_close(struct fh *h)
 	free(h);
 }
 
-/* Open n for the caller, whose descriptor uid is charged for already. On success *out holds
- * a handle that fh_close undoes, the charge included. */
-static int fh_make(struct node *n, struct fuse_file_info *fi, int fd, uid_t uid, struct fh **out)
+/* Open n for the caller, whose uid is charged for it already (sf_fd_charge). On success
+ * *out holds a handle that fh_close undoes, the charge included. */
+static int fh_make(fuse_req_t req, struct node *n, struct fuse_file_info *fi, int fd,
+		   struct fh **out)
 {
 	struct fh *h = calloc(1, sizeof *h);
 	int rc = 0;
@@ -94,7 +100,7 @@ static int fh_make(struct node *n, struct fuse_file_info *fi, int fd, uid_t uid,
 		goto fail;
 	}
 	h->node = n;
-	h->uid = uid;
+	h->uid = fuse_req_ctx(req)->uid;
 	h->fd = -1;
 	switch (n->kind) {
 	case ND_SNAPDIR:
@@ -105,7 +111,7 @@ static int fh_make(struct node *n, struct fuse_file_info *fi, int fd, uid_t uid,
 			rc = -EROFS;
 			goto fail;
 		}
-		if (!(h->text = fh_status_text(&h->len))) {
+		if (!(h->text = fh_status_text(req, &h->len))) {
 			rc = -ENOMEM;
 			goto fail;
 		}
@@ -173,8 +179,18 @@ static void fh_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 	if (!rc && (n->kind == ND_SNAPDIR || (n->kind != ND_STATUS && S_ISDIR(n->type))))
 		rc = -EISDIR;
-	if (!rc && !(rc = sf_fd_charge(uid)) && (rc = fh_make(n, fi, -1, uid, &h)))
-		sf_fd_uncharge(uid);
+	/* The kernel opens special files itself; an open of a FIFO here could hold this thread. */
+	else if (!rc && n->kind == ND_LIVE && !S_ISREG(n->type))
+		rc = -ENXIO;
+	/* A live file is opened as the caller: the store's own permission checks apply. */
+	if (!rc && !(rc = sf_fd_charge(uid))) {
+		if (!(rc = n->kind == ND_LIVE ? op_cred_take(req) : 0)) {
+			rc = fh_make(req, n, fi, -1, &h);
+			op_cred_drop();
+		}
+		if (rc)
+			sf_fd_uncharge(uid);
+	}
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
@@ -186,14 +202,44 @@ static void fh_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fh_close(h);       /* interrupted: no release will come */
 }
 
+/* O_CREAT of a name that exists after all (the store changed while the kernel remembered it
+ * missing): open it only if it is a regular file, never through a symlink, never a FIFO that
+ * would hold this thread or a device. Called with the caller's credentials, p pinned. */
+static int fh_open_existing(const struct node *p, const char *name, int flags)
+{
+	char path[32];
+	struct stat st;
+	int fd, pfd = openat(p->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+
+	if (pfd < 0)
+		return -errno;
+	if (fstat(pfd, &st) < 0)
+		fd = -errno;
+	else if (!S_ISREG(st.st_mode))
+		fd = S_ISLNK(st.st_mode) ? -ELOOP : S_ISDIR(st.st_mode) ? -EISDIR : -ENXIO;
+	else {
+		/* Reopen the inode we checked, not the name again. */
+		snprintf(path, sizeof path, "%d", pfd);
+		fd = openat(sf.procfd, path, (flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_DIRECT |
+							O_NOCTTY)) | O_CLOEXEC);
+		if (fd < 0)
+			fd = -errno;
+	}
+	close(pfd);
+	return fd;
+}
+
+/* Create parent/name as the caller: the kernel makes the file the caller's, with the set-ID
+ * bits it allows, and nothing is changed afterwards by name. */
 static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
 		      struct fuse_file_info *fi)
 {
 	struct node *p = nd_of(parent);
 	uid_t uid = fuse_req_ctx(req)->uid;
 	struct fuse_entry_param e;
+	struct stat st;
 	struct fh *h;
-	int fd = -1, rc = 0, charged = 0, pinned = 0;
+	int fd = -1, rc = 0, charged = 0;
 
 	if (p->kind == ND_SNAP || p->kind == ND_SNAPDIR)
 		rc = -EROFS;
@@ -202,27 +248,38 @@ static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	else if (p == &sf.root && (!strcmp(name, SF_SNAPDIR) || !strcmp(name, SF_STATUS)))
 		rc = -EEXIST;
 	/* Like open(2) at its descriptor limit, fail before the file is made. */
-	if (!rc && !(rc = sf_fd_charge(uid)))
-		charged = 1;
-	if (!rc && !(rc = nd_pin(p)))
-		pinned = 1;
-	if (rc)
+	if (rc || (rc = sf_fd_charge(uid)))
 		goto out;
-	fd = openat(p->fd, name, (fi->flags | O_CREAT | O_CLOEXEC) & ~(O_NOFOLLOW | O_DIRECT),
-		    mode & 07777);
-	if (fd < 0) {
-		rc = -errno;
+	charged = 1;
+	if ((rc = nd_pin(p)))
+		goto out;
+	if ((rc = op_cred_take(req))) {
+		nd_unpin(p);
 		goto out;
 	}
-	if ((rc = op_give(req, p, fd, name, mode)))
+	fd = openat(p->fd, name, (fi->flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC) & ~O_DIRECT,
+		    mode & 07777);
+	if (fd < 0)
+		fd = errno == EEXIST && !(fi->flags & O_EXCL) ? fh_open_existing(p, name, fi->flags)
+							       : -errno;
+	op_cred_drop();
+	nd_unpin(p);
+	if (fd < 0) {
+		rc = fd;
 		goto out;
+	}
 	if ((rc = nd_lookup(p, name, &e)))
 		goto out;
-	if ((rc = fh_make(nd_of(e.ino), fi, fd, uid, &h))) {
+	/* The name may name another file by now: the handle and the entry must be one file. */
+	if (fstat(fd, &st) < 0 || !ut_same_file(&st, &e.attr)) {
+		nd_forget(nd_of(e.ino), 1);
+		rc = -ESTALE;
+		goto out;
+	}
+	if ((rc = fh_make(req, nd_of(e.ino), fi, fd, &h))) {
 		nd_forget(nd_of(e.ino), 1);
 		goto out;
 	}
-	nd_unpin(p);
 	pt_arm(fh_attach(h, fi));
 	rc = fuse_reply_create(req, &e, fi);
 	pt_arm(0);
@@ -230,8 +287,6 @@ static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		fh_close(h);
 	return;
 out:
-	if (pinned)
-		nd_unpin(p);
 	if (charged)
 		sf_fd_uncharge(uid);
 	if (fd >= 0)

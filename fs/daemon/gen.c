@@ -360,7 +360,8 @@ static int gen_capture_locked(struct genmgr *gm)
 		gm->fail_until = now + SF_FAIL_BACKOFF;
 		gm->last_err_at = ut_realtime();
 		snprintf(gm->last_err, sizeof gm->last_err, "%s", err[0] ? err : strerror(-rc));
-		log_err("capture failed (%s): %s; %s", strerror(-rc), gm->last_err,
+		/* last_err is escaped already (hp_capture). */
+		log_relay(LOG_KIND_ERR, "capture failed (%s): %s; %s", strerror(-rc), gm->last_err,
 			prev ? "still serving the previous generation" : "no generation to serve");
 	}
 	if (prev)
@@ -558,7 +559,7 @@ static void gen_fmt_time(struct timespec t, char *buf, size_t len)
 	snprintf(buf, len, "%s.%06ldZ", s, t.tv_nsec / 1000);
 }
 
-char *gen_status(struct genmgr *gm)
+char *gen_status(struct genmgr *gm, int detailed)
 {
 	char *buf = NULL;
 	size_t len = 0;
@@ -608,7 +609,10 @@ char *gen_status(struct genmgr *gm)
 	if (gm->last_err[0]) {
 		char at[64];
 		gen_fmt_time(gm->last_err_at, at, sizeof at);
-		fprintf(f, "last_error: %s\n", gm->last_err);
+		if (detailed)
+			fprintf(f, "last_error: %s\n", gm->last_err);
+		else
+			fprintf(f, "last_error: capture failed: %s\n", strerror(-gm->last_rc));
 		fprintf(f, "last_error_at: %s\n", at);
 	} else {
 		fprintf(f, "last_error: none\n");

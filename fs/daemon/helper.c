@@ -9,7 +9,8 @@
  * Protocol (argv): --capture-helper --settle-timeout S --nice N UPLOADS_BEFORE STORE DEST
  * [PREVIOUS [RECYCLE]]
  *   STORE is /proc/self/fd/N of the store descriptor the daemon opened before mounting
- *   (inherited, so a store covered by our own mount is still reached), DEST, PREVIOUS and
+ *   (inherited, so a store covered by our own mount is still reached), or of the mount's
+ *   own root while a WAL index is open through it (hp_open_mount), DEST, PREVIOUS and
  *   RECYCLE (cap_opts.recycle) are /proc/self/fd/M/NAME below the inherited cache descriptor.
  *   stdin: a pipe the daemon never writes; EOF means the daemon is gone, so give up.
  *   stdout: one result line, "ok id=... cut=S.N dur=... lock=... files=... copied=...
@@ -24,10 +25,14 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <inttypes.h>
+#include <linux/capability.h>
+#include <linux/securebits.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,7 +64,7 @@ int hp_is_helper(pid_t tid)
 	return tid == h || access(path, F_OK) == 0;
 }
 
-static int hp_spawn(char *const argv[], int life, int out, int err, pid_t *pid)
+static int hp_spawn(char *const argv[], int life, int out, int err, int mnt, pid_t *pid)
 {
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t at;
@@ -76,6 +81,8 @@ static int hp_spawn(char *const argv[], int life, int out, int err, pid_t *pid)
 	 * daemon's mount alive). */
 	posix_spawn_file_actions_adddup2(&fa, sf.storefd, sf.storefd);
 	posix_spawn_file_actions_adddup2(&fa, sf.cachefd, sf.cachefd);
+	if (mnt >= 0)
+		posix_spawn_file_actions_adddup2(&fa, mnt, mnt);
 	sigemptyset(&none);
 	sigemptyset(&deflt);
 	sigaddset(&deflt, SIGTERM);
@@ -92,19 +99,72 @@ static int hp_spawn(char *const argv[], int life, int out, int err, pid_t *pid)
 	return -rc;
 }
 
-/* The helper reaches the store and the cache through our descriptors (/proc/self/fd/N); the
- * user knows them by their paths. */
-static void hp_unproc(const char *msg, char *out, size_t len)
+/* Our own mount's root, for the helper to read the store through. Its path may lead
+ * elsewhere by now (a user who can rename a directory above it can put anything there), so
+ * it is opened without following a last symlink and accepted only as the root of a
+ * fuse.stillfs mount made by our user: a mount no other user can make. Opened for one
+ * capture at a time: a descriptor kept open would make the mount busy for umount. */
+static int hp_open_mount(int *out)
 {
-	char fds[2][32];
-	const char *paths[2] = { sf.o.store, sf.o.cache };
+	struct statx sx;
+	unsigned maj, min;
+	int id, fd, found = 0;
+	char *line = NULL, want[32];
+	size_t cap = 0;
+	FILE *f;
+
+	*out = -1;
+	fd = open(sf.o.mountpoint, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	/* No request to ourselves: the cached attributes name the mount well enough. */
+	if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, &sx) < 0 ||
+	    !(sx.stx_mask & STATX_MNT_ID) || !(sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) ||
+	    !(sx.stx_attributes & STATX_ATTR_MOUNT_ROOT))
+		goto out;
+	snprintf(want, sizeof want, "user_id=%u", (unsigned)geteuid());
+	if (!(f = fopen("/proc/self/mountinfo", "re")))
+		goto out;
+	while (!found && getline(&line, &cap, f) > 0) {
+		/* ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPEROPTS */
+		char *sep = strstr(line, " - "), type[64], *opts;
+		if (!sep || sscanf(line, "%d %*d %u:%u", &id, &maj, &min) != 3 ||
+		    (uint64_t)id != sx.stx_mnt_id)
+			continue;
+		if (sscanf(sep + 3, "%63s", type) != 1 || strcmp(type, "fuse.stillfs") ||
+		    maj != sx.stx_dev_major || min != sx.stx_dev_minor)
+			break;
+		opts = strrchr(sep, ' ');
+		for (char *o = opts ? strtok(opts + 1, ",\n") : NULL; o; o = strtok(NULL, ",\n"))
+			found |= !strcmp(o, want);
+		break;
+	}
+	free(line);
+	fclose(f);
+out:
+	if (!found) {
+		close(fd);
+		return -EXDEV;
+	}
+	*out = fd;
+	return 0;
+}
+
+/* The helper reaches the store, the cache and (mnt >= 0) the mount's root through our
+ * descriptors (/proc/self/fd/N); the user knows them by their paths. */
+static void hp_unproc(const char *msg, int mnt, char *out, size_t len)
+{
+	char fds[3][32];
+	const char *paths[3] = { sf.o.store, sf.o.cache, sf.o.mountpoint };
+	int nfds = mnt >= 0 ? 3 : 2;
 	size_t o = 0;
 
 	snprintf(fds[0], sizeof fds[0], "/proc/self/fd/%d", sf.storefd);
 	snprintf(fds[1], sizeof fds[1], "/proc/self/fd/%d", sf.cachefd);
+	snprintf(fds[2], sizeof fds[2], "/proc/self/fd/%d", mnt);
 	while (*msg && o + 1 < len) {
 		int hit = -1;
-		for (int i = 0; i < 2 && hit < 0; i++) {
+		for (int i = 0; i < nfds && hit < 0; i++) {
 			size_t n = strlen(fds[i]);
 			if (!strncmp(msg, fds[i], n) && !(msg[n] >= '0' && msg[n] <= '9'))
 				hit = i;
@@ -120,7 +180,7 @@ static void hp_unproc(const char *msg, char *out, size_t len)
 }
 
 /* Log complete lines of the helper's stderr; keep the last one as the failure reason. */
-static void hp_log_lines(char *buf, size_t *len, int final, char *last, size_t lastlen)
+static void hp_log_lines(char *buf, size_t *len, int final, int mnt, char *last, size_t lastlen)
 {
 	char *start = buf, *nl;
 	while ((nl = memchr(start, '\n', *len - (size_t)(start - buf))) || (final && start < buf + *len)) {
@@ -133,13 +193,14 @@ static void hp_log_lines(char *buf, size_t *len, int final, char *last, size_t l
 			msg += 9;
 		if (*msg) {
 			char clear[1024];
-			hp_unproc(msg, clear, sizeof clear);
-			/* The engine's warnings (skipped files) are warnings in our log too. */
+			hp_unproc(msg, mnt, clear, sizeof clear);
+			/* The engine's warnings (skipped files) are warnings in our log too. Its
+			 * lines are escaped already (log_relay, ut_escape). */
 			if (!strncmp(clear, "warning: ", 9))
-				log_warn("capture: %s", clear + 9);
+				log_relay(LOG_KIND_WARN, "capture: %s", clear + 9);
 			else
-				log_info("capture: %s", clear);
-			snprintf(last, lastlen, "%s", clear);
+				log_relay(LOG_KIND_INFO, "capture: %s", clear);
+			ut_escape(last, lastlen, clear, 0);
 		}
 		start = nl + 1;
 		if (start > buf + *len)
@@ -174,7 +235,7 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 		obuf[1024], ebuf[4096];
 	size_t olen = 0, elen = 0;
 	pid_t pid = -1;
-	int rc, status;
+	int rc, status, mnt = -1;
 	(void)arg;
 
 	err[0] = 0;
@@ -183,7 +244,12 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 		 * live in the mount's page cache, not in the store's, so the engine must read the
 		 * databases through the mount to see them (and to leave its own marks where
 		 * the application sees them). */
-		snprintf(store, sizeof store, "%s", sf.o.mountpoint);
+		if ((rc = hp_open_mount(&mnt))) {
+			snprintf(err, errlen, "the mountpoint %s does not lead to this mount any more "
+				 "(moved?): cannot read the store through it", sf.o.mountpoint);
+			goto out;
+		}
+		snprintf(store, sizeof store, "/proc/self/fd/%d", mnt);
 	} else {
 		snprintf(store, sizeof store, "/proc/self/fd/%d", sf.storefd);
 	}
@@ -204,7 +270,7 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 		goto out;
 	}
 	pthread_mutex_lock(&hp_mu);
-	rc = hp_spawn(argv, life[0], out[1], errp[1], &pid);
+	rc = hp_spawn(argv, life[0], out[1], errp[1], mnt, &pid);
 	if (!rc)
 		hp_pid = pid;
 	pthread_mutex_unlock(&hp_mu);
@@ -236,15 +302,15 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 			if (n > 0) {
 				elen += (size_t)n;
 				if (elen == sizeof ebuf - 1)    /* an endless line: cut it */
-					hp_log_lines(ebuf, &elen, 1, err, errlen);
+					hp_log_lines(ebuf, &elen, 1, mnt, err, errlen);
 				else
-					hp_log_lines(ebuf, &elen, 0, err, errlen);
+					hp_log_lines(ebuf, &elen, 0, mnt, err, errlen);
 			} else if (n == 0 || errno != EINTR) {
 				pf[1].fd = -1;
 			}
 		}
 	}
-	hp_log_lines(ebuf, &elen, 1, err, errlen);
+	hp_log_lines(ebuf, &elen, 1, mnt, err, errlen);
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 	pthread_mutex_lock(&hp_mu);
@@ -262,6 +328,8 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 			 WIFEXITED(status) ? WEXITSTATUS(status) : -1);
 	}
 out:
+	if (mnt >= 0)
+		close(mnt);
 	for (int i = 0; i < 2; i++) {
 		if (life[i] >= 0)
 			close(life[i]);
@@ -274,6 +342,55 @@ out:
 }
 
 /* ---- the helper process itself ---- */
+
+/* What the engine needs of root: read every store file and list every directory
+ * (DAC_READ_SEARCH); give its copies the store's owners (CHOWN), modes, times and links
+ * between generations (FOWNER), set-group-ID bits included (FSETID); and write to and move
+ * copies that already carry other owners and read-only modes, which recycling an earlier
+ * generation's database copies does (DAC_OVERRIDE; without it captures still succeed, but
+ * copy such databases whole). */
+#define HP_CAPS ((1ULL << CAP_CHOWN) | (1ULL << CAP_DAC_OVERRIDE) | \
+		 (1ULL << CAP_DAC_READ_SEARCH) | (1ULL << CAP_FOWNER) | (1ULL << CAP_FSETID))
+
+/* Give up every other privilege, for good, before any thread exists (capabilities are per
+ * thread; new ones inherit them). A daemon run by a user has none to give up, but still
+ * gets no new ones. */
+static int hp_drop_privileges(void)
+{
+	struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+	struct __user_cap_data_struct d[2];
+	uint64_t have, keep;
+
+	if (syscall(SYS_capget, &hdr, d) < 0)
+		return -errno;
+	have = (uint64_t)d[0].permitted | (uint64_t)d[1].permitted << 32;
+	keep = have & HP_CAPS;
+	if (have & (1ULL << CAP_SETPCAP)) {
+		/* No execve may bring back more (root's implicit capabilities included). */
+		if (prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED |
+			  SECBIT_NO_SETUID_FIXUP | SECBIT_NO_SETUID_FIXUP_LOCKED |
+			  SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED,
+			  0, 0, 0) < 0)
+			return -errno;
+		for (unsigned long c = 0; c < 64; c++)
+			if (!(HP_CAPS & (1ULL << c)) && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0) {
+				if (errno == EINVAL)    /* past the kernel's last capability */
+					break;
+				return -errno;
+			}
+	}
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+		return -errno;
+	memset(d, 0, sizeof d);
+	d[0].effective = d[0].permitted = (uint32_t)keep;
+	d[1].effective = d[1].permitted = (uint32_t)(keep >> 32);
+	if (syscall(SYS_capset, &hdr, d) < 0)
+		return -errno;
+	/* Not dumpable: no core of what it read, and only CAP_SYS_PTRACE may attach to it. */
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+		return -errno;
+	return 0;
+}
 
 static void *hp_lifeline(void *arg)
 {
@@ -313,6 +430,12 @@ int hp_main(int argc, char **argv)
 	errno = 0;
 	if (atoi(argv[5]) && setpriority(PRIO_PROCESS, 0, atoi(argv[5])) < 0)
 		log_warn("capture priority %s: %s", argv[5], strerror(errno));
+	int rc = hp_drop_privileges();
+	if (rc) {
+		fprintf(stderr, "stillfs: capture helper: cannot drop privileges: %s\n", strerror(-rc));
+		printf("err %d\n", -rc);
+		return CAP_EXIT_FAIL;
+	}
 	o.uploads_before = atof(argv[6]);
 	o.store = argv[7];
 	o.dest = argv[8];
@@ -321,7 +444,7 @@ int hp_main(int argc, char **argv)
 	if (pthread_create(&t, NULL, hp_lifeline, NULL) == 0)
 		pthread_detach(t);
 	memset(&st, 0, sizeof st);
-	int rc = cap_snapshot(&o, &st);
+	rc = cap_snapshot(&o, &st);
 	if (rc == 0)
 		printf("ok id=%s cut=%lld.%09ld dur=%.6f lock=%.6f files=%" PRIu64
 		       " copied=%" PRIu64 " linked=%" PRIu64 " retries=%u\n",

@@ -13,19 +13,27 @@
  * flock locks belong to an open file description, which is exactly a FUSE handle: they are
  * taken with flock(2) on the handle's own backing descriptor.
  *
- * A blocking request occupies a worker thread in F_OFD_SETLKW or flock. An interrupt from
- * the kernel (the caller got a signal) or shutdown wakes it with SIGUSR2. */
+ * A blocking request never holds a worker thread: any user may block as many requests as
+ * they have processes, and workers are few. It is tried once without blocking; if the lock
+ * is taken, it joins a queue that one thread (lk_run) retries without blocking and answers
+ * when the lock is granted, the caller is interrupted (a signal, or its death: the kernel
+ * then sends an interrupt) or the daemon stops. A release through the mount retries the
+ * waiters of that file at once; a release made directly on the store is noticed by polling,
+ * every LK_POLL_MIN at first, backing off to every LK_POLL_MAX. */
 #include "stillfs.h"
 
 #include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <time.h>
 #include <unistd.h>
+
+#define LK_POLL_MIN 0.001
+#define LK_POLL_MAX 0.1
 
 struct lk_owner {
 	struct lk_owner *next;
@@ -36,26 +44,56 @@ struct lk_owner {
 	const void *via;           /* the handle of its last lock request (sf.mu) */
 };
 
-struct lk_waiter {
-	struct lk_waiter *next, *prev;
-	pthread_t thread;
-	atomic_int intr;
+/* A blocking request waiting for its lock. Its handle stays open meanwhile: the caller's
+ * blocked system call holds the file. */
+struct lk_wait {
+	struct lk_wait *next, *prev;
+	fuse_req_t req;
+	const struct node *node;
+	struct lk_owner *o;        /* POSIX: the owner (a reference); NULL for flock */
+	int fd;                    /* where the lock is taken */
+	struct flock fl;           /* POSIX */
+	int op;                    /* flock: LOCK_SH or LOCK_EX, with LOCK_NB */
+	atomic_int intr;           /* the kernel interrupted the request */
+	int rc;                    /* the answer, once it left the queue */
+	double due, delay;         /* next attempt (monotonic), and the one after */
 };
 
-static pthread_mutex_t lk_wmu = PTHREAD_MUTEX_INITIALIZER;
-static struct lk_waiter lk_waiters = { &lk_waiters, &lk_waiters, 0, 0 };
+/* The queue (lk.mu); the thread's wakeup (lk.cv, CLOCK_MONOTONIC). */
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct lk_wait q;
+	unsigned n;
+	atomic_uint count;         /* n, for the status file and a quick "none" */
+	int stop;
+	pthread_t thread;
+	int started;
+} lk = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
-static void lk_on_signal(int sig) { (void)sig; }
+static double lk_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 int lk_init(void)
 {
-	/* No SA_RESTART: the point is to make a blocked fcntl/flock return EINTR. */
-	struct sigaction sa;
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = lk_on_signal;
-	sigemptyset(&sa.sa_mask);
-	return sigaction(SIGUSR2, &sa, NULL) < 0 ? -errno : 0;
+	pthread_condattr_t ca;
+	int rc;
+
+	lk.q.next = lk.q.prev = &lk.q;
+	if ((rc = pthread_condattr_init(&ca)))
+		return -rc;
+	rc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	if (!rc)
+		rc = pthread_cond_init(&lk.cv, &ca);
+	pthread_condattr_destroy(&ca);
+	return -rc;
 }
+
+static void lk_wake(const struct node *n);
 
 static void lk_put(struct lk_owner *o)
 {
@@ -137,6 +175,7 @@ void lk_drop_owner(struct node *n, uint64_t owner)
 	struct flock fl = { .l_type = F_UNLCK, .l_whence = SEEK_SET };
 	fcntl(o->fd, F_OFD_SETLK, &fl);
 	lk_put(o);
+	lk_wake(n);
 }
 
 void lk_free_all(struct node *n)
@@ -167,62 +206,185 @@ void lk_drop_handle(struct node *n, const void *handle)
 	}
 }
 
+/* Retry the waiters on n now: one of its locks was released through the mount. */
+static void lk_wake(const struct node *n)
+{
+	if (!atomic_load(&lk.count))
+		return;
+	pthread_mutex_lock(&lk.mu);
+	for (struct lk_wait *w = lk.q.next; w != &lk.q; w = w->next)
+		if (w->node == n)
+			w->due = 0;
+	pthread_cond_signal(&lk.cv);
+	pthread_mutex_unlock(&lk.mu);
+}
+
+/* One attempt that never blocks (fl: POSIX on an owner's descriptor, else flock op): 0,
+ * -EAGAIN if someone else holds the lock, or another error. */
+static int lk_try(int fd, const struct flock *fl, int op)
+{
+	int r;
+	if (fl) {
+		struct flock f = *fl;
+		r = fcntl(fd, F_OFD_SETLK, &f);
+	} else {
+		r = flock(fd, op | LOCK_NB);
+	}
+	if (r == 0)
+		return 0;
+	return errno == EACCES || errno == EWOULDBLOCK ? -EAGAIN : -errno;
+}
+
+/* Answer a waiter that has left the queue, and free it. */
+static void lk_finish(struct lk_wait *w)
+{
+	/* After this returns lk_on_interrupt is not running and will not run: w may go. */
+	fuse_req_interrupt_func(w->req, NULL, NULL);
+	if (fuse_reply_err(w->req, -w->rc) != 0 && w->rc == 0) {
+		/* Nobody learns that the lock was granted (the connection is gone): it must not
+		 * stay taken. */
+		if (w->o) {
+			struct flock f = w->fl;
+			f.l_type = F_UNLCK;
+			fcntl(w->fd, F_OFD_SETLK, &f);
+		} else {
+			flock(w->fd, LOCK_UN);
+		}
+		lk_wake(w->node);
+	}
+	if (w->o)
+		lk_put(w->o);
+	free(w);
+}
+
+/* Runs in whichever thread reads the kernel's interrupt (or in lk_wait_add, if it came
+ * first); lk_finish makes sure w outlives it. */
 static void lk_on_interrupt(fuse_req_t req, void *data)
 {
-	struct lk_waiter *w = data;
+	struct lk_wait *w = data;
 	(void)req;
 	atomic_store(&w->intr, 1);
-	pthread_kill(w->thread, SIGUSR2);
+	pthread_mutex_lock(&lk.mu);
+	pthread_cond_signal(&lk.cv);
+	pthread_mutex_unlock(&lk.mu);
 }
 
-void lk_kick_waiters(void)
+/* The waiter thread: retries due waiters in arrival order, answers those granted, failed or
+ * interrupted. Answers are sent outside lk.mu: lk_on_interrupt takes it under the request's
+ * lock, which lk_finish takes. */
+static void *lk_run(void *arg)
 {
-	/* Also re-sends to waiters already told: a signal that arrived just before the thread
-	 * entered the kernel is otherwise lost. */
-	pthread_mutex_lock(&lk_wmu);
-	for (struct lk_waiter *w = lk_waiters.next; w != &lk_waiters; w = w->next)
-		if (atomic_load(&w->intr) || atomic_load(&sf.exiting))
-			pthread_kill(w->thread, SIGUSR2);
-	pthread_mutex_unlock(&lk_wmu);
-}
-
-/* One lock call, blocking until granted, interrupted or shutting down. */
-static int lk_call(fuse_req_t req, int fd, int cmd, struct flock *fl, int flock_op, int wait)
-{
-	if (!wait) {
-		int r = fl ? fcntl(fd, cmd, fl) : flock(fd, flock_op);
-		return r < 0 ? -errno : 0;
-	}
-	struct lk_waiter w = { .thread = pthread_self() };
-	int rc;
-	pthread_mutex_lock(&lk_wmu);
-	w.next = lk_waiters.next;
-	w.prev = &lk_waiters;
-	lk_waiters.next->prev = &w;
-	lk_waiters.next = &w;
-	pthread_mutex_unlock(&lk_wmu);
-	fuse_req_interrupt_func(req, lk_on_interrupt, &w);
+	(void)arg;
+	pthread_mutex_lock(&lk.mu);
 	for (;;) {
-		if (atomic_load(&w.intr) || atomic_load(&sf.exiting)) {
-			rc = -EINTR;
-			break;
+		struct lk_wait *done = NULL, **tail = &done, *w, *nx;
+		double now = lk_now(), next = now + 1;
+
+		for (w = lk.q.next; w != &lk.q; w = nx) {
+			nx = w->next;
+			if (lk.stop || atomic_load(&w->intr)) {
+				w->rc = -EINTR;
+			} else if (w->due > now ||
+				   (w->rc = lk_try(w->fd, w->o ? &w->fl : NULL, w->op)) == -EAGAIN) {
+				if (w->due <= now) {
+					w->due = now + w->delay;
+					w->delay = w->delay * 2 < LK_POLL_MAX ? w->delay * 2 : LK_POLL_MAX;
+				}
+				next = w->due < next ? w->due : next;
+				continue;
+			}
+			w->prev->next = w->next;
+			w->next->prev = w->prev;
+			w->next = NULL;
+			*tail = w;
+			tail = &w->next;
+			lk.n--;
 		}
-		if ((fl ? fcntl(fd, cmd, fl) : flock(fd, flock_op)) == 0) {
-			rc = 0;
-			break;
+		atomic_store(&lk.count, lk.n);
+		if (done) {
+			pthread_mutex_unlock(&lk.mu);
+			for (w = done; w; w = nx) {
+				nx = w->next;
+				lk_finish(w);
+			}
+			pthread_mutex_lock(&lk.mu);
+			continue;
 		}
-		if (errno != EINTR) {
-			rc = -errno;
+		if (lk.stop)
 			break;
-		}
+		struct timespec ts;
+		double whole = (double)(time_t)next;
+		ts.tv_sec = (time_t)next;
+		ts.tv_nsec = (long)((next - whole) * 1e9);
+		pthread_cond_timedwait(&lk.cv, &lk.mu, &ts);
 	}
-	/* After this returns, lk_on_interrupt is not running and will not run. */
-	fuse_req_interrupt_func(req, NULL, NULL);
-	pthread_mutex_lock(&lk_wmu);
-	w.prev->next = w.next;
-	w.next->prev = w.prev;
-	pthread_mutex_unlock(&lk_wmu);
-	return rc;
+	pthread_mutex_unlock(&lk.mu);
+	return NULL;
+}
+
+/* Queue a blocking request whose lock is taken; it takes over o's reference. */
+static void lk_wait_add(fuse_req_t req, const struct node *n, struct lk_owner *o, int fd,
+			const struct flock *fl, int op)
+{
+	struct lk_wait *w = calloc(1, sizeof *w);
+	if (!w) {
+		if (o)
+			lk_put(o);
+		fuse_reply_err(req, ENOLCK);
+		return;
+	}
+	w->req = req;
+	w->node = n;
+	w->o = o;
+	w->fd = fd;
+	if (fl)
+		w->fl = *fl;
+	w->op = op;
+	w->delay = 2 * LK_POLL_MIN;
+	w->due = lk_now() + LK_POLL_MIN;
+	/* Before w is queued nothing else answers req, so req is valid here; an interrupt
+	 * that came already calls lk_on_interrupt at once. */
+	fuse_req_interrupt_func(req, lk_on_interrupt, w);
+	pthread_mutex_lock(&lk.mu);
+	int queued = lk.started && !lk.stop;
+	if (queued) {
+		w->prev = lk.q.prev;
+		w->next = &lk.q;
+		lk.q.prev->next = w;
+		lk.q.prev = w;
+		atomic_store(&lk.count, ++lk.n);
+		pthread_cond_signal(&lk.cv);
+	}
+	pthread_mutex_unlock(&lk.mu);
+	if (!queued) {
+		w->rc = -EINTR;
+		lk_finish(w);
+	}
+}
+
+int lk_start(void)
+{
+	pthread_mutex_lock(&lk.mu);
+	int rc = pthread_create(&lk.thread, NULL, lk_run, NULL);
+	lk.started = rc == 0;
+	pthread_mutex_unlock(&lk.mu);
+	return -rc;
+}
+
+void lk_stop(void)
+{
+	pthread_mutex_lock(&lk.mu);
+	int started = lk.started;
+	lk.stop = 1;
+	pthread_cond_signal(&lk.cv);
+	pthread_mutex_unlock(&lk.mu);
+	if (started)
+		pthread_join(lk.thread, NULL);
+}
+
+unsigned lk_waiting(void)
+{
+	return atomic_load(&lk.count);
 }
 
 static void lk_getlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
@@ -267,9 +429,14 @@ static void lk_setlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		o->via = h;
 		pthread_mutex_unlock(&sf.mu);
 		fl.l_pid = 0;
-		rc = lk_call(req, o->fd, sleep && !unlock ? F_OFD_SETLKW : F_OFD_SETLK, &fl, 0,
-			     sleep && !unlock);
+		rc = lk_try(o->fd, &fl, 0);
+		if (rc == -EAGAIN && sleep) {
+			lk_wait_add(req, h->node, o, o->fd, &fl, 0);
+			return;
+		}
 		lk_put(o);
+		if (!rc && unlock)
+			lk_wake(h->node);
 	}
 	fuse_reply_err(req, -rc);
 }
@@ -277,8 +444,14 @@ static void lk_setlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 static void lk_flock(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, int op)
 {
 	struct fh *h = (struct fh *)(uintptr_t)fi->fh;
-	int rc = h->fd < 0 ? -EINVAL
-			   : lk_call(req, h->fd, 0, NULL, op, !(op & (LOCK_NB | LOCK_UN)));
+	int rc = h->fd < 0 ? -EINVAL : lk_try(h->fd, NULL, op);
+
+	if (rc == -EAGAIN && !(op & LOCK_NB)) {
+		lk_wait_add(req, h->node, NULL, h->fd, NULL, op);
+		return;
+	}
+	if (!rc && (op & LOCK_UN))
+		lk_wake(h->node);
 	fuse_reply_err(req, -rc);
 }
 

@@ -33,16 +33,16 @@ enum { SF_EXIT_OK = 0, SF_EXIT_FAIL = 1, SF_EXIT_USAGE = 2 };
 
 static const struct fuse_opt sf_optspec[] = {
 	{ "snapdir=%s", offsetof(struct sf_opts, snapdir_opt), 0 },
-	{ "snapshot_max_age=%lf", offsetof(struct sf_opts, max_age), 0 },
-	{ "snapshot_linger=%lf", offsetof(struct sf_opts, linger), 0 },
-	{ "settle_timeout=%lf", offsetof(struct sf_opts, settle), 0 },
+	{ "snapshot_max_age=%s", offsetof(struct sf_opts, max_age_opt), 0 },
+	{ "snapshot_linger=%s", offsetof(struct sf_opts, linger_opt), 0 },
+	{ "settle_timeout=%s", offsetof(struct sf_opts, settle_opt), 0 },
 	{ "cache=%s", offsetof(struct sf_opts, cache_opt), 0 },
 	{ "no_passthrough", offsetof(struct sf_opts, no_passthrough), 1 },
 	{ "no_live_cache", offsetof(struct sf_opts, no_live_cache), 1 },
 	{ "no_recycle", offsetof(struct sf_opts, no_recycle), 1 },
-	{ "max_nodes=%lu", offsetof(struct sf_opts, max_nodes), 0 },
-	{ "max_user_fds=%lu", offsetof(struct sf_opts, max_user_fds), 0 },
-	{ "capture_nice=%d", offsetof(struct sf_opts, capture_nice), 0 },
+	{ "max_nodes=%s", offsetof(struct sf_opts, max_nodes_opt), 0 },
+	{ "max_user_fds=%s", offsetof(struct sf_opts, max_user_fds_opt), 0 },
+	{ "capture_nice=%s", offsetof(struct sf_opts, capture_nice_opt), 0 },
 	FUSE_OPT_END
 };
 
@@ -217,6 +217,57 @@ static int sf_mkdirs(const char *path, int *made)
 	return 0;
 }
 
+/* The cache is ours alone: the daemon's own directory, in directories that nobody else may
+ * change (written only by their owner, root or the daemon's user, or sticky). Anyone who could
+ * swap it, or something in it, could have a root daemon delete or write files of their
+ * choosing. fd is the opened cache. One line on stderr and -EPERM if not. */
+static int sf_cache_safe(const char *dir, int fd)
+{
+	uid_t me = geteuid();
+	struct stat st;
+	char *path = realpath(dir, NULL), *slash;
+	int rc = 0;
+
+	struct stat named;
+	if (fstat(fd, &st) < 0 || !path || stat(path, &named) < 0) {
+		rc = -errno;
+		fprintf(stderr, "stillfs: cache directory %s: %s\n", dir, strerror(errno));
+		goto out;
+	}
+	if (!ut_same_file(&st, &named)) {
+		fprintf(stderr, "stillfs: cache directory %s changed while this daemon started\n", dir);
+		rc = -EAGAIN;
+		goto out;
+	}
+	if (st.st_uid != me) {
+		fprintf(stderr, "stillfs: cache directory %s belongs to uid %u, not to this daemon's "
+			"uid %u\n", dir, (unsigned)st.st_uid, (unsigned)me);
+		rc = -EPERM;
+		goto out;
+	}
+	while ((slash = strrchr(path, '/'))) {
+		slash[slash == path] = 0;          /* the parent; "/" stays "/" */
+		if (stat(path, &st) < 0) {
+			rc = -errno;
+			fprintf(stderr, "stillfs: %s: %s\n", path, strerror(errno));
+			goto out;
+		}
+		if ((st.st_uid != 0 && st.st_uid != me) ||
+		    ((st.st_mode & 0022) && !(st.st_mode & S_ISVTX))) {
+			fprintf(stderr, "stillfs: cache directory %s is inside %s, which others may "
+				"change; give one in a directory only root or uid %u may write\n", dir,
+				path, (unsigned)me);
+			rc = -EPERM;
+			goto out;
+		}
+		if (!path[1])
+			break;
+	}
+out:
+	free(path);
+	return rc;
+}
+
 /* Open the cache directory and claim it: a marker file, flock'ed for as long as we run,
  * says it is ours, so its contents may be deleted and no second daemon shares it. */
 static int sf_open_cache(void)
@@ -235,6 +286,8 @@ static int sf_open_cache(void)
 		fprintf(stderr, "stillfs: cache directory %s: %s\n", dir, strerror(errno));
 		return rc;
 	}
+	if ((rc = sf_cache_safe(dir, sf.cachefd)))
+		return rc;
 	fd = openat(sf.cachefd, SF_CACHE_MARKER, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0 && errno == ENOENT) {
 		/* A new cache must be empty: we delete whatever is in it. */
@@ -288,6 +341,28 @@ static int sf_open_cache(void)
 	return 0;
 }
 
+/* -o NAME=TEXT, if given: a number from min to max (a whole one if whole), all of TEXT.
+ * 0, or -1 after one line on stderr. */
+static int sf_number(const char *name, const char *text, double min, double max, int whole,
+		     double *out)
+{
+	char *end;
+	double v;
+
+	if (!text)
+		return 0;
+	errno = 0;
+	v = strtod(text, &end);
+	if (!*text || *text == ' ' || *text == '\t' || *end || errno || !(v >= min && v <= max) ||
+	    (whole && v != (double)(long long)v)) {
+		fprintf(stderr, "stillfs: %s must be %s from %g to %g, not '%s'\n", name,
+			whole ? "a whole number" : "a number", min, max, text);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
 /* Everything about paths and options; one line on stderr and non-zero on the first error. */
 static int sf_validate(void)
 {
@@ -295,7 +370,22 @@ static int sf_validate(void)
 	char *p;
 	struct stat st;
 	struct statfs sfs;
+	double nodes = (double)o->max_nodes, nice = o->capture_nice, ufds = 0;
 
+	if (sf_number("snapshot_max_age", o->max_age_opt, 0, 1e9, 0, &o->max_age) ||
+	    sf_number("snapshot_linger", o->linger_opt, 0, 1e9, 0, &o->linger) ||
+	    sf_number("settle_timeout", o->settle_opt, 0.001, 1e9, 0, &o->settle) ||
+	    sf_number("max_nodes", o->max_nodes_opt, 0, 1e12, 1, &nodes) ||
+	    sf_number("max_user_fds", o->max_user_fds_opt, 1, 1e12, 1, &ufds) ||
+	    sf_number("capture_nice", o->capture_nice_opt, 0, 19, 1, &nice))
+		return SF_EXIT_USAGE;
+	o->max_nodes = (unsigned long)nodes;
+	o->max_user_fds = (unsigned long)ufds;
+	o->capture_nice = (int)nice;
+	if (o->cache_opt && !o->cache_opt[0]) {
+		fprintf(stderr, "stillfs: -o cache= needs a directory\n");
+		return SF_EXIT_USAGE;
+	}
 	if (o->snapdir_opt) {
 		if (!strcmp(o->snapdir_opt, "visible"))
 			o->snapdir_visible = 1;
@@ -304,16 +394,6 @@ static int sf_validate(void)
 				o->snapdir_opt);
 			return SF_EXIT_USAGE;
 		}
-	}
-	if (o->capture_nice < 0 || o->capture_nice > 19) {
-		fprintf(stderr, "stillfs: capture_nice must be 0 to 19, not %d\n", o->capture_nice);
-		return SF_EXIT_USAGE;
-	}
-	if (!(o->max_age >= 0) || !(o->linger >= 0) || !(o->settle > 0) || o->max_age > 1e9 ||
-	    o->linger > 1e9 || o->settle > 1e9) {
-		fprintf(stderr, "stillfs: snapshot_max_age and snapshot_linger must be >= 0 and "
-			"settle_timeout > 0 (seconds)\n");
-		return SF_EXIT_USAGE;
 	}
 	if (!(p = realpath(o->store, NULL))) {
 		fprintf(stderr, "stillfs: store %s: %s\n", o->store, strerror(errno));
@@ -614,8 +694,7 @@ static void sf_names_load(struct sf_names *ns)
 	closedir(d);
 }
 
-/* Housekeeping: delete old generations, tell the kernel when .snapshot switched, wake lock
- * waiters that were interrupted or must give up for shutdown. */
+/* Housekeeping: delete old generations, tell the kernel when .snapshot switched. */
 static void *sf_housekeeper(void *arg)
 {
 	unsigned long seen = 0;
@@ -640,7 +719,6 @@ static void *sf_housekeeper(void *arg)
 			atomic_store(&sf.exiting, 1);
 			hp_kill();
 		}
-		lk_kick_waiters();
 		gen_wait(sf.gm, next < 1 ? next : 1);
 	}
 	sf_names_free(&names);
@@ -791,9 +869,10 @@ int main(int argc, char **argv)
 	hk_started = pthread_create(&hk, NULL, sf_housekeeper, NULL) == 0;
 	if (hk_started)
 		iv_start(sf.se, !sf.o.no_live_cache);
+	int lk_failed = hk_started && lk_start() != 0;
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (!hk_started) {
-		log_err("cannot start the housekeeping thread");
+	if (!hk_started || lk_failed) {
+		log_err("cannot start the housekeeping threads");
 		goto out;
 	}
 
@@ -810,8 +889,9 @@ int main(int argc, char **argv)
 		fuse_loop_cfg_set_clone_fd(lc, (unsigned)cmd.clone_fd);
 		if (cmd.max_idle_threads != UINT_MAX)
 			fuse_loop_cfg_set_idle_threads(lc, cmd.max_idle_threads);
-		/* Blocking lock requests and lookups waiting for a capture each hold a thread;
-		 * the live view must still be served meanwhile. */
+		/* Lookups waiting for a capture each hold a thread; the live view must still be
+		 * served meanwhile. (Blocking lock requests hold none: lock.c answers them
+		 * later.) */
 		fuse_loop_cfg_set_max_threads(lc, user_threads ? cmd.max_threads : SF_DEFAULT_THREADS);
 		rc = fuse_session_loop_mt(sf.se, lc);
 	}
@@ -820,6 +900,7 @@ int main(int argc, char **argv)
 	log_info("unmounting %s", sf.o.mountpoint);
 out:
 	atomic_store(&sf.exiting, 1);
+	lk_stop();         /* before the session goes: it answers the waiting lock requests */
 	iv_stop_thread();
 	if (hk_started) {
 		atomic_store(&sf_hk_stop, 1);

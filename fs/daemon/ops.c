@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -31,27 +32,87 @@ static int op_writable_dir(const struct node *parent)
 	return 0;
 }
 
-/* The daemon creates files as itself; give a new one to the caller the way the kernel
- * would have (the group of a set-group-ID directory is inherited). fd >= 0: the new file
- * is open; otherwise it is parent/name. parent is pinned (nd_pin). */
-int op_give(fuse_req_t req, const struct node *parent, int fd, const char *name, mode_t mode)
+/* A root daemon acts on the live store with the credentials of the process that asked:
+ * file-system uid and gid and supplementary groups, set for the calling thread only (the raw
+ * system calls: glibc's setgroups() changes every thread). The kernel then checks the
+ * caller's rights on the store's own files, drops root's file capabilities for the call, and
+ * makes new files the caller's (group of a set-group-ID directory, set-ID bits) by its own
+ * rules; nothing is given away afterwards by name. */
+static gid_t *op_root_groups;
+static int op_root_ngroups;
+static _Thread_local int op_as_caller;     /* OP_CRED_* changed in this thread */
+enum { OP_CRED_IDS = 1, OP_CRED_GROUPS = 2 };
+
+static void op_cred_init(void)
+{
+	int n = getgroups(0, NULL);
+	if (n > 0 && (op_root_groups = calloc((size_t)n, sizeof *op_root_groups)))
+		op_root_ngroups = getgroups(n, op_root_groups);
+	if (op_root_ngroups < 0)
+		op_root_ngroups = 0;
+}
+
+static int op_setfs(long uid_call, unsigned id)
+{
+	syscall(uid_call, id);
+	/* Both calls return the previous id, never an error: ask again to see it took. */
+	return (unsigned)syscall(uid_call, -1) == id ? 0 : -EPERM;
+}
+
+/* The caller's supplementary groups for this thread. */
+static int op_set_groups(fuse_req_t req)
+{
+	gid_t small[64], *groups = small;
+	int n = fuse_req_getgroups(req, 64, small), rc = 0;
+
+	if (n > 64 && (groups = calloc((size_t)n, sizeof *groups)))
+		n = fuse_req_getgroups(req, n, groups);
+	/* Unknown (process gone, another pid namespace): its primary group only, which grants
+	 * less, never more. */
+	if (!groups || n < 0)
+		n = 0;
+	op_as_caller |= OP_CRED_GROUPS;
+	if (syscall(SYS_setgroups, (size_t)n, groups ? groups : small) < 0)
+		rc = -errno;
+	if (groups != small)
+		free(groups);
+	return rc;
+}
+
+int op_cred_take(fuse_req_t req)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	struct stat pst;
+	int rc = 0;
 
-	if (sf.uid != 0 || (ctx->uid == 0 && ctx->gid == 0))
-		return 0;
-	if (fstatat(parent->fd, "", &pst, AT_EMPTY_PATH) < 0)
-		return -errno;
-	gid_t gid = (pst.st_mode & S_ISGID) ? (gid_t)-1 : ctx->gid;
-	int rc = fd >= 0 ? fchown(fd, ctx->uid, gid)
-			 : fchownat(parent->fd, name, ctx->uid, gid, AT_SYMLINK_NOFOLLOW);
-	if (rc < 0)
-		return -errno;
-	/* chown clears set-ID bits; put back what the caller asked for. */
-	if ((mode & (S_ISUID | S_ISGID)) && !S_ISLNK(mode))
-		rc = fd >= 0 ? fchmod(fd, mode & 07777) : fchmodat(parent->fd, name, mode & 07777, 0);
-	return rc < 0 ? -errno : 0;
+	if (sf.uid != 0)
+		return 0;          /* not root: everything already runs as the daemon's user */
+	/* A root caller keeps root's capabilities, to which supplementary groups add nothing:
+	 * only its group, which new files get, is the caller's own. */
+	if (ctx->uid != 0)
+		rc = op_set_groups(req);
+	op_as_caller |= OP_CRED_IDS;
+	if (!rc)
+		rc = op_setfs(SYS_setfsgid, ctx->gid);
+	if (!rc)
+		rc = op_setfs(SYS_setfsuid, ctx->uid);
+	if (rc) {
+		log_err("cannot take the credentials of uid %u: %s", (unsigned)ctx->uid, strerror(-rc));
+		op_cred_drop();
+	}
+	return rc;
+}
+
+void op_cred_drop(void)
+{
+	/* A thread that kept a caller's identity would serve the next request with it. */
+	if (((op_as_caller & OP_CRED_IDS) &&
+	     (op_setfs(SYS_setfsuid, sf.uid) || op_setfs(SYS_setfsgid, sf.gid))) ||
+	    ((op_as_caller & OP_CRED_GROUPS) &&
+	     syscall(SYS_setgroups, (size_t)op_root_ngroups, op_root_groups) < 0)) {
+		log_err("cannot restore the daemon's credentials: %s", strerror(errno));
+		abort();
+	}
+	op_as_caller = 0;
 }
 
 /* A name directly below `.snapshot`: this is where a generation is chosen (and captured if
@@ -161,71 +222,91 @@ static int op_utimens(const struct node *n, int fd, const struct stat *attr, int
 	return utimensat(sf.procfd, p, tv, 0) < 0 ? -errno : 0;
 }
 
-static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
-		       struct fuse_file_info *fi)
+/* chmod n on its own descriptor (or the open handle's fd), never on a name:
+ * /proc/self/fd/N reaches the very inode our O_PATH descriptor holds. */
+static int op_chmod(const struct node *n, int fd, mode_t mode)
 {
-	struct node *n = nd_of(ino);
-	int fd = fi ? ((struct fh *)(uintptr_t)fi->fh)->fd : -1;
 	char p[32];
-	int rc = nd_check(n), pinned = 0;
 
-	if (rc)
-		goto out;
-	if (n->kind != ND_LIVE) {
-		rc = -EROFS;
-		goto out;
-	}
-	if ((rc = nd_pin(n)))
-		goto out;
-	pinned = 1;
-	if (valid & FUSE_SET_ATTR_MODE) {
-		if (S_ISLNK(n->type)) {
-			rc = -EOPNOTSUPP;
-			goto out;
-		}
-		nd_procpath(n, p, sizeof p);
-		if ((fd >= 0 ? fchmod(fd, attr->st_mode) : fchmodat(sf.procfd, p, attr->st_mode, 0)) < 0) {
-			rc = -errno;
-			goto out;
-		}
-	}
+	if (S_ISLNK(n->type))
+		return -EOPNOTSUPP;
+	nd_procpath(n, p, sizeof p);
+	return (fd >= 0 ? fchmod(fd, mode) : fchmodat(sf.procfd, p, mode, 0)) < 0 ? -errno : 0;
+}
+
+/* 1 if mode is n's mode less some of its set-ID bits. The kernel asks for that itself, in the
+ * name of whoever writes or truncates a file they do not own, as a local file system would
+ * clear them: taking a privilege away needs none. */
+static int op_clears_setid(const struct node *n, mode_t mode)
+{
+	const mode_t setid = S_ISUID | S_ISGID;
+	struct stat st;
+
+	if (fstatat(n->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0 || S_ISLNK(st.st_mode))
+		return 0;
+	mode &= 07777;
+	return (st.st_mode & setid & ~mode) && (mode & ~setid) == (st.st_mode & 07777 & ~setid) &&
+	       !(mode & ~st.st_mode & setid);
+}
+
+/* The changes setattr asks for, on n's own descriptor (pinned) or the open handle's fd. */
+static int op_setattr_live(struct node *n, int fd, const struct stat *attr, int valid)
+{
+	int rc = 0;
+
+	if ((valid & FUSE_SET_ATTR_MODE) && (rc = op_chmod(n, fd, attr->st_mode)))
+		return rc;
 	if (valid & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
 		uid_t uid = (valid & FUSE_SET_ATTR_UID) ? attr->st_uid : (uid_t)-1;
 		gid_t gid = (valid & FUSE_SET_ATTR_GID) ? attr->st_gid : (gid_t)-1;
-		if (fchownat(n->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
-			rc = -errno;
-			goto out;
-		}
+		if (fchownat(n->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+			return -errno;
 	}
 	if (valid & FUSE_SET_ATTR_SIZE) {
-		int tfd = fd >= 0 ? fd : nd_reopen(n, O_WRONLY);
-		if (tfd < 0) {
-			rc = tfd;
-			goto out;
-		}
+		if (!S_ISREG(n->type))
+			return S_ISDIR(n->type) ? -EISDIR : -EINVAL;
+		int tfd = fd >= 0 ? fd : nd_reopen(n, O_WRONLY | O_NONBLOCK);
+		if (tfd < 0)
+			return tfd;
 		if (ftruncate(tfd, attr->st_size) < 0)
 			rc = -errno;
 		if (tfd != fd)
 			close(tfd);
 		if (rc)
-			goto out;
+			return rc;
 	}
-	if (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+	if (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME))
 		rc = op_utimens(n, fd, attr, valid);
-		if (rc)
-			goto out;
-	}
+	return rc;
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
+		       struct fuse_file_info *fi)
+{
+	struct node *n = nd_of(ino);
+	int fd = fi ? ((struct fh *)(uintptr_t)fi->fh)->fd : -1;
 	struct stat st;
-	rc = nd_stat(n, &st);
-	if (!rc) {
+	int rc = nd_check(n);
+
+	if (!rc && n->kind != ND_LIVE)
+		rc = -EROFS;
+	if (!rc && !(rc = nd_pin(n))) {
+		if ((valid & FUSE_SET_ATTR_MODE) && op_clears_setid(n, attr->st_mode)) {
+			rc = op_chmod(n, fd, attr->st_mode);
+			valid &= ~FUSE_SET_ATTR_MODE;
+		}
+		if (!rc && !(rc = op_cred_take(req))) {
+			rc = op_setattr_live(n, fd, attr, valid);
+			op_cred_drop();
+		}
 		nd_unpin(n);
-		fuse_reply_attr(req, &st, nd_attr_timeout(n));
-		return;
 	}
-out:
-	if (pinned)
-		nd_unpin(n);
-	fuse_reply_err(req, -rc);
+	if (!rc)
+		rc = nd_stat(n, &st);
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_attr(req, &st, nd_attr_timeout(n));
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
@@ -252,7 +333,7 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 	}
 }
 
-/* mknod, mkdir and symlink: make parent/name, give it to the caller, look it up. */
+/* mknod, mkdir and symlink: make parent/name as the caller, look it up. */
 static void op_make(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
 		    dev_t rdev, const char *link)
 {
@@ -262,20 +343,24 @@ static void op_make(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t 
 
 	if (!rc && op_reserved(p, name))
 		rc = -EEXIST;
-	if (!rc)
-		rc = nd_pin(p);
-	if (rc)
+	if (rc || (rc = nd_pin(p)))
 		goto out;
+	if ((rc = op_cred_take(req))) {
+		nd_unpin(p);
+		goto out;
+	}
 	if (link)
 		rc = symlinkat(link, p->fd, name);
 	else if (S_ISDIR(mode))
 		rc = mkdirat(p->fd, name, mode & 07777);
 	else
 		rc = mknodat(p->fd, name, mode, rdev);
-	rc = rc < 0 ? -errno : op_give(req, p, -1, name, link ? S_IFLNK : mode);
+	rc = rc < 0 ? -errno : 0;
+	op_cred_drop();
+	nd_unpin(p);
+	/* Whatever the name holds by now is only looked up, never changed. */
 	if (!rc)
 		rc = nd_lookup(p, name, &e);
-	nd_unpin(p);
 	if (!rc) {
 		fuse_reply_entry(req, &e);
 		return;
@@ -307,8 +392,11 @@ static void op_remove(fuse_req_t req, fuse_ino_t parent, const char *name, int f
 	if (!rc && op_reserved(p, name))
 		rc = -EROFS;
 	if (!rc && !(rc = nd_pin(p))) {
-		if (unlinkat(p->fd, name, flags) < 0)
-			rc = -errno;
+		if (!(rc = op_cred_take(req))) {
+			if (unlinkat(p->fd, name, flags) < 0)
+				rc = -errno;
+			op_cred_drop();
+		}
 		nd_unpin(p);
 	}
 	fuse_reply_err(req, -rc);
@@ -338,8 +426,11 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		rc = -EINVAL;
 	if (!rc && !(rc = nd_pin(p))) {
 		if (!(rc = nd_pin(np))) {
-			if (renameat2(p->fd, name, np->fd, newname, flags) < 0)
-				rc = -errno;
+			if (!(rc = op_cred_take(req))) {
+				if (renameat2(p->fd, name, np->fd, newname, flags) < 0)
+					rc = -errno;
+				op_cred_drop();
+			}
 			nd_unpin(np);
 		}
 		nd_unpin(p);
@@ -362,9 +453,12 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	if (rc || (rc = nd_pin(n)))
 		goto out;
 	if (!(rc = nd_pin(np))) {
-		nd_procpath(n, p, sizeof p);
-		if (linkat(sf.procfd, p, np->fd, newname, AT_SYMLINK_FOLLOW) < 0)
-			rc = -errno;
+		if (!(rc = op_cred_take(req))) {
+			/* Through /proc/self/fd/N: the very inode our descriptor holds, not a name. */
+			nd_procpath(n, p, sizeof p);
+			rc = linkat(sf.procfd, p, np->fd, newname, AT_SYMLINK_FOLLOW) < 0 ? -errno : 0;
+			op_cred_drop();
+		}
 		nd_unpin(np);
 	}
 	nd_unpin(n);
@@ -440,8 +534,11 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 	}
 	rc = op_xattr_path(n, path, sizeof path);
 	if (!rc) {
-		if (setxattr(path, name, value, size, flags) < 0)
-			rc = -errno;
+		if (!(rc = op_cred_take(req))) {
+			if (setxattr(path, name, value, size, flags) < 0)
+				rc = -errno;
+			op_cred_drop();
+		}
 		nd_unpin(n);
 	}
 out:
@@ -455,8 +552,11 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	int rc = n->kind == ND_SNAP || n->kind == ND_SNAPDIR ? -EROFS
 							     : op_xattr_path(n, path, sizeof path);
 	if (!rc) {
-		if (removexattr(path, name) < 0)
-			rc = -errno;
+		if (!(rc = op_cred_take(req))) {
+			if (removexattr(path, name) < 0)
+				rc = -errno;
+			op_cred_drop();
+		}
 		nd_unpin(n);
 	}
 	fuse_reply_err(req, -rc);
@@ -533,6 +633,7 @@ out:
 
 void op_register(struct fuse_lowlevel_ops *ops)
 {
+	op_cred_init();
 	ops->lookup = op_lookup;
 	ops->forget = op_forget;
 	ops->forget_multi = op_forget_multi;

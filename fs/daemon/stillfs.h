@@ -124,6 +124,9 @@ struct sf_opts {
 	unsigned long max_nodes;
 	unsigned long max_user_fds;
 	int capture_nice;
+	/* Numbers as given, checked by sf_validate: libfuse's own parsing takes "10abc" as 10. */
+	char *max_age_opt, *linger_opt, *settle_opt, *max_nodes_opt, *max_user_fds_opt;
+	char *capture_nice_opt;
 };
 
 struct sf {
@@ -198,8 +201,10 @@ int nd_check(const struct node *n);
 
 /* ops.c */
 void op_register(struct fuse_lowlevel_ops *ops);
-/* Give a file the daemon just created to the caller (fd >= 0: it is open; else parent/name). */
-int op_give(fuse_req_t req, const struct node *parent, int fd, const char *name, mode_t mode);
+/* Make the calling thread's file-system accesses those of req's caller (a root daemon only);
+ * 0 or -errno. op_cred_drop restores the daemon's own, and must come before the reply. */
+int op_cred_take(fuse_req_t req);
+void op_cred_drop(void);
 
 /* dir.c */
 void dr_register(struct fuse_lowlevel_ops *ops);
@@ -244,8 +249,12 @@ void lk_drop_owner(struct node *n, uint64_t owner);
 void lk_free_all(struct node *n);
 /* Drop the locks of owners whose last lock request came through this handle (at release). */
 void lk_drop_handle(struct node *n, const void *handle);
-/* Wake lock waiters blocked in the kernel so they notice interrupts or shutdown. */
-void lk_kick_waiters(void);
+/* The thread that answers blocking lock requests once granted or interrupted (after
+ * daemonizing); lk_stop answers those still waiting with EINTR. */
+int lk_start(void);
+void lk_stop(void);
+/* How many blocking lock requests wait now. */
+unsigned lk_waiting(void);
 
 /* helper.c */
 int hp_main(int argc, char **argv);
@@ -302,7 +311,8 @@ int gen_open_current(struct genmgr *gm);
 /* Sleep until woken by gen activity or timeout seconds. */
 void gen_wait(struct genmgr *gm, double timeout);
 void gen_wake(struct genmgr *gm);
-/* "key: value" lines describing the current state. Returns a malloc'd string. */
-char *gen_status(struct genmgr *gm);
+/* "key: value" lines describing the current state. Returns a malloc'd string. Without
+ * detailed, the last error is only its kind: the full message may name a private file. */
+char *gen_status(struct genmgr *gm, int detailed);
 
 #endif

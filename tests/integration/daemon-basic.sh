@@ -34,7 +34,24 @@ mkdir -p "$T_WORK/old.cache"
 expect_error 'unknown option' "$store" "$mnt" -o "bogus_option=1,cache=$T_WORK/old.cache"
 [ -d "$T_WORK/old.cache" ] || t_fail "a failed start removed a cache directory it did not make"
 expect_error "snapdir must be" "$store" "$mnt" -o snapdir=sometimes
-expect_error 'must be >= 0' "$store" "$mnt" -o snapshot_max_age=-1
+expect_error 'snapshot_max_age must be a number from 0' "$store" "$mnt" -o snapshot_max_age=-1
+# Numbers are all of their text; an empty cache= is not the current directory.
+for bad in snapshot_max_age=10abc snapshot_linger= settle_timeout=0 settle_timeout=nan \
+           max_nodes=-5 max_nodes=12x max_nodes=1.5 capture_nice=3x capture_nice=20; do
+  expect_error "^stillfs: ${bad%%=*} must be a (whole )?number from .*, not '${bad#*=}'\$" "$store" "$mnt" -o "$bad"
+done
+expect_error 'cache= needs a directory' "$store" "$mnt" -o cache=
+# A cache that others could swap or fill is refused: not the daemon's own, or inside a
+# directory others may write (unless sticky, as /tmp).
+mkdir -p "$T_WORK/foreign.cache" "$T_WORK/open/cache" "$T_WORK/sticky/cache"
+chown nobody "$T_WORK/foreign.cache"
+expect_error 'belongs to uid [0-9]+, not to this daemon' "$store" "$mnt" -o "cache=$T_WORK/foreign.cache"
+chmod 777 "$T_WORK/open"
+expect_error "inside $T_WORK/open, which others may change" "$store" "$mnt" -o "cache=$T_WORK/open/cache"
+[ -z "$(ls -A "$T_WORK/open/cache")" ] || t_fail "a refused cache was written: $(ls -A "$T_WORK/open/cache")"
+chmod 1777 "$T_WORK/sticky"
+t_mount "$store" "$mnt" -o "cache=$T_WORK/sticky/cache"
+t_unmount "$mnt"
 expect_error 'inside the store' "$store" "$store/sub"
 expect_error 'outside the store' "$store" "$mnt" -o "cache=$store/sub/cache"
 mkdir -p "$T_WORK/notacache" && touch "$T_WORK/notacache/precious"

@@ -23,7 +23,7 @@ judge() {  # judge DIR WHAT
 unpinned() { [ "$(t_status "$mnt" pinned)" != yes ]; }
 copies() {  # copies LABEL WRITER_TARGET
   local label=$1 target=$2 i gens=() dst
-  t_bg "$TORTURE" write "$target"
+  t_bg "$TORTURE" write --persist-interval 1000 "$target"
   local writer=${T_PIDS[-1]}
   written() { [ -n "$(sqlite3 -cmd '.timeout 5000' "file:$store/chroma.sqlite3?mode=ro" 'select seq from max_seq_id limit 1' 2>/dev/null)" ]; }
   t_wait_for 30 written

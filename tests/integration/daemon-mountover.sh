@@ -9,7 +9,7 @@ store=$T_WORK/store
 "$TORTURE" init "$store" >/dev/null
 t_mount "$store" "$store" -o snapshot_max_age=0,snapshot_linger=1
 [ -f "$store/chroma.sqlite3" ] || t_fail "the store's files are not visible through the mount over it"
-t_bg "$TORTURE" write "$store"
+t_bg "$TORTURE" write --persist-interval 1000 "$store"
 writer=${T_PIDS[-1]}
 written() { [ -n "$(sqlite3 -cmd '.timeout 5000' "file:$store/chroma.sqlite3?mode=ro" 'select seq from max_seq_id limit 1' 2>/dev/null)" ]; }
 t_wait_for 30 written

@@ -6,7 +6,7 @@ source "$(dirname "$0")/lib.sh"
 N=${ENGINE_TORTURE_SNAPSHOTS:-25}
 store=$T_WORK/store
 "$TORTURE" init "$store" >/dev/null
-t_bg "$TORTURE" write "$store"
+t_bg "$TORTURE" write --persist-interval 1000 "$store"
 writer=${T_PIDS[-1]}
 # Wait until the writer has committed something, not for a fixed time.
 persisted() { [ -n "$(sqlite3 -cmd '.timeout 5000' "file:$store/chroma.sqlite3?mode=ro" 'select seq from max_seq_id limit 1' 2>/dev/null)" ]; }

@@ -9,9 +9,10 @@ export LC_ALL=C
 T_WORK=$(mktemp -d "${TMPDIR:-/tmp}/stillfs-test.XXXXXX")
 T_PIDS=()
 T_MOUNTS=()
+T_USERS=()
 
 t_cleanup() {
-  local rc=$? p m
+  local rc=$? p m u
   for p in "${T_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${T_PIDS[@]}"; do
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -22,6 +23,7 @@ t_cleanup() {
     if findmnt -n "$m" >/dev/null 2>&1; then fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; fi
   done
   rm -rf "$T_WORK" 2>/dev/null || true
+  for u in "${T_USERS[@]}"; do userdel -f "$u" 2>/dev/null || true; done
   exit "$rc"
 }
 trap t_cleanup EXIT
@@ -32,6 +34,14 @@ t_log() { echo "# $*" >&2; }
 
 # t_bg CMD...: start CMD in the background and remember it for cleanup.
 t_bg() { "$@" & T_PIDS+=("$!"); }
+
+# t_useradd NAME: a real unprivileged user (and its own group) for this test, removed with
+# its group at exit.
+t_useradd() {
+  userdel -f "$1" 2>/dev/null || true
+  useradd -M -U -d / -s /usr/sbin/nologin "$1" || t_fail "cannot create the test user $1"
+  T_USERS+=("$1")
+}
 
 # t_wait_for SECONDS CMD...: poll until CMD succeeds; fail the test when time runs out.
 t_wait_for() {

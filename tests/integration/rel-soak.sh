@@ -64,7 +64,7 @@ case $mode in
 esac
 
 "$TORTURE" init "$store" >/dev/null
-t_bg "$TORTURE" write "$store" >"$T_WORK/writer.out" 2>&1
+t_bg "$TORTURE" write --persist-interval 1000 "$store" >"$T_WORK/writer.out" 2>&1
 writer=${T_PIDS[-1]}
 persisted() { [ -n "$(sqlite3 -readonly -cmd '.timeout 5000' "$store/chroma.sqlite3" 'select seq from max_seq_id limit 1' 2>/dev/null)" ]; }
 t_wait_for 30 persisted

@@ -30,7 +30,7 @@ case $wmode in
   store) target=$store ;;
   *) t_fail "RELD_SOAK_WRITER must be mount or store" ;;
 esac
-t_bg "$TORTURE" write "$target" >"$T_WORK/writer.out" 2>&1
+t_bg "$TORTURE" write --persist-interval 1000 "$target" >"$T_WORK/writer.out" 2>&1
 writer=${T_PIDS[-1]}
 persisted() { [ -n "$(sqlite3 -readonly -cmd '.timeout 5000' "$store/chroma.sqlite3" 'select seq from max_seq_id limit 1' 2>/dev/null)" ]; }
 t_wait_for 60 persisted

@@ -32,7 +32,7 @@ store=$T_WORK/store
 mkdir "$store/extra"
 head -c 65536 /dev/urandom >"$store/extra/hazard.bin"
 echo "deleted before round $CHURN_ROUND" >"$store/extra/gone.txt"
-t_bg "$TORTURE" write "$store"
+t_bg "$TORTURE" write --persist-interval 1000 "$store"
 writer=${T_PIDS[-1]}
 persisted() { [ -n "$(sqlite3 -cmd '.timeout 5000' "file:$store/chroma.sqlite3?mode=ro" 'select seq from max_seq_id limit 1' 2>/dev/null)" ]; }
 t_wait_for 30 persisted

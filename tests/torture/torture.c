@@ -612,7 +612,7 @@ static double now_s(void)
 	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static int cmd_write(const char *store, double seconds, long threshold)
+static int cmd_write(const char *store, double seconds, long threshold, double interval)
 {
 	struct writer w = { .store = store };
 	char path[PATH_MAX];
@@ -653,7 +653,7 @@ static int cmd_write(const char *store, double seconds, long threshold)
 	else if (n != nw)
 		die("%s: counters differ by %" PRId64 ": store is inconsistent", store, n - nw);
 
-	double start = now_s(), deadline = seconds > 0 ? start + seconds : 0;
+	double start = now_s(), deadline = seconds > 0 ? start + seconds : 0, persisted = 0;
 	uint64_t r = (uint64_t)n;
 	while (!stop_requested && !(deadline > 0 && now_s() >= deadline)) {
 		/* The record and its counter bump are one chroma transaction; the WAL counter follows in
@@ -669,8 +669,13 @@ static int cmd_write(const char *store, double seconds, long threshold)
 		w.records++;
 		if (!commit_wal(&w, r))
 			break;
-		if (r % (uint64_t)threshold == 0 && !persist(&w, r))
-			break;
+		/* ChromaDB persists every sync_threshold records; with --persist-interval no sooner
+		 * than that after the last persist, as a writer whose records come at a real rate. */
+		if (r % (uint64_t)threshold == 0 && now_s() - persisted >= interval) {
+			if (!persist(&w, r))
+				break;
+			persisted = now_s();
+		}
 	}
 	double elapsed = now_s() - start;
 
@@ -1337,7 +1342,7 @@ static int cmd_hotcheck(const char *dir, bool strict)
 
 #define SYNOPSIS \
 	"usage: torture init STORE\n" \
-	"       torture write STORE [--seconds N] [--sync-threshold K]\n" \
+	"       torture write STORE [--seconds N] [--sync-threshold K] [--persist-interval MS]\n" \
 	"       torture check [--strict] DIR\n" \
 	"       torture hotjournal STORE\n" \
 	"       torture hotcheck [--strict] DIR\n"
@@ -1348,7 +1353,8 @@ static void usage(FILE *out)
 	      "\n"
 	      "init        create a fresh ChromaDB-like store in STORE\n"
 	      "write       write to STORE at full speed until SIGTERM/SIGINT or N seconds;\n"
-	      "            persist the segment every K records (default 20)\n"
+	      "            persist the segment every K records (default 20), and no sooner than\n"
+	      "            MS milliseconds after the last persist (default 0)\n"
 	      "check       judge a copy of a store: exit 0 if it is one consistent instant,\n"
 	      "            1 with one line per violation; --strict also demands the snapshot\n"
 	      "            format (no -wal/-shm/-journal, rollback header, opens immutable)\n"
@@ -1385,10 +1391,11 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "seconds", required_argument, NULL, 's' },
 		{ "sync-threshold", required_argument, NULL, 'k' },
+		{ "persist-interval", required_argument, NULL, 'i' },
 		{ "strict", no_argument, NULL, 'S' },
 		{ NULL, 0, NULL, 0 },
 	};
-	double seconds = 0;
+	double seconds = 0, interval = 0;
 	long threshold = 20;
 	bool strict = false, is_write = strcmp(cmd, "write") == 0;
 	bool strict_ok = strcmp(cmd, "check") == 0 || strcmp(cmd, "hotcheck") == 0;
@@ -1414,6 +1421,14 @@ int main(int argc, char **argv)
 				bad_usage("--sync-threshold: expected a positive integer, got \"%s\"",
 					  optarg);
 			break;
+		case 'i':
+			if (!is_write)
+				bad_usage("%s: --persist-interval applies to write only", cmd);
+			errno = 0;
+			interval = strtod(optarg, &end) / 1000;
+			if (errno || *end || end == optarg || !(interval >= 0))
+				bad_usage("--persist-interval: expected milliseconds, got \"%s\"", optarg);
+			break;
 		case 'S':
 			if (!strict_ok)
 				bad_usage("%s: --strict applies to check and hotcheck only", cmd);
@@ -1432,7 +1447,7 @@ int main(int argc, char **argv)
 	if (strcmp(cmd, "init") == 0)
 		return cmd_init(args[0]);
 	if (is_write)
-		return cmd_write(args[0], seconds, threshold);
+		return cmd_write(args[0], seconds, threshold, interval);
 	if (strcmp(cmd, "check") == 0)
 		return cmd_check(args[0], strict);
 	if (strcmp(cmd, "hotjournal") == 0)

@@ -1365,27 +1365,26 @@ Test(capture, verify_accepts_what_uploaders_do)
 }
 
 /* Replace the digest the manifest of snapshot NAME records for REL with the file's current
- * one: damage that a digest cannot see, so that only the database checks are left. */
+ * one, and write the manifest again: damage that a digest cannot see, so that only the
+ * database checks are left. */
 static void reseal(const char *name, const char *rel, const uint8_t old[32])
 {
-	char mpath[128], fpath[128], oldhex[65], newhex[65];
-	uint8_t now[32];
+	char mpath[128], fpath[128];
+	struct mf m;
 	snprintf(mpath, sizeof mpath, "out/%s/" CAP_MANIFEST_NAME, name);
 	snprintf(fpath, sizeof fpath, "out/%s/%s", name, rel);
-	digest_rel(fpath, now);
-	sha256_hex(old, oldhex);
-	sha256_hex(now, newhex);
-	static char text[1 << 16];
-	int fd = openat(basefd, mpath, O_RDWR | O_CLOEXEC);
+	cr_assert_eq(mf_load(basefd, mpath, &m), 0, "%s", m.why);
+	struct mf_entry *e = (struct mf_entry *)mf_find(&m, rel);
+	cr_assert_not_null(e, "%s not in the manifest", rel);
+	cr_assert_arr_eq(e->digest, old, 32, "the manifest has another digest of %s", rel);
+	digest_rel(fpath, e->digest);
+	cr_assert_eq(unlinkat(basefd, mpath, 0), 0);
+	int fd = openat(basefd, mpath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
 	cr_assert_geq(fd, 0);
-	ssize_t n = pread(fd, text, sizeof text - 1, 0);
-	cr_assert_gt(n, 0);
-	text[n] = 0;
-	char *at = strstr(text, oldhex);
-	cr_assert_not_null(at, "digest of %s not in the manifest", rel);
-	memcpy(at, newhex, 64);
-	cr_assert_eq(pwrite(fd, text, (size_t)n, 0), n);
-	close(fd);
+	FILE *f = fdopen(fd, "w");
+	cr_assert_eq(mf_write(f, &m), 0);
+	cr_assert_eq(fclose(f), 0);
+	mf_free(&m);
 }
 
 Test(capture, verify_checks_databases_beyond_their_digest)

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Class 5: a writer that stalls 300 ms between the files of a group rewritten in place.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/cut-lib.sh"
+cut_class 5 stall "cp -a" --stall-ms 300
