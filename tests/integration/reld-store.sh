@@ -86,7 +86,7 @@ mutator() {
         6) [ -f "$a" ] && truncate -s $((RANDOM % 3)) "$a" 2>/dev/null || true ;;
       esac
     done
-    read -r -t 0.15 -u "$tick" _ || true   # a pause, so that the store settles now and then
+    read -r -t 0.6 -u "$tick" _ || true    # a pause longer than the quiet window (400 ms)
   done
 }
 walker() {  # walker DIR OUT: walk and read until killed, errors to OUT
