@@ -104,9 +104,35 @@ int sq_journal_is_hot(int dirfd, const char *name, int dbfd)
 	return n == (ssize_t)sizeof magic && memcmp(magic, sq_journal_magic, sizeof magic) == 0;
 }
 
+/* SQLite URIs need %-escapes for characters that mean something in a URI. */
+static int sq_uri(const char *path, const char *query, char *out, size_t len)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t o = 0;
+	const char *pre = "file:";
+	for (const char *p = pre; *p; p++)
+		if (o < len)
+			out[o++] = *p;
+	for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
+		if (o + 3 >= len)
+			return -ENAMETOOLONG;
+		if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		    strchr("/-_.~", *p)) {
+			out[o++] = (char)*p;
+		} else {
+			out[o++] = '%';
+			out[o++] = hex[*p >> 4];
+			out[o++] = hex[*p & 15];
+		}
+	}
+	int n = snprintf(out + o, len - o, "?%s", query);
+	return n < 0 || (size_t)n >= len - o ? -ENAMETOOLONG : 0;
+}
+
 /* A VFS that takes "/proc/self/fd/N/name" literally. The unix VFS would resolve the magic
- * link to the store's path, which may be covered by our own mount. */
-static sqlite3_vfs sq_vfs;
+ * link to the store's path, which may be covered by our own mount. It never writes the store:
+ * see sq_open_file and sq_open_ro. */
+static sqlite3_vfs sq_vfs, *sq_vfs_base;
 static pthread_once_t sq_vfs_once = PTHREAD_ONCE_INIT;
 static int sq_vfs_ok;
 
@@ -122,28 +148,83 @@ static int sq_full_pathname(sqlite3_vfs *vfs, const char *name, int nout, char *
 	return SQLITE_OK;
 }
 
+/* Every named file a connection opens is the live store's: read-only, never created. A
+ * read-only connection still asks for its -wal read-write and to be created; given a
+ * read-only one, SQLite reads the WAL as a reader that may not write, and a -wal that is
+ * gone makes the read fail (SQLITE_CANTOPEN) instead of leaving an empty one behind.
+ * Temporary files (no name, or not the database's own) are SQLite's, elsewhere. */
+static int sq_open_file(sqlite3_vfs *vfs, sqlite3_filename name, sqlite3_file *f, int flags,
+			int *out)
+{
+	const int store = SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_WAL | SQLITE_OPEN_MAIN_JOURNAL |
+			  SQLITE_OPEN_SUPER_JOURNAL;
+	if (name && (flags & store))
+		flags = (flags & ~(SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+				   SQLITE_OPEN_EXCLUSIVE | SQLITE_OPEN_DELETEONCLOSE)) |
+			SQLITE_OPEN_READONLY;
+	(void)vfs;
+	return sq_vfs_base->xOpen(sq_vfs_base, name, f, flags, out);
+}
+
+/* SQLite deletes a -wal beside an empty database file when it opens it, and the WAL files
+ * after a checkpoint on close (which sq_open_ro turns off): not in the live store. */
+static int sq_delete(sqlite3_vfs *vfs, const char *name, int syncdir)
+{
+	(void)vfs;
+	(void)name;
+	(void)syncdir;
+	return SQLITE_IOERR_DELETE;
+}
+
+/* Running as root, the unix VFS gives every -wal, -journal and -shm it opens the owner of its
+ * database, so that one it has just created stays usable by that owner. Even a chown to the
+ * owner a file has changes its ctime, which is a change to the live store; a file opened
+ * read-only was not created by SQLite. The unix VFS's system calls are shared by all its
+ * connections, so this holds for all of them. */
+static int sq_fchown(int fd, uid_t uid, gid_t gid)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0 && (fl & O_ACCMODE) == O_RDONLY)
+		return 0;
+	return fchown(fd, uid, gid);
+}
+
 static void sq_vfs_init(void)
 {
-	sqlite3_vfs *base = sqlite3_vfs_find("unix");
-	if (!base)
+	sq_vfs_base = sqlite3_vfs_find("unix");
+	if (!sq_vfs_base || !sq_vfs_base->xSetSystemCall ||
+	    sq_vfs_base->xSetSystemCall(sq_vfs_base, "fchown", (sqlite3_syscall_ptr)sq_fchown))
 		return;
-	sq_vfs = *base;
+	sq_vfs = *sq_vfs_base;
 	sq_vfs.zName = "stillfs-literal";
 	sq_vfs.pNext = NULL;
 	sq_vfs.xFullPathname = sq_full_pathname;
+	sq_vfs.xOpen = sq_open_file;
+	sq_vfs.xDelete = sq_delete;
 	sq_vfs_ok = sqlite3_vfs_register(&sq_vfs, 0) == SQLITE_OK;
 }
 
 int sq_open_ro(int dirfd, const char *name, sqlite3 **db)
 {
-	char path[4200];
+	char path[4200], uri[3 * sizeof path + 32];
 	pthread_once(&sq_vfs_once, sq_vfs_init);
+	*db = NULL;
 	if (!sq_vfs_ok)
 		return -ENOSYS;
-	if (snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dirfd, name) >= (int)sizeof path)
+	/* readonly_shm: the -shm is opened and mapped read-only, so that this connection never
+	 * writes the WAL index. As such a reader it cannot record its read mark there: it reads
+	 * under an existing mark below the last commit (which only keeps a checkpoint from going
+	 * past that mark while it reads), and fails with SQLITE_READONLY_* where it would have to
+	 * build or repair the index. Without another connection holding the -shm it reads the
+	 * -wal into private memory (SQLite's heap-memory index). */
+	if (snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dirfd, name) >= (int)sizeof path ||
+	    sq_uri(path, "readonly_shm=1", uri, sizeof uri))
 		return -ENAMETOOLONG;
-	int rc = sqlite3_open_v2(path, db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
-				 "stillfs-literal");
+	int rc = sqlite3_open_v2(uri, db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX |
+				 SQLITE_OPEN_URI, "stillfs-literal");
+	/* The last connection to close tries to checkpoint and delete the WAL files. */
+	if (rc == SQLITE_OK)
+		rc = sqlite3_db_config(*db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
 	if (rc != SQLITE_OK) {
 		sqlite3_close(*db);
 		*db = NULL;
@@ -482,31 +563,6 @@ int sq_finish_copy(const char *path, char *err, size_t errlen)
 	sqlite3_finalize(st);
 	sqlite3_close(db);
 	return rc == SQLITE_OK ? 0 : ((rc & 0xff) == SQLITE_FULL ? -ENOSPC : -EIO);
-}
-
-/* SQLite URIs need %-escapes for characters that mean something in a URI. */
-static int sq_uri(const char *path, const char *query, char *out, size_t len)
-{
-	static const char hex[] = "0123456789abcdef";
-	size_t o = 0;
-	const char *pre = "file:";
-	for (const char *p = pre; *p; p++)
-		if (o < len)
-			out[o++] = *p;
-	for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
-		if (o + 3 >= len)
-			return -ENAMETOOLONG;
-		if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-		    strchr("/-_.~", *p)) {
-			out[o++] = (char)*p;
-		} else {
-			out[o++] = '%';
-			out[o++] = hex[*p >> 4];
-			out[o++] = hex[*p & 15];
-		}
-	}
-	int n = snprintf(out + o, len - o, "?%s", query);
-	return n < 0 || (size_t)n >= len - o ? -ENAMETOOLONG : 0;
 }
 
 int sq_integrity(const char *path, char *err, size_t errlen)

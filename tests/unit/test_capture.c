@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdarg.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,7 @@
 #include "capture.h"
 #include "manifest.h"
 #include "sha256.h"
+#include "sqlcap.h"
 #include "util.h"
 #include "verify.h"
 
@@ -984,6 +986,29 @@ Test(capture, wal_database_with_live_wal_and_open_transaction)
 	cr_assert_eq(query_int(P("store/live.db"), "SELECT count(*) FROM t"), committed + 2);
 }
 
+/* Copy the files named (NULL-terminated) from directory `from` to `to`, whole. */
+static void copy_files(const char *from, const char *to, ...)
+{
+	va_list ap;
+	va_start(ap, to);
+	for (const char *name; (name = va_arg(ap, const char *));) {
+		char src[128], dst[128];
+		snprintf(src, sizeof src, "%s/%s", from, name);
+		snprintf(dst, sizeof dst, "%s/%s", to, name);
+		int in = openat(basefd, src, O_RDONLY | O_CLOEXEC);
+		cr_assert_geq(in, 0, "open %s: %s", src, strerror(errno));
+		struct stat st;
+		cr_assert_eq(fstat(in, &st), 0);
+		uint8_t *buf = malloc((size_t)st.st_size + 1);
+		cr_assert_not_null(buf);
+		cr_assert_eq(pread(in, buf, (size_t)st.st_size, 0), st.st_size);
+		put(dst, buf, (size_t)st.st_size, 0644);
+		free(buf);
+		close(in);
+	}
+	va_end(ap);
+}
+
 /* A WAL database that nobody has open, with committed transactions still in its -wal and no
  * -shm: what a copy of a live store made with cp/rsync/s3 sync (which often leave the -shm
  * out) or a restored backup looks like. The snapshot must hold the rows that are only in the
@@ -1000,22 +1025,7 @@ Test(capture, wal_database_without_shm_and_no_writer)
 		sql(db, "INSERT INTO t(v) VALUES (randomblob(1000))");
 	/* Copy the two files while the connection keeps the -wal from being checkpointed. (Our
 	 * closing these descriptors drops this process's locks on src/: nobody else uses it.) */
-	static const char *const names_[] = { "t.db", "t.db-wal" };
-	for (unsigned k = 0; k < 2; k++) {
-		char from[64], to[64];
-		snprintf(from, sizeof from, "src/%s", names_[k]);
-		snprintf(to, sizeof to, "store/%s", names_[k]);
-		int in = openat(basefd, from, O_RDONLY | O_CLOEXEC);
-		cr_assert_geq(in, 0);
-		struct stat st;
-		cr_assert_eq(fstat(in, &st), 0);
-		uint8_t *buf = malloc((size_t)st.st_size);
-		cr_assert_not_null(buf);
-		cr_assert_eq(pread(in, buf, (size_t)st.st_size, 0), st.st_size);
-		put(to, buf, (size_t)st.st_size, 0644);
-		free(buf);
-		close(in);
-	}
+	copy_files("src", "store", "t.db", "t.db-wal", NULL);
 	sqlite3_close(db);
 	cr_assert_gt(lst("store/t.db-wal").st_size, 20 * 1000);
 	cr_assert(!exists("store/t.db-shm"));
@@ -1038,6 +1048,123 @@ Test(capture, wal_database_without_shm_and_no_writer)
 	}
 	free(before.v);
 	free(after.v);
+}
+
+/* ---- the engine's own SQLite connection on the live store --------------------------------- */
+
+/* The store's files, contents and times (ctime too: a chown to the same owner changes it). */
+static void assert_same_store(const struct tree *before)
+{
+	struct tree after = listing("store");
+	cr_assert_eq(after.n, before->n, "the store has %zu entries, had %zu", after.n, before->n);
+	for (size_t i = 0; i < before->n; i++) {
+		const struct node *b = &before->v[i], *a = find(&after, b->path);
+		cr_assert_not_null(a, "%s is gone", b->path);
+		cr_assert_arr_eq(a->digest, b->digest, 32, "%s changed", b->path);
+		cr_assert_eq(ns(a->st.st_mtim), ns(b->st.st_mtim), "%s: mtime changed", b->path);
+		cr_assert_eq(ns(a->st.st_ctim), ns(b->st.st_ctim), "%s: ctime changed", b->path);
+	}
+	free(after.v);
+}
+
+static int64_t conn_int(sqlite3 *db, const char *q)
+{
+	sqlite3_stmt *st;
+	cr_assert_eq(sqlite3_prepare_v2(db, q, -1, &st, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+	cr_assert_eq(sqlite3_step(st), SQLITE_ROW, "%s: %s", q, sqlite3_errmsg(db));
+	int64_t v = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return v;
+}
+
+/* -wal and -shm left by a connection that is gone (nobody holds the -shm): the read-only
+ * connection cannot trust or rebuild the -shm, and reads the -wal into its own memory. */
+Test(capture, sq_reads_an_unheld_wal_without_writing_it)
+{
+	mkd("src", 0755);
+	sqlite3 *db;
+	cr_assert_eq(sqlite3_open(P("src/t.db"), &db), SQLITE_OK);
+	sql(db, "PRAGMA journal_mode=WAL");
+	sql(db, "PRAGMA wal_autocheckpoint=0");
+	sql(db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
+	for (int i = 0; i < 20; i++)
+		sql(db, "INSERT INTO t(v) VALUES (randomblob(1000))");
+	copy_files("src", "store", "t.db", "t.db-wal", "t.db-shm", NULL);
+	sqlite3_close(db);
+	struct tree before = listing("store");
+
+	int dirfd = openat(basefd, "store", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	cr_assert_geq(dirfd, 0);
+	sqlite3 *ro = NULL;
+	cr_assert_eq(sq_open_ro(dirfd, "t.db", &ro), 0);
+	cr_assert_eq(sq_begin_read(ro, 1.0), 0, "%s", sqlite3_errmsg(ro));
+	cr_assert_eq(sq_reads_wal(ro), 1);
+	cr_assert_eq(conn_int(ro, "SELECT count(*) FROM t"), 20);
+	sql(ro, "ROLLBACK");
+	sqlite3_close(ro);
+	close(dirfd);
+	assert_same_store(&before);
+	free(before.v);
+}
+
+/* A database in WAL mode whose -wal and -shm are gone (its last connection closed between
+ * the engine's look and its open): the read fails to be tried again, and leaves no empty
+ * -wal or -shm behind. */
+Test(capture, sq_does_not_create_wal_files)
+{
+	make_db("store/w.db", "WAL", 10);
+	cr_assert(!exists("store/w.db-wal") && !exists("store/w.db-shm"));
+	struct tree before = listing("store");
+
+	int dirfd = openat(basefd, "store", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	cr_assert_geq(dirfd, 0);
+	sqlite3 *ro = NULL;
+	cr_assert_eq(sq_open_ro(dirfd, "w.db", &ro), 0);
+	cr_assert_eq(sq_begin_read(ro, 0.2), -EAGAIN, "%s", sqlite3_errmsg(ro));
+	sqlite3_close(ro);
+	close(dirfd);
+	cr_assert(!exists("store/w.db-wal"), "the read created w.db-wal in the store");
+	cr_assert(!exists("store/w.db-shm"), "the read created w.db-shm in the store");
+	assert_same_store(&before);
+	free(before.v);
+}
+
+/* A live WAL database whose last commit is newer than every read mark in its -shm: a reader
+ * that may write the -shm records one there. Ours reads every committed row, writes nothing,
+ * and the application goes on committing, during our read and after. */
+Test(capture, sq_reads_a_live_wal_without_writing_its_shm)
+{
+	spawn_sqlite3(P("store/live.db"));
+	child_run("PRAGMA journal_mode=WAL;\nPRAGMA wal_autocheckpoint=0;\n"
+		  "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);");
+	for (int i = 0; i < 30; i++)
+		child_run("INSERT INTO t(v) VALUES (randomblob(500));");
+	struct tree before = listing("store");
+
+	int dirfd = openat(basefd, "store", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	cr_assert_geq(dirfd, 0);
+	sqlite3 *ro = NULL;
+	cr_assert_eq(sq_open_ro(dirfd, "live.db", &ro), 0);
+	cr_assert_eq(sq_begin_read(ro, 1.0), 0, "%s", sqlite3_errmsg(ro));
+	cr_assert_eq(sq_reads_wal(ro), 1);
+	cr_assert_eq(conn_int(ro, "SELECT count(*) FROM t"), 30);
+	assert_same_store(&before);
+
+	/* Pinned: a commit now is not seen; once the read ends, it is. */
+	child_run("INSERT INTO t(v) VALUES (1); PRAGMA wal_checkpoint(PASSIVE);");
+	cr_assert_eq(conn_int(ro, "SELECT count(*) FROM t"), 30);
+	sql(ro, "ROLLBACK");
+	before = (free(before.v), listing("store"));
+	cr_assert_eq(sq_begin_read(ro, 1.0), 0, "%s", sqlite3_errmsg(ro));
+	cr_assert_eq(conn_int(ro, "SELECT count(*) FROM t"), 31);
+	sql(ro, "ROLLBACK");
+	assert_same_store(&before);
+	free(before.v);
+	sqlite3_close(ro);
+	close(dirfd);
+	child_run("INSERT INTO t(v) VALUES (2);");
+	child_quit();
+	cr_assert_eq(query_int(P("store/live.db"), "SELECT count(*) FROM t"), 32);
 }
 
 /* ---- incremental ------------------------------------------------------------------------ */
