@@ -1110,11 +1110,11 @@ int main(int argc, char **argv)
 	if (!run)
 		return cmd_check(a.mode, path);
 	a.store = path;
-	/* Set off by a reader, a burst must outlast the 2 s after which a capture stops re-checking
-	 * what it copied first, and the cool-down must outlast a capture's last recopies, or these
-	 * would set off the next burst; without --on-read, bursts must leave idle time for a cut. */
+	/* Set off by a reader, a burst must outlast a capture's first pass, and the cool-down must
+	 * outlast a capture's last recopies, or these would set off the next burst; without
+	 * --on-read, bursts must leave idle time for a cut. */
 	if (a.burst_ms < 0)
-		a.burst_ms = a.on_read ? 2300 : 2000;
+		a.burst_ms = a.on_read ? 1500 : 1200;
 	if (a.idle_ms < 0)
 		a.idle_ms = a.on_read ? 800 : 1000;
 	return cmd_run(&a);
