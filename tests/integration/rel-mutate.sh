@@ -89,8 +89,8 @@ judge() {
   echo "$j"
 }
 
-# Pauses of 10-49 ms, and of 150 ms after every 25th object: longer than the quiet window
-# (100 ms by default), so that a cut can fall there, mid-sequence.
+# Pauses of 10-49 ms, and of 150 ms after every 25th object: longer than the quiet window the
+# captures below use (--quiet-ms 100), so that a cut can fall there, mid-sequence.
 mutator() {
   for k in $(seq 0 $((M - 1))); do
     mutate "$k"
@@ -104,7 +104,7 @@ n=0 ok=0 unsettled=0 states=()
 while :; do
   last=0; done_mutating && last=1
   n=$((n + 1)); snap=$T_WORK/snap$n
-  rc=0; "$STILLCTL" snapshot -q --settle-timeout 20 "$store" "$snap" 2>"$T_WORK/err" || rc=$?
+  rc=0; "$STILLCTL" snapshot -q --quiet-ms 100 --settle-timeout 20 "$store" "$snap" 2>"$T_WORK/err" || rc=$?
   case $rc in
     0) ok=$((ok + 1)); states+=("$(judge "$snap")") ;;
     3) unsettled=$((unsettled + 1)); [ ! -e "$snap" ] || t_fail "unsettled capture published $snap" ;;
