@@ -241,8 +241,8 @@ static int dr_is_dot(const char *name)
 	return name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]));
 }
 
-/* Add one entry; 1 if it did not fit, 0 if added, -errno if the entry could not be made
- * (a raced deletion is skipped by the caller). */
+/* Add one entry; 1 if it did not fit, 0 if added, -ENOENT if it is gone (a raced deletion,
+ * skipped by the caller). */
 static int dr_add(fuse_req_t req, struct dr *d, int plus, char *buf, size_t *used,
 		  size_t size, const char *name, ino_t ino, unsigned char type, off_t next)
 {
@@ -266,8 +266,16 @@ static int dr_add(fuse_req_t req, struct dr *d, int plus, char *buf, size_t *use
 	} else {
 		int rc = dir->kind == ND_SNAPDIR ? nd_lookup_gen(d->gen, name, &e)
 						 : nd_lookup(dir, name, &e);
-		if (rc)
+		if (rc == -ENOENT)
 			return rc;
+		if (rc) {
+			/* An entry we cannot look up (a mount in the store that we may not enter or
+			 * whose daemon died) must not end the listing for everyone: list its name
+			 * with no node, and the caller's own lookup of it gets the error. */
+			memset(&e, 0, sizeof e);
+			e.attr.st_ino = ino;
+			e.attr.st_mode = (mode_t)type << 12;
+		}
 	}
 	len = fuse_add_direntry_plus(req, buf + *used, size - *used, name, &e, next);
 	if (len > size - *used) {
