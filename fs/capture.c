@@ -1,17 +1,24 @@
 /* The capture engine: a point-in-time cut of a live store.
  *
  * 1. Watch every directory of the store (inotify) and copy every plain file, draining the
- *    event queue before each copy so that any later write to it marks it dirty.
- * 2. Recopy dirty files until no plain file has been written for a quiet window (--quiet-ms):
- *    applications such as ChromaDB rewrite a group of files in place, one after another, and
- *    an instant in the middle of that is a torn state even though it is a true instant.
+ *    event queue before each copy so that any later write to it marks it dirty. A file with
+ *    several names is copied once; its other names are linked to that copy at the end.
+ * 2. Recopy dirty files until no plain file has changed for a quiet window (--quiet-ms), as the
+ *    events and a stat of every copied file (cap_sweep: AIO and other names of a hard link
+ *    raise no event, but move ctime) both tell: applications such as ChromaDB rewrite a group
+ *    of files in place, one after another, and an instant in the middle of that is a torn
+ *    state even though it is a true instant. No lock is held while waiting for this.
  * 3. Hold every database still: rollback-mode ones with SQLite's SHARED lock (taken as an OFD
  *    lock), WAL-mode ones with a read transaction. A marker written into our own inotify queue
- *    right after the last one splits the queue into "before the cut" and "after".
- * 4. Drain up to the marker. If a plain file was written before it, keep the rollback locks
- *    (a writer that persists files and then commits now finishes its files and blocks on the
- *    commit), wait for the quiet window again, recopy, re-pin the WAL databases, re-check.
- *    Once clean, the cut holds: copy the databases that changed, release.
+ *    right after the last one splits the queue into "before the cut" and "after"; every copied
+ *    file is stat'ed again at once.
+ * 4. If a plain file changed before the marker, release everything at once and go back to 2:
+ *    nothing is waited for under the locks, since a writer held up by them stalls wherever it
+ *    is (at a commit between two files of a group) and would look quiet. Otherwise copy the
+ *    databases that changed (within a hold budget) and release. A writer that was in a
+ *    transaction at the release and writes a plain file within the quiet window after it may
+ *    have been stopped inside a group: the cut is redone (cap_after). So is one that finds a
+ *    ChromaDB HNSW segment torn (cap_check_segments).
  * 5. Make the database copies self-contained, digest, write the manifest, rename into place.
  * Every file in the snapshot then holds what its live file held at the instant of step 3. */
 #include "capture.h"
