@@ -61,6 +61,7 @@
  * rewrites only the pages that changed since the copy made without the lock.) */
 #define CAP_HOLD_BUDGET 0.2
 #define CAP_PATH_MAX (PATH_MAX - 128) /* longest store path captured (see cap_scan_dir) */
+#define CAP_CTIME_DOUBT_MS 2500 /* how far a file's ctime is not trusted to date its change */
 /* A writer that waited for our locks resumes where it stopped when they are released. If it
  * stopped inside a group of files of its own accord (a stall longer than the quiet window), its
  * next plain-file write shows it: the cut is redone when one comes this soon after the release
@@ -772,14 +773,19 @@ static int cap_copy_link(struct cap *c, struct ent *e)
 	return 0;
 }
 
+/* 1 if a and b are one file in one state: what a write, through any name or AIO, moves. */
+static int cap_same_file_state(const struct cap_stat *a, const struct cap_stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+	       cap_ns(a->st_mtim) == cap_ns(b->st_mtim) && cap_ns(a->st_ctim) == cap_ns(b->st_ctim);
+}
+
 /* 1 if entry p holds a clean copy of its own (no alias) of the file whose stat is s. */
 static int cap_is_copy_of(const struct cap *c, size_t p, const struct cap_stat *s)
 {
 	const struct ent *pe = &c->e[p];
 	return pe->kind == K_FILE && pe->copied && !pe->dirty && !pe->alias &&
-	       pe->st.st_dev == s->st_dev && pe->st.st_ino == s->st_ino &&
-	       pe->st.st_size == s->st_size && cap_ns(pe->st.st_mtim) == cap_ns(s->st_mtim) &&
-	       cap_ns(pe->st.st_ctim) == cap_ns(s->st_ctim);
+	       cap_same_file_state(&pe->st, s);
 }
 
 /* A file with several names in the store is copied once: e, just stat'ed, becomes another name
@@ -1298,6 +1304,15 @@ static int cap_db_prepare(struct cap *c)
 			c->e[e->parent].rescan = 1;
 			return rc == -ENOENT ? -EAGAIN : rc;
 		}
+		/* SQLite keeps a database's journal and WAL beside the name it was opened by: one
+		 * opened by another name, maybe outside the store, commits where we cannot look. */
+		struct stat dst;
+		if (fstatat(e->d->dirfd, e->name, &dst, AT_SYMLINK_NOFOLLOW) == 0 && dst.st_nlink > 1) {
+			log_err("database %s has %ju names: its journal or WAL may be beside another "
+				"one, where no capture can see it; give it one name",
+				cap_where(c, e), (uintmax_t)dst.st_nlink);
+			return -EMLINK;
+		}
 		free(e->d->db_ident);
 		e->d->db_ident = cap_db_ident(e, e->d->dirfd);
 		/* A connection in WAL mode makes it a live WAL database even while its -wal is
@@ -1500,13 +1515,16 @@ static int cap_catch_up(struct cap *c, double until)
 static int cap_stale(const struct cap *c, const struct ent *e)
 {
 	struct stat st;
-	if (e->alias && !cap_is_copy_of(c, e->alias, &e->st))
+	struct cap_stat now;
+	/* Another name of a file copied once is as good as that copy for as long as it names the
+	 * same file, unchanged since the copy: its own stat is no matter. */
+	const struct cap_stat *was = e->alias ? &c->e[e->alias].st : &e->st;
+	if (e->alias && !cap_is_copy_of(c, e->alias, was))
 		return 1;
 	if (fstatat(c->storefd, e->path, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return 1;
-	return st.st_ino != e->st.st_ino || st.st_size != e->st.st_size ||
-	       cap_ns(st.st_mtim) != cap_ns(e->st.st_mtim) ||
-	       cap_ns(st.st_ctim) != cap_ns(e->st.st_ctim);
+	cap_keep_stat(&now, &st);
+	return !cap_same_file_state(&now, was);
 }
 
 /* One share of a sweep: entries [from, to) are stat'ed, those that changed marked dirty. */
@@ -1590,7 +1608,7 @@ static double cap_lock_wait(const struct cap *c)
 	if (c->lock_t0 <= 0)
 		return CAP_LOCK_WAIT;
 	double left = c->lock_t0 + CAP_HOLD_BUDGET - ut_now();
-	return left > 0.001 ? left : 0.001;
+	return left > 0 ? left : 0;
 }
 
 /* Pin every WAL database, each behind a marker, then a final marker; drain and judge.
@@ -1615,7 +1633,8 @@ static int cap_pin_and_check(struct cap *c)
 		 * before the marker, published as it was pinned, is on no known side of it. */
 		uint8_t before[SQ_WAL_HDR];
 		int had = sq_wal_header(e->d->db, before) == 0; /* prepared: it reads the WAL */
-		rc = sq_begin_read(e->d->db, cap_lock_wait(c));
+		double wait = cap_lock_wait(c);
+		rc = wait > 0 ? sq_begin_read(e->d->db, wait) : -EAGAIN;
 		if (rc)
 			return rc == -EIO ? cap_db_unreadable(c, e) : -EAGAIN;
 		e->d->pinned = 1;
@@ -1688,7 +1707,7 @@ static int cap_attempt(struct cap *c, double deadline)
 		if (e->kind != K_DB || e->d->dbmode == DB_WAL)
 			continue;
 		double wait = cap_lock_wait(c);
-		rc = sq_lock_shared(e->d->dbfd, wait);
+		rc = wait > 0 ? sq_lock_shared(e->d->dbfd, wait) : -EAGAIN;
 		if (rc) {
 			if (rc == -EAGAIN) {
 				if (wait >= CAP_LOCK_WAIT)
@@ -2279,6 +2298,38 @@ static int cap_inside_store(const struct cap *c, int dirfd)
 	return inside;
 }
 
+/* Remove what captures of the same DEST that were killed (SIGKILL: no cleanup ran) left beside
+ * it: ".BASE.stillfs-tmp.PID" and ".BASE.stillfs-work.PID" of a process that is gone. */
+static void cap_remove_leftovers(int parentfd, const char *base)
+{
+	char pfx[2][NAME_MAX + 1];
+	snprintf(pfx[0], sizeof pfx[0], ".%.200s.stillfs-tmp.", base);
+	snprintf(pfx[1], sizeof pfx[1], ".%.200s.stillfs-work.", base);
+	int fd = dup(parentfd);
+	DIR *d = fd < 0 ? NULL : fdopendir(fd);
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		for (unsigned k = 0; k < 2; k++) {
+			size_t n = strlen(pfx[k]);
+			char *end;
+			if (strncmp(de->d_name, pfx[k], n) || !de->d_name[n])
+				continue;
+			long pid = strtol(de->d_name + n, &end, 10);
+			if (*end || pid <= 0 || pid == getpid() ||
+			    kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+				continue;
+			log_info("removing %s, left by a capture that was killed", de->d_name);
+			cp_rmtree(parentfd, de->d_name);
+		}
+	}
+	closedir(d);
+}
+
 static int cap_prepare_dest(struct cap *c)
 {
 	char *dup1 = strdup(c->o->dest), *dup2 = strdup(c->o->dest);
@@ -2322,6 +2373,7 @@ static int cap_prepare_dest(struct cap *c)
 	snprintf(c->work_name, sizeof c->work_name, ".%.200s.stillfs-work.%d", base, (int)getpid());
 	cp_rmtree(c->parentfd, c->stage_name);
 	cp_rmtree(c->parentfd, c->work_name);
+	cap_remove_leftovers(c->parentfd, base);
 	if (mkdirat(c->parentfd, c->stage_name, 0700) < 0 ||
 	    mkdirat(c->parentfd, c->work_name, 0700) < 0) {
 		rc = -errno;
@@ -2422,9 +2474,14 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	if (rc)
 		goto out;
 	/* Writes made before the watches began were not seen as events, but they left their
-	 * ctime: the quiet window starts from the newest one. */
+	 * ctime. Only an old one is trusted to say the store has been still: timestamps may be
+	 * whole seconds (small ext4 inodes, some network file systems) and a file server's clock
+	 * may lag ours, either of which makes a write a moment ago look older than it is. Else
+	 * the quiet window starts now. */
 	int64_t since = cap_ns(ut_realtime()) - c.newest_ctime;
-	c.last_change = ut_now() - (since > 0 ? (double)since / 1e9 : 0);
+	c.last_change = ut_now();
+	if (since > (int64_t)(o->quiet_ms + CAP_CTIME_DOUBT_MS) * 1000000)
+		c.last_change -= (double)since / 1e9;
 	for (size_t i = 0; i < c.n; i++)
 		if (c.e[i].kind == K_FILE)
 			c.total_bytes += (uint64_t)c.e[i].st.st_size;

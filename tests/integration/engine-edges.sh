@@ -62,3 +62,50 @@ for step in -15 +3600; do
   ((m > start)) || t_fail "after a clock step of $step s, a new file is dated $m, not after the capture began ($start)"
   echo "# clock step $step s during a capture: $ms ms"
 done
+
+# 4. A wall clock ahead of the store's timestamps (a file server's clock that lags, or whole-second
+# timestamps) must not make a write of a moment ago look old: a group of three files written
+# 150 ms apart, the capture started right after the first, with its clock 1.5 s ahead (before:
+# the cut fell after the first file, 5 times in 5).
+rm -rf "$store"/*
+mkdir "$store/g"
+for f in 0 1 2; do echo 0 >"$store/g/f$f"; done
+torn=0
+for i in 1 2 3 4 5; do
+  echo "$i" >"$store/g/f0"
+  # (--uploads-before in the past: no wait for the next whole second, which would hide it)
+  STILLFS_TIMESHIFT="1.5@0" LD_PRELOAD=$TIMESHIFT "$STILLCTL" snapshot -q \
+    --uploads-before $(($(date +%s) - 5)) "$store" "$T_WORK/g$i" &
+  cap=$!
+  sleep 0.15; echo "$i" >"$store/g/f1"   # the writer's own pauses inside its group
+  sleep 0.15; echo "$i" >"$store/g/f2"
+  wait "$cap" || t_fail "capture $i with a clock 1.5 s ahead failed"
+  got=$(cat "$T_WORK/g$i/g/f0" "$T_WORK/g$i/g/f1" "$T_WORK/g$i/g/f2" | tr '\n' ' ')
+  case $got in "$i $i $i " | "$((i - 1)) $((i - 1)) $((i - 1)) ") ;; *) torn=$((torn + 1)); echo "# torn: $got" >&2 ;; esac
+done
+((torn == 0)) || t_fail "$torn of 5 captures split a group whose files were written 150 ms apart"
+echo "# clock 1.5 s ahead of the store's timestamps: 5 captures, none split the group"
+
+# 5. A database with a second name (here outside the store) may have its WAL or journal beside
+# that name: refused with one clear line, nothing published.
+sqlite3 "$store/two.db" 'create table t(x); insert into t values (1);'
+ln "$store/two.db" "$T_WORK/outside/two.db"
+rc=0; "$STILLCTL" snapshot -q "$store" "$T_WORK/two" 2>"$T_WORK/err5" || rc=$?
+[ "$rc" = 1 ] && grep -q 'two.db has 2 names' "$T_WORK/err5" ||
+  { cat "$T_WORK/err5" >&2; t_fail "a database with two names was not refused clearly (exit $rc)"; }
+[ ! -e "$T_WORK/two" ] || t_fail "a snapshot was published with a database of two names"
+rm -f "$store/two.db" "$T_WORK/outside/two.db"
+
+# 6. A capture killed with SIGKILL leaves its staging beside DEST; the next capture of that DEST
+# removes it.
+head -c 100M /dev/zero >"$store/big"
+mkdir "$T_WORK/k"
+"$STILLCTL" snapshot -q "$store" "$T_WORK/k/dest" 2>/dev/null &
+cap=$!
+staging() { compgen -G "$T_WORK/k/.dest.stillfs-tmp.*" >/dev/null; }
+t_wait_for 20 staging
+kill -KILL "$cap"; wait "$cap" 2>/dev/null || true
+staging || t_fail "no staging left by the killed capture (nothing to test)"
+"$STILLCTL" snapshot -q "$store" "$T_WORK/k/dest" 2>/dev/null || t_fail "capture after a killed one failed"
+left=$(ls -A "$T_WORK/k" | tr '\n' ' ')
+[ "$left" = "dest " ] || t_fail "a killed capture's leftovers remain: $left"

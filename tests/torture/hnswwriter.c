@@ -43,7 +43,7 @@ static void on_signal(int sig)
 }
 
 /* One line on stderr, "what[: strerror(err)]", and exit status 2. */
-static void die(const char *what, const char *arg, int err)
+__attribute__((noreturn)) static void die(const char *what, const char *arg, int err)
 {
 	fprintf(stderr, "hnswwriter: %s%s%s%s%s\n", arg, *arg ? ": " : "", what, err ? ": " : "",
 		err ? strerror(err) : "");
