@@ -10,7 +10,7 @@ BUILD=$(cd "${1:?usage: bench/profile.sh BUILD_DIR [what...]}" && pwd)
 shift
 WHAT=" ${*:-capture writer read meta sqlite callgrind} "
 W=${BENCH_DIR:-/var/tmp/stillfs-bench}/profile
-STILLCTL=$BUILD/fs/stillctl
+STILLCTL=$BUILD/fs/ctl/stillctl
 STILLFS=$BUILD/fs/daemon/stillfs
 SB=${STILLBENCH:-$BUILD/bench/stillbench}
 [ -x "$SB" ] || SB=$BUILD/bench-manual/stillbench

@@ -9,7 +9,7 @@ bash scripts/setup.sh
 build=${STILLFS_BUILD:-build}
 [ -d "$build" ] || meson setup "$build" >/dev/null
 ninja -C "$build" >/dev/null
-stillfs=$PWD/$build/fs/daemon/stillfs stillctl=$PWD/$build/fs/stillctl
+stillfs=$PWD/$build/fs/daemon/stillfs stillctl=$PWD/$build/fs/ctl/stillctl
 torture=$PWD/$build/tests/torture/torture
 
 demo=$(mktemp -d /tmp/stillfs-demo.XXXXXX)

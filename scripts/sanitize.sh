@@ -95,9 +95,9 @@ fi
 # ---- 3. valgrind memcheck of stillctl snapshot + verify ------------------------------------
 if ((do_valgrind)); then
   vbuild=$prefix-gcc
-  [ -x "$vbuild/fs/stillctl" ] || setup "$vbuild" gcc -Dwerror=true -Dbuildtype=debugoptimized ||
+  [ -x "$vbuild/fs/ctl/stillctl" ] || setup "$vbuild" gcc -Dwerror=true -Dbuildtype=debugoptimized ||
     finding "cannot build $vbuild for valgrind"
-  if [ -x "$vbuild/fs/stillctl" ] && command -v valgrind >/dev/null; then
+  if [ -x "$vbuild/fs/ctl/stillctl" ] && command -v valgrind >/dev/null; then
     w=$(mktemp -d "${TMPDIR:-/tmp}/stillfs-valgrind.XXXXXX")
     live_pid=
     cleanup_vg() { [ -z "$live_pid" ] || kill "$live_pid" 2>/dev/null || true; rm -rf "$w"; }
@@ -145,7 +145,7 @@ EOF
     vg() {
       local name=$1 rc=0; shift
       valgrind --error-exitcode=1 --leak-check=full --track-fds=yes --suppressions="$supp" \
-        --log-file="$w/vg.$name.log" "$vbuild/fs/stillctl" "$@" >"$w/out.$name" 2>&1 || rc=$?
+        --log-file="$w/vg.$name.log" "$vbuild/fs/ctl/stillctl" "$@" >"$w/out.$name" 2>&1 || rc=$?
       local leaked_fds
       leaked_fds=$(awk '/Open file descriptor/ {fd = $0; getline; if ($0 !~ /inherited from parent/) print fd}' "$w/vg.$name.log")
       if ((rc != 0)) || [ -n "$leaked_fds" ] || grep -q 'ERROR SUMMARY: [1-9]' "$w/vg.$name.log"; then
@@ -177,7 +177,7 @@ EOF
     # this walks links to /etc/shadow, "..", loops and replaced directories through the
     # engine's fallback; any memcheck error makes stillctl exit 97 and the test fail.
     printf '#!/bin/sh\nexec valgrind -q --error-exitcode=97 --leak-check=full --suppressions=%s --log-file=%s/vgt.%%p.log %s "$@"\n' \
-      "$supp" "$w" "$src/$vbuild/fs/stillctl" >"$w/stillctl-vg"
+      "$supp" "$w" "$src/$vbuild/fs/ctl/stillctl" >"$w/stillctl-vg"
     chmod 755 "$w/stillctl-vg"
     if STILLCTL=$w/stillctl-vg bash tests/integration/rel-symlinks.sh >"$w/out.symlinks" 2>&1 &&
        ! grep -l 'ERROR SUMMARY: [1-9]\|definitely lost\|Invalid \|uninitialised' "$w"/vgt.*.log >/dev/null 2>&1; then

@@ -16,7 +16,7 @@ build=${1:-$root/build}
 [ "$(id -u)" -eq 0 ] || { echo "soak: needs root (it mounts with fusermount3 and tmpfs)" >&2; exit 1; }
 [ -f "$build/build.ninja" ] || meson setup "$build" "$root" >/dev/null
 ninja -C "$build" >/dev/null
-export STILLCTL=$build/fs/stillctl STILLFS=$build/fs/daemon/stillfs TORTURE=$build/tests/torture/torture
+export STILLCTL=$build/fs/ctl/stillctl STILLFS=$build/fs/daemon/stillfs TORTURE=$build/tests/torture/torture
 export RELD_SOAK_CYCLES=${RELD_SOAK_CYCLES:-1000} RELD_SOAK_EVERY=${RELD_SOAK_EVERY:-10}
 echo "soak: $RELD_SOAK_CYCLES cycles, a copy checked every $RELD_SOAK_EVERY (build: $build)" >&2
 exec bash "$root/tests/integration/reld-soak.sh"

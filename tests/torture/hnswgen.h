@@ -2,7 +2,7 @@
  * once and kept open, rewritten in place (no temp file, no rename, no fsync), header.bin ->
  * data_level0.bin -> length.bin -> link_lists.bin -> index_metadata.pickle. The graph is not a
  * good one (neighbours come from a small random sample) but every field obeys the format.
- * Prefix: hg_. Shared by the unit test of fs/hnsw.c and the hnswwriter test program. */
+ * Prefix: hg_. Shared by the unit test of fs/engine/hnsw.c and the hnswwriter test program. */
 #ifndef STILL_HNSWGEN_H
 #define STILL_HNSWGEN_H
 

@@ -2,9 +2,7 @@
 #include "capture.h"
 #include "util.h"
 #include "verify.h"
-#ifdef HAVE_CTL_MOUNT
 #include "ctl_mount.h"
-#endif
 
 #include <errno.h>
 #include <getopt.h>
@@ -195,11 +193,9 @@ int main(int argc, char **argv)
 		return cmd_snapshot(argc, argv);
 	if (!strcmp(cmd, "verify"))
 		return cmd_verify(argc, argv);
-#ifdef HAVE_CTL_MOUNT
 	if (!strcmp(cmd, "status"))
 		return ctl_status(argc, argv);
 	if (!strcmp(cmd, "refresh"))
 		return ctl_refresh(argc, argv);
-#endif
 	return usage_error("unknown command", cmd);
 }
