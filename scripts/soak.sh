@@ -3,7 +3,7 @@
 # generation cycles (the suite runs 100) while `torture write` writes through the mount, an
 # uploader copies .snapshot with rsync every 10th cycle and each copy is checked with
 # `torture check --strict` and `stillctl verify`, and the daemon's descriptors and RSS are
-# sampled every cycle. Prints one line of figures (docs/RELIABILITY-daemon.md records them).
+# sampled every cycle. Prints one line of figures (docs/RELIABILITY.md records them).
 #
 #   sudo bash scripts/soak.sh [BUILD_DIR]        (default BUILD_DIR: build; configured if new)
 #
