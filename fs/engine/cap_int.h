@@ -188,14 +188,10 @@ int cap_after(struct cap *c);
 int cap_check_segments(struct cap *c);
 
 /* cap_publish.c */
-int cap_set_times(struct cap *c);
-int cap_link_aliases(struct cap *c);
-int cap_finish_dirs(struct cap *c);
-void cap_finish_root(struct cap *c);
-int cap_write_manifest(struct cap *c);
-void cap_make_id(struct cap_stats *st);
 int cap_inside_store(const struct cap *c, int dirfd);
 int cap_prepare_dest(struct cap *c);
+int cap_publish(struct cap *c, double t0);
+void cap_remove_stage(struct cap *c);
 
 /* capture.c */
 void cap_progress(struct cap *c, int force);

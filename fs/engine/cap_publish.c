@@ -20,7 +20,7 @@
 /* A copied file whose bytes equal the previous snapshot's keeps the previous file, or at least
  * its mtime, so uploaders skip it. Everything else new gets the cut time as mtime: later than
  * any upload of an earlier snapshot, so neither rsync nor aws s3 sync skips it. */
-int cap_set_times(struct cap *c)
+static int cap_set_times(struct cap *c)
 {
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
@@ -82,7 +82,7 @@ int cap_set_times(struct cap *c)
 
 /* Every other name of a file copied once becomes a hard link to that copy, as in the store.
  * Where a link cannot be made (the link limit of the file system), it gets a copy of the copy. */
-int cap_link_aliases(struct cap *c)
+static int cap_link_aliases(struct cap *c)
 {
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
@@ -117,7 +117,7 @@ int cap_link_aliases(struct cap *c)
 	return 0;
 }
 
-int cap_finish_dirs(struct cap *c)
+static int cap_finish_dirs(struct cap *c)
 {
 	/* Deepest first, so that read-only modes do not get in the way of their children; the
 	 * root last of all, after the manifest is written (cap_finish_root). */
@@ -142,7 +142,7 @@ int cap_finish_dirs(struct cap *c)
 	return 0;
 }
 
-void cap_finish_root(struct cap *c)
+static void cap_finish_root(struct cap *c)
 {
 	struct ent *e = &c->e[0];
 	struct timespec ts[2] = { e->st.st_atim, e->st.st_mtim };
@@ -152,7 +152,7 @@ void cap_finish_root(struct cap *c)
 
 /* The manifest lists every entry kept, with the block digests of the database copies that
  * have them: the next --previous or --recycle capture starts from those copies. */
-int cap_write_manifest(struct cap *c)
+static int cap_write_manifest(struct cap *c)
 {
 	struct mf out = { .stats = *c->st };
 	int rc = 0;
@@ -199,7 +199,7 @@ int cap_write_manifest(struct cap *c)
 	return rc;
 }
 
-void cap_make_id(struct cap_stats *st)
+static void cap_make_id(struct cap_stats *st)
 {
 	struct tm tm;
 	char when[32];
@@ -331,4 +331,57 @@ out:
 	free(dup1);
 	free(dup2);
 	return rc;
+}
+
+/* The cut holds and no event matters any more: finish the staged tree, write its manifest and
+ * rename it onto DEST, where it appears whole. 0, or -errno with a line logged. */
+int cap_publish(struct cap *c, double t0)
+{
+	c->st->cut.tv_sec = c->cut_ns / 1000000000LL;
+	c->st->cut.tv_nsec = c->cut_ns % 1000000000LL;
+	cap_make_id(c->st);
+	int rc = cap_collect_all(c); /* copies made during the last attempt */
+	if (!rc)
+		rc = cap_db_finish(c);
+	if (!rc)
+		rc = cap_set_times(c);
+	if (!rc)
+		rc = cap_link_aliases(c);
+	if (!rc)
+		rc = cap_finish_dirs(c);
+	if (rc) {
+		log_err("cannot finish the snapshot: %s", strerror(-rc));
+		return rc;
+	}
+	for (size_t i = 0; i < c->n; i++)
+		if (c->e[i].kind == K_FILE || c->e[i].kind == K_DB)
+			c->st->files++;
+	c->st->duration_s = ut_now() - t0;
+	rc = cap_write_manifest(c);
+	if (!rc)
+		cap_finish_root(c);
+	if (!rc && c->o->sync && syncfs(c->stagefd) < 0)
+		rc = -errno;
+	if (rc) {
+		log_err("cannot write the manifest: %s", strerror(-rc));
+		return rc;
+	}
+	if (renameat2(c->parentfd, c->stage_name, c->parentfd, c->dest_name, RENAME_NOREPLACE) < 0) {
+		rc = -errno;
+		log_err("cannot publish %s: %s", c->o->dest, strerror(errno));
+		return rc;
+	}
+	c->stage_name[0] = 0; /* nothing left to remove */
+	return 0;
+}
+
+/* Remove the staging and work directories of this capture, if still there (not published). */
+void cap_remove_stage(struct cap *c)
+{
+	if (c->parentfd < 0)
+		return;
+	if (c->stage_name[0])
+		cp_rmtree(c->parentfd, c->stage_name);
+	if (c->work_name[0])
+		cp_rmtree(c->parentfd, c->work_name);
 }

@@ -323,41 +323,9 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 		rc = -ENOENT;
 		goto out;
 	}
-	st->cut.tv_sec = c.cut_ns / 1000000000LL;
-	st->cut.tv_nsec = c.cut_ns % 1000000000LL;
-	cap_make_id(st);
-	rc = cap_collect_all(&c); /* copies made during the last attempt */
-	if (!rc)
-		rc = cap_db_finish(&c);
-	if (!rc)
-		rc = cap_set_times(&c);
-	if (!rc)
-		rc = cap_link_aliases(&c);
-	if (!rc)
-		rc = cap_finish_dirs(&c);
-	if (rc) {
-		log_err("cannot finish the snapshot: %s", strerror(-rc));
+	rc = cap_publish(&c, t0);
+	if (rc)
 		goto out;
-	}
-	for (size_t i = 0; i < c.n; i++)
-		if (c.e[i].kind == K_FILE || c.e[i].kind == K_DB)
-			st->files++;
-	st->duration_s = ut_now() - t0;
-	rc = cap_write_manifest(&c);
-	if (!rc)
-		cap_finish_root(&c);
-	if (!rc && o->sync && syncfs(c.stagefd) < 0)
-		rc = -errno;
-	if (rc) {
-		log_err("cannot write the manifest: %s", strerror(-rc));
-		goto out;
-	}
-	if (renameat2(c.parentfd, c.stage_name, c.parentfd, c.dest_name, RENAME_NOREPLACE) < 0) {
-		rc = -errno;
-		log_err("cannot publish %s: %s", o->dest, strerror(errno));
-		goto out;
-	}
-	c.stage_name[0] = 0;
 	if (!o->quiet)
 		cap_summary(&c);
 out:
@@ -370,12 +338,7 @@ out:
 	cap_db_release(&c);
 	for (size_t i = 0; i < c.n; i++)
 		cp_pending_discard(c.e[i].pend); /* digests nobody will use now */
-	if (c.parentfd >= 0) {
-		if (c.stage_name[0])
-			cp_rmtree(c.parentfd, c.stage_name);
-		if (c.work_name[0])
-			cp_rmtree(c.parentfd, c.work_name);
-	}
+	cap_remove_stage(&c);
 	wt_close(c.w);
 	for (size_t i = 0; i < c.n; i++) {
 		free(c.e[i].path);
