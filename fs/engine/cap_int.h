@@ -111,6 +111,7 @@ struct cap {
 	int in_attempt, phase, end_phase, broken;
 	const char *broken_why;
 	const char *stuck;       /* the database whose lock the last attempt could not get */
+	const char *step;        /* the phase reported to cap_opts.progress */
 	double progress_at;
 	uint64_t total_bytes, done_bytes;
 	double lock_t0;

@@ -49,6 +49,7 @@
 volatile sig_atomic_t cap_stop;
 void cap_interrupt(void) { cap_stop = 1; }
 
+/* Tell cap_opts.progress where the capture is: when forced, else at most once a second. */
 void cap_progress(struct cap *c, int force)
 {
 	if (!c->o->progress)
@@ -57,11 +58,22 @@ void cap_progress(struct cap *c, int force)
 	if (!force && now - c->progress_at < 1.0)
 		return;
 	c->progress_at = now;
-	char a[32], b[32];
-	ut_format_bytes(c->done_bytes, a, sizeof a);
-	ut_format_bytes(c->total_bytes, b, sizeof b);
-	fprintf(stderr, "stillctl: progress: %s of %s, %" PRIu64 " files, %u retries\n", a, b,
-		c->st->files, c->st->retries);
+	struct cap_progress p = { .phase = c->step, .bytes_done = c->done_bytes,
+				  .bytes_total = c->total_bytes, .retries = c->st->retries };
+	for (size_t i = 0; i < c->n; i++) {
+		const struct ent *e = &c->e[i];
+		if (e->kind != K_FILE && e->kind != K_DB)
+			continue;
+		p.files_total++;
+		p.files_done += e->copied || e->precopied;
+	}
+	c->o->progress(&p, c->o->progress_arg);
+}
+
+static void cap_phase(struct cap *c, const char *phase)
+{
+	c->step = phase;
+	cap_progress(c, 1);
 }
 
 /* Bring the staging tree up to date: rescan changed directories, copy dirty files, until a
@@ -164,6 +176,7 @@ static int cap_settle(struct cap *c)
 	int first = cap_catch_up(c, 0);
 	if (first && first != -EAGAIN)
 		return first;
+	cap_phase(c, "cut");
 	/* The cut should fall in a later whole second than any upload of an earlier snapshot
 	 * (see cap_set_times); keep up with the store while that second comes. It is at most a
 	 * second away unless the clock was stepped back: then it is not waited for, and
@@ -205,6 +218,7 @@ static int cap_settle(struct cap *c)
 		if (rc != -EAGAIN)
 			return rc;
 		c->st->retries++;
+		cap_progress(c, 0);
 		if (ut_now() > deadline)
 			goto unsettled;
 	}
@@ -294,6 +308,7 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	if (rc)
 		goto out;
 	c.e[root].rescan = 1;
+	cap_phase(&c, "scan");
 	rc = cap_rescan(&c);
 	if (rc)
 		goto out;
@@ -309,6 +324,7 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	for (size_t i = 0; i < c.n; i++)
 		if (c.e[i].kind == K_FILE)
 			c.total_bytes += (uint64_t)c.e[i].st.st_size;
+	cap_phase(&c, "copy");
 	rc = cap_settle(&c);
 	if (rc)
 		goto out;
@@ -323,6 +339,7 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 		rc = -ENOENT;
 		goto out;
 	}
+	cap_phase(&c, "publish");
 	rc = cap_publish(&c, t0);
 	if (rc)
 		goto out;

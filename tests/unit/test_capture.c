@@ -770,6 +770,52 @@ Test(capture, many_files)
 	cr_assert_eq(verify("out/snap", 0, report, sizeof report), 0, "%s", report);
 }
 
+/* The progress callback: every phase reported once, in order, the last report made at the
+ * start of publishing with every file done. */
+struct seen_progress {
+	char phases[128];
+	struct cap_progress last;
+	unsigned calls;
+};
+
+static void on_progress(const struct cap_progress *p, void *arg)
+{
+	struct seen_progress *s = arg;
+	size_t len = strlen(s->phases);
+	const char *prev = len ? strrchr(s->phases, ' ') + 1 : "";
+	if (strcmp(prev, p->phase))
+		snprintf(s->phases + len, sizeof s->phases - len, " %s", p->phase);
+	cr_assert_leq(p->files_done, p->files_total);
+	s->last = *p;
+	s->calls++;
+}
+
+Test(capture, progress_reports_each_phase)
+{
+	put_str("store/a", "alpha\n");
+	put_random("store/b", 100000, 0644);
+	mkd("store/d", 0755);
+	put_str("store/d/c", "gamma\n");
+	struct seen_progress seen = { .phases = "" };
+	struct cap_opts o;
+	struct cap_stats st;
+	cap_opts_init(&o);
+	o.store = P("store");
+	o.dest = P("out/snap");
+	o.quiet = 1;
+	o.progress = on_progress;
+	o.progress_arg = &seen;
+	int rc = cap_snapshot(&o, &st);
+	cr_assert_eq(rc, 0, "%s", strerror(-rc));
+	cr_assert_str_eq(seen.phases, " scan copy cut publish");
+	cr_assert_str_eq(seen.last.phase, "publish");
+	cr_assert_eq(seen.last.files_total, 3);
+	cr_assert_eq(seen.last.files_done, 3);
+	cr_assert_eq(seen.last.bytes_total, 100000 + 12);
+	cr_assert_geq(seen.last.bytes_done, 100000 + 12);
+	cr_assert_eq(seen.last.retries, st.retries);
+}
+
 /* ---- capabilities, to run the engine as an unprivileged owner ------------------------------ */
 
 static void raise_caps(void)
