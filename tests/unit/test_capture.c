@@ -303,15 +303,20 @@ static void names(const char *rel, char *out, size_t len)
 	}
 }
 
+static void opts_for(struct cap_opts *o, const char *store, const char *dest)
+{
+	cap_opts_init(o);
+	o->store = store;
+	o->dest = dest;
+	o->quiet = 1;
+}
+
 static int snap_opts(const char *store, const char *dest, const char *prev, double settle,
 		     struct cap_stats *st)
 {
 	struct cap_opts o;
-	cap_opts_init(&o);
-	o.store = store;
-	o.dest = dest;
+	opts_for(&o, store, dest);
 	o.previous = prev;
-	o.quiet = 1;
 	if (settle > 0)
 		o.settle_timeout = settle;
 	return cap_snapshot(&o, st);
@@ -751,10 +756,7 @@ Test(capture, many_files)
 	}
 	struct cap_opts o;
 	struct cap_stats st;
-	cap_opts_init(&o);
-	o.store = P("store");
-	o.dest = P("out/snap");
-	o.quiet = 1;
+	opts_for(&o, P("store"), P("out/snap"));
 	int rc = cap_snapshot(&o, &st);
 	cr_assert_eq(rc, 0, "%s", strerror(-rc));
 	cr_assert_eq(st.files, 1100);
@@ -799,10 +801,7 @@ Test(capture, progress_reports_each_phase)
 	struct seen_progress seen = { .phases = "" };
 	struct cap_opts o;
 	struct cap_stats st;
-	cap_opts_init(&o);
-	o.store = P("store");
-	o.dest = P("out/snap");
-	o.quiet = 1;
+	opts_for(&o, P("store"), P("out/snap"));
 	o.progress = on_progress;
 	o.progress_arg = &seen;
 	int rc = cap_snapshot(&o, &st);
