@@ -13,6 +13,10 @@ trap 'rc=$?; podman rm -f "$name" >/dev/null 2>&1 || true; (exit $rc); t_cleanup
 for tool in dpkg-buildpackage dh lintian; do
   command -v "$tool" >/dev/null || t_fail "$tool is missing (scripts/setup.sh installs it)"
 done
+if ! command -v podman >/dev/null && [ "$(id -u)" -ne 0 ]; then
+  echo "SKIP: podman is not installed, and installing it needs root"
+  exit 77
+fi
 image=$(bash "$src/tests/containers/base-image.sh" bookworm)
 if ! err=$(podman run --rm --name "$name" --device /dev/fuse --cap-add SYS_ADMIN "$image" true 2>&1); then
   echo "SKIP: podman cannot run a container here: $(tail -n1 <<<"$err")"
