@@ -8,7 +8,7 @@
 source "$(dirname "$0")/lib.sh"
 : "${TORTURE:?}"
 if [ -z "${LAMBDA_LAYER:-}" ]; then
-  echo "SKIP: stillctl-static is not built (-Dstatic_stillctl: no static glibc or libsqlite3.a)"
+  echo "SKIP: stillctl-static is not built (static_stillctl disabled, a sanitizer build, or no static glibc or libsqlite3.a)"
   exit 77
 fi
 suite=bullseye
