@@ -18,7 +18,7 @@ pkgs=libsqlite3-0   # only for the negative control: a dynamic stillctl gets as 
 root=/var/tmp/stillfs-test-rootfs/$suite-$(printf '%s' "$pkgs" | sha256sum | cut -c1-8)
 if [ ! -x "$root/bin/sh" ]; then
   if ! command -v mmdebstrap >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null; } ||
       t_fail "mmdebstrap is missing and cannot be installed"
   fi
   start=$SECONDS
