@@ -200,7 +200,7 @@ static int dr_load_root(struct dr *d)
 		de = readdir(d->dp);
 		if (!de)
 			break;
-		if (!strcmp(de->d_name, SF_SNAPDIR) || !strcmp(de->d_name, SF_STATUS))
+		if (sf_reserved(de->d_name))
 			continue;
 		if (d->nents + 1 >= cap) {
 			size_t c = cap ? cap * 2 : 64;

@@ -43,6 +43,14 @@ extern char **environ;
 
 static pthread_mutex_t hp_mu = PTHREAD_MUTEX_INITIALIZER;
 static pid_t hp_pid;
+static int hp_last;                /* the last capture: 0 none yet, 1 ok, -1 failed (hp_mu) */
+
+void hp_report(FILE *f)
+{
+	pthread_mutex_lock(&hp_mu);
+	fprintf(f, "last_capture: %s\n", hp_last > 0 ? "ok" : hp_last < 0 ? "failed" : "none");
+	pthread_mutex_unlock(&hp_mu);
+}
 
 void hp_kill(void)
 {
@@ -313,9 +321,6 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 	hp_log_lines(ebuf, &elen, 1, mnt, err, errlen);
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
-	pthread_mutex_lock(&hp_mu);
-	hp_pid = 0;
-	pthread_mutex_unlock(&hp_mu);
 	obuf[olen] = 0;
 	rc = hp_parse(obuf, st);
 	if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
@@ -328,6 +333,10 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 			 WIFEXITED(status) ? WEXITSTATUS(status) : -1);
 	}
 out:
+	pthread_mutex_lock(&hp_mu);
+	hp_pid = 0;
+	hp_last = rc ? -1 : 1;
+	pthread_mutex_unlock(&hp_mu);
 	if (mnt >= 0)
 		close(mnt);
 	for (int i = 0; i < 2; i++) {
