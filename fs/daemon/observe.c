@@ -160,8 +160,11 @@ void ob_tick(int force)
 		rep_field(text, "last_capture", ok, sizeof ok);
 		if (!strcmp(ok, "failed")) {
 			rep_field(text, "last_error", err, sizeof err);
+			const char *why = err;
+			if (!strncmp(why, "capture failed: ", 16))
+				why += 16;
 			snprintf(msg, sizeof msg, "STATUS=last capture failed (%s); serving %s%s",
-				 err, strcmp(v, "none") ? "generation " : "no generation",
+				 why, strcmp(v, "none") ? "generation " : "no generation",
 				 strcmp(v, "none") ? v : "");
 		} else if (strcmp(v, "none")) {
 			rep_field(text, "capture_s", err, sizeof err);
