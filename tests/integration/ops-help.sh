@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every option stillctl(1) documents for a command (its OPTIONS subsection) is named by that
 # command's --help, and every option --help names is documented there; every command of the
-# SYNOPSIS answers --help with its usage, exit 0.
+# SYNOPSIS answers --help with its usage, exit 0; and the bash completion offers exactly
+# the options --help names (run with stand-ins for bash-completion's helpers).
 source "$(dirname "$0")/lib.sh"
 man=$(dirname "$0")/../../docs/stillctl.1
 python3 - "$STILLCTL" "$man" <<'EOF' || t_fail "stillctl --help and stillctl(1) disagree"
@@ -54,4 +55,25 @@ if bad:
     print("\n".join(bad), file=sys.stderr)
     sys.exit(1)
 EOF
-echo "ok: --help and stillctl(1) name the same options"
+
+comp=$(dirname "$0")/../../packaging/stillctl.bash-completion
+complete_words() {
+  bash -c '
+    _init_completion() { cur=${COMP_WORDS[COMP_CWORD]}; prev=${COMP_WORDS[COMP_CWORD-1]};
+                         words=("${COMP_WORDS[@]}"); cword=$COMP_CWORD; }
+    _filedir() { :; }
+    source "$1"; shift
+    COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _stillctl
+    printf "%s\n" "${COMPREPLY[@]}" | sort' _ "$comp" stillctl "$@"
+}
+[ "$(complete_words "" | tr '\n' ' ')" = "--help --version cache help metrics refresh snapshot status verify " ] ||
+  t_fail "completion of commands: $(complete_words "" | tr '\n' ' ')"
+for cmd in snapshot verify status metrics refresh "cache list" "cache prune"; do
+  # shellcheck disable=SC2086
+  want=$("$STILLCTL" $cmd --help | { grep -oE '^ +(-[a-z], )?--[a-z-]+' || true; } | grep -oE -- '--?[a-z-]+' || true)
+  want=$(printf '%s\n--help\n' "$want" | sed '/^$/d' | sort -u)
+  # shellcheck disable=SC2086
+  have=$(complete_words $cmd - | sort -u)
+  [ "$want" = "$have" ] || t_fail "completion of '$cmd -' offers $(echo $have) and --help names $(echo $want)"
+done
+echo "ok: --help, stillctl(1) and the bash completion name the same options"
