@@ -5,7 +5,8 @@
 #   --max-age; the JSON (stillctl status --json and MOUNTPOINT/.stillfs-status.json) has
 #   "schema": 1, exactly the fields stillctl(1) documents, each of its documented type;
 # - a capture that fails (a writer that never lets the store settle): refresh exits 3, status
-#   exits 5 and names the error; the next good capture brings it back to 0;
+#   exits 5 and names the error; the next good capture brings it back to 0; while it runs, the
+#   status shows its progress (phase, files and bytes done of total, retries);
 # - -o metrics_file is there from the start and rewritten after each capture, and both it and
 #   stillctl metrics are valid Prometheus text (HELP and TYPE before samples, stillfs_*
 #   names, counters named *_total, numeric values).
@@ -16,7 +17,7 @@ mkdir -p "$store" "$mnt" "$prom"
 echo hello >"$store/f"
 python3 -c "import sqlite3; c = sqlite3.connect('$store/db.sqlite'); c.execute('create table t(x)'); c.execute('insert into t values (1)'); c.commit()"
 
-t_mount "$store" "$mnt" -o "metrics_file=$prom/stillfs.prom,settle_timeout=1"
+t_mount "$store" "$mnt" -o "metrics_file=$prom/stillfs.prom,settle_timeout=2"
 
 # status exits with rc; its stderr is kept in $T_WORK/err.
 status_rc() { local rc=0; "$STILLCTL" status "$@" >"$T_WORK/out" 2>"$T_WORK/err" || rc=$?; echo "$rc"; }
@@ -106,8 +107,30 @@ prom_ok "$prom/stillfs.prom" || t_fail "the metrics file is not valid Prometheus
 # A store that never holds still: the capture fails, and status says so.
 t_bg bash -c "while :; do echo x >>'$store/busy'; sleep 0.05; done"
 writer=$!
-rc=0; "$STILLCTL" refresh "$mnt" >/dev/null 2>&1 || rc=$?
+"$STILLCTL" refresh "$mnt" >/dev/null 2>&1 &
+refresh=$!
+# Meanwhile the status shows the capture's progress.
+progress_shown() {
+  "$STILLCTL" status --json "$mnt" >"$T_WORK/progress.json" 2>/dev/null || true
+  python3 - "$T_WORK/progress.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+sys.exit(0 if d["capturing"] and d["progress_phase"] else 1)
+EOF
+}
+t_wait_for 10 progress_shown
+python3 - "$T_WORK/progress.json" <<'EOF' || t_fail "the progress of the running capture is not reported"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["progress_phase"] in ("scan", "copy", "cut", "publish"), d
+for k in ("files_done", "files_total", "bytes_done", "bytes_total", "retries"):
+    assert isinstance(d["progress_" + k], int), (k, d)
+assert d["progress_files_total"] >= 3 and d["progress_files_done"] <= d["progress_files_total"], d
+EOF
+cat "$T_WORK/progress.json" >&2
+rc=0; wait "$refresh" || rc=$?
 [ "$rc" = 3 ] || t_fail "refresh of a store that never settles exited $rc, not 3"
+grep -q '^progress_' "$mnt/.stillfs-status" && t_fail "progress is still reported after the capture ended"
 [ "$(status_rc "$mnt")" = 5 ] || t_fail "status after a failed capture is not 5"
 grep -q "the last capture failed" "$T_WORK/err" || t_fail "status did not say the capture failed: $(cat "$T_WORK/err")"
 "$STILLCTL" status --json "$mnt" >"$T_WORK/failed.json" 2>/dev/null || true
