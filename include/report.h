@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The status of a running stillfs in three forms, all made from its "key: value" text (the
  * status file): that text, JSON (schema REP_SCHEMA) and Prometheus metrics. One table says
  * which keys there are and what they hold, so the three never disagree. Prefix: rep_.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Install the real peers of the end-to-end tests (tests/integration/s3-*.sh):
 #   - the AWS CLI from Debian's package registry (package awscli, /usr/bin/aws), curl, and
 #   - the S3-compatible server s3rver from the npm registry, at the version pinned by

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Install everything stillfs needs to build and test on Debian 12, then configure the build.
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* stillctl's commands beyond snapshot and verify, and what they share with stillctl.c.
  * Prefixes: ctl_ (stillctl.c, ctl_mount.c), cc_ (ctl_cache.c, static). */
 #ifndef STILL_CTL_H

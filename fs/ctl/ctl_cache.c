@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* stillctl cache list / prune: the cache directories stillfs daemons leave behind.
  *
  * A daemon's cache (by default ROOT/ESCAPED-STORE, ROOT being /var/cache/stillfs for root)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* stillctl status / metrics / refresh: talk to a running stillfs through its mount (see
  * ctl_mount.h). */
 #include "ctl_mount.h"

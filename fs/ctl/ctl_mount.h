@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* stillctl commands that talk to a running stillfs daemon. Prefix: ctl_.
  *
  * The daemon is reached through its mount only, no socket:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* stillctl: take and check stillfs snapshots without FUSE; talk to a running stillfs. */
 #include "capture.h"
 #include "util.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Directory handles. Offsets are the backing directory's telldir cookies, except at the root:
  * there stillfs hides its own names from the store's listing and may add `.snapshot`, which
  * has no cookie of its own, so the root is listed from a private copy indexed 1..n.

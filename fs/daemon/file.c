@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* File handles: open/create, read/write (spliced where the kernel allows), flush, fsync,
  * release, fallocate, copy_file_range, lseek; and the status file.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Captures run in a helper process: `stillfs --capture-helper` (this binary, through
  * /proc/self/exe) calls cap_snapshot.
  *

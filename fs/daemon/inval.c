@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Kernel caching of the live view, kept coherent with direct changes to the store.
  *
  * The store is also written directly, not only through the mount, so by default the kernel

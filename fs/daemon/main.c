@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* stillfs: mount a live store directory and serve consistent `.snapshot/` generations.
  *
  * Start-up order matters: everything that can fail is checked and every descriptor is opened

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* What the daemon tells those who watch it: the status file (as text and as JSON), the
  * Prometheus textfile of -o metrics_file, and systemd's notification socket (READY=1 once
  * mounted, STATUS= after each capture). The formats themselves are report.c's.

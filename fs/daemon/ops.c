@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Entries and attributes: lookup, forget, getattr/setattr, names (mknod, mkdir, symlink,
  * link, unlink, rmdir, rename), statfs, xattrs. Live nodes pass through to the store;
  * anything that would change a snapshot node fails with EROFS. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* stillfs daemon internals, shared by the modules in fs/daemon/.
  *
  * Modules and prefixes: main.c (sf_: options, mount, housekeeping), observe.c (ob_: status, metrics,

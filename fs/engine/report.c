@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The status of a running stillfs as JSON and as Prometheus metrics (see report.h). */
 #include "report.h"
 

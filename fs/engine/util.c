@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Logging and small helpers shared by the engine, stillctl and the daemon. */
 #include "util.h"
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # base-image.sh SUITE [PACKAGE...]: print the name of a local podman image holding a minimal
 # Debian SUITE (bookworm, bullseye, ...) with PACKAGEs installed, building it first if podman
 # does not have it yet. No image registry is needed: the root filesystem is made from Debian's

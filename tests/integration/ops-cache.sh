@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # stillctl cache list / prune and their policy, on caches of real daemons:
 # - list shows each cache's store, whether it is there or gone, size, whether a generation is
 #   kept, and the running daemon's mountpoint; a directory without the marker is left out;

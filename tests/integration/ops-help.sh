@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Every option stillctl(1) documents for a command (its OPTIONS subsection) is named by that
 # command's --help, and every option --help names is documented there; every command of the
 # SYNOPSIS answers --help with its usage, exit 0; and the bash completion offers exactly

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # What systemd sees of the daemon, without systemd: a fake notification socket (a path, then
 # an abstract one) receives READY=1 only once the mount is up, STATUS= after each capture (a
 # good one and a failed one), and STOPPING=1 at unmount; capture helpers do not inherit

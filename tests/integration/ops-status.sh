@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # stillctl status as a probe, its JSON form, and the Prometheus metrics:
 # - before any capture: exit 0, but exit 6 with --max-age (no generation);
 # - after a capture: exit 0 with --max-age 3600, exit 6 once the generation is older than

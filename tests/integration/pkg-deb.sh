@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # The Debian package: built from this tree (a copy of it, so the checkout gets no build
 # artefacts), lintian-clean of errors, then installed into a clean Debian 12 container with
 # apt-get (which fetches fuse3 and the libraries from Debian). There both fstab types

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 # shellcheck shell=bash
 # Helpers for the end-to-end tests against a real S3 server and the real AWS CLI (sourced after
 # lib.sh). The peers are installed by scripts/install-test-peers.sh: s3rver from the npm

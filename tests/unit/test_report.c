@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* rep_json and rep_metrics: the status text made into JSON and Prometheus metrics. */
 #include <criterion/criterion.h>
 #include <stdio.h>
