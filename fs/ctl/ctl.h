@@ -16,6 +16,8 @@ enum ctl_exit {
 void ctl_help(const char *cmd);
 /* One line on stderr pointing to --help; returns CAP_EXIT_USAGE. */
 int ctl_usage_error(const char *what, const char *arg);
+/* getopt returned '?' for cmd: one line naming the program, the command and the option. */
+int ctl_bad_option(const char *cmd, char *const *argv);
 
 /* ctl_cache.c: stillctl cache list|prune; argv[0] is "cache". Returns an exit status. */
 int ctl_cache(int argc, char **argv);

@@ -372,8 +372,7 @@ int ctl_cache(int argc, char **argv)
 			break;
 		case 'h': ctl_help(o.prune ? "cache prune" : "cache list"); return CAP_EXIT_OK;
 		default:
-			return ctl_usage_error(o.prune ? "bad option for cache prune" :
-						 "bad option for cache list", NULL);
+			return ctl_bad_option(o.prune ? "cache prune" : "cache list", argv);
 		}
 	}
 	if (optind != argc)

@@ -125,7 +125,7 @@ int ctl_status(int argc, char **argv)
 				return ctl_usage_error("bad --max-age (seconds)", optarg);
 			break;
 		case 'h': ctl_help("status"); return CAP_EXIT_OK;
-		default: return ctl_usage_error("bad option for status", NULL);
+		default: return ctl_bad_option("status", argv);
 		}
 	}
 	if (argc - optind != 1)

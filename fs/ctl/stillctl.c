@@ -79,6 +79,17 @@ int ctl_usage_error(const char *what, const char *arg)
 	return CAP_EXIT_USAGE;
 }
 
+int ctl_bad_option(const char *cmd, char *const *argv)
+{
+	/* getopt's own message (opterr is off) would name the command as if it were the program. */
+	char shortopt[3] = { '-', (char)optopt, 0 };
+	const char *last = argv[optind - 1];
+	const char *opt = !strncmp(last, "--", 2) || !optopt ? last : shortopt;
+	fprintf(stderr, "stillctl %s: unknown option or missing value: %s\nTry 'stillctl %s --help'.\n",
+		cmd, opt, cmd);
+	return CAP_EXIT_USAGE;
+}
+
 /* The blocks of usage_text for cmd: lines "  CMD ..." and the option lines below them. */
 void ctl_help(const char *cmd)
 {
@@ -176,7 +187,7 @@ static int cmd_snapshot(int argc, char **argv)
 			break;
 		case 'q': o.quiet = 1; break;
 		case 'h': ctl_help("snapshot"); return 0;
-		default: return ctl_usage_error("bad option for snapshot", NULL);
+		default: return ctl_bad_option("snapshot", argv);
 		}
 	}
 	if (argc - optind != 2)
@@ -220,7 +231,7 @@ static int cmd_verify(int argc, char **argv)
 		case 'x': o.ignore_extra = 1; break;
 		case 'k': o.quick = 1; break;
 		case 'h': ctl_help("verify"); return 0;
-		default: return ctl_usage_error("bad option for verify", NULL);
+		default: return ctl_bad_option("verify", argv);
 		}
 	}
 	if (argc - optind != 1)
@@ -245,6 +256,7 @@ int main(int argc, char **argv)
 	}
 	argc--;
 	argv++;
+	opterr = 0; /* ctl_bad_option reports */
 	if (!strcmp(cmd, "snapshot"))
 		return cmd_snapshot(argc, argv);
 	if (!strcmp(cmd, "verify"))
