@@ -39,8 +39,10 @@ writer=${T_PIDS[-1]}
 persisted() { [ -n "$(sqlite3 -cmd '.timeout 5000' "file:$store/chroma.sqlite3?mode=ro" 'select seq from max_seq_id limit 1' 2>/dev/null)" ]; }
 t_wait_for 30 persisted
 s3_start -- "$BUCKET"
-# Generations change only by `stillctl refresh`: each round's tools all read the same one.
-t_mount "$store" "$mnt" -o snapshot_max_age=3600
+# Generations change only by `stillctl refresh`: each round's tools all read the same one. No
+# linger: the generation before goes at once and is the spare, so databases are recycled (the
+# copy of two generations back patched in place: its inode comes back, only mtimes tell).
+t_mount "$store" "$mnt" -o snapshot_max_age=3600,snapshot_linger=0
 
 # Every tool's configuration, cache and repository under T_WORK.
 export RESTIC_REPOSITORY=$T_WORK/restic RESTIC_PASSWORD=stillfs-test RESTIC_CACHE_DIR=$T_WORK/restic-cache
