@@ -9,10 +9,15 @@
 #   (b) pass `torture check --strict`,
 #   (c) equal a plain copy of the generation (diff -r),
 # and the tool must have read again every file whose digest changed (restic and rclone: only
-# those). The snapshot shows ctime = mtime, so restic (mtime, ctime, size, inode), borg (files
-# cache: ctime, size, inode) and rclone (size, mtime) all decide on mtime and size. Before
-# every generation after the first, a file the writer never touches is rewritten at the same
-# size and its mtime set back exactly; the writer's own files change at the same size too.
+# those). The snapshot shows ctime = mtime, so restic (mtime, ctime, size, inode) and borg
+# (files cache: ctime, size, inode) decide on mtime, size and inode, rclone on size and
+# mtime. Before every generation after the first, a file the writer never touches is
+# rewritten at the same size and its mtime set back exactly; the writer's own files change at
+# the same size too.
+# A tool run less often than generations are made (restic with --parent its backup of
+# generation 2, borg into a repository that got only generation 2) backs up the last
+# generation, whose copy of a database changed at the same size is generation 2's, recycled:
+# the inode and size they recorded come back, only the mtime tells them.
 # Negative control, per tool: a plain folder holding generation 1 is backed up, generation 2's
 # bytes are written over it in place with every mtime kept, and it is backed up again with
 # ctime ignored, as the snapshot's is its mtime: the tool keeps the stale same-size files, and
@@ -26,6 +31,7 @@ TOOLS=(restic rclone borg)
 BUCKET=stillfs
 PROBE=static/deep/b.bin      # never written: a tool that sends it again is not skipping at all
 HAZARD=extra/hazard.bin
+FIXED=extra/fixed.sqlite3    # a database the writer never touches, changed at the same size
 t_log "peers: restic $(restic version | cut -d' ' -f2), rclone $(rclone version | sed -n '1s/^rclone //p'), $(borg --version), $(s3_versions)"
 
 store=$T_WORK/store mnt=$T_WORK/mnt
@@ -34,6 +40,9 @@ snap=$mnt/.snapshot
 mkdir "$store/extra" "$mnt"
 head -c 65536 /dev/urandom >"$store/$HAZARD"
 touch -r "$store/$HAZARD" "$T_WORK/hazard.mtime"
+sqlite3 "$store/$FIXED" "create table t(k integer primary key, v blob);
+  with recursive n(i) as (select 1 union all select i + 1 from n where i < 2000)
+  insert into t select i, randomblob(1000) from n;"
 t_bg "$TORTURE" write --persist-interval 1000 "$store" >"$T_WORK/writer.out" 2>&1
 writer=${T_PIDS[-1]}
 persisted() { [ -n "$(sqlite3 -cmd '.timeout 5000' "file:$store/chroma.sqlite3?mode=ro" 'select seq from max_seq_id limit 1' 2>/dev/null)" ]; }
@@ -55,17 +64,22 @@ export RCLONE_CONFIG=$T_WORK/rclone.conf RCLONE_CACHE_DIR=$T_WORK/rclone-cache \
 : >"$RCLONE_CONFIG"
 restic init -q >/dev/null || t_fail "restic init failed"
 borg init -e none || t_fail "borg init failed"
+SPARSE=$T_WORK/borg-sparse   # a borg repository that gets generations 2 and ROUNDS only
+BORG_REPO=$SPARSE borg init -e none || t_fail "borg init failed"
 
-# backup TOOL SRC NAME-N [control]: back SRC up with the tool's own skip logic, as borg archive
-# NAME-N, into rclone's prefix NAME; its log in $T_WORK/TOOL.out. "control" ignores ctime.
+# backup TOOL SRC NAME-N [OPTION...]: back SRC up with the tool's own skip logic, as borg
+# archive NAME-N, into rclone's prefix NAME; its log in $T_WORK/TOOL.out.
 backup() {
-  local tool=$1 src=$2 name=$3 ctl=${4:-}
+  local tool=$1 src=$2 name=$3
+  shift 3
   case $tool in
-    restic) restic backup -vv ${ctl:+--ignore-ctime} "$src" ;;
-    rclone) rclone sync -v "$src" "s3:$BUCKET/${name%-*}" ;;
-    borg)   (cd "$src" && borg create --list ${ctl:+--files-cache=mtime,size,inode} "::$name" .) ;;
+    restic) restic backup -vv "$@" "$src" ;;
+    rclone) rclone sync -v "$@" "$src" "s3:$BUCKET/${name%-*}" ;;
+    borg)   (cd "$src" && borg create --list "$@" "::$name" .) ;;
   esac >"$T_WORK/$tool.out" 2>&1 || { cat "$T_WORK/$tool.out" >&2; t_fail "$tool: backup of $src failed"; }
 }
+# The options with which each tool ignores ctime (under .snapshot, ctime is the mtime).
+declare -A NO_CTIME=([restic]=--ignore-ctime [rclone]='' [borg]='--files-cache=mtime,size,inode')
 # restore TOOL SRC NAME-N DEST: the latest backup of SRC into DEST (rclone: synced into what
 # DEST already holds; its log in $T_WORK/rclone-down.out).
 restore() {
@@ -107,7 +121,7 @@ check_copy() {
 setdiff() { comm -23 <(echo "$1") <(echo "$2") | grep . | tr '\n' ' ' || true; }
 count() { grep -c . <<<"$1" || true; }
 
-ids=("")
+ids=("") inos=("") rsnaps=("")
 declare -A spent
 for tool in "${TOOLS[@]}"; do spent[$tool]=0; done
 prev_mf=/dev/null
@@ -116,11 +130,17 @@ for i in $(seq 1 "$ROUNDS"); do
     # New bytes at the same size, and the mtime it had before any backup.
     dd if=/dev/urandom of="$store/$HAZARD" bs=65536 count=1 conv=notrunc status=none
     touch -r "$T_WORK/hazard.mtime" "$store/$HAZARD"
+    # Not before generation 2: shared with generation 1, its copy is recycled for the last.
+    ((i > 2)) && sqlite3 "$store/$FIXED" "update t set v = randomblob(1000) where k = $i;"
+    # The generation two back must be the spare, whatever the daemon's pace.
+    retired() { (($(t_status "$mnt" generations_deleted) >= i - 2)); }
+    t_wait_for 20 retired
   fi
   "$STILLCTL" refresh "$mnt" >"$T_WORK/refresh.out" || t_fail "round $i: stillctl refresh failed"
   gen=$(t_status "$mnt" generation)
   ids[i]=$(t_status "$mnt" id)
   cp -a "$snap" "$T_WORK/gen$i"      # what the restores must equal
+  inos[i]=$(stat -c %i "$snap/$FIXED")
   mf=$T_WORK/gen$i/.stillfs-manifest
   [ "$(mf_id "$mf")" = "${ids[i]}" ] || t_fail "round $i: .snapshot is not generation $gen"
   want=$(changed "$prev_mf" "$mf")
@@ -133,6 +153,7 @@ for i in $(seq 1 "$ROUNDS"); do
     t0=$EPOCHREALTIME
     backup "$tool" "$snap" "snap-$i"
     got=$(sent "$tool" "$snap")
+    [ "$tool" = restic ] && rsnaps[i]=$(sed -n 's/^snapshot \([0-9a-f]*\) saved$/\1/p' "$T_WORK/restic.out")
     dest=$T_WORK/restored-$tool
     [ "$tool" = rclone ] || rm -rf "$dest"
     restore "$tool" "$snap" "snap-$i" "$dest"
@@ -161,8 +182,37 @@ for i in $(seq 1 "$ROUNDS"); do
     t_log "$tool round $i: generation $gen, read $(count "$got") files (digest changed: $(count "$want")," \
           "same size: $(count "$same")); the restore verifies, passes the checker, equals the generation"
   done
+  ((i == 2)) && BORG_REPO=$SPARSE backup borg "$snap" "snap-$i"
   [ "$(t_status "$mnt" generation)" = "$gen" ] || t_fail "round $i: the generation changed under the tools"
   prev_mf=$mf
+done
+
+# ---- a backup that skipped generations ------------------------------------------------------
+# restic against its backup of generation 2 (--parent), borg into a repository that got only
+# generation 2: the last generation's copy of $FIXED is generation 2's, recycled from the spare
+# and patched in place. The same inode and size as they recorded; only the mtime differs.
+[ "${inos[ROUNDS]}" = "${inos[2]}" ] ||
+  t_fail "test bug: $FIXED in generation $ROUNDS is inode ${inos[ROUNDS]}, not generation 2's ${inos[2]}: not recycled"
+mf2=$T_WORK/gen2/.stillfs-manifest
+grep -qx "$FIXED" <<<"$(same_size "$mf2" "$mf")" || t_fail "test bug: $FIXED did not change at the same size"
+want=$(changed "$mf2" "$mf")
+for tool in restic borg; do
+  dest=$T_WORK/restored-$tool
+  rm -rf "$dest"
+  if [ "$tool" = restic ]; then
+    backup restic "$snap" "snap-$ROUNDS" --parent "${rsnaps[2]}"
+    restore restic "$snap" "snap-$ROUNDS" "$dest"
+  else
+    BORG_REPO=$SPARSE backup borg "$snap" "snap-$ROUNDS"
+    BORG_REPO=$SPARSE restore borg "$snap" "snap-$ROUNDS" "$dest"
+  fi
+  check_copy "$dest" "$ROUNDS" "$tool from generation 2 to $ROUNDS"
+  got=$(sent "$tool" "$snap")
+  missed=$(setdiff "$want" "$got")
+  [ -z "$missed" ] || t_fail "$tool from generation 2 to $ROUNDS: skipped changed files: $missed"
+  grep -qx "$PROBE" <<<"$got" && t_fail "$tool from generation 2 to $ROUNDS: read the unchanged $PROBE again: its skip logic is not in play"
+  t_log "$tool from generation 2 to $ROUNDS: read $(count "$got") files (digest changed: $(count "$want")," \
+        "$FIXED among them, at its inode of generation 2); the restore verifies, passes the checker, equals the generation"
 done
 
 # ---- negative control ---------------------------------------------------------------------
@@ -188,9 +238,11 @@ for tool in "${TOOLS[@]}"; do
   # Older than the manifest: borg does not cache the newest files it saw.
   find "$fake" -type f -exec touch -d "@$((EPOCHSECONDS - 100))" {} +
   touch -d "@$((EPOCHSECONDS - 50))" "$fake/.stillfs-manifest"
-  backup "$tool" "$fake" ctl-1 control
+  # shellcheck disable=SC2086 # an empty option is none
+  backup "$tool" "$fake" ctl-1 ${NO_CTIME[$tool]}
   overlay "$T_WORK/gen2" "$fake"
-  backup "$tool" "$fake" ctl-2 control
+  # shellcheck disable=SC2086
+  backup "$tool" "$fake" ctl-2 ${NO_CTIME[$tool]}
   restore "$tool" "$fake" ctl-2 "$dl"
   rc=0; "$STILLCTL" verify "$dl" >"$T_WORK/verify.out" 2>&1 || rc=$?
   [ "$rc" -eq 1 ] || { cat "$T_WORK/verify.out" >&2; t_fail "control: $tool: verify exited $rc on a copy with stale files, expected 1"; }
