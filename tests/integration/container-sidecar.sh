@@ -8,14 +8,18 @@
 # container, which becomes the torture writer. The pod shares the host's network to reach
 # s3rver on 127.0.0.1.
 #   - the stillfs mount propagates to the host and into the uploader, whose `aws s3 sync` of
-#     .snapshot completes; the download passes `stillctl verify` and `torture check --strict`;
-#   - stopping the stillfs container (after the uploader) unmounts: the host, the propagation
-#     peer of the shared volume, sees no stale mount; the daemon exits 0 by itself within the
-#     stop timeout (no process is left to kill) and keeps its last generation;
-#   - the writer never notices: it keeps committing after that, and exits 0 (its own check).
+#     .snapshot completes;
+#   - stopping the stillfs container unmounts: neither the host, the propagation peer of the
+#     shared volume, nor the running uploader is left with a stale mount; the daemon exits 0 by
+#     itself within the stop timeout (no process left to kill) and keeps its last generation;
+#   - restarted, its new mount reaches the running uploader, whose next syncs upload the new
+#     daemon's generation; that upload, downloaded again, passes `stillctl verify` and
+#     `torture check --strict`;
+#   - the writer never notices: it keeps committing through both stops, and exits 0.
 # It must fail with STILLFS_SIDECAR_BREAK=live (the uploader syncs the live view instead of
-# .snapshot), =propagation (no propagation into the uploader) or =noexec (the daemon is not the
-# container's first process, so a stop does not reach it: killed, it leaves a dead mount).
+# .snapshot), =propagation (no propagation into the uploader: at most a copy of the mount
+# made before it started) or =noexec (the daemon is not the container's first process, so a
+# stop does not reach it: killed, it leaves a dead mount).
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/s3-lib.sh"
 : "${TORTURE:?}"
@@ -169,16 +173,58 @@ start=$SECONDS
 podman kube play --network host "$T_WORK/pod.yaml" >"$T_WORK/play.out" 2>&1 ||
   { cat "$T_WORK/play.out" >&2; t_fail "podman kube play failed"; }
 state() { podman inspect -f "{{.State.$2}}" "$POD-$1"; }
-mounted_in_uploader() { podman exec "$POD-uploader" grep -q ' - fuse.stillfs ' /proc/self/mountinfo; }
+in_uploader() { podman exec "$POD-uploader" sh -c "$1"; }
+mounted_in_uploader() { in_uploader "grep -q ' - fuse.stillfs ' /proc/self/mountinfo"; }
+# Gone from the uploader's view, not left there dead ("Transport endpoint is not connected").
+unmounted_in_uploader() { in_uploader "! grep -q ' - fuse.stillfs ' /proc/self/mountinfo && ls /snapshots/chroma >/dev/null"; }
 syncs() { podman logs "$POD-uploader" 2>&1 | grep -c '^uploader: synced' || true; }
-synced() { (($(syncs) >= 1)); }
+synced() { (($(syncs) >= $1)); }
+progressed() { (($(seq_now) > $1)); }
+
+# stop_sidecar N: the Nth stop of the stillfs container: SIGTERM to the daemon, which must
+# unmount and exit 0 by itself (podman would kill it after the timeout), keep its last
+# generation, and leave no mount in the host's view of the shared volume (its propagation peer).
+stop_sidecar() {
+  local n=$1 pid t0=$SECONDS
+  pid=$(state stillfs Pid)
+  podman stop -t 30 "$POD-stillfs" >/dev/null
+  ((SECONDS - t0 < 30)) || t_fail "stop $n: the daemon did not stop within the timeout (killed)"
+  [ "$(state stillfs ExitCode)" = 0 ] || t_fail "stop $n: the stillfs container exited with $(state stillfs ExitCode)"
+  kill -0 "$pid" 2>/dev/null && t_fail "stop $n: the daemon (pid $pid) is still running"
+  podman logs "$POD-stillfs" >"$T_WORK/daemon.log" 2>&1
+  [ "$(grep -c '^stillfs: unmounting /snapshots/chroma$' "$T_WORK/daemon.log")" = "$n" ] ||
+    t_fail "stop $n: the daemon did not unmount"
+  # This daemon's (the log's last) generation, if it made one, is kept for the next start.
+  awk '/^stillfs: serving /{ ready = kept = 0 } / ready in /{ ready = 1 }
+       /kept in the cache for the next start/{ kept = 1 } END { exit !(ready <= kept) }' "$T_WORK/daemon.log" ||
+    t_fail "stop $n: the daemon did not keep its last generation"
+  t_log_clean "$T_WORK/daemon.log"
+  grep -q " $snapdir/chroma .* - fuse" /proc/self/mountinfo && t_fail "stop $n: stale mount at $snapdir/chroma on the host"
+  ls "$snapdir/chroma" >/dev/null || t_fail "stop $n: $snapdir/chroma is not accessible after the unmount"
+}
 
 # Bidirectional: the mount made in the stillfs container reaches the host's volume directory;
 # HostToContainer: and the uploader's mount of it.
 t_wait_for 30 t_is_stillfs "$snapdir/chroma"
 t_wait_for 10 mounted_in_uploader
-t_wait_for 60 synced
+t_wait_for 60 synced 1
 t_log "pod up, mount propagated to host and uploader, first sync done in $((SECONDS - start)) s"
+
+# The sidecar stops while the uploader and the writer go on. The unmount must reach the
+# uploader too (a container that only got a copy of the mount at its start keeps a dead one).
+seq_at_stop=$(seq_now)
+stop_sidecar 1
+t_wait_for 10 unmounted_in_uploader
+[ "$(state app Running)" = true ] || t_fail "the writer stopped with the sidecar"
+t_wait_for 30 progressed "$seq_at_stop"
+seq_at_stop=$(seq_now)
+# A restarted sidecar: its new mount must reach the running uploader, whose next syncs upload
+# the new daemon's first generation (captured now, so it holds records the first one did not).
+podman start "$POD-stillfs" >/dev/null
+t_wait_for 30 t_is_stillfs "$snapdir/chroma"
+t_wait_for 10 mounted_in_uploader
+t_wait_for 60 synced $(($(syncs) + 2))
+t_log "stillfs stopped and restarted under the running uploader and writer; $(syncs) syncs so far"
 
 # The uploader stops after the sync it may be in (its trap), so the bucket holds whole syncs.
 podman stop -t 60 "$POD-uploader" >/dev/null
@@ -193,32 +239,19 @@ s3_aws s3 sync --no-progress "s3://$BUCKET/store/" "$dl" >/dev/null 2>"$T_WORK/d
 "$STILLCTL" verify "$dl" >"$T_WORK/verify.out" 2>&1 ||
   { cat "$T_WORK/verify.out" >&2; t_fail "the download does not verify"; }
 dl_seq=$(sqlite3 "file:$dl/chroma.sqlite3?immutable=1" 'select coalesce(max(seq), 0) from embeddings_queue')
-((dl_seq > 0)) || t_fail "the download holds no committed record"
-t_log "$(syncs) sync(s) uploaded; the download (records up to $dl_seq) verifies and passes torture check --strict"
+((dl_seq > seq_at_stop)) ||
+  t_fail "the download holds records up to $dl_seq only: not the restarted daemon's generation (records > $seq_at_stop)"
+t_log "download (records up to $dl_seq) passes torture check --strict and stillctl verify"
 
-# Stopping the sidecar: SIGTERM to the daemon, which unmounts and exits 0 by itself.
-daemon_pid=$(state stillfs Pid)
+# The second stop, and the writer, which never noticed either: still committing, clean exit.
 seq_at_stop=$(seq_now)
-stop_start=$SECONDS
-podman stop -t 30 "$POD-stillfs" >/dev/null
-((SECONDS - stop_start < 30)) || t_fail "the daemon did not stop within the timeout (killed)"
-[ "$(state stillfs ExitCode)" = 0 ] || t_fail "the stillfs container exited with $(state stillfs ExitCode)"
-kill -0 "$daemon_pid" 2>/dev/null && t_fail "the daemon (pid $daemon_pid) is still running"
-podman logs "$POD-stillfs" >"$T_WORK/daemon.log" 2>&1
-grep -q 'stillfs: unmounting /snapshots/chroma' "$T_WORK/daemon.log" || t_fail "the daemon did not unmount"
-grep -q 'kept in the cache' "$T_WORK/daemon.log" || t_fail "the daemon did not keep its last generation"
-t_log_clean "$T_WORK/daemon.log"
-grep -q " $snapdir/chroma .* - fuse" /proc/self/mountinfo && t_fail "stale mount at $snapdir/chroma on the host"
-ls "$snapdir/chroma" >/dev/null || t_fail "$snapdir/chroma is not accessible after the unmount"
-
-# The writer never noticed: still running, still committing, and its exit is clean.
-[ "$(state app Running)" = true ] || t_fail "the writer stopped with the sidecar"
-progressed() { (($(seq_now) > seq_at_stop)); }
-t_wait_for 30 progressed
+stop_sidecar 2
+t_wait_for 30 progressed "$seq_at_stop"
 podman stop -t 30 "$POD-app" >/dev/null
 [ "$(state app ExitCode)" = 0 ] || t_fail "the writer exited with $(state app ExitCode)"
 "$TORTURE" check "$store" >"$T_WORK/check.out" 2>&1 ||
   { cat "$T_WORK/check.out" >&2; t_fail "the live store is not consistent after the writer stopped"; }
-echo "# sidecar pod (podman kube play of packaging/container/pod.yaml): $(syncs) sync(s), download" \
-     "verified and consistent; stillfs stopped cleanly, no stale mount; writer went on from" \
-     "record $seq_at_stop to $(seq_now) and exited 0; $((SECONDS - start)) s after play"
+echo "# sidecar pod (podman kube play of packaging/container/pod.yaml): $(syncs) syncs; stillfs" \
+     "stopped twice cleanly (no stale mount on the host or in the uploader) and restarted under" \
+     "the running uploader; download at record $dl_seq verified and consistent; writer went on" \
+     "to record $(seq_now) and exited 0; $((SECONDS - start)) s after play"
