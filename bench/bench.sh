@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # The stillfs benchmark: every figure is a ratio against the native filesystem (or a
 # plain tool) measured in the same run, interleaved A, B, A, B..., medians of repetitions.
 #

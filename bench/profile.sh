@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Profiles behind the missed targets in docs/PERFORMANCE.md (not part of the timed benchmark).
 #
 #   bench/profile.sh BUILD_DIR [capture|writer|read|meta|sqlite|callgrind ...]

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* stillbench: the small measuring tools behind bench/bench.sh. Prefix: sb_.
  *
  *   stillbench sqlw DB [--wal] [--sync full|normal] [--seconds S] [--row BYTES]

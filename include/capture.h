@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The capture engine: a consistent point-in-time copy of a live store directory.
  * Knows nothing of FUSE; used by stillctl and (in a helper process) by the stillfs daemon. */
 #ifndef STILL_CAPTURE_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Copying and digesting file contents. Prefix: cp_.
  *
  * The content digest ("sha256-1m") is SHA-256 of the content for files up to 1 MiB, and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The snapshot manifest: one text file at the snapshot root. Prefix: mf_.
  * This module is the only one that knows its format:
  *

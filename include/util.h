@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Small shared helpers: logging, time, errors. Prefix: log_, ut_. */
 #ifndef STILL_UTIL_H
 #define STILL_UTIL_H

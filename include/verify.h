@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Checking a snapshot, or a downloaded copy of one, against its manifest. Prefix: vf_. */
 #ifndef STILL_VERIFY_H
 #define STILL_VERIFY_H

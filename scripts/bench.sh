@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # The benchmark in one command: install what is missing, build a release build in
 # build-bench/, run every figure against the native filesystem in the same run, print the table.
 # Takes about 7 minutes; needs root, /dev/fuse and about 6 GiB free under BENCH_DIR

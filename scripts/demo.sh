@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # The main job on a built-in demo: a live ChromaDB-like store (a rollback-journal database,
 # a WAL database, an index segment rewritten in place) with its writer running, mounted with
 # stillfs; its .snapshot/ is copied with rsync, cp -a and tar, and every copy is checked for

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install the real peers of the end-to-end tests (tests/integration/s3-*.sh):
-#   - the AWS CLI from Debian's package registry (package awscli, /usr/bin/aws), curl, and
+# SPDX-License-Identifier: GPL-2.0-or-later
+# Install the real peers of the end-to-end tests (tests/integration/s3-*.sh, uploaders.sh):
+#   - the AWS CLI from Debian's package registry (package awscli, /usr/bin/aws), curl, restic,
+#     rclone and borg (packages restic, rclone, borgbackup), and
 #   - the S3-compatible server s3rver from the npm registry, at the version pinned by
 #     tests/s3/package.json + package-lock.json, into $STILLFS_PEERS_DIR
 #     (default /opt/stillfs-test-peers), outside the work tree.
@@ -13,9 +15,9 @@ need_root() {
   if [ "$(id -u)" -ne 0 ]; then echo "install-test-peers: need root to $1" >&2; exit 1; fi
 }
 
-# Debian packages: the AWS CLI, curl (the tests read the server's listing with it) and, only
-# where the machine has no Node.js, Debian's own.
-pkgs=(awscli curl)
+# Debian packages: the AWS CLI, curl (the tests read the server's listing with it), the backup
+# tools of tests/integration/uploaders.sh and, only where the machine has no Node.js, Debian's own.
+pkgs=(awscli curl restic rclone borgbackup)
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 missing=()

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Build hygiene: exits non-zero on any finding.
 #  1. gcc and clang builds of every target with -Dwerror=true;
 #  2. a clang build with AddressSanitizer + UndefinedBehaviorSanitizer (also -Werror) that runs

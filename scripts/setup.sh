@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Install everything stillfs needs to build and test on Debian 12, then configure the build.
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
@@ -6,7 +7,10 @@ pkgs=(build-essential clang meson ninja-build pkg-config
       libfuse3-dev fuse3 libsqlite3-dev sqlite3 libcriterion-dev
       rsync attr acl psmisc procps util-linux bc python3
       valgrind libclang-rt-14-dev strace time
-      debhelper lintian)    # the package test (tests/integration/pkg-deb.sh) builds and checks the .deb
+      debhelper lintian     # the package test (tests/integration/pkg-deb.sh) builds and checks the .deb
+      # real containers (tests/containers/, container-*.sh): podman with runc, catatonit for
+      # pods (podman kube play), mmdebstrap and uidmap for base images without a registry
+      podman runc catatonit mmdebstrap uidmap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # The daemon's long soak, too long for CI: tests/integration/reld-soak.sh with 1,000
 # generation cycles (the suite runs 100) while `torture write` writes through the mount, an
 # uploader copies .snapshot with rsync every 10th cycle and each copy is checked with

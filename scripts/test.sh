@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Install what is missing, build, and run the whole test suite (unit + integration).
 # Prints "N passed, N failed" last; exits non-zero if anything failed.
 set -euo pipefail

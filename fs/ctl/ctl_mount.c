@@ -1,10 +1,15 @@
-/* stillctl status / refresh: talk to a running stillfs through its mount (see ctl_mount.h). */
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* stillctl status / metrics / refresh: talk to a running stillfs through its mount (see
+ * ctl_mount.h). */
 #include "ctl_mount.h"
 
 #include "capture.h"
+#include "ctl.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +22,7 @@
 static int ctl_args(int argc, char **argv, const char **mnt)
 {
 	if (argc == 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
-		printf("usage: stillctl %s MOUNTPOINT\n", argv[0]);
+		ctl_help(argv[0]);
 		return -1;
 	}
 	if (argc != 2 || argv[1][0] == '-') {
@@ -76,25 +81,73 @@ fail:
 	return NULL;
 }
 
-/* The value of "key: value" in the status text, copied into out ("" if absent). */
-static void ctl_field(const char *text, const char *key, char *out, size_t len)
+/* The health of a status text, as stillctl status exits: the last capture failed, or the
+ * generation is missing or older than max_age (< 0: not asked); a line on stderr says why. */
+static int ctl_health(const char *mnt, const char *text, double max_age)
 {
-	size_t k = strlen(key);
-	out[0] = 0;
-	for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
-		if (!strncmp(l, key, k) && l[k] == ':' && l[k + 1] == ' ') {
-			const char *v = l + k + 2, *e = strchr(v, '\n');
-			size_t n = e ? (size_t)(e - v) : strlen(v);
-			if (n >= len)
-				n = len - 1;
-			memcpy(out, v, n);
-			out[n] = 0;
-			return;
-		}
+	char last[32], gen[64], age[64], err[512];
+	rep_field(text, "last_capture", last, sizeof last);
+	rep_field(text, "generation", gen, sizeof gen);
+	rep_field(text, "age_s", age, sizeof age);
+	if (!strcmp(last, "failed")) {
+		rep_field(text, "last_error", err, sizeof err);
+		fprintf(stderr, "stillctl: %s: the last capture failed: %s\n", mnt, err);
+		return CTL_EXIT_CAPTURE_FAILED;
 	}
+	if (max_age >= 0 && (!strcmp(gen, "none") || !gen[0])) {
+		fprintf(stderr, "stillctl: %s: no generation captured yet\n", mnt);
+		return CTL_EXIT_STALE;
+	}
+	if (max_age >= 0 && !(atof(age) <= max_age)) {
+		fprintf(stderr, "stillctl: %s: generation %s is %s s old, more than --max-age %g\n",
+			mnt, gen, age, max_age);
+		return CTL_EXIT_STALE;
+	}
+	return CAP_EXIT_OK;
 }
 
 int ctl_status(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "max-age", required_argument, NULL, 'm' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 } };
+	double max_age = -1;
+	int json = 0, c;
+	char *end;
+	while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j': json = 1; break;
+		case 'm':
+			max_age = strtod(optarg, &end);
+			if (*end || end == optarg || !(max_age >= 0))
+				return ctl_usage_error("bad --max-age (seconds)", optarg);
+			break;
+		case 'h': ctl_help("status"); return CAP_EXIT_OK;
+		default: return ctl_bad_option("status", argv);
+		}
+	}
+	if (argc - optind != 1)
+		return ctl_usage_error("status needs one MOUNTPOINT", NULL);
+	const char *mnt = argv[optind];
+	char *text = ctl_read_status(mnt), *out = text;
+	if (!text)
+		return CAP_EXIT_FAIL;
+	if (json && !(out = rep_json(text))) {
+		fprintf(stderr, "stillctl: out of memory\n");
+		free(text);
+		return CAP_EXIT_FAIL;
+	}
+	fputs(out, stdout);
+	int rc = ctl_health(mnt, text, max_age);
+	if (out != text)
+		free(out);
+	free(text);
+	return rc;
+}
+
+int ctl_metrics(int argc, char **argv)
 {
 	const char *mnt;
 	int rc = ctl_args(argc, argv, &mnt);
@@ -103,8 +156,15 @@ int ctl_status(int argc, char **argv)
 	char *text = ctl_read_status(mnt);
 	if (!text)
 		return CAP_EXIT_FAIL;
-	fputs(text, stdout);
+	struct timespec now = ut_realtime();
+	char *m = rep_metrics(text, (double)now.tv_sec + now.tv_nsec / 1e9);
 	free(text);
+	if (!m) {
+		fprintf(stderr, "stillctl: out of memory\n");
+		return CAP_EXIT_FAIL;
+	}
+	fputs(m, stdout);
+	free(m);
 	return CAP_EXIT_OK;
 }
 
@@ -129,7 +189,7 @@ int ctl_refresh(int argc, char **argv)
 	int e = setxattr(path, CTL_XATTR_REFRESH, "1", 1, 0) < 0 ? errno : 0;
 	text = ctl_read_status(mnt);
 	if (e) {
-		ctl_field(text ? text : "", "last_error", err, sizeof err);
+		rep_field(text ? text : "", "last_error", err, sizeof err);
 		fprintf(stderr, "stillctl: refresh of %s failed: %s%s%s\n", mnt, strerror(e),
 			err[0] ? ": " : "", err);
 		free(text);
@@ -138,12 +198,12 @@ int ctl_refresh(int argc, char **argv)
 		return e == ENOSPC || e == EIO ? CAP_EXIT_IO : CAP_EXIT_FAIL;
 	}
 	if (text) {
-		ctl_field(text, "generation", gen, sizeof gen);
-		ctl_field(text, "id", id, sizeof id);
-		ctl_field(text, "capture_s", dur, sizeof dur);
-		ctl_field(text, "bytes_copied", copied, sizeof copied);
-		ctl_field(text, "bytes_shared", shared, sizeof shared);
-		ctl_field(text, "lock_max_s", lock, sizeof lock);
+		rep_field(text, "generation", gen, sizeof gen);
+		rep_field(text, "id", id, sizeof id);
+		rep_field(text, "capture_s", dur, sizeof dur);
+		rep_field(text, "bytes_copied", copied, sizeof copied);
+		rep_field(text, "bytes_shared", shared, sizeof shared);
+		rep_field(text, "lock_max_s", lock, sizeof lock);
 		printf("generation %s (%s): captured in %s s, %s bytes copied, %s shared, "
 		       "longest lock %s s\n", gen, id, dur, copied, shared, lock);
 		free(text);

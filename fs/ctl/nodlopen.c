@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Linked into stillctl-static only, as dlopen (-Wl,--wrap=dlopen). SQLite's run-time extension
  * loader is the one caller of dlopen in stillctl, and stillctl never enables extension loading.
  * A statically linked glibc can only dlopen libraries of its own exact version, which a system

@@ -1,7 +1,9 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* stillctl: take and check stillfs snapshots without FUSE; talk to a running stillfs. */
 #include "capture.h"
 #include "util.h"
 #include "verify.h"
+#include "ctl.h"
 #include "ctl_mount.h"
 
 #include <errno.h>
@@ -42,8 +44,23 @@ static const char usage_text[] =
 	"                                  every database self-contained and intact\n"
 	"      --ignore-extra        files the manifest does not list are not problems\n"
 	"      --quick               skip PRAGMA integrity_check\n"
-	"  status MOUNTPOINT               show the state of a running stillfs\n"
+	"  status [OPTIONS] MOUNTPOINT     show the state of a running stillfs\n"
+	"      --json                as JSON (\"schema\": 1; fields in stillctl(1))\n"
+	"      --max-age SEC         exit 6 when there is no generation or the current one is\n"
+	"                            older than SEC seconds (the last capture failed: exit 5)\n"
+	"  metrics MOUNTPOINT              the state of a running stillfs as Prometheus metrics\n"
 	"  refresh MOUNTPOINT              make a running stillfs capture a new generation\n"
+	"  cache list [OPTIONS]            the caches stillfs daemons keep generations in: store,\n"
+	"                                  whether it still exists, size, age, running daemon\n"
+	"      --root DIR            where the caches are (default: /var/cache/stillfs as\n"
+	"                            root, else $XDG_CACHE_HOME/stillfs or ~/.cache/stillfs)\n"
+	"  cache prune [OPTIONS]           delete caches no running stillfs uses: those whose\n"
+	"                                  store is gone, unless told otherwise\n"
+	"      --root DIR            as for cache list\n"
+	"      --missing-store       caches whose store is gone (the default)\n"
+	"      --older-than SEC      caches not used for more than SEC seconds\n"
+	"      --all                 every cache not in use\n"
+	"      -n, --dry-run         only say what would be removed\n"
 	"  help, --help                    this text;  --version\n"
 	"\n"
 	"Exit status:\n"
@@ -51,13 +68,51 @@ static const char usage_text[] =
 	"  1  failure: bad input, or verify found problems (listed on stdout)\n"
 	"  2  usage error\n"
 	"  3  snapshot: no consistent cut within the settle timeout (files named on stderr)\n"
-	"  4  snapshot: I/O error, such as a full disk or an unreadable file\n";
+	"  4  snapshot: I/O error, such as a full disk or an unreadable file\n"
+	"  5  status: the last capture failed\n"
+	"  6  status: no generation, or older than --max-age\n";
 
-static int usage_error(const char *what, const char *arg)
+int ctl_usage_error(const char *what, const char *arg)
 {
 	fprintf(stderr, "stillctl: %s%s%s\nTry 'stillctl --help'.\n", what, arg ? " " : "",
 		arg ? arg : "");
 	return CAP_EXIT_USAGE;
+}
+
+int ctl_bad_option(const char *cmd, char *const *argv)
+{
+	/* getopt's own message (opterr is off) would name the command as if it were the program. */
+	char shortopt[3] = { '-', (char)optopt, 0 };
+	const char *last = argv[optind - 1];
+	const char *opt = !strncmp(last, "--", 2) || !optopt ? last : shortopt;
+	fprintf(stderr, "stillctl %s: unknown option or missing value: %s\nTry 'stillctl %s --help'.\n",
+		cmd, opt, cmd);
+	return CAP_EXIT_USAGE;
+}
+
+/* The blocks of usage_text for cmd: lines "  CMD ..." and the option lines below them. */
+void ctl_help(const char *cmd)
+{
+	const char *cmds = strstr(usage_text, "Commands:\n"), *exits = strstr(usage_text, "Exit status:");
+	size_t n = strlen(cmd);
+	int in = 0, first = 1;
+	for (const char *l = cmds; l && l < exits; l = strchr(l, '\n') + 1) {
+		int len = (int)(strchr(l, '\n') - l);
+		if (l[0] == ' ' && l[1] == ' ' && l[2] != ' ')
+			in = !strncmp(l + 2, cmd, n) && (l[2 + n] == ' ' || l[2 + n] == '\n');
+		if (in && first) {
+			/* "  SYNOPSIS   what it does": the synopsis, then what it does below it */
+			const char *gap = strstr(l + 2, "  ");
+			int syn = gap && gap < l + len ? (int)(gap - l) - 2 : len - 2;
+			printf("Usage: stillctl %.*s\n", syn, l + 2);
+			if (syn < len - 2)
+				printf("  %.*s\n", len - 2 - syn - (int)strspn(l + 2 + syn, " "),
+				       l + 2 + syn + strspn(l + 2 + syn, " "));
+		} else if (in)
+			printf("%.*s\n", len, l);
+		first &= !in;
+	}
+	printf("\n%s", exits);
 }
 
 static void on_signal(int sig)
@@ -104,12 +159,12 @@ static int cmd_snapshot(int argc, char **argv)
 		case 't':
 			o.settle_timeout = strtod(optarg, &end);
 			if (*end || end == optarg || o.settle_timeout <= 0)
-				return usage_error("bad --settle-timeout", optarg);
+				return ctl_usage_error("bad --settle-timeout", optarg);
 			break;
 		case 'Q': {
 			unsigned long v = strtoul(optarg, &end, 10);
 			if (*end || end == optarg || v > 60000)
-				return usage_error("bad --quiet-ms", optarg);
+				return ctl_usage_error("bad --quiet-ms", optarg);
 			o.quiet_ms = (unsigned)v;
 			break;
 		}
@@ -121,22 +176,22 @@ static int cmd_snapshot(int argc, char **argv)
 			o.uploads_before = strtod(optarg, &end);
 			if (*end || end == optarg || !(o.uploads_before > 0) ||
 			    o.uploads_before > (double)now.tv_sec + 1)
-				return usage_error("bad --uploads-before (seconds since the epoch, "
+				return ctl_usage_error("bad --uploads-before (seconds since the epoch, "
 						   "not in the future)", optarg);
 			break;
 		}
 		case 'n':
 			nice_level = strtol(optarg, &end, 10);
 			if (*end || end == optarg || nice_level < 0 || nice_level > 19)
-				return usage_error("bad --nice (0 to 19)", optarg);
+				return ctl_usage_error("bad --nice (0 to 19)", optarg);
 			break;
 		case 'q': o.quiet = 1; break;
-		case 'h': fputs(usage_text, stdout); return 0;
-		default: return usage_error("bad option for snapshot", NULL);
+		case 'h': ctl_help("snapshot"); return 0;
+		default: return ctl_bad_option("snapshot", argv);
 		}
 	}
 	if (argc - optind != 2)
-		return usage_error("snapshot needs STORE and DEST", NULL);
+		return ctl_usage_error("snapshot needs STORE and DEST", NULL);
 	o.store = argv[optind];
 	o.dest = argv[optind + 1];
 	if (o.recycle && !o.previous)
@@ -175,12 +230,12 @@ static int cmd_verify(int argc, char **argv)
 		switch (c) {
 		case 'x': o.ignore_extra = 1; break;
 		case 'k': o.quick = 1; break;
-		case 'h': fputs(usage_text, stdout); return 0;
-		default: return usage_error("bad option for verify", NULL);
+		case 'h': ctl_help("verify"); return 0;
+		default: return ctl_bad_option("verify", argv);
 		}
 	}
 	if (argc - optind != 1)
-		return usage_error("verify needs one DIR", NULL);
+		return ctl_usage_error("verify needs one DIR", NULL);
 	int rc = vf_verify(argv[optind], &o, stdout);
 	return rc == 0 ? CAP_EXIT_OK : CAP_EXIT_FAIL;
 }
@@ -189,7 +244,7 @@ int main(int argc, char **argv)
 {
 	log_init("stillctl");
 	if (argc < 2)
-		return usage_error("missing command", NULL);
+		return ctl_usage_error("missing command", NULL);
 	const char *cmd = argv[1];
 	if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
 		fputs(usage_text, stdout);
@@ -201,6 +256,7 @@ int main(int argc, char **argv)
 	}
 	argc--;
 	argv++;
+	opterr = 0; /* ctl_bad_option reports */
 	if (!strcmp(cmd, "snapshot"))
 		return cmd_snapshot(argc, argv);
 	if (!strcmp(cmd, "verify"))
@@ -209,5 +265,9 @@ int main(int argc, char **argv)
 		return ctl_status(argc, argv);
 	if (!strcmp(cmd, "refresh"))
 		return ctl_refresh(argc, argv);
-	return usage_error("unknown command", cmd);
+	if (!strcmp(cmd, "metrics"))
+		return ctl_metrics(argc, argv);
+	if (!strcmp(cmd, "cache"))
+		return ctl_cache(argc, argv);
+	return ctl_usage_error("unknown command", cmd);
 }

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Directory handles. Offsets are the backing directory's telldir cookies, except at the root:
  * there stillfs hides its own names from the store's listing and may add `.snapshot`, which
  * has no cookie of its own, so the root is listed from a private copy indexed 1..n.
@@ -200,7 +201,7 @@ static int dr_load_root(struct dr *d)
 		de = readdir(d->dp);
 		if (!de)
 			break;
-		if (!strcmp(de->d_name, SF_SNAPDIR) || !strcmp(de->d_name, SF_STATUS))
+		if (sf_reserved(de->d_name))
 			continue;
 		if (d->nents + 1 >= cap) {
 			size_t c = cap ? cap * 2 : 64;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* File handles: open/create, read/write (spliced where the kernel allows), flush, fsync,
  * release, fallocate, copy_file_range, lseek; and the status file.
  *
@@ -43,32 +44,14 @@ static void fh_unlink(struct fh *h)
 	pthread_mutex_unlock(&fh_mu);
 }
 
-/* The status file is world-readable; the last error's message, which may name a file in a
+/* The status files are world-readable; the last error's message, which may name a file in a
  * private directory, is shown in full only to root and the store's owner. */
-static char *fh_status_text(fuse_req_t req, size_t *len)
+static char *fh_status_text(fuse_req_t req, const struct node *n, size_t *len)
 {
 	uid_t uid = fuse_req_ctx(req)->uid;
 	struct stat st;
 	int detailed = uid == 0 || (fstat(sf.storefd, &st) == 0 && st.st_uid == uid);
-	char *gen = gen_status(sf.gm, detailed), *buf = NULL;
-	size_t n = 0;
-	FILE *f = open_memstream(&buf, &n);
-	if (!f) {
-		free(gen);
-		return NULL;
-	}
-	fprintf(f, "stillfs: %s\n", STILLFS_VERSION);
-	fprintf(f, "pid: %ld\n", (long)getpid());
-	fprintf(f, "store: %s\n", sf.o.store);
-	fprintf(f, "mountpoint: %s\n", sf.o.mountpoint);
-	fprintf(f, "cache: %s\n", sf.o.cache);
-	fprintf(f, "passthrough: %s\n", pt_enabled() ? "on" : "off");
-	fprintf(f, "lock_waiters: %u\n", lk_waiting());
-	fprintf(f, "%s", gen ? gen : "");
-	fclose(f);
-	free(gen);
-	*len = n;
-	return buf;
+	return ob_status(detailed, n == &sf.status_json, len);
 }
 
 /* Everything a handle holds besides its memory: descriptor, pin, WAL-index count. */
@@ -111,7 +94,7 @@ static int fh_make(fuse_req_t req, struct node *n, struct fuse_file_info *fi, in
 			rc = -EROFS;
 			goto fail;
 		}
-		if (!(h->text = fh_status_text(req, &h->len))) {
+		if (!(h->text = fh_status_text(req, n, &h->len))) {
 			rc = -ENOMEM;
 			goto fail;
 		}
@@ -245,7 +228,7 @@ static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		rc = -EROFS;
 	else if (p->kind == ND_STATUS || !S_ISDIR(p->type))
 		rc = -ENOTDIR;
-	else if (p == &sf.root && (!strcmp(name, SF_SNAPDIR) || !strcmp(name, SF_STATUS)))
+	else if (p == &sf.root && sf_reserved(name))
 		rc = -EEXIST;
 	/* Like open(2) at its descriptor limit, fail before the file is made. */
 	if (rc || (rc = sf_fd_charge(uid)))

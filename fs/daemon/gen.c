@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Snapshot generations: which one `.snapshot` shows, when to capture a new one, when an old
  * one may go. Knows nothing of FUSE or processes; a capture is a callback.
  *

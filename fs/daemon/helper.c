@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Captures run in a helper process: `stillfs --capture-helper` (this binary, through
  * /proc/self/exe) calls cap_snapshot.
  *
@@ -13,7 +14,9 @@
  *   own root while a WAL index is open through it (hp_open_mount), DEST, PREVIOUS and
  *   RECYCLE (cap_opts.recycle) are /proc/self/fd/M/NAME below the inherited cache descriptor.
  *   stdin: a pipe the daemon never writes; EOF means the daemon is gone, so give up.
- *   stdout: one result line, "ok id=... cut=S.N dur=... lock=... files=... copied=...
+ *   stdout: progress lines, "progress PHASE FILES_DONE FILES_TOTAL BYTES_DONE BYTES_TOTAL
+ *           RETRIES" (what cap_progress says: at each phase, and about once a second), then
+ *           one result line, "ok id=... cut=S.N dur=... lock=... files=... copied=...
  *           linked=... retries=..." or "err ERRNO".
  *   stderr: the engine's log lines; the daemon logs them and keeps the last as the reason.
  *   exit status: enum cap_exit. */
@@ -43,6 +46,64 @@ extern char **environ;
 
 static pthread_mutex_t hp_mu = PTHREAD_MUTEX_INITIALIZER;
 static pid_t hp_pid;
+static int hp_last;                /* the last capture: 0 none yet, 1 ok, -1 failed (hp_mu) */
+/* The running capture's last progress line, if it sent one (hp_mu). */
+static struct {
+	int valid;
+	char phase[16];
+	uint64_t files_done, files_total, bytes_done, bytes_total;
+	unsigned retries;
+} hp_prog;
+
+void hp_report(FILE *f)
+{
+	pthread_mutex_lock(&hp_mu);
+	fprintf(f, "last_capture: %s\n", hp_last > 0 ? "ok" : hp_last < 0 ? "failed" : "none");
+	if (hp_prog.valid)
+		fprintf(f, "progress_phase: %s\nprogress_files_done: %" PRIu64 "\n"
+			"progress_files_total: %" PRIu64 "\nprogress_bytes_done: %" PRIu64 "\n"
+			"progress_bytes_total: %" PRIu64 "\nprogress_retries: %u\n", hp_prog.phase,
+			hp_prog.files_done, hp_prog.files_total, hp_prog.bytes_done,
+			hp_prog.bytes_total, hp_prog.retries);
+	pthread_mutex_unlock(&hp_mu);
+}
+
+/* Take the complete progress lines out of the helper's stdout so far (buf, *len), keeping
+ * what else is there (the result line) in order. */
+static void hp_take_progress(char *buf, size_t *len)
+{
+	size_t r = 0, w = 0;
+	while (r < *len) {
+		char *nl = memchr(buf + r, '\n', *len - r);
+		if (!nl)
+			break;
+		size_t n = (size_t)(nl - (buf + r)) + 1;
+		char phase[16];
+		uint64_t fd, ft, bd, bt;
+		unsigned rt;
+		if (!strncmp(buf + r, "progress ", 9)) {
+			*nl = 0;
+			if (sscanf(buf + r, "progress %15s %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64
+				   " %u", phase, &fd, &ft, &bd, &bt, &rt) == 6) {
+				pthread_mutex_lock(&hp_mu);
+				snprintf(hp_prog.phase, sizeof hp_prog.phase, "%s", phase);
+				hp_prog.files_done = fd;
+				hp_prog.files_total = ft;
+				hp_prog.bytes_done = bd;
+				hp_prog.bytes_total = bt;
+				hp_prog.retries = rt;
+				hp_prog.valid = 1;
+				pthread_mutex_unlock(&hp_mu);
+			}
+		} else {
+			memmove(buf + w, buf + r, n);
+			w += n;
+		}
+		r += n;
+	}
+	memmove(buf + w, buf + r, *len - r);
+	*len = w + (*len - r);
+}
 
 void hp_kill(void)
 {
@@ -292,10 +353,12 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 		}
 		if (pf[0].revents) {
 			ssize_t n = read(out[0], obuf + olen, sizeof obuf - 1 - olen);
-			if (n > 0)
+			if (n > 0) {
 				olen += (size_t)n;
-			else if (n == 0 || errno != EINTR)
+				hp_take_progress(obuf, &olen);
+			} else if (n == 0 || errno != EINTR) {
 				pf[0].fd = -1;
+			}
 		}
 		if (pf[1].revents) {
 			ssize_t n = read(errp[0], ebuf + elen, sizeof ebuf - 1 - elen);
@@ -313,9 +376,6 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 	hp_log_lines(ebuf, &elen, 1, mnt, err, errlen);
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
-	pthread_mutex_lock(&hp_mu);
-	hp_pid = 0;
-	pthread_mutex_unlock(&hp_mu);
 	obuf[olen] = 0;
 	rc = hp_parse(obuf, st);
 	if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
@@ -328,6 +388,11 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 			 WIFEXITED(status) ? WEXITSTATUS(status) : -1);
 	}
 out:
+	pthread_mutex_lock(&hp_mu);
+	hp_pid = 0;
+	hp_last = rc ? -1 : 1;
+	hp_prog.valid = 0;
+	pthread_mutex_unlock(&hp_mu);
 	if (mnt >= 0)
 		close(mnt);
 	for (int i = 0; i < 2; i++) {
@@ -392,6 +457,15 @@ static int hp_drop_privileges(void)
 	return 0;
 }
 
+/* One line per report, for hp_take_progress; the engine's phases are single words. */
+static void hp_progress(const struct cap_progress *p, void *arg)
+{
+	(void)arg;
+	printf("progress %s %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %u\n", p->phase,
+	       p->files_done, p->files_total, p->bytes_done, p->bytes_total, p->retries);
+	fflush(stdout);
+}
+
 static void *hp_lifeline(void *arg)
 {
 	char c;
@@ -444,6 +518,7 @@ int hp_main(int argc, char **argv)
 	if (pthread_create(&t, NULL, hp_lifeline, NULL) == 0)
 		pthread_detach(t);
 	memset(&st, 0, sizeof st);
+	o.progress = hp_progress;
 	rc = cap_snapshot(&o, &st);
 	if (rc == 0)
 		printf("ok id=%s cut=%lld.%09ld dur=%.6f lock=%.6f files=%" PRIu64

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Kernel caching of the live view, kept coherent with direct changes to the store.
  *
  * The store is also written directly, not only through the mount, so by default the kernel
@@ -279,7 +280,7 @@ static size_t iv_decide(const struct inotify_event *ev, struct iv_act *act)
 		act[k++].name[0] = 0;
 		return k;
 	}
-	if (d == &sf.root && (!strcmp(ev->name, SF_SNAPDIR) || !strcmp(ev->name, SF_STATUS)))
+	if (d == &sf.root && sf_reserved(ev->name))
 		return 0;   /* names of ours: the store's own are hidden behind them */
 	if (ev->mask & (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)) {
 		act[k].ino = did;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Lock forwarding, so a process using the mount and one using the store directly see each
  * other's locks.
  *

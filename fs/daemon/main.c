@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* stillfs: mount a live store directory and serve consistent `.snapshot/` generations.
  *
  * Start-up order matters: everything that can fail is checked and every descriptor is opened
@@ -43,6 +44,7 @@ static const struct fuse_opt sf_optspec[] = {
 	{ "max_nodes=%s", offsetof(struct sf_opts, max_nodes_opt), 0 },
 	{ "max_user_fds=%s", offsetof(struct sf_opts, max_user_fds_opt), 0 },
 	{ "capture_nice=%s", offsetof(struct sf_opts, capture_nice_opt), 0 },
+	{ "metrics_file=%s", offsetof(struct sf_opts, metrics_file), 0 },
 	FUSE_OPT_END
 };
 
@@ -79,9 +81,13 @@ static void sf_usage(const char *prog)
 	       "                               user other than root (default: a quarter of the\n"
 	       "                               descriptors left for them; see stillfs(1))\n"
 	       "    -o capture_nice=N          CPU niceness of captures, so that the application\n"
-	       "                               keeps its cores (default: %d; 0 = the daemon's)\n\n",
+	       "                               keeps its cores (default: %d; 0 = the daemon's)\n"
+	       "    -o metrics_file=PATH       write Prometheus metrics to PATH (atomically) at\n"
+	       "                               start and after each capture, e.g. for\n"
+	       "                               node_exporter's textfile collector\n\n",
 	       prog, SF_DEFAULT_MAX_AGE, SF_DEFAULT_LINGER, SF_DEFAULT_CAPTURE_NICE);
-	printf("Status: cat MOUNTPOINT/%s (or stillctl status MOUNTPOINT).\n\n", SF_STATUS);
+	printf("Status: cat MOUNTPOINT/%s or %s (or stillctl status MOUNTPOINT).\n\n", SF_STATUS,
+	       SF_STATUS_JSON);
 	printf("FUSE options:\n");
 	fuse_cmdline_help();
 	fuse_lowlevel_help();
@@ -327,6 +333,11 @@ static int sf_open_cache(void)
 			"start it again\n", dir);
 		return -EAGAIN;
 	}
+	/* Which store the cache is of, for stillctl cache list: its name need not say. */
+	if (ftruncate(fd, 0) < 0 ||
+	    dprintf(fd, "store: %s\nmountpoint: %s\n", sf.o.store, sf.o.mountpoint) < 0)
+		fprintf(stderr, "stillfs: warning: cache directory %s: cannot write its marker: %s\n",
+			dir, strerror(errno));
 	/* Only now is the cache ours to undo if this start fails. */
 	sf.cache_marked = marked;
 	sf.cache_made = made && marked;
@@ -361,6 +372,44 @@ static int sf_number(const char *name, const char *text, double min, double max,
 	}
 	*out = v;
 	return 0;
+}
+
+/* -o metrics_file: its directory is opened now and written in by descriptor only; never
+ * in the store, the mountpoint or the cache. */
+static int sf_metrics_path(void)
+{
+	char *path = strdup(sf.o.metrics_file), *slash, *dir;
+	const char *base;
+	int rc = SF_EXIT_USAGE;
+
+	if (!path) {
+		fprintf(stderr, "stillfs: out of memory\n");
+		return SF_EXIT_FAIL;
+	}
+	slash = strrchr(path, '/');
+	if (slash) {
+		*slash = 0;
+		base = slash + 1;
+		dir = realpath(path[0] ? path : "/", NULL);
+	} else {
+		base = path;
+		dir = realpath(".", NULL);
+	}
+	if (!*base || !strcmp(base, ".") || !strcmp(base, "..") || strlen(base) > 200) {
+		fprintf(stderr, "stillfs: metrics_file=%s: not a file name\n", sf.o.metrics_file);
+	} else if (!dir) {
+		fprintf(stderr, "stillfs: metrics_file=%s: %s\n", sf.o.metrics_file, strerror(errno));
+		rc = SF_EXIT_FAIL;
+	} else if (sf_within(dir, sf.o.store) || sf_within(dir, sf.o.mountpoint) ||
+		   sf_within(dir, sf.o.cache)) {
+		fprintf(stderr, "stillfs: metrics_file %s must be outside the store, the mountpoint "
+			"and the cache\n", sf.o.metrics_file);
+	} else {
+		rc = ob_metrics_open(dir, base) ? SF_EXIT_FAIL : SF_EXIT_OK;
+	}
+	free(dir);
+	free(path);
+	return rc;
 }
 
 /* Everything about paths and options; one line on stderr and non-zero on the first error. */
@@ -469,6 +518,8 @@ static int sf_validate(void)
 			return SF_EXIT_USAGE;
 		}
 	}
+	if (o->metrics_file)
+		return sf_metrics_path();
 	return SF_EXIT_OK;
 }
 
@@ -527,6 +578,14 @@ int sf_fd_charge(uid_t uid)
 		sf_fd_all++;
 	pthread_mutex_unlock(&sf_fd_mu);
 	return rc;
+}
+
+void sf_fd_counts(size_t *charged, size_t *limit)
+{
+	pthread_mutex_lock(&sf_fd_mu);
+	*charged = sf_fd_all;
+	*limit = sf_fd_limit;
+	pthread_mutex_unlock(&sf_fd_mu);
 }
 
 void sf_fd_uncharge(uid_t uid)
@@ -624,6 +683,8 @@ static int sf_open_fds(void)
 	sf.status.kind = ND_STATUS;
 	sf.status.is_static = 1;
 	sf.status.nlookup = 1;
+	sf.status_json = sf.status;
+	sf.status_json.ino = sf.status.ino + 1;
 	sf_budgets();
 	return 0;
 }
@@ -719,6 +780,7 @@ static void *sf_housekeeper(void *arg)
 			atomic_store(&sf.exiting, 1);
 			hp_kill();
 		}
+		ob_tick(0);
 		gen_wait(sf.gm, next < 1 ? next : 1);
 	}
 	sf_names_free(&names);
@@ -738,6 +800,7 @@ int main(int argc, char **argv)
 		return hp_main(argc, argv);
 
 	log_init("stillfs");
+	ob_init();
 	fuse_set_log_func(sf_fuse_log);
 	memset(&cmd, 0, sizeof cmd);
 	sf.storefd = sf.cachefd = sf.cachelockfd = sf.procfd = -1;
@@ -866,6 +929,7 @@ int main(int argc, char **argv)
 	sigaddset(&block, SIGHUP);
 	sigaddset(&block, SIGPIPE);
 	pthread_sigmask(SIG_BLOCK, &block, &old);
+	ob_tick(1);        /* the metrics file exists from the start */
 	hk_started = pthread_create(&hk, NULL, sf_housekeeper, NULL) == 0;
 	if (hk_started)
 		iv_start(sf.se, !sf.o.no_live_cache);
@@ -876,6 +940,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	/* Mounted and serving from here on: units ordered after ours find the mount in place. */
+	ob_notify("READY=1");
 	if (cmd.singlethread) {
 		rc = fuse_session_loop(sf.se);
 	} else {
@@ -898,6 +964,7 @@ int main(int argc, char **argv)
 	/* libfuse reports a stop by signal as the signal's number: that is a clean exit. */
 	rc = rc == 0 || rc == SIGTERM || rc == SIGINT || rc == SIGHUP ? SF_EXIT_OK : SF_EXIT_FAIL;
 	log_info("unmounting %s", sf.o.mountpoint);
+	ob_notify("STOPPING=1");
 out:
 	atomic_store(&sf.exiting, 1);
 	lk_stop();         /* before the session goes: it answers the waiting lock requests */

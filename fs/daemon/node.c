@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The inode table: one node per backing inode the kernel knows. A node reaches its file
  * through an O_PATH descriptor, so every operation is an *at() call relative to it (never a
  * path through the mountpoint, which may cover the store itself).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Entries and attributes: lookup, forget, getattr/setattr, names (mknod, mkdir, symlink,
  * link, unlink, rmdir, rename), statfs, xattrs. Live nodes pass through to the store;
  * anything that would change a snapshot node fails with EROFS. */
@@ -16,10 +17,9 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-/* Names at the root that belong to stillfs, not to the store (which they shadow). */
 static int op_reserved(const struct node *parent, const char *name)
 {
-	return parent == &sf.root && (!strcmp(name, SF_SNAPDIR) || !strcmp(name, SF_STATUS));
+	return parent == &sf.root && sf_reserved(name);
 }
 
 /* -EROFS / -ENOTDIR if entries may not be made or removed in parent. */
@@ -159,6 +159,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		rc = hp_is_helper(fuse_req_ctx(req)->pid) ? -ENOENT : op_lookup_static(&sf.snapdir, &e);
 	} else if (p == &sf.root && !strcmp(name, SF_STATUS)) {
 		rc = op_lookup_static(&sf.status, &e);
+	} else if (p == &sf.root && !strcmp(name, SF_STATUS_JSON)) {
+		rc = op_lookup_static(&sf.status_json, &e);
 	} else if (p == &sf.snapdir) {
 		rc = op_lookup_snapdir(req, name, &e);
 	} else {
@@ -517,7 +519,7 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 	 * target's inode lock, and on the root that would stall every lookup and create in the
 	 * root for the whole capture, and deadlock a capture that reads the store through the
 	 * mount (a WAL index open there). The root is still accepted, for older callers. */
-	if ((n == &sf.root || n == &sf.status) && !strcmp(name, SF_XATTR_REFRESH)) {
+	if ((n == &sf.root || n->kind == ND_STATUS) && !strcmp(name, SF_XATTR_REFRESH)) {
 		rc = gen_refresh(sf.gm);
 		/* The caller sees why in the status file and the log; keep errno plain. */
 		if (rc && rc != -EAGAIN && rc != -ENOSPC)

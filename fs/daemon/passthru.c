@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* FUSE passthrough: reads, writes and mmap of open files served by the kernel from the
  * backing file, without a round trip through this daemon.
  *

@@ -1,6 +1,8 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* stillfs daemon internals, shared by the modules in fs/daemon/.
  *
- * Modules and prefixes: main.c (sf_: options, mount, housekeeping), node.c (nd_: the inode
+ * Modules and prefixes: main.c (sf_: options, mount, housekeeping), observe.c (ob_: status, metrics,
+ * systemd notification), node.c (nd_: the inode
  * table), ops.c (op_: entries and attributes), dir.c (dr_: directory handles), file.c (fh_:
  * file handles), lock.c (lk_: lock forwarding), gen.c (gen_: snapshot generations, knows
  * nothing of FUSE), helper.c (hp_: the capture helper process). */
@@ -13,6 +15,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
@@ -20,6 +24,7 @@
 
 #define SF_SNAPDIR ".snapshot"
 #define SF_STATUS ".stillfs-status"
+#define SF_STATUS_JSON ".stillfs-status.json"
 #define SF_XATTR_REFRESH "user.stillfs.refresh"
 /* Snapshot files never change under a nodeid (nodeids are per generation), so the kernel may
  * keep their entries, attributes and pages for as long as it likes. */
@@ -30,6 +35,13 @@
 /* Live entries and attributes, where inotify tells us of direct changes (inval.c): the bound
  * on staleness after a lost event queue. */
 #define SF_LIVE_TIMEOUT 10.0
+
+/* Names at the root that belong to stillfs, not to the store (which they shadow). */
+static inline int sf_reserved(const char *name)
+{
+	return !strcmp(name, SF_SNAPDIR) || !strcmp(name, SF_STATUS) ||
+	       !strcmp(name, SF_STATUS_JSON);
+}
 
 /* ND_SNAPDIR is `.snapshot` itself: a fixed directory whose contents are the current
  * generation's root. Generations are chosen below it (lookups) and when it is opened. */
@@ -104,7 +116,7 @@ struct fh {
 	enum pt_mode pt;           /* how the kernel serves its reads and writes */
 	int shm_counted;           /* counted in sf.shm_handles */
 	struct node *node;
-	char *text;                /* the status file: its contents, made at open */
+	char *text;                /* a status file: its contents, made at open */
 	size_t len;
 };
 
@@ -124,6 +136,7 @@ struct sf_opts {
 	unsigned long max_nodes;
 	unsigned long max_user_fds;
 	int capture_nice;
+	char *metrics_file;        /* -o metrics_file=: a Prometheus textfile, or NULL */
 	/* Numbers as given, checked by sf_validate: libfuse's own parsing takes "10abc" as 10. */
 	char *max_age_opt, *linger_opt, *settle_opt, *max_nodes_opt, *max_user_fds_opt;
 	char *capture_nice_opt;
@@ -142,6 +155,7 @@ struct sf {
 	struct node snapdir;
 	struct stat snapdir_st;    /* its attributes, fixed at mount time */
 	struct node status;
+	struct node status_json;   /* the same as JSON */
 	struct genmgr *gm;
 	pthread_mutex_t mu;        /* node table, nlookup counts, lock owners */
 	struct node **tab;
@@ -166,6 +180,22 @@ extern struct sf sf;
  * reserve, so no user can make another's opens fail. 0, or -EMFILE / -ENFILE. */
 int sf_fd_charge(uid_t uid);
 void sf_fd_uncharge(uid_t uid);
+/* Descriptors charged now (handles and lock owners) and the descriptor limit. */
+void sf_fd_counts(size_t *charged, size_t *limit);
+
+/* observe.c: the status file, the metrics textfile, systemd notification. */
+/* Take $NOTIFY_SOCKET (before any thread or helper exists). */
+void ob_init(void);
+/* Send one sd_notify message ("READY=1", ...) if systemd asked for them. */
+void ob_notify(const char *msg);
+/* The status text (json: as JSON); detailed: the last error in full. Malloc'd, or NULL. */
+char *ob_status(int detailed, int json, size_t *len);
+/* Where -o metrics_file goes: base in the directory dir, opened now. 0, or -1 after one
+ * line on stderr. */
+int ob_metrics_open(const char *dir, const char *base);
+/* From the housekeeper: after a capture finished (or if force), rewrite the metrics file
+ * and tell systemd the new status. */
+void ob_tick(int force);
 
 /* node.c */
 int nd_init(void);
@@ -261,6 +291,8 @@ int hp_main(int argc, char **argv);
 int hp_capture(void *arg, const char *name, const char *prev, const char *recycle,
 	       double uploads_before, struct cap_stats *st, char *err, size_t errlen);
 void hp_kill(void);
+/* "last_capture: ok|failed|none" and, while a capture runs, its progress_* lines. */
+void hp_report(FILE *f);
 /* 1 if thread tid belongs to the capture helper now running (it reads the store through the
  * mount when a WAL index is open there, and must never reach .snapshot: its own capture is
  * what .snapshot would wait for). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Capture, steps 3-4, the cut: hold every database still (locks for rollback-mode ones, read
  * transactions for WAL ones) within a hold budget, put a marker in the event queue, and judge
  * whether anything moved before it (cap_attempt, cap_pin_and_check). After the release, a writer

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Capture, the databases: copied early without a lock (cap_precopy_db), from an earlier
  * snapshot's copy where one can be taken over or compared with (cap_recycle, cap_db_sync); opened
  * and classified before the cut (cap_db_prepare); copied under the cut where they changed

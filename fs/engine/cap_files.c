@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Capture, steps 1-2 for plain files: copy each dirty file (cap_copy_dirty, cap_copy_file), or
  * share the previous snapshot's copy when it is proven the same (cap_link_prev), and collect the
  * digests the hashing threads compute meanwhile (cap_collect). A file found to be a database is

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The capture engine's internals, shared by its files (capture.c gives the overview): the
  * entries of a capture (struct ent), its state (struct cap), and the functions one step calls in
  * another. Nothing outside fs/engine/cap*.c includes it. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Capture, step 5, publishing: the staging directory beside DEST (cap_prepare_dest, and what
  * killed captures left there), the times uploaders compare (cap_set_times), the other names of
  * hard links, the directories, the manifest (cap_write_manifest, written through manifest.h),

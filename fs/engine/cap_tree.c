@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Capture, the entries: every directory, file and symlink of the store as one array (struct ent),
  * walked from the root (cap_scan_dir, cap_rescan) and found again by path (cap_lookup), and the
  * inode map that makes a file with several names one copy (cap_alias). Paths are opened beneath

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Capture, what tells a file changed: the inotify events of the store (cap_event, read by
  * cap_drain), split by markers into the phases of a cut attempt, and the stat sweep of every
  * copied file (cap_sweep) for the writes no event reports. Both mark entries dirty and break the

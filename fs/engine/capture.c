@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The capture engine: a point-in-time cut of a live store. This file holds the public entry
  * points (cap_snapshot, cap_read_stats, cap_interrupt) and the orchestration of the steps
  * below: the first pass, the quiet waits, the attempts at a cut and their retries, progress.

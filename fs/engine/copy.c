@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* File copy with holes kept and the content digest computed in the same pass. */
 #include "copy.h"
 #include "sha256.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Page-level database copies with per-block digests (see dbdelta.h). */
 #include "dbdelta.h"
 #include "sha256.h"

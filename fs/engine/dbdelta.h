@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Page-level copies of databases, with the "sha256-1m" digest kept per 1 MiB block. Prefix: dd_.
  *
  * A database copy is described by the SHA-256 of each of its 1 MiB blocks (the inner digests of

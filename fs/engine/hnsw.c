@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Consistency check of a persisted HNSW segment (chroma's hnswlib fork), see hnsw.h.
  *
  * What the format guarantees, and so what a copy from one persist must satisfy:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Consistency check of a persisted HNSW vector segment (chroma's hnswlib fork). Prefix: hv_.
  *
  * A segment is a directory of files that the application rewrites in place, in this order,

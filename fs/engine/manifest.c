@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Reading and writing the snapshot manifest (format in manifest.h). */
 #include "manifest.h"
 #include "copy.h"

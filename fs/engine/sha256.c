@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* SHA-256 per FIPS 180-4, with a portable block function and one using the Intel
  * SHA extensions. The choice is made once per process; both functions take a block
  * count so bulk input does not pay a call and dispatch per 64 bytes. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* SHA-256 (FIPS 180-4) for content hashes in manifests and verify. Prefix: sha256_.
  * Uses the x86-64 SHA extensions when the CPU has them, portable C otherwise. */
 #ifndef STILL_SHA256_H

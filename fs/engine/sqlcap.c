@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* SQLite-specific parts of a capture: recognising databases, holding them still, copying. */
 #include "sqlcap.h"
 #include "dbdelta.h"

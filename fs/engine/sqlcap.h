@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* SQLite-specific parts of a capture. Prefix: sq_.
  *
  * Two ways to hold a database still, chosen per database at cut time:

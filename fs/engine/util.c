@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Logging and small helpers shared by the engine, stillctl and the daemon. */
 #include "util.h"
 
@@ -14,12 +15,23 @@
 
 static const char *log_prog = "stillfs";
 static int log_syslog;
+static int log_journal;            /* stderr is the journal's stream: lines carry "<N>" */
 static int log_quiet;
 static char log_last[1024];
 static unsigned log_errors;
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 
-void log_init(const char *prog) { log_prog = prog; }
+/* systemd sets JOURNAL_STREAM to the device and inode of the stream it gave as stdout and
+ * stderr; a process whose stderr was redirected since (a capture helper's pipe) is not it. */
+void log_init(const char *prog)
+{
+	const char *js = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+	log_prog = prog;
+	log_journal = js && sscanf(js, "%llu:%llu", &dev, &ino) == 2 && fstat(2, &st) == 0 &&
+		      (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
 void log_to_syslog(int on) { log_syslog = on; if (on) openlog(log_prog, LOG_PID, LOG_DAEMON); }
 void log_set_quiet(int quiet) { log_quiet = quiet; }
 
@@ -70,6 +82,8 @@ static void log_v(int prio, int backslash, const char *fmt, va_list ap)
 	}
 	if (log_syslog)
 		syslog(prio, "%s", msg);
+	else if (log_journal && (prio != LOG_INFO || !log_quiet))
+		fprintf(stderr, "<%d>%s\n", prio, msg);   /* journald names the program */
 	else if (prio != LOG_INFO || !log_quiet)
 		fprintf(stderr, "%s: %s%s\n", log_prog,
 			prio == LOG_WARNING ? "warning: " : "", msg);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* stillctl verify: is this directory exactly the snapshot its manifest describes? */
 #include "verify.h"
 #include "capture.h"

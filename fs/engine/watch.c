@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* inotify over every directory of the store. */
 #include "watch.h"
 

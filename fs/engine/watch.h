@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* inotify over every directory of a tree, with in-band markers. Prefix: wt_.
  *
  * Events from all watches of one inotify instance form one ordered queue, and the kernel

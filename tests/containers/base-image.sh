@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # base-image.sh SUITE [PACKAGE...]: print the name of a local podman image holding a minimal
 # Debian SUITE (bookworm, bullseye, ...) with PACKAGEs installed, building it first if podman
 # does not have it yet. No image registry is needed: the root filesystem is made from Debian's
@@ -26,7 +27,9 @@ if ((${#need[@]})); then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-tag=$(printf '%s %s\n' "$suite" "$pkgs" | sha256sum | cut -c1-12)
+# The image's configuration is part of the tag too (an image without PATH is another image).
+config="ENV=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+tag=$(printf '%s %s %s\n' "$suite" "$pkgs" "$config" | sha256sum | cut -c1-12)
 image=localhost/stillfs-base-$suite:$tag
 if ! podman image exists "$image"; then
   echo "base-image: building $image (Debian $suite${pkgs:+ + $pkgs}) with mmdebstrap" >&2
@@ -36,6 +39,8 @@ if ! podman image exists "$image"; then
   tarball=$(mktemp --suffix=.tar)
   trap 'rm -f "$tarball"' EXIT
   mmdebstrap --variant=minbase --quiet "${include[@]}" "$suite" "$tarball"
-  podman import -q "$tarball" "$image" >/dev/null
+  # An imported root filesystem has no configuration at all: without PATH, a container whose
+  # command is a bare name ("sh") fails to start under podman kube play.
+  podman import -q --change "$config" "$tarball" "$image" >/dev/null
 fi
 echo "$image"

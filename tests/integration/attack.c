@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The attacker of the reld-attack-*.sh tests: an unprivileged user who can write both the
  * store directly and the mount (served by a root stillfs with allow_other), racing the
  * daemon's steps to make it change a file outside the store. Self-contained on purpose.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Class 4: the group is written with Linux native AIO (io_submit), which raises no inotify
 # event, while a churning unrelated file keeps the capture settling for more than 2 s. The
 # writer bursts when a reader opens the group (--on-read).

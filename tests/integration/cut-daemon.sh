@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Class 1 through the daemon: the group-commit writer on STORE while stillfs serves it, and
 # `cp -a MOUNTPOINT/.snapshot` as the uploader. Every copy must be one instant and verify; at
 # least 80% of them must come from a new generation (a capture that finds no cut leaves the

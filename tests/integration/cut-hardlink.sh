@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Class 3: a file of the group has two names (current/x.bin, archive/x.bin) and is written
 # through one: inotify reports the write only in current/. A churning unrelated file keeps the
 # capture settling for more than 2 s. The writer bursts when a reader opens the group (--on-read).

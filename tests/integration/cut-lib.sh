@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 # shellcheck shell=bash
 # Shared steps of the cut-*.sh tests (sourced after lib.sh): one adversarial writer
 # (tests/torture/adversary.c) per way a quiet window has been fooled, a negative control that

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Class 5: each file of the group written to NAME.tmp, fsync'd and renamed over NAME, with
 # 150 ms between renames.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # stillfs basics: argument errors before daemonizing, the live view passes everything through
 # (and never shows stale data when the store changes directly), .snapshot is hidden, reachable,
 # read-only and mirrors modes without write bits, the status file, snapdir=visible,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # A store with more files than the daemon keeps nodes for (-o max_nodes) must still be walked
 # whole, live and through .snapshot: past 3/4 of the budget the daemon asks the kernel to
 # forget the least recently used inodes (FUSE_NOTIFY_PRUNE); where nodes hold a descriptor

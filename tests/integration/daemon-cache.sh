@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # The live view's kernel caches and passthrough stay coherent with the store.
 # - Passthrough is negotiated where the kernel has it (Linux >= 6.9, as root); reads and writes
 #   through the mount, and a shared mmap, see the same bytes as direct users of the store.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # The product: rsync, cp -a and tar of MOUNTPOINT/.snapshot while the torture writer runs at
 # full speed, first writing STORE directly, then writing through the mount. Every copy must
 # pass the cross-file checker (strict) and stillctl verify, and the copies must come from

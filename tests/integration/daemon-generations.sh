@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Generations: materialized at open time, one capture for many concurrent openers, pinned by
 # handles and for the linger time, a long reader keeps its generation while a newer one is
 # taken (stillctl refresh), no stale cached bytes across generations, unchanged files shared,

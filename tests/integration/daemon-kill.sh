@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # kill -9 of the daemon with -o auto_unmount leaves no mount behind (libfuse's fusermount3
 # helper notices and unmounts), and no capture helper outlives the daemon.
 source "$(dirname "$0")/lib.sh"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Lock forwarding and SQLite through the mount:
 # - POSIX (fcntl) and flock locks taken through the mount are seen by processes using STORE
 #   directly, and the other way round; POSIX owner semantics hold (one process's locks through

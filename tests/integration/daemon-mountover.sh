@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Mount over the store itself (MOUNTPOINT = STORE): the daemon reaches the store only through
 # descriptors opened before mounting, captures go through the inherited store descriptor, an
 # application writing "the store" path is writing through the mount, and copies of .snapshot

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Edges of the store that must not stop or tear a backup:
 # - a path deeper than PATH_MAX is skipped with one warning; the rest is captured;
 # - a file with 200 names is one file in the snapshot (hard links, one copy), and a write to it

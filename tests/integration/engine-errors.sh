@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Bad input gets one clear line, the documented exit code, and nothing half-made.
 source "$(dirname "$0")/lib.sh"
 expect() { # expect CODE PATTERN -- command...

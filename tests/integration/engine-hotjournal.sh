@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # A database whose writer died mid-transaction is captured in its last committed state by
 # recovering a private copy; the live store, hot journal included, is not touched.
 source "$(dirname "$0")/lib.sh"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Snapshot mtimes for uploaders. The hazard: a file changes during an upload, keeps its size,
 # and its mtime is older than that upload. Neither rsync (size+mtime) nor aws s3 sync
 # (size, or local mtime newer than the object's upload time) may skip it next time, while

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # A quiet store is copied byte-identical, and stillfs leaves it byte-identical with its times.
 source "$(dirname "$0")/lib.sh"
 store=$T_WORK/store

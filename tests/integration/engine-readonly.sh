@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # A capture reads a live WAL database without writing the store: run under strace, it opens
 # no store file for writing or creation, maps none writable, writes, truncates, deletes or
 # renames none; and the -shm is byte for byte as it was, though the application's last commit

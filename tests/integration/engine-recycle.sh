@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # stillctl snapshot --recycle DIR: the copies of databases that changed are taken over from
 # the given-up snapshot DIR and brought up to date in place (only changed pages written);
 # copies another snapshot shares are never taken; the result is exact; DIR loses its manifest

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Consecutive snapshots under the torture writer at full speed: every one must pass the
 # cross-file checker (strict: self-contained databases) and stillctl verify.
 source "$(dirname "$0")/lib.sh"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # stillctl verify passes a good snapshot and names what is wrong with a damaged one.
 source "$(dirname "$0")/lib.sh"
 store=$T_WORK/store; mkdir -p "$store/d"

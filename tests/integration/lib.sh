@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Shared helpers for stillfs integration tests (sourced, bash).
 # Every test gets a private work dir and a cleanup trap that kills what it started and
 # unmounts what it mounted, whatever way the test ends.

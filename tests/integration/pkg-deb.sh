@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # The Debian package: built from this tree (a copy of it, so the checkout gets no build
 # artefacts), lintian-clean of errors, then installed into a clean Debian 12 container with
 # apt-get (which fetches fuse3 and the libraries from Debian). There both fstab types
@@ -57,7 +58,8 @@ step install
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends /pkg/stillfs_*.deb >/dev/null
 for f in /usr/bin/stillfs /usr/bin/stillctl /sbin/mount.stillfs /usr/lib/systemd/system/stillfs@.service \
-         /usr/share/man/man1/stillfs.1.gz /usr/share/man/man1/stillctl.1.gz /usr/share/man/man8/mount.stillfs.8.gz; do
+         /usr/share/man/man1/stillfs.1.gz /usr/share/man/man1/stillctl.1.gz /usr/share/man/man8/mount.stillfs.8.gz \
+         /usr/share/bash-completion/completions/stillctl; do
   dpkg -S "$f" >/dev/null || { echo "not installed by the package: $f"; exit 1; }
 done
 grep -qx 'ExecStart=/usr/bin/stillfs -f -o auto_unmount $OPTIONS ${STORE} ${MOUNTPOINT}' \

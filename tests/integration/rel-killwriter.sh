@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Writer killed with SIGKILL at a random point: `torture write` (a rollback-journal database,
 # a WAL database and segment files rewritten in place) is killed mid-run, several times, and
 # each time the dead store is snapshotted. Every snapshot must

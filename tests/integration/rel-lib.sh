@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Helpers for the reliability tests (tests/integration/rel-*.sh), sourced after lib.sh.
 # Not a test itself: meson.build registers only the scripts that run.
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # The tree changes under a running capture: files deleted, renamed (in and across directories),
 # truncated, replaced by a directory, and directories replaced by a symlink to a directory
 # outside the store. A background mutator works through the objects in order, with short

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # inotify queue overflow: thousands of files change at once while a capture runs. The capture's
 # inotify queue is shrunk to 16 events (fs.inotify.max_queued_events, read when the queue is
 # created, restored as soon as stillctl has made it, and on exit), and a burst appends to 5,000

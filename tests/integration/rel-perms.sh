@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # A snapshot is never more permissive than its source:
 # - every mode (setuid, setgid, sticky, 0000 and 0444 included) and owner is copied exactly,
 #   for files, databases, directories and the snapshot root, even under umask 000;

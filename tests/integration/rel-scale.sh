@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Scale and odd names: 100,000 files (100 directories of 1,000, plus a chain 20 levels deep),
 # names with spaces, tabs, newlines, non-UTF-8 bytes, '%', '\', a leading '-', 255 bytes;
 # databases deep in the tree; a sparse file of 1 TiB apparent size with four 4 KiB data blocks.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Soak: generation after generation of a store that `torture write` keeps changing at full
 # speed, with an uploader reading the previous generation while the next one is captured.
 # Every SOAK_SAMPLE-th generation the uploader's copy (rsync -a, as an upload would be) must

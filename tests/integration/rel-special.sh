@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Fifos, sockets and device nodes in the store are never opened (opening a fifo can block,
 # reading /dev/zero never ends, opening some devices has side effects), only skipped with a
 # warning naming each; the snapshot and its manifest leave them out. Special files in the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Databases are recognised by their header, not their name, and damaged ones are handled the
 # documented way (docs/RELIABILITY.md):
 # - x.sqlite3 that is text, random bytes, or an SQLite header on fewer than 512 bytes: a plain

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Symlinks are never followed, whatever they point to: /etc/shadow, a file or directory outside
 # the store through "..", the store's own parent, loops, a link named like a database, links in
 # the places of a database's -journal and -shm. The snapshot holds each link as a link with the

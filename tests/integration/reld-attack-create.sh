@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Creating a file through the mount never hands the caller a file it did not create.
 # With -o allow_other, a real unprivileged user (made with useradd) who may also write a
 # directory of the store directly:

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # One user must not be able to use up the root daemon's descriptors. Every handle opened
 # through the mount and every lock owner costs the daemon one, so each user other than root
 # may hold at most -o max_user_fds of them, and all users together leave root a reserve.

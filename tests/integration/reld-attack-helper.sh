@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # The capture helper (a child of the root daemon that reads the whole store) holds only the
 # privileges a capture needs: while a capture runs, its effective, permitted and bounding
 # capability sets are CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER and FSETID, it has no

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Blocking lock requests cannot take the daemon's request threads (security: the daemon runs
 # as root with allow_other, and any user may block as many lock requests as they have
 # processes).

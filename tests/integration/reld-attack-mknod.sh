@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # mknod through the mount never changes another file than the one it made.
 # With -o allow_other, a real unprivileged user (made with useradd) who may also write a
 # directory of the store directly makes NAME through the mount with mknod (a regular file,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # The cache file system fills up (a small tmpfs as -o cache=): the first generation fits, then
 # the store grows beyond what the cache can hold. Every capture from then on fails with ENOSPC:
 # - the previous generation stays current and is served whole (a reader holding one of its

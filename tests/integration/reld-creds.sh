@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Changes through the live view run with the caller's credentials (a root daemon with
 # -o allow_other; a real unprivileged user made with useradd, with a supplementary group):
 # - new files, directories, symlinks, fifos and hard links are the caller's, with the caller's

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # The daemon killed with SIGKILL in the middle of a capture:
 # A. while the capture waits for a store that never settles (settle_timeout 120 s), and
 # B. while the capture helper copies a large file (a part of a generation is in the cache).

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Helpers for the daemon reliability tests (tests/integration/reld-*.sh), sourced after lib.sh.
 # Not a test itself: meson.build registers only the scripts that run.
 # (The tests mount with -o auto_unmount: a daemon that dies, or is killed by the cleanup,

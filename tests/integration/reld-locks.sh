@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Locks forwarded through the mount end when their owner does.
 # 1. An OFD lock (F_OFD_SETLK) taken through the mount lasts while its open file description
 #    does: it conflicts with a lock on the store's file while held, and is gone once the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Names in the daemon's log and status file (root daemon, -o allow_other):
 # - a file name holding a newline or a backslash (here: fifos, which captures skip with a
 #   warning that names them) stays on its warning's line, escaped as \n and \\, and adds no

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # A capture must never wait for the live view, nor the live view for a capture:
 # A. `stillctl refresh` while an application keeps a WAL database open through the mount (its
 #    -shm is mapped there, so the capture reads the store through the mount): the refresh

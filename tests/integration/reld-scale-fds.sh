@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # A store far larger than the daemon's descriptor limit is reachable whole, and the daemon's
 # descriptors stay bounded whatever the kernel holds: nodes past the budget close their
 # descriptors and reopen them by file handle when used again.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Permissions with -o allow_other. stillfs always mounts with
 # default_permissions: the kernel checks every access against the owners and modes the daemon
 # reports, and the daemon (root) must report nothing more permissive than the store's own.

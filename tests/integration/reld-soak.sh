@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Soak of the daemon: generation after generation of a store that `torture write`
 # keeps changing at full speed (through the mount by default, so that the daemon serves the
 # writer, the captures and the uploader at once), with an uploader-like reader.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Fifos, sockets and device nodes in the store:
 # - the live view shows them with their types (passthrough of the entries);
 # - opening them through the mount never involves the daemon (the kernel serves special files

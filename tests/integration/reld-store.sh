@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # The store changes shape under the daemon: results stay correct or fail
 # clearly, and the daemon neither crashes nor hangs.
 # 1. Between generations, files are deleted, renamed, truncated and replaced by directories

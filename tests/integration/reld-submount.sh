@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # A mount inside the store that the daemon cannot enter does not break listings through the
 # mount. The store's d/m is covered by a FUSE mount whose daemon is gone (every access gets
 # ENOTCONN; a FUSE mount of another user without allow_other gives EACCES the same way).

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Symlinks in the store that point outside it (/etc/shadow, a file beside the store, /, ../..,
 # a directory outside) are never followed by the daemon:
 # - readlink through the live view and .snapshot returns the target text; .snapshot (and the

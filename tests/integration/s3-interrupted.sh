@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # An interrupted upload must be caught, and repaired by the next full sync. Snapshot 1 of a
 # store is uploaded whole; the store changes (files rewritten at the same size, files added,
 # files removed, databases committed); `aws s3 sync --delete` of snapshot 2 is killed with

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 # shellcheck shell=bash
 # Helpers for the end-to-end tests against a real S3 server and the real AWS CLI (sourced after
 # lib.sh). The peers are installed by scripts/install-test-peers.sh: s3rver from the npm
@@ -10,9 +11,11 @@ S3_PEERS=${STILLFS_PEERS_DIR:-/opt/stillfs-test-peers}
 AWS=${STILLFS_AWS:-/usr/bin/aws}
 S3_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../s3" && pwd)
 
-# Skip (exit 77) when a peer is missing, or fail under CI, where setup.sh must have installed them.
+# s3_require_peers [COMMAND:DEBIAN-PACKAGE...]: skip (exit 77) when a peer, or one of the
+# given commands, is missing, or fail under CI, where setup.sh must have installed them.
 s3_require_peers() {
-  local miss=()
+  local miss=() c
+  for c in "$@"; do command -v "${c%%:*}" >/dev/null 2>&1 || miss+=("${c%%:*} (Debian package ${c#*:})"); done
   [ -x "$AWS" ] || miss+=("$AWS (Debian package awscli)")
   command -v node >/dev/null 2>&1 || miss+=("node")
   command -v curl >/dev/null 2>&1 || miss+=("curl")

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # End to end with real peers: the torture writer keeps writing a store; snapshots of it are
 # uploaded with `aws s3 sync --delete` to s3rver, round after round, the store changing in
 # between. After every sync the bucket is downloaded to a fresh folder, which must

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # stillctl from the Lambda layer zip (ninja lambda-layer: bin/stillctl, the static build) on a
 # system with an older C library than the build host's: a Debian 11 root file system (glibc
 # 2.31; AWS Lambda's Amazon Linux 2023 has 2.34), entered with chroot. Inside it, consecutive

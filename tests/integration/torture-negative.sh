@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Negative control for the torture checker: copies of a live store that are NOT one instant must
 # be caught.  A plain `cp -r` and per-file backups (sqlite3 .backup of each database, cp of the
 # rest) both read the files at different moments; if the checker let every one of them through,

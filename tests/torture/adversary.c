@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * adversary: writers that tear a snapshot which only waits for a quiet window, and the checker
  * that judges a copy of the store they write.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* See hnswgen.h. Layouts follow chroma's hnswlib fork (hnswalg.h); the pickle follows what
  * CPython's pickle.dump(protocol 5) emits for chroma's PersistentData object. */
 #include "hnswgen.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* A real-format HNSW segment written the way chroma's hnswlib fork persists one: files opened
  * once and kept open, rewritten in place (no temp file, no rename, no fsync), header.bin ->
  * data_level0.bin -> length.bin -> link_lists.bin -> index_metadata.pickle. The graph is not a

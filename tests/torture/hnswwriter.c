@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * hnswwriter: a ChromaDB-like vector segment writer, and the checker of copies of its store.
  *

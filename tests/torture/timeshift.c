@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * timeshift: an LD_PRELOAD shim that steps the wall clock of one process, for tests of clock
  * steps during a capture. STILLFS_TIMESHIFT="SECONDS@AFTER": from AFTER seconds (monotonic)

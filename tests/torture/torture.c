@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * torture: the writer and the checker behind every stillfs consistency test.
  *

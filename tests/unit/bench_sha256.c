@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Throughput of sha256 on each available path: 1 GiB hashed from a 1 MiB buffer, the
  * size the capture engine feeds it. Not a test; run by hand:
  *   bench_sha256 [MiB]      (default 1024) */

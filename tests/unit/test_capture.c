@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Unit tests for the capture engine (cap_snapshot) and verify (vf_verify) on small temporary
  * stores. No concurrent writer here except a live WAL connection, held by a separate
  * sqlite3 process; the torture tests cover writers at full speed. */

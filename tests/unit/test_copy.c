@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Unit tests for copy.c: hole-keeping copies, the "sha256-1m" digest (recomputed here from
  * its definition with sha256() alone), path escaping, and cp_rmtree. */
 #include <criterion/criterion.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Unit tests for dbdelta.c: a copy brought up to date page by page, its block digests, and a
  * live file truncated while it is being compared. */
 #include <criterion/criterion.h>

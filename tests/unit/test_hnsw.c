@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Unit tests for hnsw.c: every complete persist of a real-format segment passes, and copies
  * mixing two persists are found torn wherever the format can tell. */
 #include <criterion/criterion.h>

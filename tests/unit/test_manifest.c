@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Unit tests for manifest.c: write, load back, look up; manifests that are malformed, cut
  * short, reordered, miscounted or changed are refused; and what verify makes of a copy. */
 #include <criterion/criterion.h>

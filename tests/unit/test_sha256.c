@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Unit tests for sha256: FIPS 180-4 vectors, streaming vs one-shot, SHA-NI vs
  * portable, hex parsing. */
 #include <criterion/criterion.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* ut_escape: what keeps a file name from breaking or forging a log or status line. */
 #include <criterion/criterion.h>
 #include <string.h>
