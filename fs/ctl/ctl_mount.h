@@ -5,9 +5,11 @@
  * - status, metrics: MOUNTPOINT/.stillfs-status is a read-only virtual file (hidden from
  *   listings) whose contents, made anew at each open, are "key: value" lines (report.h
  *   makes JSON and Prometheus metrics of them);
- * - refresh: setxattr(MOUNTPOINT, "user.stillfs.refresh") makes the daemon capture a new
- *   generation even if the current one is pinned; it returns when the capture is done, with
- *   0 or the capture's error (EAGAIN: the store never settled; ENOSPC; EIO: other). */
+ * - refresh: setxattr(MOUNTPOINT/.stillfs-status, "user.stillfs.refresh") makes the daemon
+ *   capture a new generation even if the current one is pinned (on the status file, not on
+ *   MOUNTPOINT, whose inode lock the kernel would hold for the whole capture); it returns when
+ *   the capture is done, with 0 or the capture's error (ETIMEDOUT: the store never settled;
+ *   ENOSPC; EIO: other). */
 #ifndef STILL_CTL_MOUNT_H
 #define STILL_CTL_MOUNT_H
 
