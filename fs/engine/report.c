@@ -114,17 +114,59 @@ static int rep_whole(const char *v)
 	return 1;
 }
 
+/* The length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong forms, no
+ * surrogates, nothing past U+10FFFF), or 0. */
+static size_t rep_utf8_len(const unsigned char *p)
+{
+	size_t n;
+	unsigned min;
+	unsigned cp;
+	if (*p < 0x80)
+		return 1;
+	if (*p >= 0xc2 && *p <= 0xdf)
+		n = 2, min = 0x80, cp = *p & 0x1f;
+	else if (*p >= 0xe0 && *p <= 0xef)
+		n = 3, min = 0x800, cp = *p & 0x0f;
+	else if (*p >= 0xf0 && *p <= 0xf4)
+		n = 4, min = 0x10000, cp = *p & 0x07;
+	else
+		return 0;
+	for (size_t i = 1; i < n; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;              /* also stops at the terminating 0 */
+		cp = cp << 6 | (p[i] & 0x3f);
+	}
+	return cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ? 0 : n;
+}
+
+/* Values come from the store's file names (last_error) and are cut to a buffer's size
+ * anywhere: a byte that is not part of well-formed UTF-8 is written as the four characters
+ * \xNN, as the status text writes control bytes, so that JSON and Prometheus text (both
+ * UTF-8 only) stay readable by strict parsers. The two share the escapes of '"', '\\' and
+ * newline; JSON also needs every other control byte escaped. */
+static void rep_text(FILE *f, const char *s, int json)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	while (*p) {
+		size_t n = rep_utf8_len(p);
+		if (!n)
+			fprintf(f, "\\\\x%02x", *p);
+		else if (*p == '"' || *p == '\\')
+			fprintf(f, "\\%c", *p);
+		else if (*p == '\n')
+			fputs("\\n", f);
+		else if (json && (*p < 0x20 || *p == 0x7f))
+			fprintf(f, "\\u%04x", *p);
+		else
+			fwrite(p, 1, n, f);
+		p += n ? n : 1;
+	}
+}
+
 static void rep_json_string(FILE *f, const char *s)
 {
 	fputc('"', f);
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			fprintf(f, "\\%c", *p);
-		else if (*p < 0x20 || *p == 0x7f)
-			fprintf(f, "\\u%04x", *p);
-		else
-			fputc(*p, f);
-	}
+	rep_text(f, s, 1);
 	fputc('"', f);
 }
 
@@ -222,14 +264,7 @@ static const struct rep_metric {
 
 static void rep_label_value(FILE *f, const char *s)
 {
-	for (; *s; s++) {
-		if (*s == '\\' || *s == '"')
-			fprintf(f, "\\%c", *s);
-		else if (*s == '\n')
-			fputs("\\n", f);
-		else
-			fputc(*s, f);
-	}
+	rep_text(f, s, 0);
 }
 
 static void rep_sample(FILE *f, const char *name, const char *mnt, const char *labels,
