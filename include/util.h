@@ -40,6 +40,11 @@ char *ut_escape(char *dst, size_t len, const char *src, int backslash);
  * with O_NOFOLLOW, for where openat2 is missing (ENOSYS: kernels before 5.6, some seccomp
  * sandboxes, valgrind). An fd or -errno (-ELOOP for a symlink on the way, -EXDEV for ".."). */
 int ut_open_beneath_walk(int dirfd, const char *path, int flags);
+/* Whether fd is the root directory of a fuse.stillfs mount, and the uid of who mounted it
+ * (the user_id= the kernel shows, which no one can choose but the mounter): 0 and *uid, or
+ * -EXDEV when it is not such a root, or another -errno. Another user's FUSE file system may
+ * call itself stillfs too; only *uid tells them apart. Sends no request to the file system. */
+int ut_stillfs_mount(int fd, uid_t *uid);
 
 
 

@@ -351,3 +351,49 @@ int ut_pwrite_all(int fd, const uint8_t *p, size_t n, off_t off)
 	}
 	return 0;
 }
+
+int ut_stillfs_mount(int fd, uid_t *uid)
+{
+	struct statx sx;
+	unsigned maj, min;
+	unsigned long long id;
+	char *line = NULL, *save;
+	size_t cap = 0;
+	int rc = -EXDEV;
+	FILE *f;
+
+	/* The attributes as the kernel has them cached, and no statfs: a request to the
+	 * daemon could have to be answered by the very daemon that asks. */
+	if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, &sx) < 0)
+		return -errno;
+	if (!(sx.stx_mask & STATX_MNT_ID) ||
+	    !(sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) ||
+	    !(sx.stx_attributes & STATX_ATTR_MOUNT_ROOT))
+		return -EXDEV;
+	if (!(f = fopen("/proc/self/mountinfo", "re")))
+		return -errno;
+	while (getline(&line, &cap, f) > 0) {
+		/* ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPEROPTS */
+		char *sep = strstr(line, " - "), type[64], *opts;
+		if (!sep || sscanf(line, "%llu %*d %u:%u", &id, &maj, &min) != 3 ||
+		    id != sx.stx_mnt_id)
+			continue;
+		if (sscanf(sep + 3, "%63s", type) != 1 || strcmp(type, "fuse.stillfs") ||
+		    maj != sx.stx_dev_major || min != sx.stx_dev_minor)
+			break;
+		opts = strrchr(sep, ' ');
+		for (char *o = opts ? strtok_r(opts + 1, ",\n", &save) : NULL; o;
+		     o = strtok_r(NULL, ",\n", &save)) {
+			unsigned long u;
+			char end;
+			if (sscanf(o, "user_id=%lu%c", &u, &end) == 1) {
+				*uid = (uid_t)u;
+				rc = 0;
+			}
+		}
+		break;
+	}
+	free(line);
+	fclose(f);
+	return rc;
+}
