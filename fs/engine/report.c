@@ -2,6 +2,8 @@
 /* The status of a running stillfs as JSON and as Prometheus metrics (see report.h). */
 #include "report.h"
 
+#include "util.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,31 +116,6 @@ static int rep_whole(const char *v)
 	return 1;
 }
 
-/* The length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong forms, no
- * surrogates, nothing past U+10FFFF), or 0. */
-static size_t rep_utf8_len(const unsigned char *p)
-{
-	size_t n;
-	unsigned min;
-	unsigned cp;
-	if (*p < 0x80)
-		return 1;
-	if (*p >= 0xc2 && *p <= 0xdf)
-		n = 2, min = 0x80, cp = *p & 0x1f;
-	else if (*p >= 0xe0 && *p <= 0xef)
-		n = 3, min = 0x800, cp = *p & 0x0f;
-	else if (*p >= 0xf0 && *p <= 0xf4)
-		n = 4, min = 0x10000, cp = *p & 0x07;
-	else
-		return 0;
-	for (size_t i = 1; i < n; i++) {
-		if ((p[i] & 0xc0) != 0x80)
-			return 0;              /* also stops at the terminating 0 */
-		cp = cp << 6 | (p[i] & 0x3f);
-	}
-	return cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ? 0 : n;
-}
-
 /* Values come from the store's file names (last_error) and are cut to a buffer's size
  * anywhere: a byte that is not part of well-formed UTF-8 is written as the four characters
  * \xNN, as the status text writes control bytes, so that JSON and Prometheus text (both
@@ -148,7 +125,7 @@ static void rep_text(FILE *f, const char *s, int json)
 {
 	const unsigned char *p = (const unsigned char *)s;
 	while (*p) {
-		size_t n = rep_utf8_len(p);
+		size_t n = ut_utf8_len(p);
 		if (!n)
 			fprintf(f, "\\\\x%02x", *p);
 		else if (*p == '"' || *p == '\\')

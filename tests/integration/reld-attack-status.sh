@@ -5,7 +5,9 @@
 # root and the owner read. Whatever bytes they hold (here: invalid UTF-8, a quote, a
 # backslash, a control byte), `stillctl status --json` and .stillfs-status.json stay strict
 # JSON (UTF-8, as RFC 8259 requires) and the name is still recognisable in it; the metrics
-# stay valid Prometheus text.
+# stay valid Prometheus text; and the status text root's terminal shows, like the daemon's
+# log, holds no terminal control: neither C0 nor C1 (U+009B is CSI, as is a lone byte 0x9b
+# to a terminal that is not in UTF-8), nor bytes that are not UTF-8.
 source "$(dirname "$0")/lib.sh"
 : "${STILLFS:?}" "${STILLCTL:?}"
 command -v setpriv >/dev/null || t_fail "setpriv (util-linux) is needed"
@@ -20,7 +22,7 @@ chown -R "$user:$user" "$store"
 t_mount "$store" "$mnt" -o auto_unmount,allow_other,settle_timeout=1,snapshot_max_age=3600,metrics_file="$T_WORK/stillfs.prom"
 
 # The owner's writer: one file, rewritten without pause, whose name is hostile.
-name=$'busy\xff\xfe"q\\\x01'
+name=$'busy\xff\xfe"q\\\x01\xc2\x9b2J\x9b'
 # (setpriv itself in the background, not the as_user function: a subshell would stand
 # between the cleanup's signal and the writer.)
 t_bg setpriv --reuid "$user" --regid "$user" --init-groups -- bash -c 'while :; do echo x >>"$1"; sleep 0.02; done' writer "$store/$name"
@@ -46,5 +48,14 @@ python3 - "$T_WORK/metrics" "$T_WORK/stillfs.prom" <<'PY' || t_fail "the metrics
 import sys
 for p in sys.argv[1:]:
     open(p, "rb").read().decode("utf-8")
+PY
+t_status "$mnt" last_error >"$T_WORK/status.txt"
+python3 - "$T_WORK/status.txt" "$T_DAEMON_LOG" <<'PY' || t_fail "a name put a terminal control in the status text or the log"
+import re, sys
+for p in sys.argv[1:]:
+    text = open(p, "rb").read().decode("utf-8")   # not UTF-8: fails
+    bad = re.findall(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", text)
+    assert not bad, (p, bad)
+    assert "busy" in text, p
 PY
 t_log "OK"
