@@ -15,7 +15,9 @@ user=sfst$$
 t_useradd "$user"
 as_user() { setpriv --reuid "$user" --regid "$user" --init-groups -- "$@"; }
 chmod 711 "$T_WORK"
-store=$T_WORK/store mnt=$T_WORK/mnt
+# The store's own name is the user's choice too (a directory they named, served by root):
+# a newline in it must not add a line, here one that would pass the failed capture for ok.
+store=$T_WORK/$'store\nlast_capture: ok\x9b' mnt=$T_WORK/mnt
 mkdir -p "$store" "$mnt"
 echo data >"$store/file"
 chown -R "$user:$user" "$store"
@@ -49,7 +51,10 @@ import sys
 for p in sys.argv[1:]:
     open(p, "rb").read().decode("utf-8")
 PY
-t_status "$mnt" last_error >"$T_WORK/status.txt"
+[ "$(grep -c '^last_capture:' "$mnt/.stillfs-status")" = 1 ] ||
+  t_fail "the store's name added a line to the status: $(head -n 8 "$mnt/.stillfs-status")"
+t_status "$mnt" store >"$T_WORK/status.txt"
+t_status "$mnt" last_error >>"$T_WORK/status.txt"
 python3 - "$T_WORK/status.txt" "$T_DAEMON_LOG" <<'PY' || t_fail "a name put a terminal control in the status text or the log"
 import re, sys
 for p in sys.argv[1:]:
