@@ -32,14 +32,23 @@ struct timespec ut_ns_ts(int64_t ns);  /* the inverse, also before 1970 */
 struct stat;
 int ut_same_file(const struct stat *a, const struct stat *b);  /* same device and inode */
 void ut_format_bytes(uint64_t n, char *buf, size_t len);
-/* src into dst (len bytes, len > 0) with control characters and DEL written as \n, \t or
- * \xHH and, if backslash, "\" as "\\": a file name can then neither break a log or status
- * line nor pass for another text. Cut to fit, never inside an escape. Returns dst. */
+/* The length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong forms, no
+ * surrogates, nothing past U+10FFFF), or 0. */
+size_t ut_utf8_len(const unsigned char *p);
+/* src into dst (len bytes, len > 0) with control characters (C0, DEL and C1) and bytes that
+ * are not well-formed UTF-8 written as \n, \t or \xHH and, if backslash, "\" as "\\": a
+ * file name can then neither break a log or status line, nor pass for another text, nor
+ * drive a terminal. Cut to fit, never inside an escape or a character. Returns dst. */
 char *ut_escape(char *dst, size_t len, const char *src, int backslash);
 /* What openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) does, walked one component at a time
  * with O_NOFOLLOW, for where openat2 is missing (ENOSYS: kernels before 5.6, some seccomp
  * sandboxes, valgrind). An fd or -errno (-ELOOP for a symlink on the way, -EXDEV for ".."). */
 int ut_open_beneath_walk(int dirfd, const char *path, int flags);
+/* Whether fd is the root directory of a fuse.stillfs mount, and the uid of who mounted it
+ * (the user_id= the kernel shows, which no one can choose but the mounter): 0 and *uid, or
+ * -EXDEV when it is not such a root, or another -errno. Another user's FUSE file system may
+ * call itself stillfs too; only *uid tells them apart. Sends no request to the file system. */
+int ut_stillfs_mount(int fd, uid_t *uid);
 
 
 

@@ -270,7 +270,7 @@ static int cc_run(const struct cc_opts *o)
 	}
 	while ((de = readdir(d))) {
 		struct cc_info ci;
-		char size[32], age[32], path[4096], store[4096];
+		char size[32], age[32], raw[4096], path[4096], store[4096];
 		if (de->d_name[0] == '.' && (!de->d_name[1] || !strcmp(de->d_name, "..")))
 			continue;
 		int cfd = openat(rootfd, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -284,7 +284,9 @@ static int cc_run(const struct cc_opts *o)
 			continue;           /* not a stillfs cache */
 		}
 		cc_inspect(cfd, mfd, &ci);
-		snprintf(path, sizeof path, "%s/%s", root, de->d_name);
+		/* Escaped: what is printed below names it, and names under --root are anyone's. */
+		snprintf(raw, sizeof raw, "%s/%s", root, de->d_name);
+		ut_escape(path, sizeof path, raw, 1);
 		ut_escape(store, sizeof store, ci.store[0] ? ci.store : "?", 1);
 		if (!o->prune) {
 			if (!shown++)
@@ -295,7 +297,7 @@ static int cc_run(const struct cc_opts *o)
 			char mnt[4096];
 			ut_escape(mnt, sizeof mnt, ci.mountpoint, 1);
 			printf("%-40s %-30s %-8s %9s %6s %-4s %s%s\n",
-			       ut_escape(path, sizeof path, path, 1), store,
+			       path, store,
 			       ci.store_exists > 0 ? "there" : ci.store_exists ? "unknown" : "gone",
 			       size, age, ci.kept ? "yes" : "no",
 			       ci.in_use ? "running at " : "none", ci.in_use ? mnt : "");

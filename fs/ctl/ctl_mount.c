@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -33,39 +34,61 @@ static int ctl_args(int argc, char **argv, const char **mnt)
 	return 0;
 }
 
+#define CTL_STATUS_MAX (1 << 20)   /* the status text is a few KiB */
+
+/* The status file of the stillfs mounted at mnt, opened for reading; -1 with a message on
+ * stderr. Whatever is at mnt when no stillfs of root's or ours is mounted there (its daemon
+ * stopped, and the mountpoint is the store itself: a directory its users write) is not
+ * read: a file planted there could forge the status, a symlink lead our setxattr to any
+ * file, a fifo or /dev/zero hold us forever. */
+static int ctl_open_status(const char *mnt)
+{
+	int dfd = open(mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC), fd = -1, rc;
+	uid_t owner;
+	struct stat st;
+
+	if (dfd < 0) {
+		fprintf(stderr, "stillctl: %s: %s\n", mnt, strerror(errno));
+		return -1;
+	}
+	if ((rc = ut_stillfs_mount(dfd, &owner))) {
+		if (rc == -EXDEV)
+			fprintf(stderr, "stillctl: %s is not a stillfs mountpoint\n", mnt);
+		else
+			fprintf(stderr, "stillctl: %s: %s\n", mnt, strerror(-rc));
+	} else if (owner != 0 && owner != geteuid()) {
+		fprintf(stderr, "stillctl: %s is a stillfs of uid %u, neither root's nor ours\n", mnt,
+			(unsigned)owner);
+	} else if ((fd = openat(dfd, CTL_STATUS_FILE, O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
+				 O_CLOEXEC)) < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		fprintf(stderr, "stillctl: %s/%s: %s\n", mnt, CTL_STATUS_FILE,
+			fd < 0 ? strerror(errno) : "not a regular file");
+		if (fd >= 0)
+			close(fd);
+		fd = -1;
+	}
+	close(dfd);
+	return fd;
+}
+
 /* The status text of the stillfs mounted at mnt, malloc'd; NULL with a message on stderr. */
 static char *ctl_read_status(const char *mnt)
 {
-	char path[4096], *buf = NULL;
-	size_t len = 0, cap = 0;
-	int fd;
+	char *buf = malloc(CTL_STATUS_MAX + 1);
+	size_t len = 0;
+	int fd = ctl_open_status(mnt);
 
-	if (snprintf(path, sizeof path, "%s/%s", mnt, CTL_STATUS_FILE) >= (int)sizeof path) {
-		fprintf(stderr, "stillctl: %s: path too long\n", mnt);
-		return NULL;
+	if (fd < 0 || !buf) {
+		if (fd >= 0)
+			fprintf(stderr, "stillctl: out of memory\n");
+		goto fail;
 	}
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		if (errno == ENOENT)
-			fprintf(stderr, "stillctl: %s is not a stillfs mountpoint\n", mnt);
-		else
-			fprintf(stderr, "stillctl: %s: %s\n", path, strerror(errno));
-		return NULL;
-	}
-	for (;;) {
-		if (len + 4096 + 1 > cap) {
-			char *b = realloc(buf, cap = cap ? cap * 2 : 8192);
-			if (!b) {
-				fprintf(stderr, "stillctl: out of memory\n");
-				goto fail;
-			}
-			buf = b;
-		}
-		ssize_t n = read(fd, buf + len, cap - len - 1);
+	while (len < CTL_STATUS_MAX) {
+		ssize_t n = read(fd, buf + len, CTL_STATUS_MAX - len);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
-			fprintf(stderr, "stillctl: %s: %s\n", path, strerror(errno));
+			fprintf(stderr, "stillctl: %s/%s: %s\n", mnt, CTL_STATUS_FILE, strerror(errno));
 			goto fail;
 		}
 		if (n == 0)
@@ -76,7 +99,8 @@ static char *ctl_read_status(const char *mnt)
 	buf[len] = 0;
 	return buf;
 fail:
-	close(fd);
+	if (fd >= 0)
+		close(fd);
 	free(buf);
 	return NULL;
 }
@@ -175,19 +199,14 @@ int ctl_refresh(int argc, char **argv)
 	int rc = ctl_args(argc, argv, &mnt);
 	if (rc)
 		return rc < 0 ? CAP_EXIT_OK : rc;
-	char *text = ctl_read_status(mnt);      /* also checks that this is a stillfs mount */
-	if (!text)
-		return CAP_EXIT_FAIL;
-	free(text);
 	/* On the status file, not on MOUNTPOINT: the kernel locks the target while the capture
 	 * runs, and the root's lock would hold up the live view meanwhile. */
-	char path[4096];
-	if (snprintf(path, sizeof path, "%s/%s", mnt, CTL_STATUS_FILE) >= (int)sizeof path) {
-		fprintf(stderr, "stillctl: %s: path too long\n", mnt);
+	int fd = ctl_open_status(mnt);
+	if (fd < 0)
 		return CAP_EXIT_FAIL;
-	}
-	int e = setxattr(path, CTL_XATTR_REFRESH, "1", 1, 0) < 0 ? errno : 0;
-	text = ctl_read_status(mnt);
+	int e = fsetxattr(fd, CTL_XATTR_REFRESH, "1", 1, 0) < 0 ? errno : 0;
+	close(fd);
+	char *text = ctl_read_status(mnt);
 	if (e) {
 		rep_field(text ? text : "", "last_error", err, sizeof err);
 		fprintf(stderr, "stillctl: refresh of %s failed: %s%s%s\n", mnt, strerror(e),

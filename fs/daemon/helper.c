@@ -167,45 +167,14 @@ static int hp_spawn(char *const argv[], int life, int out, int err, int mnt, pid
  * capture at a time: a descriptor kept open would make the mount busy for umount. */
 static int hp_open_mount(int *out)
 {
-	struct statx sx;
-	unsigned maj, min;
-	int id, fd, found = 0;
-	char *line = NULL, want[32];
-	size_t cap = 0;
-	FILE *f;
-
+	uid_t owner;
+	int fd = open(sf.o.mountpoint, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), rc;
 	*out = -1;
-	fd = open(sf.o.mountpoint, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	/* No request to ourselves: the cached attributes name the mount well enough. */
-	if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, &sx) < 0 ||
-	    !(sx.stx_mask & STATX_MNT_ID) || !(sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) ||
-	    !(sx.stx_attributes & STATX_ATTR_MOUNT_ROOT))
-		goto out;
-	snprintf(want, sizeof want, "user_id=%u", (unsigned)geteuid());
-	if (!(f = fopen("/proc/self/mountinfo", "re")))
-		goto out;
-	while (!found && getline(&line, &cap, f) > 0) {
-		/* ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPEROPTS */
-		char *sep = strstr(line, " - "), type[64], *opts;
-		if (!sep || sscanf(line, "%d %*d %u:%u", &id, &maj, &min) != 3 ||
-		    (uint64_t)id != sx.stx_mnt_id)
-			continue;
-		if (sscanf(sep + 3, "%63s", type) != 1 || strcmp(type, "fuse.stillfs") ||
-		    maj != sx.stx_dev_major || min != sx.stx_dev_minor)
-			break;
-		opts = strrchr(sep, ' ');
-		for (char *o = opts ? strtok(opts + 1, ",\n") : NULL; o; o = strtok(NULL, ",\n"))
-			found |= !strcmp(o, want);
-		break;
-	}
-	free(line);
-	fclose(f);
-out:
-	if (!found) {
+	if ((rc = ut_stillfs_mount(fd, &owner)) || owner != geteuid()) {
 		close(fd);
-		return -EXDEV;
+		return rc ? rc : -EXDEV;
 	}
 	*out = fd;
 	return 0;

@@ -223,55 +223,77 @@ static int sf_mkdirs(const char *path, int *made)
 	return 0;
 }
 
-/* The cache is ours alone: the daemon's own directory, in directories that nobody else may
- * change (written only by their owner, root or the daemon's user, or sticky). Anyone who could
- * swap it, or something in it, could have a root daemon delete or write files of their
- * choosing. fd is the opened cache. One line on stderr and -EPERM if not. */
+/* Every directory in which a name on the way to path is looked up may be changed only by
+ * root or the daemon's user (or is sticky): anyone else could swap that name for a symlink
+ * and have the root daemon write, delete or chmod where they choose. Checked for path as
+ * given (a directory of the user's on the way, even one a symlink then leads away from) and
+ * as it resolves (where a symlink leads). path is absolute. One line on stderr and -EPERM,
+ * or -errno, if not. */
+static int sf_path_safe(const char *what, const char *path)
+{
+	uid_t me = geteuid();
+	char *paths[2] = { strdup(path), realpath(path, NULL) }, *slash;
+	struct stat st;
+	int rc = 0;
+
+	if (!paths[0] || !paths[1]) {
+		rc = -errno;
+		fprintf(stderr, "stillfs: %s %s: %s\n", what, path, strerror(errno));
+		goto out;
+	}
+	for (int i = 0; i < 2 && !rc; i++) {
+		char *p = paths[i];
+		while ((slash = strrchr(p, '/'))) {
+			slash[slash == p] = 0;          /* the parent; "/" stays "/" */
+			if (stat(p, &st) < 0) {
+				rc = -errno;
+				fprintf(stderr, "stillfs: %s: %s\n", p, strerror(errno));
+				break;
+			}
+			if ((st.st_uid != 0 && st.st_uid != me) ||
+			    ((st.st_mode & 0022) && !(st.st_mode & S_ISVTX))) {
+				fprintf(stderr, "stillfs: %s %s is inside %s, which others may change; "
+					"give one in a directory only root or uid %u may write\n", what,
+					path, p, (unsigned)me);
+				rc = -EPERM;
+				break;
+			}
+			if (!p[1])
+				break;
+		}
+	}
+out:
+	free(paths[0]);
+	free(paths[1]);
+	return rc;
+}
+
+/* The cache is ours alone: the daemon's own directory, reached only through directories
+ * nobody else may change (sf_path_safe). fd is the opened cache. One line on stderr and
+ * -EPERM if not. */
 static int sf_cache_safe(const char *dir, int fd)
 {
 	uid_t me = geteuid();
-	struct stat st;
-	char *path = realpath(dir, NULL), *slash;
-	int rc = 0;
+	struct stat st, named;
+	int rc = sf_path_safe("cache directory", dir);
 
-	struct stat named;
-	if (fstat(fd, &st) < 0 || !path || stat(path, &named) < 0) {
+	if (rc)
+		return rc;
+	if (fstat(fd, &st) < 0 || stat(dir, &named) < 0) {
 		rc = -errno;
 		fprintf(stderr, "stillfs: cache directory %s: %s\n", dir, strerror(errno));
-		goto out;
+		return rc;
 	}
 	if (!ut_same_file(&st, &named)) {
 		fprintf(stderr, "stillfs: cache directory %s changed while this daemon started\n", dir);
-		rc = -EAGAIN;
-		goto out;
+		return -EAGAIN;
 	}
 	if (st.st_uid != me) {
 		fprintf(stderr, "stillfs: cache directory %s belongs to uid %u, not to this daemon's "
 			"uid %u\n", dir, (unsigned)st.st_uid, (unsigned)me);
-		rc = -EPERM;
-		goto out;
+		return -EPERM;
 	}
-	while ((slash = strrchr(path, '/'))) {
-		slash[slash == path] = 0;          /* the parent; "/" stays "/" */
-		if (stat(path, &st) < 0) {
-			rc = -errno;
-			fprintf(stderr, "stillfs: %s: %s\n", path, strerror(errno));
-			goto out;
-		}
-		if ((st.st_uid != 0 && st.st_uid != me) ||
-		    ((st.st_mode & 0022) && !(st.st_mode & S_ISVTX))) {
-			fprintf(stderr, "stillfs: cache directory %s is inside %s, which others may "
-				"change; give one in a directory only root or uid %u may write\n", dir,
-				path, (unsigned)me);
-			rc = -EPERM;
-			goto out;
-		}
-		if (!path[1])
-			break;
-	}
-out:
-	free(path);
-	return rc;
+	return 0;
 }
 
 /* Open the cache directory and claim it: a marker file, flock'ed for as long as we run,
@@ -378,32 +400,36 @@ static int sf_number(const char *name, const char *text, double min, double max,
  * in the store, the mountpoint or the cache. */
 static int sf_metrics_path(void)
 {
-	char *path = strdup(sf.o.metrics_file), *slash, *dir;
-	const char *base;
+	char *path = NULL, *cwd = NULL, *slash, *dir = NULL;
+	const char *base, *given;
 	int rc = SF_EXIT_USAGE;
 
+	if (sf.o.metrics_file[0] == '/')
+		path = strdup(sf.o.metrics_file);
+	else if ((cwd = getcwd(NULL, 0)) && asprintf(&path, "%s/%s", cwd, sf.o.metrics_file) < 0)
+		path = NULL;
+	free(cwd);
 	if (!path) {
-		fprintf(stderr, "stillfs: out of memory\n");
+		fprintf(stderr, "stillfs: metrics_file=%s: %s\n", sf.o.metrics_file, strerror(errno));
 		return SF_EXIT_FAIL;
 	}
 	slash = strrchr(path, '/');
-	if (slash) {
-		*slash = 0;
-		base = slash + 1;
-		dir = realpath(path[0] ? path : "/", NULL);
-	} else {
-		base = path;
-		dir = realpath(".", NULL);
-	}
+	*slash = 0;
+	base = slash + 1;
+	given = path[0] ? path : "/";
 	if (!*base || !strcmp(base, ".") || !strcmp(base, "..") || strlen(base) > 200) {
 		fprintf(stderr, "stillfs: metrics_file=%s: not a file name\n", sf.o.metrics_file);
-	} else if (!dir) {
+	} else if (!(dir = realpath(given, NULL))) {
 		fprintf(stderr, "stillfs: metrics_file=%s: %s\n", sf.o.metrics_file, strerror(errno));
 		rc = SF_EXIT_FAIL;
 	} else if (sf_within(dir, sf.o.store) || sf_within(dir, sf.o.mountpoint) ||
 		   sf_within(dir, sf.o.cache)) {
 		fprintf(stderr, "stillfs: metrics_file %s must be outside the store, the mountpoint "
 			"and the cache\n", sf.o.metrics_file);
+	} else if (sf_path_safe("metrics_file directory", given)) {
+		/* Its directory itself may be another user's (a collector's): it is written in
+		 * by descriptor only; but no one else may put another directory in its place. */
+		rc = SF_EXIT_FAIL;
 	} else {
 		rc = ob_metrics_open(dir, base) ? SF_EXIT_FAIL : SF_EXIT_OK;
 	}

@@ -53,6 +53,16 @@ void ob_notify(const char *msg)
 	close(fd);
 }
 
+/* A path as a status line: escaped (ut_escape), since a directory's name is whoever made it's
+ * choice, and a newline in it would add a line of theirs, read before the daemon's own. */
+static void ob_path_line(FILE *f, const char *key, const char *path)
+{
+	size_t len = 4 * strlen(path) + 1;
+	char *esc = malloc(len);
+	fprintf(f, "%s: %s\n", key, esc ? ut_escape(esc, len, path, 1) : "?");
+	free(esc);
+}
+
 char *ob_status(int detailed, int json, size_t *len)
 {
 	char *gen = gen_status(sf.gm, detailed), *buf = NULL;
@@ -72,9 +82,9 @@ char *ob_status(int detailed, int json, size_t *len)
 	fprintf(f, "stillfs: %s\n", STILLFS_VERSION);
 	fprintf(f, "schema: %d\n", REP_SCHEMA);
 	fprintf(f, "pid: %ld\n", (long)getpid());
-	fprintf(f, "store: %s\n", sf.o.store);
-	fprintf(f, "mountpoint: %s\n", sf.o.mountpoint);
-	fprintf(f, "cache: %s\n", sf.o.cache);
+	ob_path_line(f, "store", sf.o.store);
+	ob_path_line(f, "mountpoint", sf.o.mountpoint);
+	ob_path_line(f, "cache", sf.o.cache);
 	fprintf(f, "passthrough: %s\n", pt_enabled() ? "on" : "off");
 	fprintf(f, "lock_waiters: %u\n", lk_waiting());
 	fprintf(f, "descriptors_nodes: %zu\n", nodes);
@@ -172,8 +182,10 @@ void ob_tick(int force)
 			snprintf(msg, sizeof msg, "STATUS=serving generation %s (%s), captured in %s s",
 				 v, id, err);
 		} else {
-			snprintf(msg, sizeof msg, "STATUS=mounted %s, no generation captured yet",
-				 sf.o.mountpoint);
+			/* As the status has it, escaped: a newline would start an assignment of
+			 * its own (MAINPID=, READY=) in the datagram. */
+			rep_field(text, "mountpoint", err, sizeof err);
+			snprintf(msg, sizeof msg, "STATUS=mounted %s, no generation captured yet", err);
 		}
 		ob_notify(msg);
 	}

@@ -2,6 +2,8 @@
 /* The status of a running stillfs as JSON and as Prometheus metrics (see report.h). */
 #include "report.h"
 
+#include "util.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,17 +116,34 @@ static int rep_whole(const char *v)
 	return 1;
 }
 
+/* Values come from the store's file names (last_error) and are cut to a buffer's size
+ * anywhere: a byte that is not part of well-formed UTF-8 is written as the four characters
+ * \xNN, as the status text writes control bytes, so that JSON and Prometheus text (both
+ * UTF-8 only) stay readable by strict parsers. The two share the escapes of '"', '\\' and
+ * newline; JSON also needs every other control byte escaped. */
+static void rep_text(FILE *f, const char *s, int json)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	while (*p) {
+		size_t n = ut_utf8_len(p);
+		if (!n)
+			fprintf(f, "\\\\x%02x", *p);
+		else if (*p == '"' || *p == '\\')
+			fprintf(f, "\\%c", *p);
+		else if (*p == '\n')
+			fputs("\\n", f);
+		else if (json && (*p < 0x20 || *p == 0x7f))
+			fprintf(f, "\\u%04x", *p);
+		else
+			fwrite(p, 1, n, f);
+		p += n ? n : 1;
+	}
+}
+
 static void rep_json_string(FILE *f, const char *s)
 {
 	fputc('"', f);
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			fprintf(f, "\\%c", *p);
-		else if (*p < 0x20 || *p == 0x7f)
-			fprintf(f, "\\u%04x", *p);
-		else
-			fputc(*p, f);
-	}
+	rep_text(f, s, 1);
 	fputc('"', f);
 }
 
@@ -222,14 +241,7 @@ static const struct rep_metric {
 
 static void rep_label_value(FILE *f, const char *s)
 {
-	for (; *s; s++) {
-		if (*s == '\\' || *s == '"')
-			fprintf(f, "\\%c", *s);
-		else if (*s == '\n')
-			fputs("\\n", f);
-		else
-			fputc(*s, f);
-	}
+	rep_text(f, s, 0);
 }
 
 static void rep_sample(FILE *f, const char *name, const char *mnt, const char *labels,

@@ -35,30 +35,64 @@ void log_init(const char *prog)
 void log_to_syslog(int on) { log_syslog = on; if (on) openlog(log_prog, LOG_PID, LOG_DAEMON); }
 void log_set_quiet(int quiet) { log_quiet = quiet; }
 
+size_t ut_utf8_len(const unsigned char *p)
+{
+	size_t n;
+	unsigned min;
+	unsigned cp;
+	if (*p < 0x80)
+		return 1;
+	if (*p >= 0xc2 && *p <= 0xdf)
+		n = 2, min = 0x80, cp = *p & 0x1f;
+	else if (*p >= 0xe0 && *p <= 0xef)
+		n = 3, min = 0x800, cp = *p & 0x0f;
+	else if (*p >= 0xf0 && *p <= 0xf4)
+		n = 4, min = 0x10000, cp = *p & 0x07;
+	else
+		return 0;
+	for (size_t i = 1; i < n; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;              /* also stops at the terminating 0 */
+		cp = cp << 6 | (p[i] & 0x3f);
+	}
+	return cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ? 0 : n;
+}
+
 char *ut_escape(char *dst, size_t len, const char *src, int backslash)
 {
 	static const char hex[] = "0123456789abcdef";
 	size_t o = 0;
 
-	for (const unsigned char *s = (const unsigned char *)src; *s; s++) {
+	for (const unsigned char *s = (const unsigned char *)src; *s;) {
 		char esc[5] = { (char)*s, 0 };
+		size_t in = ut_utf8_len(s), n;
+		/* A C1 control (U+0080 to U+009F, in UTF-8 0xc2 0x80 to 0xc2 0x9f) is a
+		 * terminal's CSI and the like as much as ESC is: its first byte goes as \xc2
+		 * and the second as what it is on its own, not UTF-8. */
+		if (in == 2 && s[0] == 0xc2 && s[1] < 0xa0)
+			in = 0;
 		if (*s == '\\' && backslash)
 			strcpy(esc, "\\\\");
 		else if (*s == '\n')
 			strcpy(esc, "\\n");
 		else if (*s == '\t')
 			strcpy(esc, "\\t");
-		else if (*s < 0x20 || *s == 0x7f) {
+		else if (!in || *s < 0x20 || *s == 0x7f) {
 			esc[0] = '\\';
 			esc[1] = 'x';
 			esc[2] = hex[*s >> 4];
 			esc[3] = hex[*s & 15];
 		}
-		size_t n = strlen(esc);
+		n = strlen(esc);
+		if (in > 1) {                  /* a whole character, unchanged */
+			n = in;
+			memcpy(esc, s, n);
+		}
 		if (o + n >= len)
 			break;                 /* cut, but never in the middle of an escape */
 		memcpy(dst + o, esc, n);
 		o += n;
+		s += in ? in : 1;
 	}
 	if (len)
 		dst[o] = 0;
@@ -350,4 +384,50 @@ int ut_pwrite_all(int fd, const uint8_t *p, size_t n, off_t off)
 		off += w;
 	}
 	return 0;
+}
+
+int ut_stillfs_mount(int fd, uid_t *uid)
+{
+	struct statx sx;
+	unsigned maj, min;
+	unsigned long long id;
+	char *line = NULL, *save;
+	size_t cap = 0;
+	int rc = -EXDEV;
+	FILE *f;
+
+	/* The attributes as the kernel has them cached, and no statfs: a request to the
+	 * daemon could have to be answered by the very daemon that asks. */
+	if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MNT_ID, &sx) < 0)
+		return -errno;
+	if (!(sx.stx_mask & STATX_MNT_ID) ||
+	    !(sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) ||
+	    !(sx.stx_attributes & STATX_ATTR_MOUNT_ROOT))
+		return -EXDEV;
+	if (!(f = fopen("/proc/self/mountinfo", "re")))
+		return -errno;
+	while (getline(&line, &cap, f) > 0) {
+		/* ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPEROPTS */
+		char *sep = strstr(line, " - "), type[64], *opts;
+		if (!sep || sscanf(line, "%llu %*d %u:%u", &id, &maj, &min) != 3 ||
+		    id != sx.stx_mnt_id)
+			continue;
+		if (sscanf(sep + 3, "%63s", type) != 1 || strcmp(type, "fuse.stillfs") ||
+		    maj != sx.stx_dev_major || min != sx.stx_dev_minor)
+			break;
+		opts = strrchr(sep, ' ');
+		for (char *o = opts ? strtok_r(opts + 1, ",\n", &save) : NULL; o;
+		     o = strtok_r(NULL, ",\n", &save)) {
+			unsigned long u;
+			char end;
+			if (sscanf(o, "user_id=%lu%c", &u, &end) == 1) {
+				*uid = (uid_t)u;
+				rc = 0;
+			}
+		}
+		break;
+	}
+	free(line);
+	fclose(f);
+	return rc;
 }

@@ -76,3 +76,26 @@ Test(report, metrics_help_type_and_labels)
 	}
 	free(m);
 }
+
+/* Names from the store are any bytes, cut anywhere: what is not well-formed UTF-8 (a stray
+ * byte, a sequence cut short, an overlong form, a surrogate) comes out as \xNN text; what is
+ * passes through as it is. */
+Test(report, not_utf8_escaped)
+{
+	static const char text[] =
+		"mountpoint: /mnt/\xff\n"
+		"last_error: a\xff" "b \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xc0\xaf \xed\xa0\x80 end\xe2\x82\n";
+	char *j = rep_json(text), *m = rep_metrics(text, 1);
+	cr_assert_not_null(j);
+	cr_assert_not_null(m);
+	cr_assert(strstr(j, "\"last_error\": \"a\\\\xffb \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 "
+			    "\\\\xc0\\\\xaf \\\\xed\\\\xa0\\\\x80 end\\\\xe2\\\\x82\""), "%s", j);
+	cr_assert(strstr(j, "\"mountpoint\": \"/mnt/\\\\xff\""), "%s", j);
+	cr_assert(strstr(m, "{mountpoint=\"/mnt/\\\\xff\""), "%s", m);
+	for (const unsigned char *p = (const unsigned char *)j; *p; p++)
+		cr_assert(*p < 0x80 || *p == 0xc3 || *p == 0xa9 || *p == 0xe2 || *p == 0x82 ||
+			  *p == 0xac || *p == 0xf0 || *p == 0x9f || *p == 0x98 || *p == 0x80,
+			  "a stray byte 0x%02x in %s", *p, j);
+	free(j);
+	free(m);
+}
