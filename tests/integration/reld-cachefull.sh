@@ -49,7 +49,8 @@ echo two >"$store/d/f"
 rc=0; "$STILLCTL" refresh "$mnt" >"$T_WORK/refresh.out" 2>&1 || rc=$?
 [ "$rc" -eq 4 ] || t_fail "refresh into a full cache: exit $rc, expected 4: $(cat "$T_WORK/refresh.out")"
 grep -qi 'no space' "$T_WORK/refresh.out" || t_fail "refresh does not say why: $(cat "$T_WORK/refresh.out")"
-"$STILLCTL" status "$mnt" >"$T_WORK/status.out" || t_fail "stillctl status failed"
+rc=0; "$STILLCTL" status "$mnt" >"$T_WORK/status.out" || rc=$?
+[ "$rc" = 5 ] || t_fail "stillctl status exited $rc after a failed capture (expected 5: the last capture failed)"
 grep -Eqi '^last_error: .*(no space|space left)' "$T_WORK/status.out" ||
   t_fail "stillctl status does not show the error: $(grep last_error "$T_WORK/status.out")"
 grep -q '^last_error_at: ' "$T_WORK/status.out" || t_fail "stillctl status does not say when the error happened"
