@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # stillfs-image.sh [TARGET]: print the name of a local podman image built from
 # packaging/container/Containerfile (TARGET: runtime, the default, or torture), building it
 # first if podman does not have it yet. The base images come from base-image.sh (no registry).

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # The Kubernetes sidecar of docs/DEPLOYMENT.md, run with real containers: podman kube play of
 # packaging/container/pod.yaml. The stillfs and uploader containers run exactly as the manifest
 # writes them (commands, privileged securityContext, /dev/fuse, Bidirectional and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Backup tools that decide for themselves what to skip, pointed at MOUNTPOINT/.snapshot of a
 # running stillfs while the torture writer writes the store: restic (backup to a local
 # repository, restore latest), rclone (sync to s3rver, then sync the bucket down into the same
