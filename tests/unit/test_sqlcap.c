@@ -196,9 +196,18 @@ Test(sqlcap, writer_active_sees_a_reserved_lock)
 	make_db("a.db", 10, 0);
 	int fd = open_db("a.db");
 	cr_assert_eq(sq_writer_active(fd), 0);
-	struct holder w = hold("a.db", "BEGIN IMMEDIATE; UPDATE t SET v = x'00' WHERE k = 1;");
+	/* A cache of one page spills: the journal is synced, with its magic, before the
+	 * database is written, as a dead writer's would be. */
+	struct holder w = hold("a.db", "PRAGMA cache_size=1; BEGIN IMMEDIATE;"
+				       "UPDATE t SET v = randomblob(1024);");
 	cr_assert_eq(sq_writer_active(fd), 1);
-	/* A writer mid-transaction holds RESERVED while its journal exists: not hot. */
+	/* But this writer is alive (it holds RESERVED): its journal is not hot. */
+	uint8_t head[8];
+	int j = openat(dirfd_, "a.db-journal", O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(j, 0, "the writer has no journal");
+	cr_assert_eq(pread(j, head, 8, 0), 8);
+	cr_assert_eq(head[0], 0xd9, "the journal has no magic yet: nothing is proved");
+	close(j);
 	cr_assert_eq(sq_journal_is_hot(dirfd_, "a.db", fd), 0);
 	release(w);
 	cr_assert_eq(sq_writer_active(fd), 0);
