@@ -643,6 +643,7 @@ static void sf_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	fc_init(conn);
 	conn->max_write = 1U << 20;
 	conn->max_readahead = conn->max_readahead > (1U << 20) ? conn->max_readahead : 1U << 20;
 }
@@ -783,7 +784,7 @@ int main(int argc, char **argv)
 	}
 	free(sf.o.mountpoint);
 	sf.o.mountpoint = strdup(cmd.mountpoint);
-	/* A low descriptor number for /dev/fuse, taken before libfuse mounts (pt_setup). */
+	/* A low descriptor number for /dev/fuse, taken before libfuse mounts (fc_setup). */
 	fuse_slot = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if ((rc = sf_validate()) != SF_EXIT_OK)
 		goto out;
@@ -840,7 +841,7 @@ int main(int argc, char **argv)
 	if (fuse_session_mount(sf.se, sf.o.mountpoint) != 0)
 		goto out;
 	mounted = 1;
-	pt_setup(sf.se, !sf.o.no_passthrough, fuse_slot);
+	fc_setup(sf.se, !sf.o.no_passthrough, fuse_slot);
 	fuse_slot = -1;
 	if (fuse_daemonize(cmd.foreground) != 0)
 		goto out;

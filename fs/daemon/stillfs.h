@@ -6,8 +6,7 @@
 #ifndef STILLFS_DAEMON_H
 #define STILLFS_DAEMON_H
 
-#define FUSE_USE_VERSION 314
-#include <fuse_lowlevel.h>
+#include "fusecompat.h"   /* libfuse, and what it lacks */
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -210,17 +209,12 @@ struct gen *dr_snapdir_gen(pid_t pid);
 /* file.c */
 void fh_register(struct fuse_lowlevel_ops *ops);
 
-/* passthru.c: kernel passthrough of reads and writes (FUSE_PASSTHROUGH, Linux >= 6.9). */
-/* Install the I/O hooks that negotiate it (wanted = 0: they only pass requests through),
- * moving /dev/fuse to the descriptor slot (consumed) if that is lower. */
-int pt_setup(struct fuse_session *se, int wanted, int slot);
-int pt_enabled(void);
-/* Decide how the kernel serves handle h of n (sets h->pt, may set fi->direct_io). Returns
- * the backing id to pt_arm before replying, or 0. pt_detach undoes it at close. */
-int pt_attach(struct node *n, struct fh *h, struct fuse_file_info *fi);
-void pt_detach(struct fh *h);
-/* The next open/create reply this thread sends carries backing id (0: none). */
-void pt_arm(int id);
+/* passthru.c: which opens the kernel serves by passthrough (fusecompat.h: how). */
+/* Decide how the kernel serves handle h of n, opened by req (sets h->pt, may set
+ * fi->direct_io). Returns the backing id for fc_reply_open/create, or 0. pt_detach undoes it
+ * at close. */
+int pt_attach(fuse_req_t req, struct node *n, struct fh *h, struct fuse_file_info *fi);
+void pt_detach(fuse_req_t req, struct fh *h);
 
 /* inval.c: kernel caching of the live view, invalidated from inotify events of the store. */
 /* Start the thread; watch = 0: no caching, only the node budget's pruning. */
