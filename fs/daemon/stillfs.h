@@ -118,6 +118,7 @@ struct sf_opts {
 	unsigned long max_nodes;
 	unsigned long max_user_fds;
 	int capture_nice;
+	int max_threads_given;     /* -o max_threads= (libfuse's): else SF_DEFAULT_THREADS */
 	/* Numbers as given, checked by sf_validate: libfuse's own parsing takes "10abc" as 10. */
 	char *max_age_opt, *linger_opt, *settle_opt, *max_nodes_opt, *max_user_fds_opt;
 	char *capture_nice_opt;
