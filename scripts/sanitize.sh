@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Build hygiene: exits non-zero on any finding.
-#  1. gcc and clang builds of every target with -Dwerror=true;
+#  1. gcc and clang builds of every target with -Dwerror=true (clang's is the sanitizer build
+#     of step 2 when that runs: clang's warnings do not depend on the optimization level);
 #  2. a clang build with AddressSanitizer + UndefinedBehaviorSanitizer (also -Werror) that runs
 #     the unit suite and the engine integration tests (engine-*, rel-*, with smaller sizes);
 #     any sanitizer report fails, whatever the test made of the exit status;
@@ -10,7 +11,7 @@
 #     databases, a sparse file, symlinks (to outside the store too), a fifo and nested
 #     directories; then tests/integration/rel-symlinks.sh with every stillctl under memcheck.
 #     valgrind 3.19 (Debian 12) has no openat2: the engine's ENOSYS fallback is what runs.
-# Build directories: ${SANITIZE_PREFIX:-build-rel}-{gcc,clang,asan}, beside the source.
+# Build directories: ${SANITIZE_PREFIX:-build-rel}-{gcc,asan} (-clang with --no-asan), beside the source.
 # Usage: scripts/sanitize.sh [--no-build-check] [--no-asan] [--no-valgrind]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +44,9 @@ setup() {
 
 # ---- 1. warnings as errors, gcc and clang --------------------------------------------------
 if ((do_build)); then
-  for cc in gcc clang; do
+  compilers=(gcc)
+  ((do_asan)) || compilers+=(clang)
+  for cc in "${compilers[@]}"; do
     if setup "$prefix-$cc" "$cc" -Dwerror=true -Dbuildtype=debugoptimized; then
       say "$cc -Dwerror=true: clean"
     else
@@ -57,6 +60,7 @@ if ((do_asan)); then
   asan=$prefix-asan
   if setup "$asan" clang -Dwerror=true -Dbuildtype=debug -Db_sanitize=address,undefined \
        -Db_lundef=false -Dc_args=-fno-sanitize-recover=all -Dc_link_args=-fno-sanitize-recover=all; then
+    ((do_build)) && say "clang -Dwerror=true (the ASan build): clean"
     logs=$(mktemp -d "${TMPDIR:-/tmp}/stillfs-sanitize.XXXXXX")
     chmod 1777 "$logs"   # some tests run stillctl as nobody
     export ASAN_OPTIONS="log_path=$logs/asan:detect_leaks=1:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1"
@@ -89,7 +93,7 @@ if ((do_asan)); then
     fi
     unset ASAN_OPTIONS UBSAN_OPTIONS
   else
-    finding "ASan/UBSan build fails (log: $asan.build.log)"
+    finding "ASan/UBSan build (clang -Dwerror=true) fails (log: $asan.build.log)"
   fi
 fi
 

@@ -4,7 +4,7 @@
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
 pkgs=(build-essential clang meson ninja-build pkg-config
-      libfuse3-dev fuse3 libsqlite3-dev sqlite3 libcriterion-dev
+      libfuse3-dev fuse3 libsqlite3-dev sqlite3 libcriterion-dev libssl-dev
       rsync attr acl psmisc procps util-linux bc python3
       valgrind libclang-rt-14-dev strace time
       debhelper lintian     # the package test (tests/integration/pkg-deb.sh) builds and checks the .deb

@@ -55,10 +55,10 @@ static char *fh_status_text(fuse_req_t req, const struct node *n, size_t *len)
 }
 
 /* Everything a handle holds besides its memory: descriptor, pin, WAL-index count. */
-static void fh_close(struct fh *h)
+static void fh_close(fuse_req_t req, struct fh *h)
 {
 	fh_unlink(h);
-	pt_detach(h);
+	pt_detach(req, h);
 	if (h->fd >= 0)
 		close(h->fd);
 	sf_fd_uncharge(h->uid);
@@ -143,9 +143,9 @@ fail:
 /* How the kernel will serve h (passthru.c); returns the backing id for the reply. An SQLite
  * WAL index mapped without passthrough lives in the mount's page cache, not the store's: the
  * capture helper must then read databases through the mount (hp_capture). */
-static int fh_attach(struct fh *h, struct fuse_file_info *fi)
+static int fh_attach(fuse_req_t req, struct fh *h, struct fuse_file_info *fi)
 {
-	int id = pt_attach(h->node, h, fi);
+	int id = pt_attach(req, h->node, h, fi);
 	if (h->node->kind == ND_LIVE && h->node->is_shm && h->pt != PT_BACKED) {
 		atomic_fetch_add(&sf.shm_handles, 1);
 		h->shm_counted = 1;
@@ -178,11 +178,9 @@ static void fh_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	pt_arm(fh_attach(h, fi));
-	rc = fuse_reply_open(req, fi);
-	pt_arm(0);
+	rc = fc_reply_open(req, fi, fh_attach(req, h, fi));
 	if (rc != 0)
-		fh_close(h);       /* interrupted: no release will come */
+		fh_close(req, h);       /* interrupted: no release will come */
 }
 
 /* O_CREAT of a name that exists after all (the store changed while the kernel remembered it
@@ -263,11 +261,9 @@ static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		nd_forget(nd_of(e.ino), 1);
 		goto out;
 	}
-	pt_arm(fh_attach(h, fi));
-	rc = fuse_reply_create(req, &e, fi);
-	pt_arm(0);
+	rc = fc_reply_create(req, &e, fi, fh_attach(req, h, fi));
 	if (rc != 0)
-		fh_close(h);
+		fh_close(req, h);
 	return;
 out:
 	if (charged)
@@ -336,7 +332,7 @@ static void fh_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (fi->flock_release && h->fd >= 0)
 		flock(h->fd, LOCK_UN);
 	lk_drop_handle(h->node, h);
-	fh_close(h);
+	fh_close(req, h);
 	fuse_reply_err(req, 0);
 }
 

@@ -46,7 +46,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #define IV_BUCKETS 4096
@@ -153,21 +152,6 @@ void iv_mark(struct node *child, const struct node *parent)
 		child->iv_ok = 1;
 }
 
-#define IV_NOTIFY_INC_EPOCH 8
-#define IV_NOTIFY_PRUNE 9
-
-/* A notification libfuse 3.14 has no call for. 0 or -errno. */
-static int iv_notify_raw(int code, const void *a, size_t alen, const void *b, size_t blen)
-{
-	struct {
-		uint32_t len;
-		int32_t error;
-		uint64_t unique;
-	} hdr = { (uint32_t)(sizeof hdr + alen + blen), code, 0 };
-	struct iovec iov[3] = { { &hdr, sizeof hdr }, { (void *)a, alen }, { (void *)b, blen } };
-	return writev(fuse_session_fd(iv_se), iov, 3) < 0 ? -errno : 0;
-}
-
 struct iv_use {
 	uint64_t used;
 	uint64_t id;
@@ -203,14 +187,11 @@ static void iv_prune(void)
 	}
 	pthread_mutex_unlock(&sf.mu);
 	for (size_t i = 0; i < want && !iv_prune_broken; i += 512) {
-		struct {
-			uint32_t count, padding;
-			uint64_t spare;
-		} arg = { (uint32_t)(want - i < 512 ? want - i : 512), 0, 0 };
 		uint64_t ids[512];
-		for (uint32_t k = 0; k < arg.count; k++)
+		uint32_t k, count = (uint32_t)(want - i < 512 ? want - i : 512);
+		for (k = 0; k < count; k++)
 			ids[k] = u[i + k].id;
-		int rc = iv_notify_raw(IV_NOTIFY_PRUNE, &arg, sizeof arg, ids, arg.count * sizeof ids[0]);
+		int rc = fc_notify_prune(iv_se, ids, count);
 		if (rc) {
 			iv_prune_broken = 1;
 			log_warn("the kernel cannot forget inodes on request (FUSE_NOTIFY_PRUNE: %s): "
@@ -249,7 +230,7 @@ static void iv_all(void)
 	for (size_t i = 0; i < n; i++)
 		fuse_lowlevel_notify_inval_inode(iv_se, ids[i], 0, 0);
 	free(ids);
-	if (!iv_epoch_broken && iv_notify_raw(IV_NOTIFY_INC_EPOCH, NULL, 0, NULL, 0) != 0)
+	if (!iv_epoch_broken && fc_notify_inc_epoch(iv_se) != 0)
 		iv_epoch_broken = 1;
 	log_warn("inotify queue overflowed: invalidated %zu cached inodes%s", n,
 		 iv_epoch_broken ? "; names cached now may outlive their deletion for a while"

@@ -31,6 +31,8 @@
 #define SF_FUSE_MAGIC 0x65735546
 
 enum { SF_EXIT_OK = 0, SF_EXIT_FAIL = 1, SF_EXIT_USAGE = 2 };
+/* Options noted here and left for libfuse too. */
+enum { SF_KEY_MAX_THREADS };
 
 static const struct fuse_opt sf_optspec[] = {
 	{ "snapdir=%s", offsetof(struct sf_opts, snapdir_opt), 0 },
@@ -45,6 +47,7 @@ static const struct fuse_opt sf_optspec[] = {
 	{ "max_user_fds=%s", offsetof(struct sf_opts, max_user_fds_opt), 0 },
 	{ "capture_nice=%s", offsetof(struct sf_opts, capture_nice_opt), 0 },
 	{ "metrics_file=%s", offsetof(struct sf_opts, metrics_file), 0 },
+	FUSE_OPT_KEY("max_threads=", SF_KEY_MAX_THREADS),
 	FUSE_OPT_END
 };
 
@@ -97,6 +100,10 @@ static int sf_opt_proc(void *data, const char *arg, int key, struct fuse_args *o
 {
 	struct sf_opts *o = data;
 	(void)outargs;
+	if (key == SF_KEY_MAX_THREADS) {
+		o->max_threads_given = 1;   /* libfuse parses the number (cmd.max_threads) */
+		return 1;
+	}
 	if (key == FUSE_OPT_KEY_NONOPT && !o->store) {
 		o->store = strdup(arg);
 		return 0;
@@ -730,6 +737,7 @@ static void sf_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	fc_init(conn);
 	conn->max_write = 1U << 20;
 	conn->max_readahead = conn->max_readahead > (1U << 20) ? conn->max_readahead : 1U << 20;
 }
@@ -872,7 +880,7 @@ int main(int argc, char **argv)
 	}
 	free(sf.o.mountpoint);
 	sf.o.mountpoint = strdup(cmd.mountpoint);
-	/* A low descriptor number for /dev/fuse, taken before libfuse mounts (pt_setup). */
+	/* A low descriptor number for /dev/fuse, taken before libfuse mounts (fc_setup). */
 	fuse_slot = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if ((rc = sf_validate()) != SF_EXIT_OK)
 		goto out;
@@ -929,7 +937,7 @@ int main(int argc, char **argv)
 	if (fuse_session_mount(sf.se, sf.o.mountpoint) != 0)
 		goto out;
 	mounted = 1;
-	pt_setup(sf.se, !sf.o.no_passthrough, fuse_slot);
+	fc_setup(sf.se, !sf.o.no_passthrough, fuse_slot);
 	fuse_slot = -1;
 	if (fuse_daemonize(cmd.foreground) != 0)
 		goto out;
@@ -971,11 +979,6 @@ int main(int argc, char **argv)
 	if (cmd.singlethread) {
 		rc = fuse_session_loop(sf.se);
 	} else {
-		int user_threads = 0;
-		for (int i = 0; i < args.argc; i++)
-			user_threads |= strstr(args.argv[i], "max_threads=") != NULL;
-		for (int i = 0; i < argc; i++)
-			user_threads |= strstr(argv[i], "max_threads=") != NULL;
 		if (!(lc = fuse_loop_cfg_create()))
 			goto out;
 		fuse_loop_cfg_set_clone_fd(lc, (unsigned)cmd.clone_fd);
@@ -984,7 +987,8 @@ int main(int argc, char **argv)
 		/* Lookups waiting for a capture each hold a thread; the live view must still be
 		 * served meanwhile. (Blocking lock requests hold none: lock.c answers them
 		 * later.) */
-		fuse_loop_cfg_set_max_threads(lc, user_threads ? cmd.max_threads : SF_DEFAULT_THREADS);
+		fuse_loop_cfg_set_max_threads(lc, sf.o.max_threads_given ? cmd.max_threads :
+						   SF_DEFAULT_THREADS);
 		rc = fuse_session_loop_mt(sf.se, lc);
 	}
 	/* libfuse reports a stop by signal as the signal's number: that is a clean exit. */

@@ -7,6 +7,7 @@
  * here in a few lines rather than linking libsystemd. The variable is taken out of the
  * environment at start-up, so that capture helpers never see it. */
 #include "stillfs.h"
+#include "fusecompat.h"
 
 #include "report.h"
 #include "util.h"
@@ -85,7 +86,7 @@ char *ob_status(int detailed, int json, size_t *len)
 	ob_path_line(f, "store", sf.o.store);
 	ob_path_line(f, "mountpoint", sf.o.mountpoint);
 	ob_path_line(f, "cache", sf.o.cache);
-	fprintf(f, "passthrough: %s\n", pt_enabled() ? "on" : "off");
+	fprintf(f, "passthrough: %s\n", fc_passthrough() ? "on" : "off");
 	fprintf(f, "lock_waiters: %u\n", lk_waiting());
 	fprintf(f, "descriptors_nodes: %zu\n", nodes);
 	fprintf(f, "descriptors_handles: %zu\n", handles);

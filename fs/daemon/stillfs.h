@@ -4,13 +4,11 @@
  * Modules and prefixes: main.c (sf_: options, mount, housekeeping), observe.c (ob_: status, metrics,
  * systemd notification), node.c (nd_: the inode
  * table), ops.c (op_: entries and attributes), dir.c (dr_: directory handles), file.c (fh_:
- * file handles), lock.c (lk_: lock forwarding), gen.c (gen_: snapshot generations, knows
- * nothing of FUSE), helper.c (hp_: the capture helper process). */
+ * file handles), lock.c (lk_: lock forwarding), helper.c (hp_: the capture helper process). */
 #ifndef STILLFS_DAEMON_H
 #define STILLFS_DAEMON_H
 
-#define FUSE_USE_VERSION 314
-#include <fuse_lowlevel.h>
+#include "fusecompat.h"   /* libfuse, and what it lacks */
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -21,6 +19,7 @@
 #include <sys/types.h>
 
 #include "capture.h"
+#include "gen.h"
 
 #define SF_SNAPDIR ".snapshot"
 #define SF_STATUS ".stillfs-status"
@@ -29,9 +28,6 @@
 /* Snapshot files never change under a nodeid (nodeids are per generation), so the kernel may
  * keep their entries, attributes and pages for as long as it likes. */
 #define SF_SNAP_TIMEOUT 86400.0
-/* After a failed capture, lookups serve the previous generation (or EIO) for this long before
- * another capture is attempted, so a store that never settles does not stall every lookup. */
-#define SF_FAIL_BACKOFF 5.0
 /* Live entries and attributes, where inotify tells us of direct changes (inval.c): the bound
  * on staleness after a lost event queue. */
 #define SF_LIVE_TIMEOUT 10.0
@@ -47,8 +43,6 @@ static inline int sf_reserved(const char *name)
  * generation's root. Generations are chosen below it (lookups) and when it is opened. */
 enum nd_kind { ND_LIVE, ND_SNAP, ND_SNAPDIR, ND_STATUS };
 
-struct gen;
-struct genmgr;
 struct lk_owner;
 
 /* A place in a circular list of open handles (file.c, dir.c), kept so that a handle the kernel
@@ -137,6 +131,7 @@ struct sf_opts {
 	unsigned long max_user_fds;
 	int capture_nice;
 	char *metrics_file;        /* -o metrics_file=: a Prometheus textfile, or NULL */
+	int max_threads_given;     /* -o max_threads= (libfuse's): else SF_DEFAULT_THREADS */
 	/* Numbers as given, checked by sf_validate: libfuse's own parsing takes "10abc" as 10. */
 	char *max_age_opt, *linger_opt, *settle_opt, *max_nodes_opt, *max_user_fds_opt;
 	char *capture_nice_opt;
@@ -245,17 +240,12 @@ struct gen *dr_snapdir_gen(pid_t pid);
 /* file.c */
 void fh_register(struct fuse_lowlevel_ops *ops);
 
-/* passthru.c: kernel passthrough of reads and writes (FUSE_PASSTHROUGH, Linux >= 6.9). */
-/* Install the I/O hooks that negotiate it (wanted = 0: they only pass requests through),
- * moving /dev/fuse to the descriptor slot (consumed) if that is lower. */
-int pt_setup(struct fuse_session *se, int wanted, int slot);
-int pt_enabled(void);
-/* Decide how the kernel serves handle h of n (sets h->pt, may set fi->direct_io). Returns
- * the backing id to pt_arm before replying, or 0. pt_detach undoes it at close. */
-int pt_attach(struct node *n, struct fh *h, struct fuse_file_info *fi);
-void pt_detach(struct fh *h);
-/* The next open/create reply this thread sends carries backing id (0: none). */
-void pt_arm(int id);
+/* passthru.c: which opens the kernel serves by passthrough (fusecompat.h: how). */
+/* Decide how the kernel serves handle h of n, opened by req (sets h->pt, may set
+ * fi->direct_io). Returns the backing id for fc_reply_open/create, or 0. pt_detach undoes it
+ * at close. */
+int pt_attach(fuse_req_t req, struct node *n, struct fh *h, struct fuse_file_info *fi);
+void pt_detach(fuse_req_t req, struct fh *h);
 
 /* inval.c: kernel caching of the live view, invalidated from inotify events of the store. */
 /* Start the thread; watch = 0: no caching, only the node budget's pruning. */
@@ -297,54 +287,5 @@ void hp_report(FILE *f);
  * mount when a WAL index is open there, and must never reach .snapshot: its own capture is
  * what .snapshot would wait for). */
 int hp_is_helper(pid_t tid);
-
-/* gen.c: the generation manager. No FUSE here; captures go through a callback. */
-/* uploads_before: realtime after which no reader used an earlier generation (cap_opts).
- * recycle: a retired generation in the cache whose database copies may be taken, or NULL. */
-typedef int (*gen_capture_fn)(void *arg, const char *name, const char *prev,
-			      const char *recycle, double uploads_before, struct cap_stats *st,
-			      char *err, size_t errlen);
-struct gen_cfg {
-	int cachefd;
-	double max_age;
-	double linger;
-	int recycle;               /* keep the last deleted generation for the next capture */
-	double kept_until;         /* from gen_clean_cache */
-	gen_capture_fn capture;
-	void *arg;
-};
-int gen_init(struct genmgr **out, const struct gen_cfg *cfg);
-void gen_destroy(struct genmgr *gm);
-/* Remove leftovers of an earlier run from the cache directory: everything but the marker
- * `keep` and the generation an earlier daemon kept at its clean shutdown, when that one is
- * usable. *kept_until: when the kept one stopped being readable (real time), or 0. */
-int gen_clean_cache(int cachefd, const char *keep, double *kept_until);
-/* The generation `.snapshot` resolves to now, capturing one if needed. Returns a reference
- * (gen_unref) or -EIO when there is none to serve. */
-int gen_acquire(struct genmgr *gm, struct gen **out);
-/* Capture a new generation now, even if the current one is pinned. 0 or -errno. */
-int gen_refresh(struct genmgr *gm);
-void gen_ref(struct genmgr *gm, struct gen *g);
-void gen_unref(struct genmgr *gm, struct gen *g);
-/* Count an open handle under g, a file's if `file` (else a directory's); -ESTALE if g was
- * deleted. */
-int gen_pin(struct genmgr *gm, struct gen *g, int file);
-void gen_unpin(struct genmgr *gm, struct gen *g, int file);
-int gen_dead(const struct gen *g);
-int gen_fd(const struct gen *g);
-unsigned long gen_seq(const struct gen *g);
-/* Delete unpinned old generations. Calls on_dead for each before its directory goes.
- * Returns seconds until the next one may become deletable (or a default tick). */
-double gen_reap(struct genmgr *gm, void (*on_dead)(struct gen *g));
-/* Sequence number of the current generation (0: none); to notice switches. */
-unsigned long gen_current_seq(struct genmgr *gm);
-/* A readable descriptor of the current generation's root, or -ENOENT (no capture). */
-int gen_open_current(struct genmgr *gm);
-/* Sleep until woken by gen activity or timeout seconds. */
-void gen_wait(struct genmgr *gm, double timeout);
-void gen_wake(struct genmgr *gm);
-/* "key: value" lines describing the current state. Returns a malloc'd string. Without
- * detailed, the last error is only its kind: the full message may name a private file. */
-char *gen_status(struct genmgr *gm, int detailed);
 
 #endif

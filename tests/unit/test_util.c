@@ -1,7 +1,16 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* ut_escape: what keeps a file name from breaking or forging a log or status line. */
+/* Unit tests for util.c: ut_escape (what keeps a file name from breaking or forging a log or
+ * status line), logging, time conversions, byte formatting, the string map, and the file
+ * helpers (a walk that stays beneath a directory, full reads and writes). */
 #include <criterion/criterion.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -38,4 +47,207 @@ Test(escape, c1_controls_and_bytes_not_utf8)
 	cr_assert_str_eq(ut_escape(buf, sizeof buf, "\xc0\xaf\xed\xa0\x80\xe2\x82", 1),
 			 "\\xc0\\xaf\\xed\\xa0\\x80\\xe2\\x82");
 	cr_assert_str_eq(ut_escape(buf, 5, "ab\xe2\x82\xac", 1), "ab");
+}
+
+/* ---- logging ------------------------------------------------------------------------------ */
+
+Test(log, errors_are_counted_and_the_last_is_kept_escaped)
+{
+	unsigned before = log_error_count();
+	log_set_quiet(1);
+	log_info("not an error");
+	log_warn("not an error either");
+	cr_assert_eq(log_error_count(), before);
+	log_err("cannot open %s: %s", "evil\nname\\x", "No such file");
+	cr_assert_eq(log_error_count(), before + 1);
+	cr_assert_str_eq(log_last_error(), "cannot open evil\\nname\\\\x: No such file");
+	/* A relayed line is escaped already: its backslashes stay single, control characters
+	 * are escaped again. */
+	log_relay(LOG_KIND_ERR, "helper: %s", "evil\\nname\t");
+	cr_assert_eq(log_error_count(), before + 2);
+	cr_assert_str_eq(log_last_error(), "helper: evil\\nname\\t");
+	log_relay(LOG_KIND_WARN, "a warning");
+	cr_assert_eq(log_error_count(), before + 2);
+	cr_assert_str_eq(log_last_error(), "helper: evil\\nname\\t");
+}
+
+/* ---- time --------------------------------------------------------------------------------- */
+
+Test(time, nanoseconds_and_back_also_before_1970)
+{
+	static const int64_t ns[] = { 0, 1, 999999999, 1000000000, -1, -999999999, -1000000000,
+				      -1000000001, 1700000000123456789LL, -1700000000123456789LL };
+	for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
+		struct timespec t = ut_ns_ts(ns[i]);
+		cr_assert(t.tv_nsec >= 0 && t.tv_nsec < 1000000000L, "%lld: tv_nsec %ld",
+			  (long long)ns[i], t.tv_nsec);
+		cr_assert_eq(ut_ts_ns(t), ns[i]);
+	}
+	struct timespec t = ut_ns_ts(-1);
+	cr_assert_eq(t.tv_sec, -1);
+	cr_assert_eq(t.tv_nsec, 999999999L);
+}
+
+Test(time, saturates_past_what_int64_nanoseconds_hold)
+{
+	/* touch -d 2300-01-01 */
+	struct timespec far = { 10413792000, 5 }, past = { -10413792000, 0 };
+	cr_assert_eq(ut_ts_ns(far), INT64_MAX);
+	cr_assert_eq(ut_ts_ns(past), INT64_MIN);
+}
+
+Test(time, clocks_move_forward)
+{
+	double a = ut_now();
+	struct timespec r = ut_realtime();
+	cr_assert_gt(r.tv_sec, 1600000000);
+	cr_assert_geq(ut_now(), a);
+}
+
+/* ---- formatting --------------------------------------------------------------------------- */
+
+Test(format, bytes_in_binary_units)
+{
+	static const struct { uint64_t n; const char *s; } c[] = {
+		{ 0, "0 B" }, { 1023, "1023 B" }, { 1024, "1.0 KiB" }, { 1536, "1.5 KiB" },
+		{ 5ULL << 20, "5.0 MiB" }, { 3ULL << 30, "3.0 GiB" }, { 2ULL << 40, "2.0 TiB" },
+		{ 4096ULL << 40, "4096.0 TiB" },  /* no unit past TiB */
+	};
+	char buf[32];
+	for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+		ut_format_bytes(c[i].n, buf, sizeof buf);
+		cr_assert_str_eq(buf, c[i].s);
+	}
+	ut_format_bytes(1ULL << 30, buf, 4);  /* cut to fit, terminated */
+	cr_assert_str_eq(buf, "1.0");
+}
+
+/* ---- the map ------------------------------------------------------------------------------ */
+
+Test(map, put_get_delete_through_growth_and_tombstones)
+{
+	enum { N = 5000 };
+	static char keys[N][16];
+	struct ut_map m = { 0 };
+	size_t v;
+	cr_assert_eq(ut_map_get(&m, "x", &v), 0, "an empty map has nothing");
+	ut_map_del(&m, "x");
+	for (size_t i = 0; i < N; i++) {
+		snprintf(keys[i], sizeof keys[i], "k%zu", i);
+		cr_assert_eq(ut_map_put(&m, keys[i], i), 0);
+	}
+	for (size_t i = 0; i < N; i++) {
+		cr_assert_eq(ut_map_get(&m, keys[i], &v), 1, "%s lost", keys[i]);
+		cr_assert_eq(v, i);
+	}
+	/* Delete every other one: the rest, probing past the tombstones, are still found. */
+	for (size_t i = 0; i < N; i += 2)
+		ut_map_del(&m, keys[i]);
+	for (size_t i = 0; i < N; i++)
+		cr_assert_eq(ut_map_get(&m, keys[i], NULL), (int)(i & 1), "%s", keys[i]);
+	/* Overwrite (a key equal in text, another pointer), and reuse deleted slots. */
+	char again[16] = "k1";
+	cr_assert_eq(ut_map_put(&m, again, 42), 0);
+	cr_assert_eq(ut_map_get(&m, "k1", &v), 1);
+	cr_assert_eq(v, 42);
+	for (size_t i = 0; i < N; i += 2)
+		cr_assert_eq(ut_map_put(&m, keys[i], i + 1), 0);
+	for (size_t i = 0; i < N; i += 2) {
+		cr_assert_eq(ut_map_get(&m, keys[i], &v), 1);
+		cr_assert_eq(v, i + 1);
+	}
+	cr_assert_leq(m.n * 2, m.cap, "more than half full: %zu of %zu", m.n, m.cap);
+	ut_map_free(&m);
+	cr_assert_eq(m.cap, 0);
+	cr_assert_eq(ut_map_get(&m, "k1", &v), 0);
+}
+
+/* ---- files -------------------------------------------------------------------------------- */
+
+static char tdir[64];
+static int tfd = -1;
+
+static void files_setup(void)
+{
+	snprintf(tdir, sizeof tdir, "/tmp/stillfs-ut-util-XXXXXX");
+	cr_assert_not_null(mkdtemp(tdir));
+	tfd = open(tdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	cr_assert_geq(tfd, 0);
+	cr_assert_eq(mkdirat(tfd, "a", 0700), 0);
+	cr_assert_eq(mkdirat(tfd, "a/b", 0700), 0);
+	int fd = openat(tfd, "a/b/f", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write(fd, "hello", 5), 5);
+	close(fd);
+	cr_assert_eq(symlinkat("a", tfd, "link"), 0);
+	cr_assert_eq(symlinkat("f", tfd, "a/b/flink"), 0);
+}
+
+static void files_teardown(void)
+{
+	static const char *names[] = { "a/b/flink", "a/b/f", "link", "w" };
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+		unlinkat(tfd, names[i], 0);
+	unlinkat(tfd, "a/b", AT_REMOVEDIR);
+	unlinkat(tfd, "a", AT_REMOVEDIR);
+	close(tfd);
+	rmdir(tdir);
+}
+
+TestSuite(files, .init = files_setup, .fini = files_teardown);
+
+Test(files, open_beneath_walk_opens_below_and_refuses_the_rest)
+{
+	char buf[8] = "";
+	int fd = ut_open_beneath_walk(tfd, "a//b/f", O_RDONLY);
+	cr_assert_geq(fd, 0, "%s", strerror(-fd));
+	cr_assert_eq(read(fd, buf, sizeof buf), 5);
+	cr_assert_str_eq(buf, "hello");
+	struct stat st, want;
+	cr_assert_eq(fstat(fd, &st), 0);
+	cr_assert_eq(fstatat(tfd, "a/b/f", &want, 0), 0);
+	cr_assert(ut_same_file(&st, &want));
+	cr_assert(fcntl(fd, F_GETFD) & FD_CLOEXEC, "opened without O_CLOEXEC");
+	close(fd);
+	fd = ut_open_beneath_walk(tfd, "a/b/", O_RDONLY | O_DIRECTORY);
+	cr_assert_geq(fd, 0, "a directory with a trailing slash: %s", strerror(-fd));
+	cr_assert_eq(fstat(fd, &st), 0);
+	cr_assert(!ut_same_file(&st, &want));
+	close(fd);
+
+	cr_assert_eq(ut_open_beneath_walk(tfd, "/etc/passwd", O_RDONLY), -EXDEV);
+	cr_assert_eq(ut_open_beneath_walk(tfd, "a/../a/b/f", O_RDONLY), -EXDEV);
+	cr_assert_eq(ut_open_beneath_walk(tfd, "..", O_RDONLY), -EXDEV);
+	cr_assert_eq(ut_open_beneath_walk(tfd, "link/b/f", O_RDONLY), -ELOOP);
+	cr_assert_eq(ut_open_beneath_walk(tfd, "a/b/flink", O_RDONLY), -ELOOP);
+	cr_assert_eq(ut_open_beneath_walk(tfd, "a/b/f/x", O_RDONLY), -ENOTDIR);
+	cr_assert_eq(ut_open_beneath_walk(tfd, "a/nope/f", O_RDONLY), -ENOENT);
+	char longname[NAME_MAX + 8];
+	memset(longname, 'n', sizeof longname - 1);
+	longname[sizeof longname - 1] = 0;
+	cr_assert_eq(ut_open_beneath_walk(tfd, longname, O_RDONLY), -ENAMETOOLONG);
+}
+
+Test(files, pread_full_and_pwrite_all)
+{
+	uint8_t big[70000], back[70010];
+	for (size_t i = 0; i < sizeof big; i++)
+		big[i] = (uint8_t)(i * 7);
+	int fd = openat(tfd, "w", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(ut_pwrite_all(fd, big, sizeof big, 10), 0);
+	/* Asked for more than there is: the count up to the end of the file. */
+	cr_assert_eq(ut_pread_full(fd, back, sizeof back, 10), (ssize_t)sizeof big);
+	cr_assert_arr_eq(back, big, sizeof big);
+	cr_assert_eq(ut_pread_full(fd, back, 10, 1000000), 0);
+	close(fd);
+
+	fd = openat(tfd, "w", O_RDONLY | O_CLOEXEC);
+	cr_assert_eq(ut_pwrite_all(fd, big, 1, 0), -EBADF);
+	close(fd);
+	int p[2];
+	cr_assert_eq(pipe(p), 0);
+	cr_assert_eq(ut_pread_full(p[0], back, 1, 0), -ESPIPE);
+	close(p[0]);
+	close(p[1]);
 }

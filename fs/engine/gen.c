@@ -15,14 +15,14 @@
  *   rather than writing whole new copies. Nothing can open it any more (it is dead); the
  *   capture that used it removes what is left of it.
  * - After a failed capture the previous generation stays current (or there is none, and
- *   callers get -EIO) and no new attempt is made for SF_FAIL_BACKOFF seconds.
+ *   callers get -EIO) and no new attempt is made for GEN_FAIL_BACKOFF seconds.
  * - At a clean shutdown with no file of a generation open, the current generation stays in
  *   the cache as GEN_KEPT, beside GEN_KEPT_TIME: when it stopped being readable. The next
  *   daemon never serves it; its first capture is incremental on it, so unchanged files keep
  *   their mtimes (uploaders do not send the whole store again after a restart), changed
  *   databases are recycled from it, and the cut need only fall after that time, not after the
  *   daemon's start. */
-#include "stillfs.h"
+#include "gen.h"
 
 #include "copy.h"
 #include "util.h"
@@ -31,6 +31,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -358,7 +360,7 @@ static int gen_capture_locked(struct genmgr *gm)
 	} else {
 		gm->n_fail++;
 		gm->last_rc = rc;
-		gm->fail_until = now + SF_FAIL_BACKOFF;
+		gm->fail_until = now + GEN_FAIL_BACKOFF;
 		gm->last_err_at = ut_realtime();
 		snprintf(gm->last_err, sizeof gm->last_err, "%s", err[0] ? err : strerror(-rc));
 		/* last_err is escaped already (hp_capture). */
