@@ -44,6 +44,17 @@ t_useradd() {
   T_USERS+=("$1")
 }
 
+# t_attacker PREFIX: the test's unprivileged user, PREFIX followed by the test's pid, made with
+# t_useradd; sets $user. T_WORK becomes 0711 so that the user can reach what the test makes in
+# it. as_user CMD... runs CMD as that user with its own groups.
+t_attacker() {
+  command -v setpriv >/dev/null || t_fail "setpriv (util-linux) is needed"
+  user=$1$$
+  t_useradd "$user"
+  chmod 711 "$T_WORK"
+}
+as_user() { setpriv --reuid "$user" --regid "$user" --init-groups -- "$@"; }
+
 # t_wait_for SECONDS CMD...: poll until CMD succeeds; fail the test when time runs out.
 t_wait_for() {
   local limit=$1; shift

@@ -12,11 +12,7 @@
 # caller's own mknod of a set-user-ID file still gives the caller that file, mode 04777.
 source "$(dirname "$0")/lib.sh"
 : "${STILLFS:?}" "${ATTACK:?}"
-command -v setpriv >/dev/null || t_fail "setpriv (util-linux) is needed"
-user=sfatk$$
-t_useradd "$user"
-as_user() { setpriv --reuid "$user" --regid "$user" --init-groups -- "$@"; }
-chmod 711 "$T_WORK"                          # the user must reach the mount and the store
+t_attacker sfatk
 store=$T_WORK/store mnt=$T_WORK/mnt secret=$T_WORK/secret shared=$T_WORK/shared
 mkdir -p "$store/d" "$mnt"
 chown "$user:$user" "$store/d"

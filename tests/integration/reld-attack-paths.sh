@@ -10,11 +10,7 @@
 # directories only, is fine too (written by descriptor only).
 source "$(dirname "$0")/lib.sh"
 : "${STILLFS:?}" "${STILLCTL:?}"
-command -v setpriv >/dev/null || t_fail "setpriv (util-linux) is needed"
-user=sfpa$$
-t_useradd "$user"
-as_user() { setpriv --reuid "$user" --regid "$user" --init-groups -- "$@"; }
-chmod 711 "$T_WORK"
+t_attacker sfpa
 store=$T_WORK/store mnt=$T_WORK/mnt u=$T_WORK/u victim=$T_WORK/victim
 mkdir -p "$store" "$mnt" "$u" "$victim"
 echo data >"$store/file"

@@ -9,11 +9,7 @@
 # hang). The same commands work on the live mount before (control).
 source "$(dirname "$0")/lib.sh"
 : "${STILLFS:?}" "${STILLCTL:?}"
-command -v setpriv >/dev/null || t_fail "setpriv (util-linux) is needed"
-user=sfpr$$
-t_useradd "$user"
-as_user() { setpriv --reuid "$user" --regid "$user" --init-groups -- "$@"; }
-chmod 711 "$T_WORK"
+t_attacker sfpr
 store=$T_WORK/store
 mkdir -p "$store"
 echo data >"$store/file"

@@ -10,11 +10,7 @@
 # to a terminal that is not in UTF-8), nor bytes that are not UTF-8.
 source "$(dirname "$0")/lib.sh"
 : "${STILLFS:?}" "${STILLCTL:?}"
-command -v setpriv >/dev/null || t_fail "setpriv (util-linux) is needed"
-user=sfst$$
-t_useradd "$user"
-as_user() { setpriv --reuid "$user" --regid "$user" --init-groups -- "$@"; }
-chmod 711 "$T_WORK"
+t_attacker sfst
 # The store's own name is the user's choice too (a directory they named, served by root):
 # a newline in it must not add a line, here one that would pass the failed capture for ok.
 store=$T_WORK/$'store\nlast_capture: ok\x9b' mnt=$T_WORK/mnt

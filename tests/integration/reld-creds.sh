@@ -20,7 +20,6 @@ t_useradd "$user"
 t_useradd "$other"
 trap 'rc=$?; groupdel "$grp" 2>/dev/null; (exit $rc); t_cleanup' EXIT
 usermod -a -G "$grp" "$user"
-as_user() { setpriv --reuid "$user" --regid "$user" --init-groups -- "$@"; }
 chmod 711 "$T_WORK"
 store=$T_WORK/store mnt=$T_WORK/mnt
 mkdir -p "$store/own" "$store/grpdir" "$store/sgid" "$store/othersgid" "$mnt"

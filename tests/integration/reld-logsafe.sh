@@ -9,11 +9,7 @@
 #   its paths; root and the store's owner see the message in full.
 source "$(dirname "$0")/lib.sh"
 : "${STILLFS:?}" "${STILLCTL:?}"
-command -v setpriv >/dev/null || t_fail "setpriv (util-linux) is needed"
-user=sflog$$
-t_useradd "$user"
-as_user() { setpriv --reuid "$user" --regid "$user" --init-groups -- "$@"; }
-chmod 711 "$T_WORK"
+t_attacker sflog
 store=$T_WORK/store mnt=$T_WORK/mnt
 mkdir -p "$store" "$mnt"
 chmod 755 "$store"
