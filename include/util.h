@@ -24,6 +24,10 @@ const char *log_last_error(void);
 /* How many errors have been logged so far. */
 unsigned log_error_count(void);
 
+/* CPUs this process may use: its affinity mask, lowered to the cgroup's CPU quota (cgroup v2
+ * cpu.max of its own cgroup and the ones above it, rounded up). At least 1; computed once. */
+unsigned ut_cpu_count(void);
+
 double ut_now(void);                 /* CLOCK_MONOTONIC seconds */
 struct timespec ut_realtime(void);
 int64_t ut_ts_ns(struct timespec t);

@@ -19,7 +19,7 @@
 
 #define DD_PAGE 4096
 #define DD_CHUNK (8 * DD_BLOCK) /* kernel copies go this far ahead of the readers */
-#define DD_MAX_THREADS 4
+#define DD_MAX_THREADS 16
 
 void dd_init(struct dd_blocks *b)
 {
