@@ -111,7 +111,7 @@ int ctl_status(int argc, char **argv)
 int ctl_refresh(int argc, char **argv)
 {
 	const char *mnt;
-	char gen[64], id[64], dur[32], copied[32], shared[32], lock[32], err[512];
+	char gen[64], id[64], dur[32], copied[32], shared[32], cloned[32] = "", lock[32], err[512];
 	int rc = ctl_args(argc, argv, &mnt);
 	if (rc)
 		return rc < 0 ? CAP_EXIT_OK : rc;
@@ -143,9 +143,11 @@ int ctl_refresh(int argc, char **argv)
 		ctl_field(text, "capture_s", dur, sizeof dur);
 		ctl_field(text, "bytes_copied", copied, sizeof copied);
 		ctl_field(text, "bytes_shared", shared, sizeof shared);
+		ctl_field(text, "bytes_cloned", cloned, sizeof cloned);
 		ctl_field(text, "lock_max_s", lock, sizeof lock);
 		printf("generation %s (%s): captured in %s s, %s bytes copied, %s shared, "
-		       "longest lock %s s\n", gen, id, dur, copied, shared, lock);
+		       "%s cloned, longest lock %s s\n", gen, id, dur, copied, shared,
+		       cloned[0] ? cloned : "0", lock);
 		free(text);
 	}
 	return CAP_EXIT_OK;
