@@ -22,6 +22,7 @@
  * 5. Make the database copies self-contained, digest, write the manifest, rename into place.
  * Every file in the snapshot then holds what its live file held at the instant of step 3. */
 #include "capture.h"
+#include "clone.h"
 #include "copy.h"
 #include "dbdelta.h"
 #include "hnsw.h"
@@ -121,6 +122,8 @@ struct ent_db {
 	int whdr_ok;             /* whdr holds its WAL-index header as pinned */
 	uint8_t whdr[SQ_WAL_HDR];
 	char *db_ident;          /* identity taken before the lock */
+	int cut_clone;           /* a clone of the live file waits in the work dir */
+	int cloned;              /* the staged copy is a clone of the live file */
 	struct cap_sig cold_sig[2]; /* not DB_WAL: its -wal and -shm when classified */
 };
 
@@ -173,6 +176,7 @@ struct cap {
 	double uploads_before;   /* realtime; see cap_opts */
 	int64_t newest_ctime;    /* of anything the scans saw, for the quiet window at start */
 	int holding;             /* rollback databases are locked: writers wait on us */
+	int no_clone;            /* the snapshot's filesystem cannot clone the store's files */
 	double sweep_s;          /* how long the last sweep of every file's stat took */
 	/* After the release (cap_after): 1 armed, 2 the release marker passed; after_written:
 	 * a plain file was written (or made) since. */
@@ -338,6 +342,8 @@ static void cap_copied(struct cap *c, struct ent *e, const struct cp_result *r)
 	memcpy(e->digest, r->digest, 32);
 	e->written = r->written;
 	c->st->bytes_copied += r->written;
+	if (r->cloned)
+		c->st->bytes_cloned += r->size;
 }
 
 /* The copy of e whose digest was left pending: wait for the digest, record it (cap_copied).
@@ -906,7 +912,7 @@ static char *cap_db_ident(struct ent *e, int dirfd);
 static int cap_copy_fd_to_stage(struct cap *c, int src, const char *rel, int digest,
 				struct cp_result *r);
 
-#define CAP_DB_THREADS 2       /* compare and hash databases on this many threads */
+#define CAP_DB_THREADS ut_cpu_count() /* compare and hash databases on every CPU we have */
 #define CAP_RESYNC_PAGES 2048  /* pages a pass may leave to the locked pass (8 MiB) */
 
 /* An earlier snapshot's copy of e (in dirfd, described by manifest m) with the digests of
@@ -990,6 +996,79 @@ out:
 	return 0;
 }
 
+/* The work-dir name of database e's clone made under the lock. */
+static void cap_clone_name(const struct cap *c, const struct ent *e, char *buf, size_t len)
+{
+	snprintf(buf, len, "clone.%zu", (size_t)(e - c->e));
+}
+
+static void cap_drop_clone(struct cap *c, struct ent *e)
+{
+	char name[64];
+	if (!e->d || !e->d->cut_clone)
+		return;
+	cap_clone_name(c, e, name, sizeof name);
+	unlinkat(c->workfd, name, 0);
+	e->d->cut_clone = 0;
+}
+
+/* Where the snapshot can share extents with the store, a clone of the whole database is the
+ * copy, made in milliseconds whatever its size; under the lock, finding which blocks changed
+ * and hashing them wait for the release (cap_adopt_clone). -EOPNOTSUPP where it cannot clone. */
+static int cap_clone_db(struct cap *c, struct ent *e, int src)
+{
+	char name[64];
+	if (c->no_clone)
+		return -EOPNOTSUPP;
+	cap_drop_clone(c, e);
+	cap_clone_name(c, e, name, sizeof name);
+	unlinkat(c->workfd, name, 0);
+	int fd = cl_clone_new(src, c->workfd, name);
+	if (fd < 0) {
+		if (cl_unsupported(fd))
+			c->no_clone = 1;
+		return fd;
+	}
+	close(fd);
+	e->d->cut_clone = 1;
+	e->d->synced_pages = 0;
+	return 0;
+}
+
+/* The clone becomes the staged copy. Blocks it shares with the copy staged before (else the
+ * recycled snapshot's, else the previous snapshot's) keep their digests; the others are left
+ * to cap_db_finish's rehash. Reads extent maps only, no data. */
+static int cap_adopt_clone(struct cap *c, struct ent *e)
+{
+	char name[64];
+	cap_clone_name(c, e, name, sizeof name);
+	int fd = openat(c->workfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (!e->staged)
+		cap_recycle(c, e);
+	int ref = e->staged ? openat(c->stagefd, e->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) : -1;
+	if (ref < 0) {
+		dd_free(&e->d->blk);
+		ref = cap_prev_base(c, e, &e->d->blk);
+	}
+	int rc = ref >= 0 ? cl_adopt(fd, ref, &e->d->blk) : -ENOENT;
+	struct stat st;
+	if (rc && fstat(fd, &st) == 0)
+		rc = dd_reset(&e->d->blk, (uint64_t)st.st_size); /* nothing known: hash it all */
+	if (ref >= 0)
+		close(ref);
+	close(fd);
+	if (!rc && renameat(c->workfd, name, c->stagefd, e->path) < 0)
+		rc = -errno;
+	if (!rc) {
+		e->d->cut_clone = 0;
+		e->d->cloned = 1;
+		e->staged = 1;
+	}
+	return rc;
+}
+
 /* Make the staged copy of database e equal to the live file src: compare it page by page
  * with what is staged already, or else with the recycled snapshot's copy (taken over), or else
  * with the previous snapshot's copy; copy it whole only when none exists. Digests of the blocks that changed are left to cap_db_finish (hashed
@@ -998,6 +1077,13 @@ static int cap_db_sync(struct cap *c, struct ent *e, int src, uint64_t *written)
 {
 	struct dd_result r = { 0 };
 	int rc, dst, base = -1;
+	*written = 0;
+	rc = cap_clone_db(c, e, src);
+	if (!rc && !c->holding)
+		rc = cap_adopt_clone(c, e);
+	if (!cl_unsupported(rc))
+		return rc;
+	e->d->cloned = 0;
 	if (!e->staged)
 		cap_recycle(c, e);
 	if (e->staged) {
@@ -1036,6 +1122,7 @@ static int cap_db_sync(struct cap *c, struct ent *e, int src, uint64_t *written)
 	}
 	close(dst);
 	*written = r.written;
+	e->d->cloned = r.cloned && base < 0;
 	e->d->synced_pages = r.pages;
 	return rc;
 }
@@ -1413,6 +1500,7 @@ static int cap_db_copy(struct cap *c, struct ent *e)
 	struct cp_result r;
 	int rc;
 	e->precopied = 0;
+	e->d->cloned = 0;
 	if (e->d->dbmode == DB_WAL_COLD || e->hot) {
 		/* Made whole below and recovered by SQLite later: nothing is known of its blocks. */
 		e->staged = 0;
@@ -1762,6 +1850,7 @@ static int cap_attempt(struct cap *c, double deadline)
 		const struct mf_entry *pe = e->hot ? NULL : cap_prev_same(c, e, now);
 		free(now);
 		e->dbcopied = 0;
+		cap_drop_clone(c, e);
 		if (pe && cap_link_prev(c, e, pe, NULL) == 0)
 			continue;
 		if (e->d->dbmode == DB_ROLLBACK && e->precopied && !e->dirty && !e->hot) {
@@ -1814,12 +1903,15 @@ static int cap_db_finish(struct cap *c)
 		if (e->kind != K_DB || !e->dbcopied)
 			continue;
 		char path[PATH_MAX + 64], err[256];
+		int rc = e->d->cut_clone ? cap_adopt_clone(c, e) : 0;
+		if (rc)
+			return rc;
 		int fd = openat(c->stagefd, e->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0)
 			return -errno;
 		uint8_t hdr[20] = { 0 };
 		ssize_t hn = pread(fd, hdr, sizeof hdr, 0);
-		int rc = hn < 0 ? -errno : 0;
+		rc = hn < 0 ? -errno : 0;
 		int recover = e->hot || e->d->dbmode == DB_WAL_COLD;
 		/* Emptied or overwritten in place since it was recognised: no database any more,
 		 * so its bytes are kept as they are. */
@@ -1865,6 +1957,8 @@ static int cap_db_finish(struct cap *c)
 			return rc;
 		e->staged = 1;
 		e->size = e->d->blk.size;
+		if (e->d->cloned)
+			c->st->bytes_cloned += e->size;
 		dd_digest(&e->d->blk, e->digest);
 		e->has_digest = 1;
 		free(e->ident);
@@ -2395,8 +2489,11 @@ static void cap_summary(const struct cap *c)
 	char a[32], b[32];
 	ut_format_bytes(c->st->bytes_copied, a, sizeof a);
 	ut_format_bytes(c->st->bytes_linked, b, sizeof b);
-	log_info("snapshot %s: %" PRIu64 " files, %s copied, %s shared, %.2f s, %u retries, "
-		 "longest lock %.1f ms%s", c->o->dest, c->st->files, a, b, c->st->duration_s,
+	char d[32];
+	ut_format_bytes(c->st->bytes_cloned, d, sizeof d);
+	log_info("snapshot %s: %" PRIu64 " files, %s copied, %s shared, %s cloned, %.2f s, "
+		 "%u retries, longest lock %.1f ms%s", c->o->dest, c->st->files, a, b, d,
+		 c->st->duration_s,
 		 c->st->retries, c->st->lock_max_s * 1000,
 		 c->st->recycled ? ", database copies recycled" : "");
 }
