@@ -147,6 +147,7 @@ struct ent {
 	unsigned precopied : 1;  /* a database copied before the cut; valid while not dirty */
 	unsigned staged : 1;     /* a database whose staged copy d->blk describes */
 	unsigned has_digest : 1;
+	unsigned cloned : 1;     /* a plain file whose copy shares the live file's extents */
 };
 
 struct cap {
@@ -342,8 +343,8 @@ static void cap_copied(struct cap *c, struct ent *e, const struct cp_result *r)
 	memcpy(e->digest, r->digest, 32);
 	e->written = r->written;
 	c->st->bytes_copied += r->written;
-	if (r->cloned)
-		c->st->bytes_cloned += r->size;
+	if (e->cloned)
+		c->st->bytes_cloned += e->size;
 }
 
 /* The copy of e whose digest was left pending: wait for the digest, record it (cap_copied).
@@ -353,7 +354,7 @@ static void cap_copied(struct cap *c, struct ent *e, const struct cp_result *r)
  * set (cap_set_times) and the manifest written. 0 or -errno. */
 static int cap_collect(struct cap *c, struct ent *e)
 {
-	struct cp_result r;
+	struct cp_result r = { 0 };
 	if (!e->pend)
 		return 0;
 	int rc = cp_pending_wait(e->pend, &r);
@@ -892,6 +893,7 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 		goto out;
 	}
 	e->size = r.size;
+	e->cloned = r.cloned != 0;
 	e->has_digest = 0;
 	e->copied = 1;
 	e->reused = 0;
@@ -2530,6 +2532,14 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	struct timespec start = ut_realtime();
 	c.uploads_before = o->uploads_before > 0 ? o->uploads_before
 						 : (double)start.tv_sec + start.tv_nsec / 1e9;
+	/* An upload lists the snapshot it sends. If nobody listed the earlier snapshot since it
+	 * was published, no upload read it: uploads came before that (ctime), and when that was
+	 * in an earlier second the cut need not wait for the next one. */
+	double published;
+	const char *earlier = o->recycle ? o->recycle : o->previous;
+	if (o->uploads_before <= 0 && earlier && ut_dir_unlisted(earlier, &published) &&
+	    published < c.uploads_before)
+		c.uploads_before = published;
 	memset(st, 0, sizeof *st);
 	cap_stop = 0;
 	c.storefd = open(o->store, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

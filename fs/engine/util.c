@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -404,4 +406,31 @@ unsigned ut_cpu_count(void)
 {
 	pthread_once(&ut_cpus_once, ut_cpus_init);
 	return ut_cpus;
+}
+
+int ut_dir_unlisted(const char *path, double *changed)
+{
+	struct stat st;
+	struct statvfs sv;
+	struct statfs sf;
+	if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode) || statvfs(path, &sv) < 0 ||
+	    statfs(path, &sf) < 0)
+		return 0;
+	if (sv.f_flag & (ST_NOATIME | ST_NODIRATIME))
+		return 0;
+	switch ((unsigned long)sf.f_type) {
+	case 0xEF53:       /* ext2/3/4 */
+	case 0x58465342:   /* XFS */
+	case 0x9123683E:   /* btrfs */
+	case 0x01021994:   /* tmpfs */
+		break;
+	default:
+		return 0;
+	}
+	/* relatime (and strictatime) update the atime of a directory listed while its atime is
+	 * not after its ctime: so an atime still before the ctime means no listing since. */
+	if (ut_ts_ns(st.st_atim) >= ut_ts_ns(st.st_ctim))
+		return 0;
+	*changed = (double)st.st_ctim.tv_sec + st.st_ctim.tv_nsec / 1e9;
+	return 1;
 }
