@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The stillfs benchmark (issue 6): every figure is a ratio against the native filesystem (or a
+# The stillfs benchmark: every figure is a ratio against the native filesystem (or a
 # plain tool) measured in the same run, interleaved A, B, A, B..., medians of repetitions.
 #
 #   bench/bench.sh BUILD_DIR          (as root; scripts/bench.sh sets up and builds first)

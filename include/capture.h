@@ -8,6 +8,23 @@
 
 #define CAP_MANIFEST_NAME ".stillfs-manifest"
 
+/* Where a capture is, for a progress line or a status report: plain numbers and a constant
+ * string, so that it prints or serializes as it is. */
+struct cap_progress {
+	const char *phase;        /* "scan" (walking the store), "copy" (the first copy of every
+				   * file), "cut" (quiet waits, attempts at a cut, the copies they
+				   * need), "publish" (finishing, the manifest, the rename) */
+	uint64_t files_done;      /* regular files (incl. databases) copied or shared so far */
+	uint64_t files_total;     /* regular files (incl. databases) known so far */
+	uint64_t bytes_done;      /* bytes read or shared so far (a file copied again counts again) */
+	uint64_t bytes_total;     /* bytes of the plain files the first scan found */
+	unsigned retries;         /* cut attempts redone so far */
+};
+
+/* Called on the capturing thread: at each change of phase, and meanwhile at most about once a
+ * second. It must not call back into the engine. */
+typedef void cap_progress_fn(const struct cap_progress *p, void *arg);
+
 struct cap_opts {
 	const char *store;        /* live store directory */
 	const char *dest;         /* snapshot to create; must not exist; appears atomically */
@@ -18,7 +35,8 @@ struct cap_opts {
 	unsigned quiet_ms;        /* files must have been still this long at the cut (default 100) */
 	double uploads_before;    /* realtime (s) after which no earlier snapshot of this store was
 				   * read by an uploader; 0 means the start of this capture */
-	int progress;             /* periodic progress lines on stderr */
+	cap_progress_fn *progress; /* progress reports (see cap_progress_fn), or NULL */
+	void *progress_arg;       /* passed to progress */
 	int quiet;                /* no summary line */
 	int sync;                 /* syncfs the snapshot before publishing it */
 };

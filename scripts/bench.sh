@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark in one command (issue 6): install what is missing, build a release build in
+# The benchmark in one command: install what is missing, build a release build in
 # build-bench/, run every figure against the native filesystem in the same run, print the table.
 # Takes about 7 minutes; needs root, /dev/fuse and about 6 GiB free under BENCH_DIR
 # (default /var/tmp/stillfs-bench). See bench/bench.sh for the knobs; docs/PERFORMANCE.md

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build hygiene (issue 5): exits non-zero on any finding.
+# Build hygiene: exits non-zero on any finding.
 #  1. gcc and clang builds of every target with -Dwerror=true;
 #  2. a clang build with AddressSanitizer + UndefinedBehaviorSanitizer (also -Werror) that runs
 #     the unit suite and the engine integration tests (engine-*, rel-*, with smaller sizes);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The daemon's long soak (issue 5), too long for CI: tests/integration/reld-soak.sh with 1,000
+# The daemon's long soak, too long for CI: tests/integration/reld-soak.sh with 1,000
 # generation cycles (the suite runs 100) while `torture write` writes through the mount, an
 # uploader copies .snapshot with rsync every 10th cycle and each copy is checked with
 # `torture check --strict` and `stillctl verify`, and the daemon's descriptors and RSS are

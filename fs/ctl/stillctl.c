@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,6 +66,17 @@ static void on_signal(int sig)
 	cap_interrupt();
 }
 
+/* --progress: a line on stderr each time the engine reports (about once a second). */
+static void print_progress(const struct cap_progress *p, void *arg)
+{
+	char a[32], b[32];
+	(void)arg;
+	ut_format_bytes(p->bytes_done, a, sizeof a);
+	ut_format_bytes(p->bytes_total, b, sizeof b);
+	fprintf(stderr, "stillctl: progress: %s of %s, %" PRIu64 " files, %u retries\n", a, b,
+		p->files_done, p->retries);
+}
+
 static int cmd_snapshot(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -101,7 +113,7 @@ static int cmd_snapshot(int argc, char **argv)
 			o.quiet_ms = (unsigned)v;
 			break;
 		}
-		case 'P': o.progress = 1; break;
+		case 'P': o.progress = print_progress; break;
 		case 's': o.sync = 1; break;
 		case 'u': {
 			struct timespec now;

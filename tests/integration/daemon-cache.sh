@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The live view's kernel caches and passthrough (issue 6) stay coherent with the store.
+# The live view's kernel caches and passthrough stay coherent with the store.
 # - Passthrough is negotiated where the kernel has it (Linux >= 6.9, as root); reads and writes
 #   through the mount, and a shared mmap, see the same bytes as direct users of the store.
 # - Entries and attributes are cached: a path looked up twice reaches the daemon once (counted

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The daemon killed with SIGKILL in the middle of a capture (issue 5, daemon side):
+# The daemon killed with SIGKILL in the middle of a capture:
 # A. while the capture waits for a store that never settles (settle_timeout 120 s), and
 # B. while the capture helper copies a large file (a part of a generation is in the cache).
 # Each time: with -o auto_unmount no mount remains, a reader blocked on .snapshot gets an

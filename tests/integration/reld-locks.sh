@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Locks forwarded through the mount end when their owner does (issue 5, daemon side).
+# Locks forwarded through the mount end when their owner does.
 # 1. An OFD lock (F_OFD_SETLK) taken through the mount lasts while its open file description
 #    does: it conflicts with a lock on the store's file while held, and is gone once the
 #    description is closed without unlocking, or its process killed with SIGKILL. (The kernel

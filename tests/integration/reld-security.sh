@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Permissions with -o allow_other (issue 5, security). stillfs always mounts with
+# Permissions with -o allow_other. stillfs always mounts with
 # default_permissions: the kernel checks every access against the owners and modes the daemon
 # reports, and the daemon (root) must report nothing more permissive than the store's own.
 # As unprivileged users (setpriv: nobody, and daemon as the store's owner):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak of the daemon (issue 5): generation after generation of a store that `torture write`
+# Soak of the daemon: generation after generation of a store that `torture write`
 # keeps changing at full speed (through the mount by default, so that the daemon serves the
 # writer, the captures and the uploader at once), with an uploader-like reader.
 # Every cycle: `stillctl refresh` (a new generation; "unsettled" is allowed but counted and

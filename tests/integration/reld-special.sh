@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fifos, sockets and device nodes in the store (issue 5, daemon side):
+# Fifos, sockets and device nodes in the store:
 # - the live view shows them with their types (passthrough of the entries);
 # - opening them through the mount never involves the daemon (the kernel serves special files
 #   of a FUSE mount itself): a reader blocked on a fifo with no writer blocks only itself, the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The store changes shape under the daemon (issue 5, daemon side): results stay correct or fail
+# The store changes shape under the daemon: results stay correct or fail
 # clearly, and the daemon neither crashes nor hangs.
 # 1. Between generations, files are deleted, renamed, truncated and replaced by directories
 #    (and a directory by a file, a symlink by a directory) directly in STORE: the live view

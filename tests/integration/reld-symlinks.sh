@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Symlinks in the store that point outside it (/etc/shadow, a file beside the store, /, ../..,
-# a directory outside) are never followed by the daemon (issue 5, security):
+# a directory outside) are never followed by the daemon:
 # - readlink through the live view and .snapshot returns the target text; .snapshot (and the
 #   cache) holds the link, not the content;
 # - a read through such a link is resolved by the kernel for the caller, as the caller sees

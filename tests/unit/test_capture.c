@@ -303,15 +303,20 @@ static void names(const char *rel, char *out, size_t len)
 	}
 }
 
+static void opts_for(struct cap_opts *o, const char *store, const char *dest)
+{
+	cap_opts_init(o);
+	o->store = store;
+	o->dest = dest;
+	o->quiet = 1;
+}
+
 static int snap_opts(const char *store, const char *dest, const char *prev, double settle,
 		     struct cap_stats *st)
 {
 	struct cap_opts o;
-	cap_opts_init(&o);
-	o.store = store;
-	o.dest = dest;
+	opts_for(&o, store, dest);
 	o.previous = prev;
-	o.quiet = 1;
 	if (settle > 0)
 		o.settle_timeout = settle;
 	return cap_snapshot(&o, st);
@@ -751,10 +756,7 @@ Test(capture, many_files)
 	}
 	struct cap_opts o;
 	struct cap_stats st;
-	cap_opts_init(&o);
-	o.store = P("store");
-	o.dest = P("out/snap");
-	o.quiet = 1;
+	opts_for(&o, P("store"), P("out/snap"));
 	int rc = cap_snapshot(&o, &st);
 	cr_assert_eq(rc, 0, "%s", strerror(-rc));
 	cr_assert_eq(st.files, 1100);
@@ -768,6 +770,49 @@ Test(capture, many_files)
 	cr_assert_arr_eq(d, want, 32);
 	static char report[1 << 16];
 	cr_assert_eq(verify("out/snap", 0, report, sizeof report), 0, "%s", report);
+}
+
+/* The progress callback: every phase reported once, in order, the last report made at the
+ * start of publishing with every file done. */
+struct seen_progress {
+	char phases[128];
+	struct cap_progress last;
+	unsigned calls;
+};
+
+static void on_progress(const struct cap_progress *p, void *arg)
+{
+	struct seen_progress *s = arg;
+	size_t len = strlen(s->phases);
+	const char *prev = len ? strrchr(s->phases, ' ') + 1 : "";
+	if (strcmp(prev, p->phase))
+		snprintf(s->phases + len, sizeof s->phases - len, " %s", p->phase);
+	cr_assert_leq(p->files_done, p->files_total);
+	s->last = *p;
+	s->calls++;
+}
+
+Test(capture, progress_reports_each_phase)
+{
+	put_str("store/a", "alpha\n");
+	put_random("store/b", 100000, 0644);
+	mkd("store/d", 0755);
+	put_str("store/d/c", "gamma\n");
+	struct seen_progress seen = { .phases = "" };
+	struct cap_opts o;
+	struct cap_stats st;
+	opts_for(&o, P("store"), P("out/snap"));
+	o.progress = on_progress;
+	o.progress_arg = &seen;
+	int rc = cap_snapshot(&o, &st);
+	cr_assert_eq(rc, 0, "%s", strerror(-rc));
+	cr_assert_str_eq(seen.phases, " scan copy cut publish");
+	cr_assert_str_eq(seen.last.phase, "publish");
+	cr_assert_eq(seen.last.files_total, 3);
+	cr_assert_eq(seen.last.files_done, 3);
+	cr_assert_eq(seen.last.bytes_total, 100000 + 12);
+	cr_assert_geq(seen.last.bytes_done, 100000 + 12);
+	cr_assert_eq(seen.last.retries, st.retries);
 }
 
 /* ---- capabilities, to run the engine as an unprivileged owner ------------------------------ */

@@ -1,0 +1,344 @@
+/* Capture, steps 1-2 for plain files: copy each dirty file (cap_copy_dirty, cap_copy_file), or
+ * share the previous snapshot's copy when it is proven the same (cap_link_prev), and collect the
+ * digests the hashing threads compute meanwhile (cap_collect). A file found to be a database is
+ * handed to cap_db.c. */
+#include "cap_int.h"
+#include "sha256.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Record the digest of a copy of plain file e and what it stored. */
+static void cap_copied(struct cap *c, struct ent *e, const struct cp_result *r)
+{
+	e->has_digest = 1;
+	memcpy(e->digest, r->digest, 32);
+	e->written = r->written;
+	c->st->bytes_copied += r->written;
+	if (e->cloned)
+		c->st->bytes_cloned += e->size;
+}
+
+/* The copy of e whose digest was left pending: wait for the digest, record it (cap_copied).
+ * Its owner and mode are set only now, once no more holes are punched into it: a punch clears
+ * the set-user-ID bit of a file we do not own, and changes its mtime, so this must come
+ * before e is copied again, unstaged or forgotten, and for all of them before the times are
+ * set (cap_set_times) and the manifest written. 0 or -errno. */
+int cap_collect(struct cap *c, struct ent *e)
+{
+	struct cp_result r = { 0 };
+	if (!e->pend)
+		return 0;
+	int rc = cp_pending_wait(e->pend, &r);
+	e->pend = NULL;
+	if (rc)
+		return rc;
+	cap_copied(c, e, &r);
+	int fd = openat(c->stagefd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	cap_apply_owner(fd, &e->st);
+	close(fd);
+	return 0;
+}
+
+int cap_collect_all(struct cap *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		int rc = cap_collect(c, &c->e[i]);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+void cap_apply_owner(int fd, const struct cap_stat *s)
+{
+	/* Without privilege ownership cannot be kept; that is what cp -a does too. */
+	if (fchown(fd, s->st_uid, s->st_gid) < 0 && errno != EPERM)
+		log_warn("cannot set owner: %s", strerror(errno));
+	fchmod(fd, s->st_mode & 07777);
+}
+
+/* 1 if a snapshot's file s is still what its manifest entry pe records: its content is then
+ * what pe's digest (and block digests) describe. */
+int cap_as_recorded(const struct stat *s, const struct mf_entry *pe)
+{
+	return S_ISREG(s->st_mode) && (uint64_t)s->st_size == pe->size &&
+	       cap_ns(s->st_mtim) == pe->mtime_ns;
+}
+
+#define CAP_LINK_TMP "link" /* in the work directory, beside the watch's markers */
+
+/* Share the previous snapshot's copy of e when it is proven to hold the same bytes. If
+ * `recorded`, *recorded tells whether the previous copy was found as its manifest says, even
+ * when sharing it then failed. */
+int cap_link_prev(struct cap *c, struct ent *e, const struct mf_entry *pe, int *recorded)
+{
+	char proc[64];
+	struct stat ps;
+	if (recorded)
+		*recorded = 0;
+	int fd = cap_openat2(c->prevfd, e->path, O_PATH | O_NOFOLLOW);
+	if (fd < 0)
+		return fd;
+	int rc = -ESTALE;
+	/* The previous copy must still be what its manifest says it is. */
+	if (fstat(fd, &ps) < 0 || !cap_as_recorded(&ps, pe))
+		goto out;
+	if (recorded)
+		*recorded = 1;
+	snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+	/* Linked under a private name, then renamed over the staged copy: a link that fails
+	 * (EMLINK on a copy shared by many generations, ENOSPC) leaves the staged copy as it was,
+	 * and the callers go on with it. */
+	int lr = linkat(AT_FDCWD, proc, c->workfd, CAP_LINK_TMP, AT_SYMLINK_FOLLOW);
+	if (lr < 0 && errno == EEXIST && unlinkat(c->workfd, CAP_LINK_TMP, 0) == 0)
+		lr = linkat(AT_FDCWD, proc, c->workfd, CAP_LINK_TMP, AT_SYMLINK_FOLLOW);
+	/* (renamed onto a link to the same file, the name stays; the next link replaces it) */
+	if (lr < 0 || renameat(c->workfd, CAP_LINK_TMP, c->stagefd, e->path) < 0) {
+		rc = -errno;
+		unlinkat(c->workfd, CAP_LINK_TMP, 0);
+		goto out;
+	}
+	e->size = pe->size;
+	e->has_digest = pe->has_digest != 0;
+	memcpy(e->digest, pe->digest, 32);
+	e->mtime_ns = pe->mtime_ns;
+	e->reused = 1;
+	e->copied = 1;
+	e->staged = 0; /* the staged copy, if any, was replaced */
+	e->precopied = 0;
+	if (e->d)
+		dd_free(&e->d->blk);
+	c->st->bytes_linked += pe->size;
+	rc = 0;
+out:
+	close(fd);
+	return rc;
+}
+
+const struct mf_entry *cap_prev_same(const struct cap *c, const struct ent *e,
+				     const char *ident)
+{
+	if (!c->have_prev || !ident)
+		return NULL;
+	const struct mf_entry *pe = mf_find(&c->prev, e->path);
+	if (!pe || pe->kind != e->kind || !pe->ident || strcmp(pe->ident, ident) ||
+	    pe->mode != (e->st.st_mode & 07777) || pe->uid != e->st.st_uid ||
+	    pe->gid != e->st.st_gid)
+		return NULL;
+	return pe;
+}
+
+static int cap_copy_link(struct cap *c, struct ent *e)
+{
+	char target[PATH_MAX + 1];
+	int pfd = cap_openat2(c->storefd, c->e[e->parent].path, O_PATH | O_DIRECTORY);
+	if (pfd < 0)
+		return pfd == -ENOENT ? 0 : pfd;
+	ssize_t n = readlinkat(pfd, e->name, target, PATH_MAX);
+	int rc = n < 0 ? -errno : 0;
+	if (!rc)
+		rc = cap_lstatat(pfd, e->name, &e->st);
+	close(pfd);
+	if (rc == -ENOENT || rc == -EINVAL) {
+		c->e[e->parent].rescan = 1;
+		return 0;
+	}
+	if (rc)
+		return rc;
+	target[n] = 0;
+	unlinkat(c->stagefd, e->path, 0);
+	if (symlinkat(target, c->stagefd, e->path) < 0)
+		return -errno;
+	fchownat(c->stagefd, e->path, e->st.st_uid, e->st.st_gid, AT_SYMLINK_NOFOLLOW);
+	e->size = (uint64_t)n;
+	sha256(target, (size_t)n, e->digest);
+	e->has_digest = 1;
+	e->mtime_ns = cap_ns(e->st.st_mtim);
+	e->copied = 1;
+	return 0;
+}
+
+/* Copy (or share) one regular file; classifies it as a database on the way. */
+static int cap_copy_file(struct cap *c, struct ent *e)
+{
+	int rc, src, dst = -1;
+	struct cp_result r;
+
+	/* The previous copy's digest first: this copy (or what e turns out to be) replaces it. */
+	rc = cap_collect(c, e);
+	if (rc)
+		return rc;
+	src = cap_openat2(c->storefd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+	if (src < 0) {
+		if (src == -ENOENT || src == -ELOOP || src == -ENXIO || src == -ENOTDIR) {
+			c->e[e->parent].rescan = 1; /* gone or replaced: the rescan sorts it out */
+			return 0;
+		}
+		log_err("cannot read %s: %s", cap_where(c, e), strerror(-src));
+		return src;
+	}
+	int64_t at = cap_ns(ut_realtime());
+	e->copied_at = ut_now();
+	rc = cap_fstat(src, &e->st);
+	if (rc)
+		goto out;
+	if (!S_ISREG(e->st.st_mode)) {
+		c->e[e->parent].rescan = 1;
+		rc = 0;
+		goto out;
+	}
+	uint8_t head[16] = { 0 };
+	if (e->st.st_size >= 512 && pread(src, head, sizeof head, 0) == (ssize_t)sizeof head &&
+	    sq_is_header(head)) {
+		/* copied early by cap_precopy_db, judged under its lock */
+		rc = cap_as_db(e);
+		e->dirty = 1;
+		goto out;
+	}
+	if (e->st.st_nlink > 1 && (rc = cap_alias(c, e)) != 0) {
+		if (rc > 0)
+			rc = 0;
+		goto out;
+	}
+	free(e->ident);
+	e->ident = cap_ident(&e->st, at);
+	const struct mf_entry *pe = cap_prev_same(c, e, e->ident);
+	if (pe && cap_link_prev(c, e, pe, NULL) == 0) {
+		c->done_bytes += e->size;
+		rc = 0;
+		goto out;
+	}
+	unlinkat(c->stagefd, e->path, 0);
+	/* Read-write: the copy keeps a duplicate to hash and punch it after we close ours. */
+	dst = openat(c->stagefd, e->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (dst < 0) {
+		rc = -errno;
+		log_err("cannot create %s in the snapshot: %s", e->path, strerror(-rc));
+		goto out;
+	}
+	/* The digest is usually left to the hashing threads, so that the next files are copied
+	 * meanwhile; cap_collect picks it up. */
+	rc = cp_file_deferred(src, dst, &r, &e->pend);
+	if (rc) {
+		log_err("cannot copy %s: %s", cap_where(c, e), strerror(-rc));
+		goto out;
+	}
+	e->size = r.size;
+	e->cloned = r.cloned != 0;
+	e->has_digest = 0;
+	e->copied = 1;
+	e->reused = 0;
+	if (!e->pend) {
+		cap_apply_owner(dst, &e->st);
+		cap_copied(c, e, &r);
+	}
+	c->done_bytes += r.size;
+out:
+	if (dst >= 0)
+		close(dst);
+	close(src);
+	return rc;
+}
+
+/* Copy every dirty non-database entry. Each is made clean just before it is read. */
+int cap_copy_dirty(struct cap *c, int *copied)
+{
+	*copied = 0;
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (cap_stop)
+			return -EINTR;
+		if (e->dirty && e->kind == K_DB) {
+			int rc = cap_drain(c);
+			if (!rc && e->dirty)
+				rc = cap_precopy_db(c, e);
+			if (rc)
+				return rc;
+			continue;
+		}
+		if (!e->dirty || (e->kind != K_FILE && e->kind != K_LINK)) {
+			if (e->kind == K_DIR || e->kind == K_COMPANION)
+				e->dirty = 0;
+			continue;
+		}
+		size_t db;
+		/* A symlink in a companion's place is no companion (SQLite never follows one), but
+		 * staged beside the copy it would stop the copy from being recovered or opened. */
+		if ((e->kind == K_FILE || e->kind == K_LINK) &&
+		    cap_companion_of(c, e->parent, e->name, &db)) {
+			e->kind = K_COMPANION;
+			e->dirty = 0;
+			cap_unstage(c, i);
+			continue;
+		}
+		int rc = cap_drain(c);
+		if (rc)
+			return rc;
+		if (!e->dirty)
+			continue; /* only possible if the drain forgot it */
+		e->dirty = 0;
+		rc = e->kind == K_LINK ? cap_copy_link(c, e) : cap_copy_file(c, e);
+		if (rc)
+			return rc;
+		(*copied)++;
+		cap_progress(c, 0);
+	}
+	return 0;
+}
+
+/* Every file is classified by the copy that reads it; but where a -wal/-shm/-journal sits
+ * beside a file, that file is classified first, so its companions are never copied. */
+int cap_classify_dbs(struct cap *c)
+{
+	for (size_t k = 0; k < c->n; k++) {
+		size_t bl, i;
+		char base[NAME_MAX + 1];
+		if (c->e[k].kind != K_FILE || !c->e[k].dirty ||
+		    !cap_is_companion_name(c->e[k].name, &bl) || bl > NAME_MAX)
+			continue;
+		memcpy(base, c->e[k].name, bl);
+		base[bl] = 0;
+		if (!cap_lookup(c, c->e[k].parent, base, &i))
+			continue;
+		struct ent *e = &c->e[i];
+		if (e->kind != K_FILE || e->st.st_size < 512)
+			continue;
+		int fd = cap_openat2(c->storefd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+		if (fd < 0)
+			continue; /* the copy reports it */
+		uint8_t head[16];
+		int rc = 0;
+		if (pread(fd, head, sizeof head, 0) == (ssize_t)sizeof head && sq_is_header(head)) {
+			rc = cap_collect(c, e); /* a copy of it as a plain file is being hashed */
+			if (!rc)
+				rc = cap_as_db(e);
+			e->dirty = 0;
+		}
+		close(fd);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+
+int cap_copy_fd_to_stage(struct cap *c, int src, const char *rel, int digest,
+			 struct cp_result *r)
+{
+	unlinkat(c->stagefd, rel, 0);
+	int dst = openat(c->stagefd, rel, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (dst < 0)
+		return -errno;
+	int rc = cp_file(src, dst, digest, r);
+	close(dst);
+	return rc;
+}

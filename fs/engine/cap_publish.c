@@ -1,0 +1,387 @@
+/* Capture, step 5, publishing: the staging directory beside DEST (cap_prepare_dest, and what
+ * killed captures left there), the times uploaders compare (cap_set_times), the other names of
+ * hard links, the directories, the manifest (cap_write_manifest, written through manifest.h),
+ * and the rename that makes the snapshot appear whole (cap_publish). */
+#include "cap_int.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* A copied file whose bytes equal the previous snapshot's keeps the previous file, or at least
+ * its mtime, so uploaders skip it. Everything else new gets the cut time as mtime: later than
+ * any upload of an earlier snapshot, so neither rsync nor aws s3 sync skips it. */
+static int cap_set_times(struct cap *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if ((e->kind != K_FILE && e->kind != K_DB) || !e->copied || e->reused || e->alias)
+			continue;
+		const struct mf_entry *pe = c->have_prev ? mf_find(&c->prev, e->path) : NULL;
+		int keep = 0;
+		if (pe && pe->kind == e->kind && pe->has_digest && e->has_digest &&
+		    pe->size == e->size && !memcmp(pe->digest, e->digest, 32) &&
+		    pe->mode == (e->st.st_mode & 07777) && pe->uid == e->st.st_uid &&
+		    pe->gid == e->st.st_gid) {
+			uint64_t was = e->written;
+			char *ident = e->ident;
+			e->ident = NULL;
+			int recorded;
+			int lr = cap_link_prev(c, e, pe, &recorded);
+			if (lr == 0) {
+				/* it was copied, then found equal and shared instead */
+				c->st->bytes_copied -= was < c->st->bytes_copied ? was : c->st->bytes_copied;
+				free(e->ident);
+				e->ident = ident;
+				continue;
+			}
+			e->ident = ident;
+			/* These are the bytes uploaded before, so the same mtime, when the previous
+			 * file is as its manifest says but could not be shared (EMLINK: at its file
+			 * system's link limit), or when it is this one's old copy, moved here after it
+			 * was checked to be as its manifest says (cap_earlier_copy). */
+			keep = recorded || (lr == -ENOENT && e->d && e->d->took_prev);
+		}
+		int64_t ns;
+		if (keep) {
+			ns = pe->mtime_ns;
+		} else {
+			/* The whole second of the cut. S3 keeps LastModified in whole seconds,
+			 * truncated: an upload of this snapshot comes after the cut, so its
+			 * LastModified is at least this second and the next sync does not send the
+			 * file again; an upload of an earlier snapshot came before uploads_before,
+			 * which the cut's second is after (cap_settle waits for that), so this mtime
+			 * is newer and the file is sent. rsync compares whole seconds too: a new
+			 * second also tells it the file changed. */
+			int64_t sec = c->cut_ns / 1000000000LL;
+			int64_t after = (int64_t)floor(c->uploads_before) + 1;
+			if (sec < after)
+				sec = after; /* the clock was stepped back (cap_settle) */
+			if (pe && pe->mtime_ns / 1000000000LL >= sec)
+				sec = pe->mtime_ns / 1000000000LL + 1; /* only after a clock step back */
+			if (sec >= INT64_MAX / 1000000000LL) /* a previous mtime past 2262 */
+				sec = INT64_MAX / 1000000000LL - 1;
+			ns = sec * 1000000000LL;
+		}
+		e->mtime_ns = ns;
+		struct timespec t = ut_ns_ts(ns), ts[2] = { t, t };
+		if (utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+/* Every other name of a file copied once becomes a hard link to that copy, as in the store.
+ * Where a link cannot be made (the link limit of the file system), it gets a copy of the copy. */
+static int cap_link_aliases(struct cap *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->kind != K_FILE || !e->alias)
+			continue;
+		const struct ent *p = &c->e[e->alias];
+		unlinkat(c->stagefd, e->path, 0);
+		if (linkat(c->stagefd, p->path, c->stagefd, e->path, 0) < 0) {
+			struct cp_result r;
+			int src = openat(c->stagefd, p->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+			int rc = src < 0 ? -errno : cap_copy_fd_to_stage(c, src, e->path, 0, &r);
+			if (src >= 0)
+				close(src);
+			struct timespec t = ut_ns_ts(p->mtime_ns), ts[2] = { t, t };
+			int fd = rc ? -1 : openat(c->stagefd, e->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+			if (fd >= 0) {
+				cap_apply_owner(fd, &e->st);
+				if (futimens(fd, ts) < 0)
+					rc = -errno;
+				close(fd);
+			}
+			if (rc)
+				return rc;
+		}
+		e->size = p->size;
+		e->has_digest = p->has_digest;
+		memcpy(e->digest, p->digest, 32);
+		e->mtime_ns = p->mtime_ns;
+		free(e->ident);
+		e->ident = p->ident ? strdup(p->ident) : NULL;
+	}
+	return 0;
+}
+
+static int cap_finish_dirs(struct cap *c)
+{
+	/* Deepest first, so that read-only modes do not get in the way of their children; the
+	 * root last of all, after the manifest is written (cap_finish_root). */
+	for (size_t k = c->n; k-- > 1;) {
+		struct ent *e = &c->e[k];
+		if (e->kind == K_LINK) {
+			struct timespec ts[2] = { e->st.st_atim, e->st.st_mtim };
+			utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW);
+			continue;
+		}
+		if (e->kind != K_DIR)
+			continue;
+		int fd = openat(c->stagefd, e->path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+		cap_apply_owner(fd, &e->st);
+		struct timespec ts[2] = { e->st.st_atim, e->st.st_mtim };
+		futimens(fd, ts);
+		e->mtime_ns = cap_ns(e->st.st_mtim);
+		close(fd);
+	}
+	return 0;
+}
+
+static void cap_finish_root(struct cap *c)
+{
+	struct ent *e = &c->e[0];
+	struct timespec ts[2] = { e->st.st_atim, e->st.st_mtim };
+	cap_apply_owner(c->stagefd, &e->st);
+	futimens(c->stagefd, ts);
+}
+
+/* The manifest lists every entry kept, with the block digests of the database copies that
+ * have them: the next --previous or --recycle capture starts from those copies. */
+static int cap_write_manifest(struct cap *c)
+{
+	struct mf out = { .stats = *c->st };
+	int rc = 0;
+	for (size_t i = 1; !rc && i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		if (e->kind != K_DIR && e->kind != K_FILE && e->kind != K_DB && e->kind != K_LINK)
+			continue;
+		struct mf_entry me = {
+			.kind = e->kind, .mode = e->st.st_mode & 07777, .uid = e->st.st_uid,
+			.gid = e->st.st_gid, .size = e->kind == K_DIR ? 0 : e->size,
+			.mtime_ns = e->mtime_ns, .has_digest = e->has_digest, .ident = e->ident,
+			.path = e->path,
+		};
+		memcpy(me.digest, e->digest, 32);
+		const struct mf_entry *pe;
+		if (e->kind == K_DB && e->staged && e->d->blk.size == e->size &&
+		    dd_all_valid(&e->d->blk))
+			me.blocks = e->d->blk.d;
+		else if (e->kind == K_DB && e->reused && c->have_prev &&
+			 (pe = mf_find(&c->prev, e->path)))
+			me.blocks = pe->blocks;
+		rc = mf_add(&out, &me);
+	}
+	int fd = rc ? -1 : openat(c->stagefd, CAP_MANIFEST_NAME,
+				  O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+	FILE *f = fd < 0 ? NULL : fdopen(fd, "w");
+	if (!f) {
+		rc = rc ? rc : fd < 0 ? -errno : -ENOMEM;
+		if (fd >= 0)
+			close(fd);
+		mf_free(&out);
+		return rc;
+	}
+	rc = mf_write(f, &out);
+	mf_free(&out);
+	if (fflush(f) == EOF && !rc)
+		rc = -errno;
+	/* It changes with every snapshot: the cut's second, like every other changed file. */
+	struct timespec ts[2] = { { c->st->cut.tv_sec, 0 }, { c->st->cut.tv_sec, 0 } };
+	if (!rc && futimens(fileno(f), ts) < 0)
+		rc = -errno;
+	if (fclose(f) == EOF && !rc)
+		rc = -errno;
+	return rc;
+}
+
+static void cap_make_id(struct cap_stats *st)
+{
+	struct tm tm;
+	char when[32];
+	unsigned char rnd[4] = { 0 };
+	gmtime_r(&st->cut.tv_sec, &tm);
+	strftime(when, sizeof when, "%Y%m%dT%H%M%S", &tm);
+	if (getentropy(rnd, sizeof rnd) < 0)
+		memcpy(rnd, &st->cut.tv_nsec, sizeof rnd);
+	snprintf(st->id, sizeof st->id, "%s.%03ldZ-%02x%02x%02x%02x", when,
+		 st->cut.tv_nsec / 1000000, rnd[0], rnd[1], rnd[2], rnd[3]);
+}
+
+
+/* 1 if the directory dirfd is the store or lies below it. */
+int cap_inside_store(const struct cap *c, int dirfd)
+{
+	struct stat sst, pst;
+	int inside = 0;
+	if (fstat(c->storefd, &sst) < 0)
+		return 0;
+	int fd = dup(dirfd);
+	while (fd >= 0 && fstat(fd, &pst) == 0) {
+		if (ut_same_file(&pst, &sst)) {
+			inside = 1;
+			break;
+		}
+		int up = openat(fd, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		struct stat ust;
+		if (up < 0 || (fstat(up, &ust) == 0 && ut_same_file(&ust, &pst))) {
+			if (up >= 0)
+				close(up);
+			break;
+		}
+		close(fd);
+		fd = up;
+	}
+	if (fd >= 0)
+		close(fd);
+	return inside;
+}
+
+/* Remove what captures of the same DEST that were killed (SIGKILL: no cleanup ran) left beside
+ * it: ".BASE.stillfs-tmp.PID" and ".BASE.stillfs-work.PID" of a process that is gone. */
+static void cap_remove_leftovers(int parentfd, const char *base)
+{
+	char pfx[2][NAME_MAX + 1];
+	snprintf(pfx[0], sizeof pfx[0], ".%.200s.stillfs-tmp.", base);
+	snprintf(pfx[1], sizeof pfx[1], ".%.200s.stillfs-work.", base);
+	int fd = dup(parentfd);
+	DIR *d = fd < 0 ? NULL : fdopendir(fd);
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		for (unsigned k = 0; k < 2; k++) {
+			size_t n = strlen(pfx[k]);
+			char *end;
+			if (strncmp(de->d_name, pfx[k], n) || !de->d_name[n])
+				continue;
+			long pid = strtol(de->d_name + n, &end, 10);
+			if (*end || pid <= 0 || pid == getpid() ||
+			    kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+				continue;
+			log_info("removing %s, left by a capture that was killed", de->d_name);
+			cp_rmtree(parentfd, de->d_name);
+		}
+	}
+	closedir(d);
+}
+
+int cap_prepare_dest(struct cap *c)
+{
+	char *dup1 = strdup(c->o->dest), *dup2 = strdup(c->o->dest);
+	int rc = 0;
+	if (!dup1 || !dup2) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	/* The snapshot is built beside DEST and renamed onto it, so it appears whole or not. */
+	char *base = basename(dup1), *dir = dirname(dup2);
+	if (!base[0] || !strcmp(base, "/") || !strcmp(base, ".") || !strcmp(base, "..")) {
+		log_err("%s: not a usable snapshot name", c->o->dest);
+		rc = -EINVAL;
+		goto out;
+	}
+	c->parentfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (c->parentfd < 0) {
+		rc = -errno;
+		log_err("%s: %s", dir, strerror(errno));
+		goto out;
+	}
+	struct stat st;
+	if (fstatat(c->parentfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		log_err("%s already exists", c->o->dest);
+		rc = -EEXIST;
+		goto out;
+	}
+	/* Refuse a destination inside the store: the snapshot would contain itself. */
+	if (cap_inside_store(c, c->parentfd)) {
+		log_err("%s is inside the store %s", c->o->dest, c->o->store);
+		rc = -EINVAL;
+		goto out;
+	}
+	if (strlen(base) > NAME_MAX) {
+		log_err("%s: name too long", c->o->dest);
+		rc = -ENAMETOOLONG;
+		goto out;
+	}
+	snprintf(c->dest_name, sizeof c->dest_name, "%s", base);
+	snprintf(c->stage_name, sizeof c->stage_name, ".%.200s.stillfs-tmp.%d", base, (int)getpid());
+	snprintf(c->work_name, sizeof c->work_name, ".%.200s.stillfs-work.%d", base, (int)getpid());
+	cp_rmtree(c->parentfd, c->stage_name);
+	cp_rmtree(c->parentfd, c->work_name);
+	cap_remove_leftovers(c->parentfd, base);
+	if (mkdirat(c->parentfd, c->stage_name, 0700) < 0 ||
+	    mkdirat(c->parentfd, c->work_name, 0700) < 0) {
+		rc = -errno;
+		log_err("cannot create the snapshot beside %s: %s", c->o->dest, strerror(errno));
+		goto out;
+	}
+	c->stagefd = openat(c->parentfd, c->stage_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	c->workfd = openat(c->parentfd, c->work_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (c->stagefd < 0 || c->workfd < 0)
+		rc = -errno;
+out:
+	free(dup1);
+	free(dup2);
+	return rc;
+}
+
+/* The cut holds and no event matters any more: finish the staged tree, write its manifest and
+ * rename it onto DEST, where it appears whole. 0, or -errno with a line logged. */
+int cap_publish(struct cap *c, double t0)
+{
+	c->st->cut.tv_sec = c->cut_ns / 1000000000LL;
+	c->st->cut.tv_nsec = c->cut_ns % 1000000000LL;
+	cap_make_id(c->st);
+	int rc = cap_collect_all(c); /* copies made during the last attempt */
+	if (!rc)
+		rc = cap_db_finish(c);
+	if (!rc)
+		rc = cap_set_times(c);
+	if (!rc)
+		rc = cap_link_aliases(c);
+	if (!rc)
+		rc = cap_finish_dirs(c);
+	if (rc) {
+		log_err("cannot finish the snapshot: %s", strerror(-rc));
+		return rc;
+	}
+	for (size_t i = 0; i < c->n; i++)
+		if (c->e[i].kind == K_FILE || c->e[i].kind == K_DB)
+			c->st->files++;
+	c->st->duration_s = ut_now() - t0;
+	rc = cap_write_manifest(c);
+	if (!rc)
+		cap_finish_root(c);
+	if (!rc && c->o->sync && syncfs(c->stagefd) < 0)
+		rc = -errno;
+	if (rc) {
+		log_err("cannot write the manifest: %s", strerror(-rc));
+		return rc;
+	}
+	if (renameat2(c->parentfd, c->stage_name, c->parentfd, c->dest_name, RENAME_NOREPLACE) < 0) {
+		rc = -errno;
+		log_err("cannot publish %s: %s", c->o->dest, strerror(errno));
+		return rc;
+	}
+	c->stage_name[0] = 0; /* nothing left to remove */
+	return 0;
+}
+
+/* Remove the staging and work directories of this capture, if still there (not published). */
+void cap_remove_stage(struct cap *c)
+{
+	if (c->parentfd < 0)
+		return;
+	if (c->stage_name[0])
+		cp_rmtree(c->parentfd, c->stage_name);
+	if (c->work_name[0])
+		cp_rmtree(c->parentfd, c->work_name);
+}

@@ -1,0 +1,376 @@
+/* Capture, the entries: every directory, file and symlink of the store as one array (struct ent),
+ * walked from the root (cap_scan_dir, cap_rescan) and found again by path (cap_lookup), and the
+ * inode map that makes a file with several names one copy (cap_alias). Paths are opened beneath
+ * the store only (cap_openat2). Used by every other step (capture.c gives the overview). */
+#include "cap_int.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* A recorded identity is only trusted as proof of "unchanged" when the file's ctime was older
+ * than this when it was recorded: timestamps come from a coarse clock, so a write in the same
+ * tick as our stat could otherwise leave every field of the identity the same. */
+#define CAP_RACY_NS 2000000000LL
+#define CAP_PATH_MAX (PATH_MAX - 128) /* longest store path captured (see cap_scan_dir) */
+
+int cap_openat2(int dirfd, const char *path, int flags)
+{
+	/* Never let a symlink (or "..") inside the store lead a path walk anywhere else. */
+	struct open_how how = { .flags = (uint64_t)(flags | O_CLOEXEC),
+				.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS };
+	int fd = (int)syscall(SYS_openat2, dirfd, path[0] ? path : ".", &how, sizeof how);
+	if (fd < 0 && errno == ENOSYS)
+		return ut_open_beneath_walk(dirfd, path[0] ? path : ".", flags);
+	return fd < 0 ? -errno : fd;
+}
+
+void cap_keep_stat(struct cap_stat *to, const struct stat *s)
+{
+	*to = (struct cap_stat){ .st_dev = s->st_dev, .st_ino = s->st_ino, .st_size = s->st_size,
+				 .st_nlink = s->st_nlink, .st_mode = s->st_mode, .st_uid = s->st_uid, .st_gid = s->st_gid,
+				 .st_atim = s->st_atim, .st_mtim = s->st_mtim,
+				 .st_ctim = s->st_ctim };
+}
+
+/* fstat / fstatat (no symlink followed) into a cap_stat. 0 or -errno. */
+int cap_fstat(int fd, struct cap_stat *to)
+{
+	struct stat s;
+	if (fstat(fd, &s) < 0)
+		return -errno;
+	cap_keep_stat(to, &s);
+	return 0;
+}
+
+int cap_lstatat(int dirfd, const char *name, struct cap_stat *to)
+{
+	struct stat s;
+	if (fstatat(dirfd, name, &s, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	cap_keep_stat(to, &s);
+	return 0;
+}
+
+char *cap_ident(const struct cap_stat *s, int64_t at)
+{
+	char buf[160];
+	if (cap_ns(s->st_ctim) + CAP_RACY_NS >= at)
+		return NULL;
+	snprintf(buf, sizeof buf, "%" PRIx64 ".%" PRIu64 ".%" PRId64 ".%" PRId64 ".%" PRId64,
+		 (uint64_t)s->st_dev, (uint64_t)s->st_ino, (int64_t)s->st_size,
+		 cap_ns(s->st_mtim), cap_ns(s->st_ctim));
+	return strdup(buf);
+}
+
+const char *cap_where(const struct cap *c, const struct ent *e)
+{
+	static __thread char buf[PATH_MAX + 64];
+	snprintf(buf, sizeof buf, "%s/%s", c->o->store, e->path);
+	return buf;
+}
+
+
+int cap_add(struct cap *c, size_t parent, const char *name, char kind, size_t *out)
+{
+	if (c->n == c->cap) {
+		size_t cap = c->cap ? c->cap * 2 : 1024;
+		struct ent *ne = realloc(c->e, cap * sizeof *ne);
+		if (!ne)
+			return -ENOMEM;
+		c->e = ne;
+		c->cap = cap;
+		/* The index borrows path strings, which did not move; nothing to redo. */
+	}
+	struct ent *e = &c->e[c->n];
+	memset(e, 0, sizeof *e);
+	const char *pp = c->n ? c->e[parent].path : "";
+	size_t len = strlen(pp) + strlen(name) + 2;
+	e->path = malloc(len);
+	if (!e->path)
+		return -ENOMEM;
+	if (pp[0])
+		snprintf(e->path, len, "%s/%s", pp, name);
+	else
+		snprintf(e->path, len, "%s", name);
+	e->name = strrchr(e->path, '/') ? strrchr(e->path, '/') + 1 : e->path;
+	e->parent = parent;
+	e->kind = kind;
+	if (ut_map_put(&c->index, e->path, c->n)) {
+		free(e->path);
+		return -ENOMEM;
+	}
+	*out = c->n++;
+	return 0;
+}
+
+/* Make e a database entry: give it the state only databases carry. 0 or -ENOMEM. */
+int cap_as_db(struct ent *e)
+{
+	if (!e->d) {
+		e->d = calloc(1, sizeof *e->d);
+		if (!e->d)
+			return -ENOMEM;
+		e->d->dirfd = e->d->dbfd = -1;
+		e->d->wal_phase = -1;
+	}
+	e->kind = K_DB;
+	return 0;
+}
+
+int cap_lookup(const struct cap *c, size_t dir, const char *name, size_t *idx)
+{
+	char buf[PATH_MAX * 2];
+	const char *pp = c->e[dir].path;
+	snprintf(buf, sizeof buf, pp[0] ? "%s/%s" : "%s%s", pp, name);
+	return ut_map_get(&c->index, buf, idx);
+}
+
+int cap_is_companion_name(const char *name, size_t *baselen)
+{
+	static const char *sfx[] = { "-wal", "-shm", "-journal" };
+	size_t n = strlen(name);
+	for (unsigned i = 0; i < 3; i++) {
+		size_t s = strlen(sfx[i]);
+		if (n > s && !strcmp(name + n - s, sfx[i])) {
+			*baselen = n - s;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* The database a -wal/-shm/-journal name belongs to, if that database is known. */
+int cap_companion_of(const struct cap *c, size_t dir, const char *name, size_t *db)
+{
+	size_t bl;
+	char base[NAME_MAX + 1];
+	if (!cap_is_companion_name(name, &bl) || bl > NAME_MAX)
+		return 0;
+	memcpy(base, name, bl);
+	base[bl] = 0;
+	return cap_lookup(c, dir, base, db) && c->e[*db].kind == K_DB;
+}
+
+/* Remove what the staging tree holds for entry i (and below, for a directory). */
+void cap_unstage(struct cap *c, size_t i)
+{
+	cap_collect(c, &c->e[i]); /* only to account for it: what it collects goes away */
+	if (c->e[i].path[0])
+		cp_rmtree(c->stagefd, c->e[i].path);
+	c->e[i].copied = 0;
+	c->e[i].reused = 0;
+	c->e[i].staged = 0;
+	c->e[i].precopied = 0;
+	if (c->e[i].d)
+		dd_free(&c->e[i].d->blk);
+}
+
+static void cap_forget(struct cap *c, size_t i)
+{
+	struct ent *e = &c->e[i];
+	if (e->kind == K_DIR) {
+		/* Children have higher indices; mark every entry below this path gone. */
+		size_t len = strlen(e->path);
+		for (size_t j = i + 1; j < c->n; j++)
+			if (c->e[j].kind != K_NONE && !strncmp(c->e[j].path, e->path, len) &&
+			    c->e[j].path[len] == '/') {
+				cap_collect(c, &c->e[j]);
+				c->e[j].kind = K_NONE;
+				ut_map_del(&c->index, c->e[j].path);
+			}
+	}
+	cap_unstage(c, i);
+	e->kind = K_NONE;
+	ut_map_del(&c->index, e->path);
+}
+
+/* Read one directory: add new entries, forget vanished ones, watch it. */
+static int cap_scan_dir(struct cap *c, size_t di)
+{
+	int rc = 0;
+	int fd = cap_openat2(c->storefd, c->e[di].path, O_RDONLY | O_DIRECTORY);
+	if (fd < 0) {
+		if (fd == -ENOENT || fd == -ENOTDIR || fd == -ELOOP) {
+			if (di == 0) {
+				log_err("%s: the store directory vanished", c->o->store);
+				return -ENOENT;
+			}
+			c->e[c->e[di].parent].rescan = 1;
+			return 0;
+		}
+		log_err("cannot read directory %s: %s", cap_where(c, &c->e[di]), strerror(-fd));
+		return fd;
+	}
+	c->e[di].rescan = 0;
+	/* Watch before listing, so that an entry created meanwhile is reported. */
+	rc = wt_add(c->w, fd, (uint32_t)di);
+	if (rc == -ENOSPC) {
+		log_err("too many directories to watch (raise fs.inotify.max_user_watches)");
+		goto out;
+	}
+	if (rc)
+		goto out;
+	rc = cap_fstat(fd, &c->e[di].st);
+	if (rc)
+		goto out;
+	if (cap_ns(c->e[di].st.st_ctim) > c->newest_ctime)
+		c->newest_ctime = cap_ns(c->e[di].st.st_ctim);
+	if (di && mkdirat(c->stagefd, c->e[di].path, 0700) < 0 && errno != EEXIST) {
+		rc = -errno;
+		log_err("cannot create %s in the snapshot: %s", c->e[di].path, strerror(errno));
+		goto out;
+	}
+	int dfd = dup(fd);
+	DIR *d = dfd < 0 ? NULL : fdopendir(dfd);
+	if (!d) {
+		rc = -errno;
+		if (dfd >= 0)
+			close(dfd);
+		goto out;
+	}
+	/* Entries seen now; anything known but not seen is gone. */
+	char *seen = calloc(c->n + 1, 1);
+	size_t seen_n = c->n;
+	if (!seen) {
+		closedir(d);
+		rc = -ENOMEM;
+		goto out;
+	}
+	struct dirent *de;
+	unsigned long_warned = 0;
+	/* readdir reports errors only through errno, which the loop body also sets. */
+	while ((errno = 0, de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		/* A store restored from a snapshot still has the old manifest: the name is ours. */
+		if (di == 0 && !strcmp(de->d_name, CAP_MANIFEST_NAME))
+			continue;
+		struct stat st;
+		if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			continue; /* vanished: the delete event will follow */
+		if (strlen(c->e[di].path) + strlen(de->d_name) + 2 > CAP_PATH_MAX) {
+			/* Paths are walked from the store's root, and a copy names its companions and
+			 * its stage place in a buffer of PATH_MAX: one path too deep must not stop the
+			 * backup of everything else. */
+			if (!long_warned++)
+				log_warn("skipping what lies in %.80s... (%zu bytes deep): its paths are "
+					 "longer than %d bytes", c->e[di].path, strlen(c->e[di].path),
+					 CAP_PATH_MAX);
+			continue;
+		}
+		/* A regular file may become K_DB or K_COMPANION once its content is seen. */
+		char kind = S_ISDIR(st.st_mode) ? K_DIR : S_ISREG(st.st_mode) ? K_FILE :
+			    S_ISLNK(st.st_mode) ? K_LINK : K_SKIP;
+		size_t idx;
+		if (cap_lookup(c, di, de->d_name, &idx)) {
+			int was_dir = c->e[idx].kind == K_DIR;
+			int same_type = was_dir == (kind == K_DIR) &&
+					(c->e[idx].kind == K_LINK) == (kind == K_LINK) &&
+					(c->e[idx].kind == K_SKIP) == (kind == K_SKIP);
+			if (same_type && c->e[idx].st.st_ino == st.st_ino) {
+				if (idx < seen_n)
+					seen[idx] = 1;
+				continue;
+			}
+			cap_forget(c, idx); /* replaced by something else: start over for it */
+		}
+		rc = cap_add(c, di, de->d_name, kind, &idx);
+		if (rc)
+			break;
+		cap_keep_stat(&c->e[idx].st, &st);
+		if (cap_ns(st.st_ctim) > c->newest_ctime)
+			c->newest_ctime = cap_ns(st.st_ctim);
+		c->e[idx].dirty = 1;
+		if (kind == K_DIR)
+			c->e[idx].rescan = 1;
+		if (kind == K_SKIP)
+			log_warn("skipping %s: not a regular file, directory or symlink",
+				 cap_where(c, &c->e[idx]));
+	}
+	if (!rc && errno)
+		rc = -errno;
+	closedir(d);
+	for (size_t j = di + 1; !rc && j < seen_n; j++)
+		if (c->e[j].kind != K_NONE && c->e[j].parent == di && !seen[j])
+			cap_forget(c, j);
+	free(seen);
+out:
+	close(fd);
+	return rc;
+}
+
+/* Rescan every directory that asked for it, until none does (new subdirectories ask). */
+int cap_rescan(struct cap *c)
+{
+	int again = 1;
+	while (again) {
+		again = 0;
+		for (size_t i = 0; i < c->n; i++) {
+			if (c->e[i].kind == K_DIR && c->e[i].rescan) {
+				int rc = cap_scan_dir(c, i);
+				if (rc)
+					return rc;
+				again = 1;
+			}
+		}
+	}
+	return 0;
+}
+
+
+/* 1 if a and b are one file in one state: what a write, through any name or AIO, moves. */
+int cap_same_file_state(const struct cap_stat *a, const struct cap_stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+	       cap_ns(a->st_mtim) == cap_ns(b->st_mtim) && cap_ns(a->st_ctim) == cap_ns(b->st_ctim);
+}
+
+/* 1 if entry p holds a clean copy of its own (no alias) of the file whose stat is s. */
+int cap_is_copy_of(const struct cap *c, size_t p, const struct cap_stat *s)
+{
+	const struct ent *pe = &c->e[p];
+	return pe->kind == K_FILE && pe->copied && !pe->dirty && !pe->alias &&
+	       cap_same_file_state(&pe->st, s);
+}
+
+/* A file with several names in the store is copied once: e, just stat'ed, becomes another name
+ * of a clean copy of the same file if there is one (linked to it in cap_link_aliases, once the
+ * snapshot's times are set), else the copy the other names will share. 1 if e became such a
+ * name, 0 if it is to be copied, -errno. */
+int cap_alias(struct cap *c, struct ent *e)
+{
+	char key[48];
+	size_t p, me = (size_t)(e - c->e);
+	snprintf(key, sizeof key, "%jx:%jx", (uintmax_t)e->st.st_dev, (uintmax_t)e->st.st_ino);
+	e->alias = 0;
+	if (ut_map_get(&c->inodes, key, &p) && p != me && cap_is_copy_of(c, p, &e->st)) {
+		cap_unstage(c, me);
+		e->alias = (uint32_t)p;
+		e->copied = 1;
+		return 1;
+	}
+	if (me > UINT32_MAX)
+		return 0;
+	char **keys = realloc(c->ikeys, (c->nikeys + 1) * sizeof *keys);
+	if (!keys)
+		return -ENOMEM;
+	c->ikeys = keys;
+	if (!(keys[c->nikeys] = strdup(key)))
+		return -ENOMEM;
+	if (ut_map_put(&c->inodes, keys[c->nikeys], me)) {
+		free(keys[c->nikeys]);
+		return -ENOMEM;
+	}
+	c->nikeys++;
+	return 0;
+}
