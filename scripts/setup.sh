@@ -5,7 +5,8 @@ set -euo pipefail
 pkgs=(build-essential clang meson ninja-build pkg-config
       libfuse3-dev fuse3 libsqlite3-dev sqlite3 libcriterion-dev
       rsync attr acl psmisc procps util-linux bc python3
-      valgrind libclang-rt-14-dev strace time)
+      valgrind libclang-rt-14-dev strace time
+      xfsprogs btrfs-progs openssl libssl-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
