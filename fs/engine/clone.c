@@ -185,9 +185,7 @@ int cl_adopt(int clone, int ref, struct dd_blocks *b)
 out:
 	free(cm.e);
 	free(rm.e);
-	if (rc) {
-		int r2 = fstat(clone, &cs) == 0 ? dd_reset(b, (uint64_t)cs.st_size) : -errno;
-		(void)r2;
-	}
+	if (rc && fstat(clone, &cs) == 0)
+		(void)dd_reset(b, (uint64_t)cs.st_size); /* on failure b is empty: the caller's turn */
 	return rc;
 }
