@@ -238,7 +238,7 @@ fig1() {
 	local mh mrw mp
 	mh=$(printf '%s\n' "${thash[@]}" | med); mrw=$(printf '%s\n' "${trw[@]}" | med)
 	mp=$(printf '%s\n' "${tproto[@]}" | med)
-	note "fig1: SHA-256 of hot 1 MiB blocks (engine code): one at a time (SHA-NI) ${hm1} MiB/s on 1 core, ${hm2} MiB/s on 2 processes; side by side as the engine hashes large files ($(kv lanes <<<"$hml") lanes) ${hmm} MiB/s on 1 core"
+	note "fig1: SHA-256 of hot 1 MiB blocks (engine code): one at a time (libcrypto) ${hm1} MiB/s on 1 core, ${hm2} MiB/s on 2 processes; side by side as the engine hashes large files ($(kv lanes <<<"$hml") lanes) ${hmm} MiB/s on 1 core"
 	note "fig1: read+hash of the store on 2 threads, no writes: $(calc "$mh") s = $(calc "$mcp / $mh") × cp -a"
 	note "fig1: read/write copy of the store through a 1 MiB buffer, no hashing: $(calc "$mrw") s = $(calc "$mcp / $mrw") × cp -a"
 	note "fig1: prototype copy_file_range + mmap hashing on 2 threads: $(calc "$mp") s = $(calc "$mcp / $mp") × cp -a"
@@ -817,7 +817,7 @@ figH() {
 	local -a es=() os=() rat=()
 	for r in $(seq "$REPS"); do
 		e=$(sb hashmem --mib 256 --threads 1 | kv mibps)
-		o=$(openssl speed -seconds 1 -bytes 1048576 -evp sha256 2>/dev/null |
+		o=$(openssl speed -elapsed -seconds 1 -bytes 1048576 -evp sha256 2>/dev/null |
 		    awk '$1=="sha256"{sub("k","",$2); printf "%.1f", $2 * 1000 / 1048576}')
 		isnum "$e" && isnum "$o" && { es+=("$e"); os+=("$o"); rat+=("$(calc "$e / $o" 3)"); }
 	done
