@@ -12,7 +12,8 @@
 #   BENCH_SECS     seconds per writer run in figures 3-4 (default 5), BENCH_SECS7 in 7 (3)
 #   BENCH_NICE=1   figures 3-4 also with stillctl under nice -n 19 ionice -c 3
 #   BENCH_SFOPTS   extra stillfs -o options for the daemon of figures 3-4
-#   BENCH_FIGURES  which figures to run (default "1 2 3 4 5 6 6b 7 8 9 10")
+#   BENCH_FIGURES  which figures to run (default "1 2 3 4 R 5 6 6b 7 8 9 10 H"; R: XFS and
+#                  btrfs loop mounts, H: SHA-256 against OpenSSL)
 #   BENCH_KEEP=1   keep the work directory (raw.log, table.md, the stores)
 #   STILLBENCH, PASSTHROUGH_LL   helper paths (default BUILD_DIR/bench/...)
 #
@@ -29,7 +30,7 @@ REPS=${BENCH_REPS:-5}
 WREPS=${BENCH_WREPS:-4}
 SECS=${BENCH_SECS:-5}
 SECS7=${BENCH_SECS7:-3}
-FIGS=" ${BENCH_FIGURES:-1 2 3 4 5 6 6b 7 8 9 10} "
+FIGS=" ${BENCH_FIGURES:-1 2 3 4 R 5 6 6b 7 8 9 10 H} "
 STILLCTL=$BUILD/fs/ctl/stillctl
 STILLFS=$BUILD/fs/daemon/stillfs
 SB=${STILLBENCH:-$BUILD/bench/stillbench}
@@ -51,9 +52,10 @@ cleanup() {
 	for p in "${BGPIDS[@]}"; do kill "$p" 2>/dev/null; done
 	for m in "${MOUNTS[@]}"; do fusermount3 -u -z "$m" 2>/dev/null; done
 	wait 2>/dev/null
+	for m in "$W"/rfs-*; do mountpoint -q "$m" 2>/dev/null && umount "$m"; done # loop: detached too
 	if [ "${BENCH_KEEP:-0}" != 1 ]; then
 		rm -rf "$W/store1" "$W/big" "$W/live" "$W/meta" "$W/rss" "$W/s10" "$W"/cache* \
-		       "$W"/snap* "$W"/loop.* "$W"/cp* "$W"/rw* "$W"/proto* "$W"/mnt*
+		       "$W"/snap* "$W"/loop.* "$W"/cp* "$W"/rw* "$W"/proto* "$W"/mnt* "$W"/rfs-*
 	fi
 }
 trap cleanup EXIT
@@ -225,10 +227,10 @@ fig1() {
 	mcp=$(printf '%s\n' "${tcp[@]}" | med); mcap=$(printf '%s\n' "${tcap[@]}" | med)
 	mr=$(printf '%s\n' "${rat[@]}" | med)
 	row 1 "full capture, 1 GiB store, vs cp -a (both warm)" \
-	    "$(calc "$mr" 2)× (capture $(calc "$mcap") s, cp -a $(calc "$mcp") s)" "≥ 0.8×" "$(verdict "$mr" '>=' 0.8)"
+	    "$(calc "$mr" 2)× (capture $(calc "$mcap") s, cp -a $(calc "$mcp") s)" "≥ 0.9×" "$(verdict "$mr" '>=' 0.9)"
 	mr=$(printf '%s\n' "${rub[@]}" | med)
 	row 1 "the same, no upload since (--uploads-before: no whole-second wait)" \
-	    "$(calc "$mr" 2)× (capture $(calc "$(printf '%s\n' "${tub[@]}" | med)") s)" "≥ 0.8×" "$(verdict "$mr" '>=' 0.8)"
+	    "$(calc "$mr" 2)× (capture $(calc "$(printf '%s\n' "${tub[@]}" | med)") s)" "≥ 0.9×" "$(verdict "$mr" '>=' 0.9)"
 	local hm1 hm2 hml hmm
 	hm1=$(sb hashmem --mib 1024 --threads 1 | kv mibps)
 	hm2=$(sb hashmem --mib 1024 --threads 2 | kv mibps)
@@ -237,7 +239,7 @@ fig1() {
 	local mh mrw mp
 	mh=$(printf '%s\n' "${thash[@]}" | med); mrw=$(printf '%s\n' "${trw[@]}" | med)
 	mp=$(printf '%s\n' "${tproto[@]}" | med)
-	note "fig1: SHA-256 of hot 1 MiB blocks (engine code): one at a time (SHA-NI) ${hm1} MiB/s on 1 core, ${hm2} MiB/s on 2 processes; side by side as the engine hashes large files ($(kv lanes <<<"$hml") lanes) ${hmm} MiB/s on 1 core"
+	note "fig1: SHA-256 of hot 1 MiB blocks (engine code): one at a time (libcrypto) ${hm1} MiB/s on 1 core, ${hm2} MiB/s on 2 processes; side by side as the engine hashes large files ($(kv lanes <<<"$hml") lanes) ${hmm} MiB/s on 1 core"
 	note "fig1: read+hash of the store on 2 threads, no writes: $(calc "$mh") s = $(calc "$mcp / $mh") × cp -a"
 	note "fig1: read/write copy of the store through a 1 MiB buffer, no hashing: $(calc "$mrw") s = $(calc "$mcp / $mrw") × cp -a"
 	note "fig1: prototype copy_file_range + mmap hashing on 2 threads: $(calc "$mp") s = $(calc "$mcp / $mp") × cp -a"
@@ -276,7 +278,7 @@ fig2() {
 	mr=$(printf '%s\n' "${rat[@]}" | med)
 	row 2 "incremental capture after 1% changed (--recycle the previous), vs full" \
 	    "$(calc "$mr * 100" 0)% ($(calc "$(printf '%s\n' "${ti[@]}" | med)") s vs $(calc "$(printf '%s\n' "${tf[@]}" | med)") s; ${copied:-?} copied)" \
-	    "≤ 20%" "$(verdict "$mr" '<=' 0.20)"
+	    "≤ 10%" "$(verdict "$mr" '<=' 0.10)"
 	note "fig2: incremental times ${ti[*]}; full ${tf[*]}; bytes copied by the incremental: ${copied:-?}"
 	# The same pairs without the whole-second wait: nothing taken in this run was ever
 	# uploaded, so "no upload since the benchmark started" is true (stillctl --uploads-before).
@@ -294,7 +296,7 @@ fig2() {
 	mr=$(printf '%s\n' "${rat2[@]}" | med)
 	row 2 "the same, no upload since (--uploads-before: no whole-second wait)" \
 	    "$(calc "$mr * 100" 0)% ($(calc "$(printf '%s\n' "${ti2[@]}" | med)") s vs $(calc "$(printf '%s\n' "${tf2[@]}" | med)") s)" \
-	    "≤ 20%" "$(verdict "$mr" '<=' 0.20)"
+	    "≤ 10%" "$(verdict "$mr" '<=' 0.10)"
 	note "fig2 --uploads-before: incremental times ${ti2[*]}; full ${tf2[*]}"
 }
 
@@ -436,6 +438,9 @@ fig3() {
 	row 3 "rollback writer commits/s, stillctl snapshot every 2 s" \
 	    "$(calc "$rc")× ($(calc "$(wr_med ctl rate)" 0) vs $(calc "$(wr_med none rate)" 0)/s); longest stall $(calc "$(wr_max ctl max)" 0) ms (none: $(calc "$(wr_max none max)" 0) ms)" \
 	    "≥ 0.9×" "$(verdict "$rc" '>=' 0.9)"
+	local hold; hold=$(wr_max ctl lock)
+	row 3 "longest rollback-database hold (engine), 512 MiB, stillctl every 2 s" \
+	    "$(calc "$hold" 1) ms" "≤ 60 ms" "$(verdict "$hold" '<=' 60)"
 	note "fig3 ctl: snapshots per run ${WR[ctl,snaps,1]:-?}, median capture $(wr_med ctl cap) s, longest lock hold (as the engine reports it) $(wr_max ctl lock) ms; commit p50 $(wr_med ctl p50) ms vs $(wr_med none p50) ms"
 	note "fig3 control, cp of the database every 2 s (no locks, no hashing): $(calc "$(wr_ratio cp rate)")× commits/s, longest $(calc "$(wr_max cp max)" 0) ms, p50 $(wr_med cp p50) ms"
 	[[ "$WCONDS" == *nice* ]] && note "fig3 stillctl under nice -n 19 ionice -c 3: $(calc "$(wr_ratio nice rate)")× commits/s, longest $(calc "$(wr_max nice max)" 0) ms, median capture $(wr_med nice cap) s"
@@ -600,9 +605,9 @@ fig8() {
 			rp=$(for i in $(seq "$REPS"); do calc "${R8[$op,p,$i]:-nan} / ${R8[$op,n,$i]:-nan}" 4; echo; done | grep -v nan | med)
 			pt="; passthrough_ll $(calc "$rp")×"
 		fi
-		local what=stat; [ "$op" = open ] && what="open+close"
+		local what=stat tgt=0.5; [ "$op" = open ] && what="open+close" tgt=0.3
 		row 8 "$what of 10,000 files via live view" \
-		    "$(calc "$rf")× ($(calc "$mf" 0) vs $(calc "$mn" 0)/s)$pt" "≥ 0.5×" "$(verdict "$rf" '>=' 0.5)"
+		    "$(calc "$rf")× ($(calc "$mf" 0) vs $(calc "$mn" 0)/s)$pt" "≥ $tgt×" "$(verdict "$rf" '>=' "$tgt")"
 	done
 	# What one stat costs: the same path stat'ed 20,000 times (a FUSE round trip per component
 	# when entries may not be cached).
@@ -726,6 +731,103 @@ fig10() {
 	rm -rf "$s" "$W/cache10"
 }
 
+# ---- figure R: the same store on filesystems that clone (XFS, btrfs) ------------------------
+
+# figR FS: a loop-mounted FS (mkfs.xfs -m reflink=1, mkfs.btrfs) holding a copy of the 1 GiB
+# store, the snapshots beside it: full capture vs cp -a (which clones there too, coreutils 9),
+# and the rollback writer with a stillctl snapshot every 2 s: longest database hold as the
+# engine reports it, commits/s against the writer alone, bytes cloned.
+figR() {
+	local fs=$1 img=$W/rfs-$1.img mnt=$W/rfs-$1 r t
+	case $fs in
+		xfs) command -v mkfs.xfs >/dev/null || { row R "$fs: clones" "n/a (no mkfs.xfs: xfsprogs)" "" "n/a"; return; } ;;
+		btrfs) command -v mkfs.btrfs >/dev/null || { row R "$fs: clones" "n/a (no mkfs.btrfs: btrfs-progs)" "" "n/a"; return; } ;;
+	esac
+	log "figure R ($fs): the store on a loop-mounted $fs that clones"
+	rm -f "$img"; truncate -s 6G "$img"; mkdir -p "$mnt"
+	case $fs in
+		xfs) mkfs.xfs -q -f -m reflink=1 "$img" ;;
+		btrfs) mkfs.btrfs -q -f "$img" >/dev/null ;;
+	esac
+	mount -o loop "$img" "$mnt" || { row R "$fs: clones" "n/a (cannot loop-mount)" "" "n/a"; rm -f "$img"; return; }
+	local s=$mnt/store
+	cp -a --reflink=never "$W/store1" "$s"; sync
+	sleep 2.1 # a store at rest (identities older than 2 s)
+	local -a tcp=() tcap=() rat=()
+	cp -a "$s" "$mnt/cp"; rm -rf "$mnt/cp"
+	"$STILLCTL" snapshot -q "$s" "$mnt/snap"; rm -rf "$mnt/snap"; sync
+	for r in $(seq 3); do
+		t=$(timed cp -a "$s" "$mnt/cp") && tcp+=("$t")
+		rm -rf "$mnt/cp"; sync
+		t=$(timed "$STILLCTL" snapshot "$s" "$mnt/snap") && tcap+=("$t")
+		[ "$r" = 3 ] || { rm -rf "$mnt/snap"; sync; }
+		isnum "${tcp[-1]:-x}" && isnum "${tcap[-1]:-x}" && rat+=("$(calc "${tcp[-1]} / ${tcap[-1]}" 3)")
+	done
+	local cloned copied mr
+	cloned=$(awk '$1=="bytes_cloned"{print $2}' "$mnt/snap/.stillfs-manifest")
+	copied=$(awk '$1=="bytes_copied"{print $2}' "$mnt/snap/.stillfs-manifest")
+	mr=$(printf '%s\n' "${rat[@]}" | med)
+	local size ok
+	size=$(du -sb "$s" | cut -f1)
+	ok=$(awk "BEGIN{print ($cloned >= 0.99 * $size && $copied < 0.01 * $size) ? \"pass\" : \"miss\"}")
+	row R "$fs: full capture of the 1 GiB store: bytes cloned / copied (time vs cp -a, which clones too)" \
+	    "$(calc "$cloned / 1048576" 0) MiB cloned, $(calc "$copied / 1048576" 1) MiB copied ($(calc "$(printf '%s\n' "${tcap[@]}" | med)") s vs cp -a $(calc "$(printf '%s\n' "${tcp[@]}" | med)") s: the capture reads and hashes every byte)" \
+	    "all cloned" "$ok"
+	# The rollback writer, alone and with a snapshot every 2 s (each recycling the one before).
+	local -a rn=() rc=() holds=() stalls=()
+	local out prev i t0
+	for r in $(seq 2); do
+		out=$(sb sqlw "$s/chroma.sqlite3" --sync full --seconds "$SECS"); rn+=("$(kv rate <<<"$out")")
+		rm -f "$W/stop"; : >"$W/loopR.log"
+		(
+			prev=$mnt/snap i=0
+			while [ ! -e "$W/stop" ]; do
+				t0=$(now)
+				if "$STILLCTL" snapshot --recycle "$prev" "$s" "$mnt/loop.$i" >>"$W/loopR.log" 2>&1; then
+					rm -rf "$prev"; prev=$mnt/loop.$i
+				fi
+				i=$((i + 1))
+				pace "$t0"
+			done
+			rm -rf "$prev"
+		) &
+		local lp=$!
+		out=$(sb sqlw "$s/chroma.sqlite3" --sync full --seconds "$SECS")
+		touch "$W/stop"; wait "$lp"
+		"$STILLCTL" snapshot -q "$s" "$mnt/snap" 2>>"$RAW" # the next round's base
+		rc+=("$(kv rate <<<"$out")"); stalls+=("$(kv max_ms <<<"$out")")
+		holds+=("$(grep -o 'longest lock [0-9.]* ms' "$W/loopR.log" | awk '{print $3}' | maxof)")
+		echo "figR $fs rep $r: $out" >>"$RAW"; cat "$W/loopR.log" >>"$RAW"
+	done
+	local hold ratio mrc mrn
+	hold=$(printf '%s\n' "${holds[@]}" | grep . | maxof)
+	mrc=$(printf '%s\n' "${rc[@]}" | med); mrn=$(printf '%s\n' "${rn[@]}" | med)
+	ratio=$(for r in 0 1; do calc "${rc[$r]:-nan} / ${rn[$r]:-nan}" 4; echo; done | grep -v nan | med)
+	row R "$fs: longest rollback-database hold (engine), 512 MiB, snapshot every 2 s" \
+	    "$(calc "${hold:-nan}" 1) ms; writer $(calc "$ratio")× commits/s ($(calc "$mrc" 0) vs $(calc "$mrn" 0)/s), longest stall $(printf '%s\n' "${stalls[@]}" | maxof) ms" \
+	    "≤ 10 ms" "$(verdict "${hold:-x}" '<=' 10)"
+	note "figR $fs: cp -a ${tcp[*]}; capture ${tcap[*]}; holds per run ${holds[*]} ms; writer alone ${rn[*]}/s, with snapshots ${rc[*]}/s; space used $(df -BM --output=used "$mnt" | tail -1 | tr -d ' ') for the store, its snapshot and the writer's"
+	umount "$mnt" && rm -f "$img"
+}
+
+# ---- figure H: SHA-256 single stream against OpenSSL -----------------------------------------
+
+figH() {
+	log "figure H: SHA-256 of 1 MiB blocks, one stream: the engine against OpenSSL"
+	local r e o
+	local -a es=() os=() rat=()
+	for r in $(seq "$REPS"); do
+		e=$(sb hashmem --mib 256 --threads 1 | kv mibps)
+		o=$(openssl speed -elapsed -seconds 1 -bytes 1048576 -evp sha256 2>/dev/null |
+		    awk '$1=="sha256"{sub("k","",$2); printf "%.1f", $2 * 1000 / 1048576}')
+		isnum "$e" && isnum "$o" && { es+=("$e"); os+=("$o"); rat+=("$(calc "$e / $o" 3)"); }
+	done
+	local x; x=$(printf '%s\n' "${rat[@]}" | med)
+	row H "SHA-256 of 1 MiB blocks, one stream, engine vs OpenSSL $(openssl version | cut -d' ' -f2)" \
+	    "$(calc "$x")× ($(calc "$(printf '%s\n' "${es[@]}" | med)" 0) vs $(calc "$(printf '%s\n' "${os[@]}" | med)" 0) MiB/s)" "≥ 1.0× (within noise)" "$(verdict "$x" '>=' 0.95)"
+	note "figH: engine ${es[*]} MiB/s; OpenSSL ${os[*]} MiB/s; the engine's single stream is libcrypto's block function, so the two differ by noise only"
+}
+
 # ---- run -------------------------------------------------------------------------------------
 
 T0=$(now)
@@ -735,7 +837,7 @@ want() { [[ "$FIGS" == *" $1 "* ]]; }
 [ "$HAVE_SF" = 1 ] || note "no stillfs daemon at $STILLFS: figures 5-10 and the daemon columns are skipped"
 [ "$HAVE_PT" = 1 ] || note "no passthrough_ll at $PT (Debian's libfuse3-dev ships example/passthrough_ll.c in /usr/share/doc/libfuse3-dev/examples): its columns are skipped"
 
-if want 1 || want 2 || want 3 || want 4; then
+if want 1 || want 2 || want 3 || want 4 || want R; then
 	log "making the 1 GiB store"
 	make_store1 "$W/store1" || die "cannot make the store"
 	sync
@@ -750,12 +852,14 @@ if want 3 || want 4; then
 	umount_fig34
 	rm -rf "$W/cache3"
 fi
+if want R; then figR xfs; figR btrfs; fi
 rm -rf "$W/store1"
 if want 5 || want 6 || want 6b; then fig5_6; fi
 want 7 && fig7
 want 8 && fig8
 want 9 && fig9
 want 10 && fig10
+want H && figH
 
 # ---- the table -------------------------------------------------------------------------------
 

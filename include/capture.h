@@ -50,6 +50,8 @@ struct cap_stats {
 	uint64_t files;           /* regular files (incl. databases) in the snapshot */
 	uint64_t bytes_copied;    /* bytes written anew */
 	uint64_t bytes_linked;    /* bytes shared with --previous (hard link or reflink) */
+	uint64_t bytes_cloned;    /* bytes shared with the live store (reflink), neither copied nor
+				   * linked */
 	unsigned retries;         /* cut attempts that had to be redone */
 	unsigned recycled;        /* database copies taken over from cap_opts.recycle */
 };

@@ -25,6 +25,18 @@ const char *log_last_error(void);
 /* How many errors have been logged so far. */
 unsigned log_error_count(void);
 
+/* CPUs this process may use: its affinity mask, lowered to the cgroup's CPU quota (cgroup v2
+ * cpu.max of its own cgroup and the ones above it, rounded up). At least 1; computed once. */
+unsigned ut_cpu_count(void);
+
+/* Whether nobody has listed the directory at path since its inode last changed (its ctime:
+ * for a snapshot, when it was published): 1 with *changed set to that time (real time, s),
+ * 0 if it was listed or this cannot be told (a filesystem mounted noatime or nodiratime, or
+ * one whose atimes are not known to follow relatime's rules: only ext4, XFS, btrfs and tmpfs
+ * are trusted). Needs the directory's atime to have been set before its ctime, which a
+ * capture does (it dates the snapshot's root, then renames it into place). */
+int ut_dir_unlisted(const char *path, double *changed);
+
 double ut_now(void);                 /* CLOCK_MONOTONIC seconds */
 struct timespec ut_realtime(void);
 int64_t ut_ts_ns(struct timespec t);

@@ -10,7 +10,9 @@ pkgs=(build-essential clang meson ninja-build pkg-config
       debhelper lintian     # the package test (tests/integration/pkg-deb.sh) builds and checks the .deb
       # real containers (tests/containers/, container-*.sh): podman with runc, catatonit for
       # pods (podman kube play), mmdebstrap and uidmap for base images without a registry
-      podman runc catatonit mmdebstrap uidmap)
+      podman runc catatonit mmdebstrap uidmap
+      # reflink tests and the benchmark (XFS, btrfs on loop devices); libcrypto's SHA-256
+      xfsprogs btrfs-progs openssl libssl-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

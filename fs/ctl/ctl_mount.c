@@ -195,7 +195,7 @@ int ctl_metrics(int argc, char **argv)
 int ctl_refresh(int argc, char **argv)
 {
 	const char *mnt;
-	char gen[64], id[64], dur[32], copied[32], shared[32], lock[32], err[512];
+	char gen[64], id[64], dur[32], copied[32], shared[32], cloned[32] = "", lock[32], err[512];
 	int rc = ctl_args(argc, argv, &mnt);
 	if (rc)
 		return rc < 0 ? CAP_EXIT_OK : rc;
@@ -222,9 +222,11 @@ int ctl_refresh(int argc, char **argv)
 		rep_field(text, "capture_s", dur, sizeof dur);
 		rep_field(text, "bytes_copied", copied, sizeof copied);
 		rep_field(text, "bytes_shared", shared, sizeof shared);
+		rep_field(text, "bytes_cloned", cloned, sizeof cloned);
 		rep_field(text, "lock_max_s", lock, sizeof lock);
 		printf("generation %s (%s): captured in %s s, %s bytes copied, %s shared, "
-		       "longest lock %s s\n", gen, id, dur, copied, shared, lock);
+		       "%s cloned, longest lock %s s\n", gen, id, dur, copied, shared,
+		       cloned[0] ? cloned : "0", lock);
 		free(text);
 	}
 	return CAP_EXIT_OK;

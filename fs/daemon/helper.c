@@ -248,9 +248,9 @@ static int hp_parse(const char *line, struct cap_stats *st)
 	if (sscanf(line, "err %d", &e) == 1)
 		return e > 0 ? -e : -EIO;
 	if (sscanf(line, "ok id=%47s cut=%lld.%ld dur=%lf lock=%lf files=%" SCNu64
-		   " copied=%" SCNu64 " linked=%" SCNu64 " retries=%u",
+		   " copied=%" SCNu64 " linked=%" SCNu64 " cloned=%" SCNu64 " retries=%u",
 		   st->id, &sec, &nsec, &st->duration_s, &st->lock_max_s, &st->files,
-		   &st->bytes_copied, &st->bytes_linked, &st->retries) != 9)
+		   &st->bytes_copied, &st->bytes_linked, &st->bytes_cloned, &st->retries) != 10)
 		return -EPROTO;
 	st->cut.tv_sec = (time_t)sec;
 	st->cut.tv_nsec = nsec;
@@ -491,9 +491,10 @@ int hp_main(int argc, char **argv)
 	rc = cap_snapshot(&o, &st);
 	if (rc == 0)
 		printf("ok id=%s cut=%lld.%09ld dur=%.6f lock=%.6f files=%" PRIu64
-		       " copied=%" PRIu64 " linked=%" PRIu64 " retries=%u\n",
+		       " copied=%" PRIu64 " linked=%" PRIu64 " cloned=%" PRIu64 " retries=%u\n",
 		       st.id, (long long)st.cut.tv_sec, st.cut.tv_nsec, st.duration_s,
-		       st.lock_max_s, st.files, st.bytes_copied, st.bytes_linked, st.retries);
+		       st.lock_max_s, st.files, st.bytes_copied, st.bytes_linked, st.bytes_cloned,
+		       st.retries);
 	else
 		printf("err %d\n", -rc);
 	fflush(stdout);

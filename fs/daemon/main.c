@@ -7,6 +7,7 @@
 #include "stillfs.h"
 
 #include "util.h"
+#include "clone.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -950,6 +951,13 @@ int main(int argc, char **argv)
 	if (!cmd.foreground)
 		log_to_syslog(1);
 	log_info("serving %s at %s (cache %s)", sf.o.store, sf.o.mountpoint, sf.o.cache);
+	const char *why;
+	if (cl_probe(sf.storefd, sf.cachefd, &why))
+		log_info("the cache shares the store's filesystem and can clone: snapshot copies "
+			 "share extents with the store (reflink), databases are cloned under their lock");
+	else
+		log_info("snapshot copies are written out (cache: %s; for clones put the cache on "
+			 "the store's XFS or btrfs filesystem)", why);
 	log_info("descriptor limit %zu: %zu for nodes%s, %zu for handles and lock owners "
 		 "(%lu per user)", sf_fd_limit, sf.fd_budget,
 		 sf_fd_handles ? " (reopened by file handle)" : "", sf_fd_pool,

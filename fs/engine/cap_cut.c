@@ -192,6 +192,7 @@ int cap_attempt(struct cap *c, double deadline)
 		const struct mf_entry *pe = e->hot ? NULL : cap_prev_same(c, e, now);
 		free(now);
 		e->dbcopied = 0;
+		cap_drop_clone(c, e);
 		if (pe && cap_link_prev(c, e, pe, NULL) == 0)
 			continue;
 		if (e->d->dbmode == DB_ROLLBACK && e->precopied && !e->dirty && !e->hot) {

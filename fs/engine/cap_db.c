@@ -5,6 +5,7 @@
  * (cap_db_copy); made self-contained and digested after the release (cap_db_finish). The cut
  * itself, which locks and pins them, is in cap_cut.c. */
 #include "cap_int.h"
+#include "clone.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -15,7 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define CAP_DB_THREADS 2       /* compare and hash databases on this many threads */
+#define CAP_DB_THREADS ut_cpu_count() /* compare and hash databases on every CPU we have */
 #define CAP_RESYNC_PAGES 2048  /* pages a pass may leave to the locked pass (8 MiB) */
 
 static int cap_wal_present(int dirfd, const char *name)
@@ -107,6 +108,79 @@ out:
 	return 0;
 }
 
+/* The work-dir name of database e's clone. */
+static void cap_clone_name(const struct cap *c, const struct ent *e, char *buf, size_t len)
+{
+	snprintf(buf, len, "clone.%zu", (size_t)(e - c->e));
+}
+
+void cap_drop_clone(struct cap *c, struct ent *e)
+{
+	char name[64];
+	if (!e->d || !e->d->cut_clone)
+		return;
+	cap_clone_name(c, e, name, sizeof name);
+	unlinkat(c->workfd, name, 0);
+	e->d->cut_clone = 0;
+}
+
+/* Where the snapshot can share extents with the store, a clone of the whole database is the
+ * copy, made in milliseconds whatever its size; under the lock, finding which blocks changed
+ * and hashing them wait for the release (cap_adopt_clone). -EOPNOTSUPP where it cannot clone. */
+static int cap_clone_db(struct cap *c, struct ent *e, int src)
+{
+	char name[64];
+	if (c->no_clone)
+		return -EOPNOTSUPP;
+	cap_drop_clone(c, e);
+	cap_clone_name(c, e, name, sizeof name);
+	unlinkat(c->workfd, name, 0);
+	int fd = cl_clone_new(src, c->workfd, name);
+	if (fd < 0) {
+		if (cl_unsupported(fd))
+			c->no_clone = 1;
+		return fd;
+	}
+	close(fd);
+	e->d->cut_clone = 1;
+	e->d->synced_pages = 0;
+	return 0;
+}
+
+/* The clone becomes the staged copy. Blocks it shares with the copy staged before (else the
+ * recycled snapshot's, else the previous snapshot's) keep their digests; the others are left
+ * to cap_db_finish's rehash. Reads extent maps only, no data. */
+static int cap_adopt_clone(struct cap *c, struct ent *e)
+{
+	char name[64];
+	cap_clone_name(c, e, name, sizeof name);
+	int fd = openat(c->workfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (!e->staged)
+		cap_recycle(c, e);
+	int ref = e->staged ? openat(c->stagefd, e->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) : -1;
+	if (ref < 0) {
+		dd_free(&e->d->blk);
+		ref = cap_prev_base(c, e, &e->d->blk);
+	}
+	int rc = ref >= 0 ? cl_adopt(fd, ref, &e->d->blk) : -ENOENT;
+	struct stat st;
+	if (rc && fstat(fd, &st) == 0)
+		rc = dd_reset(&e->d->blk, (uint64_t)st.st_size); /* nothing known: hash it all */
+	if (ref >= 0)
+		close(ref);
+	close(fd);
+	if (!rc && renameat(c->workfd, name, c->stagefd, e->path) < 0)
+		rc = -errno;
+	if (!rc) {
+		e->d->cut_clone = 0;
+		e->d->cloned = 1;
+		e->staged = 1;
+	}
+	return rc;
+}
+
 /* Make the staged copy of database e equal to the live file src: compare it page by page
  * with what is staged already, or else with the recycled snapshot's copy (taken over), or else
  * with the previous snapshot's copy; copy it whole only when none exists. Digests of the blocks that changed are left to cap_db_finish (hashed
@@ -115,6 +189,13 @@ static int cap_db_sync(struct cap *c, struct ent *e, int src, uint64_t *written)
 {
 	struct dd_result r = { 0 };
 	int rc, dst, base = -1;
+	*written = 0;
+	rc = cap_clone_db(c, e, src);
+	if (!rc && !c->holding)
+		rc = cap_adopt_clone(c, e);
+	if (!cl_unsupported(rc))
+		return rc;
+	e->d->cloned = 0;
 	if (!e->staged)
 		cap_recycle(c, e);
 	if (e->staged) {
@@ -153,6 +234,7 @@ static int cap_db_sync(struct cap *c, struct ent *e, int src, uint64_t *written)
 	}
 	close(dst);
 	*written = r.written;
+	e->d->cloned = r.cloned && base < 0;
 	e->d->synced_pages = r.pages;
 	return rc;
 }
@@ -427,6 +509,7 @@ int cap_db_copy(struct cap *c, struct ent *e)
 	struct cp_result r;
 	int rc;
 	e->precopied = 0;
+	e->d->cloned = 0;
 	if (e->d->dbmode == DB_WAL_COLD || e->hot) {
 		/* Made whole below and recovered by SQLite later: nothing is known of its blocks. */
 		e->staged = 0;
@@ -496,12 +579,15 @@ int cap_db_finish(struct cap *c)
 		if (e->kind != K_DB || !e->dbcopied)
 			continue;
 		char path[PATH_MAX + 64], err[256];
+		int rc = e->d->cut_clone ? cap_adopt_clone(c, e) : 0;
+		if (rc)
+			return rc;
 		int fd = openat(c->stagefd, e->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0)
 			return -errno;
 		uint8_t hdr[20] = { 0 };
 		ssize_t hn = pread(fd, hdr, sizeof hdr, 0);
-		int rc = hn < 0 ? -errno : 0;
+		rc = hn < 0 ? -errno : 0;
 		int recover = e->hot || e->d->dbmode == DB_WAL_COLD;
 		/* Emptied or overwritten in place since it was recognised: no database any more,
 		 * so its bytes are kept as they are. */
@@ -547,6 +633,8 @@ int cap_db_finish(struct cap *c)
 			return rc;
 		e->staged = 1;
 		e->size = e->d->blk.size;
+		if (e->d->cloned)
+			c->st->bytes_cloned += e->size;
 		dd_digest(&e->d->blk, e->digest);
 		e->has_digest = 1;
 		free(e->ident);

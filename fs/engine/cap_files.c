@@ -22,6 +22,8 @@ static void cap_copied(struct cap *c, struct ent *e, const struct cp_result *r)
 	memcpy(e->digest, r->digest, 32);
 	e->written = r->written;
 	c->st->bytes_copied += r->written;
+	if (e->cloned)
+		c->st->bytes_cloned += e->size;
 }
 
 /* The copy of e whose digest was left pending: wait for the digest, record it (cap_copied).
@@ -31,7 +33,7 @@ static void cap_copied(struct cap *c, struct ent *e, const struct cp_result *r)
  * set (cap_set_times) and the manifest written. 0 or -errno. */
 int cap_collect(struct cap *c, struct ent *e)
 {
-	struct cp_result r;
+	struct cp_result r = { 0 };
 	if (!e->pend)
 		return 0;
 	int rc = cp_pending_wait(e->pend, &r);
@@ -235,6 +237,7 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 		goto out;
 	}
 	e->size = r.size;
+	e->cloned = r.cloned != 0;
 	e->has_digest = 0;
 	e->copied = 1;
 	e->reused = 0;

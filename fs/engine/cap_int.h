@@ -68,6 +68,8 @@ struct ent_db {
 	int whdr_ok;             /* whdr holds its WAL-index header as pinned */
 	uint8_t whdr[SQ_WAL_HDR];
 	char *db_ident;          /* identity taken before the lock */
+	int cut_clone;           /* a clone of the live file waits in the work dir */
+	int cloned;              /* the staged copy is a clone of the live file */
 	struct cap_sig cold_sig[2]; /* not DB_WAL: its -wal and -shm when classified */
 };
 
@@ -91,6 +93,7 @@ struct ent {
 	unsigned precopied : 1;  /* a database copied before the cut; valid while not dirty */
 	unsigned staged : 1;     /* a database whose staged copy d->blk describes */
 	unsigned has_digest : 1;
+	unsigned cloned : 1;     /* a plain file whose copy shares the live file's extents */
 };
 
 struct cap {
@@ -121,6 +124,7 @@ struct cap {
 	double uploads_before;   /* realtime; see cap_opts */
 	int64_t newest_ctime;    /* of anything the scans saw, for the quiet window at start */
 	int holding;             /* rollback databases are locked: writers wait on us */
+	int no_clone;            /* the snapshot's filesystem cannot clone the store's files */
 	double sweep_s;          /* how long the last sweep of every file's stat took */
 	/* After the release (cap_after): 1 armed, 2 the release marker passed; after_written:
 	 * a plain file was written (or made) since. */
@@ -183,6 +187,8 @@ int cap_db_unreadable(struct cap *c, struct ent *e);
 int cap_db_prepare(struct cap *c);
 int cap_db_copy(struct cap *c, struct ent *e);
 int cap_db_finish(struct cap *c);
+/* Forget database e's clone from an earlier cut attempt, if any. */
+void cap_drop_clone(struct cap *c, struct ent *e);
 
 /* cap_cut.c */
 int cap_attempt(struct cap *c, double deadline);

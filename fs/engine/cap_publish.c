@@ -41,6 +41,10 @@ static int cap_set_times(struct cap *c)
 			if (lr == 0) {
 				/* it was copied, then found equal and shared instead */
 				c->st->bytes_copied -= was < c->st->bytes_copied ? was : c->st->bytes_copied;
+				if (e->cloned || (e->d && e->d->cloned)) {
+					uint64_t cl = c->st->bytes_cloned;
+					c->st->bytes_cloned -= e->size < cl ? e->size : cl;
+				}
 				free(e->ident);
 				e->ident = ident;
 				continue;

@@ -234,8 +234,11 @@ static void cap_summary(const struct cap *c)
 	char a[32], b[32];
 	ut_format_bytes(c->st->bytes_copied, a, sizeof a);
 	ut_format_bytes(c->st->bytes_linked, b, sizeof b);
-	log_info("snapshot %s: %" PRIu64 " files, %s copied, %s shared, %.2f s, %u retries, "
-		 "longest lock %.1f ms%s", c->o->dest, c->st->files, a, b, c->st->duration_s,
+	char d[32];
+	ut_format_bytes(c->st->bytes_cloned, d, sizeof d);
+	log_info("snapshot %s: %" PRIu64 " files, %s copied, %s shared, %s cloned, %.2f s, "
+		 "%u retries, longest lock %.1f ms%s", c->o->dest, c->st->files, a, b, d,
+		 c->st->duration_s,
 		 c->st->retries, c->st->lock_max_s * 1000,
 		 c->st->recycled ? ", database copies recycled" : "");
 }
@@ -272,6 +275,14 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	struct timespec start = ut_realtime();
 	c.uploads_before = o->uploads_before > 0 ? o->uploads_before
 						 : (double)start.tv_sec + start.tv_nsec / 1e9;
+	/* An upload lists the snapshot it sends. If nobody listed the earlier snapshot since it
+	 * was published, no upload read it: uploads came before that (ctime), and when that was
+	 * in an earlier second the cut need not wait for the next one. */
+	double published;
+	const char *earlier = o->recycle ? o->recycle : o->previous;
+	if (o->uploads_before <= 0 && earlier && ut_dir_unlisted(earlier, &published) &&
+	    published < c.uploads_before)
+		c.uploads_before = published;
 	memset(st, 0, sizeof *st);
 	cap_stop = 0;
 	c.storefd = open(o->store, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -48,7 +48,14 @@ static int cp_all_zero(const uint8_t *p, size_t n)
  * time uses the slots; a concurrent one hashes inline. In-kernel copies (below) queue their
  * blocks for the same threads instead. */
 #define CP_SLOTS 8
-#define CP_HASHERS 2
+/* One hashing thread per CPU we may use (affinity, cgroup quota): the copying thread mostly
+ * waits for the kernel's copy, so on 2 CPUs 2 hashers keep both busy. */
+#define CP_HASHERS_MAX 16
+static unsigned cp_hashers(void)
+{
+	unsigned n = ut_cpu_count();
+	return n > CP_HASHERS_MAX ? CP_HASHERS_MAX : n;
+}
 
 enum { SLOT_FREE, SLOT_READY, SLOT_BUSY, SLOT_DONE };
 
@@ -154,7 +161,7 @@ static void cp_pool_init(void)
 	/* The hashers must never take a signal meant for the process (stillctl's SIGINT). */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
-	for (int i = 0; i < CP_HASHERS; i++) {
+	for (unsigned i = 0; i < cp_hashers(); i++) {
 		pthread_t th;
 		if (pthread_create(&th, NULL, cp_hasher, NULL) == 0) {
 			pthread_detach(th);
@@ -990,7 +997,7 @@ out:
 
 /* ---- digest of a file (verify) ------------------------------------------------------------
  * A large file without holes is read 16 blocks at a time, which are hashed side by side
- * (sha256_many), on CP_HASHERS threads that each take the next 16 blocks: about twice as fast
+ * (sha256_many), on cp_hashers() threads that each take the next 16 blocks: about twice as fast
  * as the block-at-a-time pipe of cp_file. Files with holes keep that pipe, which hashes a hole
  * without reading it. */
 #define CP_DG_BATCH 16
@@ -1055,12 +1062,12 @@ static int cp_digest_batched(int fd, struct cp_result *r)
 	if (!(g.dig = malloc(g.nblk * 32)))
 		return -ENOMEM;
 	pthread_mutex_init(&g.mu, NULL);
-	pthread_t th[CP_HASHERS];
+	pthread_t th[CP_HASHERS_MAX];
 	unsigned started = 0;
 	sigset_t all, old;
 	sigfillset(&all); /* helpers must never take a signal meant for the process */
 	pthread_sigmask(SIG_BLOCK, &all, &old);
-	for (unsigned t = 1; t < CP_HASHERS && g.nblk > CP_DG_BATCH; t++)
+	for (unsigned t = 1; t < cp_hashers() && g.nblk > CP_DG_BATCH; t++)
 		if (pthread_create(&th[started], NULL, cp_dg_worker, &g) == 0)
 			started++;
 	pthread_sigmask(SIG_SETMASK, &old, NULL);

@@ -20,7 +20,7 @@
 
 #define DD_PAGE 4096
 #define DD_CHUNK (8 * DD_BLOCK) /* kernel copies go this far ahead of the readers */
-#define DD_MAX_THREADS 4
+#define DD_MAX_THREADS 16
 
 void dd_init(struct dd_blocks *b)
 {
@@ -499,9 +499,22 @@ int dd_copy(int src, int dst, int hash, unsigned threads, struct dd_blocks *b,
 	int rc = dd_reset(b, len);
 	if (rc)
 		return rc;
-	if (ftruncate(dst, (off_t)len) < 0)
+	/* Where the two can share extents, the copy is a clone: no data written. */
+	int from = src;
+	if (len > 0 && ioctl(dst, FICLONE, src) == 0) {
+		r->cloned = 1;
+		from = -1;
+		if (fstat(dst, &st) < 0)
+			return -errno;
+		if ((uint64_t)st.st_size != len && (rc = dd_reset(b, (uint64_t)st.st_size)))
+			return rc;
+		len = (uint64_t)st.st_size;
+	} else if (ftruncate(dst, (off_t)len) < 0) {
 		return -errno;
+	}
 	struct dd_job j = { .mode = DD_HASH, .src = src, .dst = dst, .len = len, .b = b };
+	if (!hash && from < 0)
+		return 0;
 	if (!hash) {
 		j.b = &(struct dd_blocks){ 0 }; /* no blocks to work on: only the copy */
 		rc = dd_run(&j, 1, src, len, &r->written);
@@ -510,7 +523,7 @@ int dd_copy(int src, int dst, int hash, unsigned threads, struct dd_blocks *b,
 	j.map = dd_map(dst, len, MADV_SEQUENTIAL);
 	if (j.map == MAP_FAILED)
 		return -errno;
-	rc = dd_run(&j, threads, src, len, &r->written);
+	rc = dd_run(&j, threads, from, len, &r->written);
 	dd_unmap(j.map, len);
 	return rc;
 }

@@ -41,7 +41,8 @@ struct dd_result {
 	int cloned;           /* the base was shared with FICLONE */
 };
 
-/* Copy the live file src into the empty file dst, in the kernel where possible. With hash,
+/* Copy the live file src into the empty file dst: a clone where the two can share extents
+ * (r->cloned), else in the kernel where possible. With hash,
  * every block is hashed (through a mapping of dst, while later blocks are copied); without,
  * every block is left invalid. b describes dst afterwards. -EAGAIN if src shrank meanwhile
  * (b still describes what dst holds), else 0 or -errno. */

@@ -591,6 +591,7 @@ char *gen_status(struct genmgr *gm, int detailed)
 		fprintf(f, "files: %" PRIu64 "\n", g->stats.files);
 		fprintf(f, "bytes_copied: %" PRIu64 "\n", g->stats.bytes_copied);
 		fprintf(f, "bytes_shared: %" PRIu64 "\n", g->stats.bytes_linked);
+		fprintf(f, "bytes_cloned: %" PRIu64 "\n", g->stats.bytes_cloned);
 		fprintf(f, "lock_max_s: %.6f\n", g->stats.lock_max_s);
 		fprintf(f, "retries: %u\n", g->stats.retries);
 		fprintf(f, "pinned: %s\n", gen_pinned(gm, g, now) ? "yes" : "no");

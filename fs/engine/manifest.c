@@ -143,6 +143,7 @@ static void mf_write_header(struct mf_out *o, const struct mf *m, uint64_t files
 	mf_printf(o, "files %" PRIu64 "\n", files);
 	mf_printf(o, "bytes_copied %" PRIu64 "\n", st->bytes_copied);
 	mf_printf(o, "bytes_linked %" PRIu64 "\n", st->bytes_linked);
+	mf_printf(o, "bytes_cloned %" PRIu64 "\n", st->bytes_cloned);
 	mf_printf(o, "entries %zu\n", m->n);
 	mf_printf(o, "blocks %" PRIu64 "\n", blocks);
 	mf_printf(o, ".\n");
@@ -291,6 +292,8 @@ static int mf_header_line(struct mf_in *in, char *line)
 		st->bytes_copied = strtoull(val, NULL, 10);
 	else if (!strcmp(line, "bytes_linked"))
 		st->bytes_linked = strtoull(val, NULL, 10);
+	else if (!strcmp(line, "bytes_cloned"))
+		st->bytes_cloned = strtoull(val, NULL, 10);
 	return 0; /* unknown keys are for newer readers */
 }
 

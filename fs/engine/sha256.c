@@ -1,8 +1,13 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* SHA-256 per FIPS 180-4, with a portable block function and one using the Intel
- * SHA extensions. The choice is made once per process; both functions take a block
- * count so bulk input does not pay a call and dispatch per 64 bytes. */
+/* SHA-256 per FIPS 180-4. One message at a time, the blocks go to libcrypto's block function
+ * (OpenSSL picks SHA-NI, AVX2 or SSSE3 code for the CPU at hand: never slower than OpenSSL's own
+ * SHA-256); a portable one is kept for tests (sha256_force_portable). Many messages of one length are
+ * hashed 16 side by side with AVX-512 (sha256_many). The choice is made once per process;
+ * the block functions take a block count so bulk input does not pay a call per 64 bytes. */
+#define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_Update: the block function without EVP's cost */
 #include "sha256.h"
+
+#include <openssl/sha.h>
 
 #include <errno.h>
 #include <pthread.h>
@@ -12,14 +17,13 @@
 #if defined(__x86_64__)
 #include <cpuid.h>
 #include <immintrin.h>
-#define HAVE_SHANI_IMPL 1
+#define HAVE_LANES_IMPL 1
 #else
-#define HAVE_SHANI_IMPL 0
+#define HAVE_LANES_IMPL 0
 #endif
 
 typedef void (*compress_fn)(uint32_t h[8], const uint8_t *p, size_t nblocks);
 
-/* 16-byte aligned so the SHA-NI path may read groups of four as vectors. */
 static const uint32_t K[64] __attribute__((aligned(16))) = {
 	0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
 	0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
@@ -104,93 +108,7 @@ static void compress_portable(uint32_t h[8], const uint8_t *p, size_t nblocks)
 	}
 }
 
-/* ---- x86-64 SHA extensions ---- */
-
-#if HAVE_SHANI_IMPL
-
-/* sha256rnds2 keeps the state as two vectors, {A,B,E,F} and {C,D,G,H} (A in the top
- * lane), and consumes W+K for two rounds from the low 64 bits of its third operand. */
-
-/* Four rounds. After two rounds the old {A,B,E,F} is exactly the new {C,D,G,H}, so
- * each rnds2 writes the new ABEF over the stale CDGH and the variables trade roles;
- * two of them put every value back in its own variable without any moves. */
-#define SHANI_4ROUNDS(msg, i) do { \
-		__m128i wk_ = _mm_add_epi32((msg), _mm_load_si128((const __m128i *)&K[i])); \
-		cdgh = _mm_sha256rnds2_epu32(cdgh, abef, wk_); \
-		wk_ = _mm_shuffle_epi32(wk_, 0x0e); \
-		abef = _mm_sha256rnds2_epu32(abef, cdgh, wk_); \
-	} while (0)
-
-/* m0..m3 hold W[t-16..t-1]; overwrite m0 with W[t..t+3]. msg1 supplies
- * W[t-16]+s0(W[t-15]), alignr supplies the W[t-7] terms, msg2 adds s1(W[t-2]) and
- * resolves the dependence of W[t+2], W[t+3] on W[t], W[t+1]. */
-#define SHANI_SCHED(m0, m1, m2, m3) \
-	((m0) = _mm_sha256msg2_epu32(_mm_add_epi32(_mm_sha256msg1_epu32((m0), (m1)), \
-						    _mm_alignr_epi8((m3), (m2), 4)), (m3)))
-
-__attribute__((target("sha,sse4.1")))
-static void compress_shani(uint32_t h[8], const uint8_t *p, size_t nblocks)
-{
-	/* Big-endian words in memory; byte-swap each 32-bit lane. */
-	const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
-	__m128i abcd = _mm_loadu_si128((const __m128i *)&h[0]);
-	__m128i efgh = _mm_loadu_si128((const __m128i *)&h[4]);
-	__m128i abef, cdgh, t;
-
-	/* Lanes (low..high) A B C D / E F G H  ->  F E B A / H G D C. */
-	t = _mm_shuffle_epi32(abcd, 0xb1);
-	efgh = _mm_shuffle_epi32(efgh, 0x1b);
-	abef = _mm_alignr_epi8(t, efgh, 8);
-	cdgh = _mm_blend_epi16(efgh, t, 0xf0);
-
-	for (; nblocks; nblocks--, p += 64) {
-		const __m128i abef_in = abef, cdgh_in = cdgh;
-		__m128i m0 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 0)), bswap);
-		__m128i m1 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16)), bswap);
-		__m128i m2 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 32)), bswap);
-		__m128i m3 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 48)), bswap);
-
-		SHANI_4ROUNDS(m0, 0);
-		SHANI_4ROUNDS(m1, 4);
-		SHANI_4ROUNDS(m2, 8);
-		SHANI_4ROUNDS(m3, 12);
-		for (int i = 16; i < 64; i += 16) {
-			SHANI_SCHED(m0, m1, m2, m3);
-			SHANI_4ROUNDS(m0, i);
-			SHANI_SCHED(m1, m2, m3, m0);
-			SHANI_4ROUNDS(m1, i + 4);
-			SHANI_SCHED(m2, m3, m0, m1);
-			SHANI_4ROUNDS(m2, i + 8);
-			SHANI_SCHED(m3, m0, m1, m2);
-			SHANI_4ROUNDS(m3, i + 12);
-		}
-		abef = _mm_add_epi32(abef, abef_in);
-		cdgh = _mm_add_epi32(cdgh, cdgh_in);
-	}
-
-	/* Back to A B C D / E F G H. */
-	t = _mm_shuffle_epi32(abef, 0x1b);
-	cdgh = _mm_shuffle_epi32(cdgh, 0xb1);
-	abcd = _mm_blend_epi16(t, cdgh, 0xf0);
-	efgh = _mm_alignr_epi8(cdgh, t, 8);
-	_mm_storeu_si128((__m128i *)&h[0], abcd);
-	_mm_storeu_si128((__m128i *)&h[4], efgh);
-}
-
-static int cpu_has_shani(void)
-{
-	unsigned a, b, c, d;
-
-	/* cpuid rather than __builtin_cpu_supports: clang 14 does not know "sha". */
-	if (!__get_cpuid(1, &a, &b, &c, &d))
-		return 0;
-	if (!(c & bit_SSSE3) || !(c & bit_SSE4_1))
-		return 0;
-	if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
-		return 0;
-	return (b & bit_SHA) != 0;
-}
-
+#if HAVE_LANES_IMPL
 
 /* ---- several messages at once: AVX-512 lanes ----
  *
@@ -380,7 +298,7 @@ static int cpu_has_avx512_lanes(void)
 	return (b & bit_AVX2) && (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512VL);
 }
 
-#endif /* HAVE_SHANI_IMPL */
+#endif /* HAVE_LANES_IMPL */
 
 /* ---- dispatch ---- */
 
@@ -391,11 +309,24 @@ static atomic_int force_portable;
 typedef void (*lanes_fn)(uint32_t st[8][16], const uint8_t *const p[16], size_t nblocks);
 static lanes_fn lanes16, lanes8;  /* NULL without AVX-512 */
 
+/* libcrypto's block function: SHA256_Update on a context holding our state and no buffered
+ * input runs it over whole blocks straight from p. */
+static void compress_libcrypto(uint32_t h[8], const uint8_t *p, size_t nblocks)
+{
+	SHA256_CTX c;
+	memset(&c, 0, sizeof c);
+	for (int i = 0; i < 8; i++)
+		c.h[i] = h[i];
+	c.md_len = SHA256_DIGEST_LENGTH;
+	SHA256_Update(&c, p, nblocks * 64);
+	for (int i = 0; i < 8; i++)
+		h[i] = c.h[i];
+}
+
 static void pick_compress(void)
 {
-#if HAVE_SHANI_IMPL
-	if (cpu_has_shani())
-		best_compress = compress_shani;
+	best_compress = compress_libcrypto;
+#if HAVE_LANES_IMPL
 	if (cpu_has_avx512_lanes()) {
 		lanes16 = compress_x16;
 		lanes8 = compress_x8;

@@ -6,10 +6,13 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -430,4 +433,98 @@ int ut_stillfs_mount(int fd, uid_t *uid)
 	free(line);
 	fclose(f);
 	return rc;
+}
+
+/* The tightest cpu.max quota from our cgroup up to the root, in CPUs rounded up; 0 if none. */
+static unsigned ut_cgroup_cpus(void)
+{
+	char line[4096], path[4200];
+	FILE *f = fopen("/proc/self/cgroup", "re");
+	if (!f)
+		return 0;
+	char *rel = NULL;
+	while (fgets(line, sizeof line, f))
+		if (!strncmp(line, "0::", 3)) {
+			rel = line + 3;
+			rel[strcspn(rel, "\n")] = 0;
+			break;
+		}
+	fclose(f);
+	if (!rel)
+		return 0;
+	unsigned best = 0;
+	for (;;) {
+		snprintf(path, sizeof path, "/sys/fs/cgroup%s/cpu.max", rel);
+		FILE *q = fopen(path, "re");
+		if (q) {
+			unsigned long long quota, period;
+			char qs[32];
+			if (fscanf(q, "%31s %llu", qs, &period) == 2 && strcmp(qs, "max") && period) {
+				quota = strtoull(qs, NULL, 10);
+				unsigned n = (unsigned)((quota + period - 1) / period);
+				if (n < 1)
+					n = 1;
+				if (!best || n < best)
+					best = n;
+			}
+			fclose(q);
+		}
+		char *slash = strrchr(rel, '/');
+		if (!slash || !*rel || !strcmp(rel, "/"))
+			break;
+		*slash = 0; /* the parent; "" is the root */
+	}
+	return best;
+}
+
+static unsigned ut_cpus;
+static pthread_once_t ut_cpus_once = PTHREAD_ONCE_INIT;
+
+static void ut_cpus_init(void)
+{
+	cpu_set_t set;
+	unsigned n = 0;
+	if (sched_getaffinity(0, sizeof set, &set) == 0)
+		n = (unsigned)CPU_COUNT(&set);
+	if (n < 1) {
+		long on = sysconf(_SC_NPROCESSORS_ONLN);
+		n = on > 0 ? (unsigned)on : 1;
+	}
+	unsigned q = ut_cgroup_cpus();
+	if (q && q < n)
+		n = q;
+	ut_cpus = n;
+}
+
+unsigned ut_cpu_count(void)
+{
+	pthread_once(&ut_cpus_once, ut_cpus_init);
+	return ut_cpus;
+}
+
+int ut_dir_unlisted(const char *path, double *changed)
+{
+	struct stat st;
+	struct statvfs sv;
+	struct statfs sf;
+	if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode) || statvfs(path, &sv) < 0 ||
+	    statfs(path, &sf) < 0)
+		return 0;
+	if (sv.f_flag & (ST_NOATIME | ST_NODIRATIME))
+		return 0;
+	switch ((unsigned long)sf.f_type) {
+	case 0xEF53:       /* ext2/3/4 */
+	case 0x58465342:   /* XFS */
+	case 0x9123683E:   /* btrfs */
+	case 0x01021994:   /* tmpfs */
+		break;
+	default:
+		return 0;
+	}
+	/* relatime (and strictatime) update the atime of a directory listed while its atime is
+	 * not after its ctime: so an atime still before the ctime means no listing since. */
+	if (ut_ts_ns(st.st_atim) >= ut_ts_ns(st.st_ctim))
+		return 0;
+	*changed = (double)st.st_ctim.tv_sec + st.st_ctim.tv_nsec / 1e9;
+	return 1;
 }

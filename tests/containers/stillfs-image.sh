@@ -15,8 +15,8 @@ target=${1:-runtime}
 case $target in runtime | torture) ;; *) echo "stillfs-image: unknown target '$target'" >&2; exit 2 ;; esac
 cf=packaging/container/Containerfile
 
-build_base=$("$here/base-image.sh" bookworm build-essential meson ninja-build pkg-config libfuse3-dev libsqlite3-dev)
-base=$("$here/base-image.sh" bookworm libfuse3-3 libsqlite3-0 fuse3)
+build_base=$("$here/base-image.sh" bookworm build-essential meson ninja-build pkg-config libfuse3-dev libsqlite3-dev libssl-dev)
+base=$("$here/base-image.sh" bookworm libfuse3-3 libsqlite3-0 libssl3 fuse3)
 
 cd "$repo"
 # The sources: the arguments of every COPY that does not copy from a stage, but its last.

@@ -4,6 +4,7 @@
  * helpers (a walk that stays beneath a directory, full reads and writes). */
 #include <criterion/criterion.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -250,4 +251,42 @@ Test(files, pread_full_and_pwrite_all)
 	cr_assert_eq(ut_pread_full(p[0], back, 1, 0), -ESPIPE);
 	close(p[0]);
 	close(p[1]);
+}
+
+/* ut_cpu_count: never more than the affinity mask allows, never 0. */
+#include <sched.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+Test(cpus, within_the_affinity_mask)
+{
+	cpu_set_t set;
+	cr_assert_eq(sched_getaffinity(0, sizeof set, &set), 0);
+	unsigned n = ut_cpu_count();
+	cr_assert_geq(n, 1u);
+	cr_assert_leq(n, (unsigned)CPU_COUNT(&set));
+}
+
+/* ut_dir_unlisted: a directory whose atime was set before its ctime is unlisted until read. */
+Test(unlisted, listing_is_seen)
+{
+	char dir[] = "/tmp/stillfs-unit-XXXXXX";
+	cr_assert_not_null(mkdtemp(dir));
+	struct timespec old[2] = { { 1000000000, 0 }, { 1000000000, 0 } };
+	cr_assert_eq(utimensat(AT_FDCWD, dir, old, 0), 0); /* ctime is now, atime long before */
+	double when = 0;
+	int r = ut_dir_unlisted(dir, &when);
+	if (r == 0) {
+		rmdir(dir); /* /tmp mounted noatime, or a filesystem not trusted: nothing to test */
+		cr_skip_test("atimes of %s are not trusted", dir);
+	}
+	cr_assert_gt(when, 1000000000.0);
+	DIR *d = opendir(dir);
+	cr_assert_not_null(d);
+	while (readdir(d))
+		;
+	closedir(d);
+	cr_assert_eq(ut_dir_unlisted(dir, &when), 0, "a listing went unseen");
+	rmdir(dir);
 }
