@@ -64,9 +64,11 @@ cp "$STILLCTL" "$T_WORK/in/stillctl-dynamic"
 if in_root /mnt/stillctl-dynamic --version >"$T_WORK/dyn.out" 2>&1; then
   t_fail "the dynamic stillctl runs in $suite: this test would prove nothing"
 fi
-grep -q "version \`GLIBC_2\.[0-9]*' not found" "$T_WORK/dyn.out" ||
-  { cat "$T_WORK/dyn.out" >&2; t_fail "the dynamic stillctl failed in $suite, but not for its glibc"; }
-t_log "negative control: $(grep -m1 -o "version \`GLIBC_2\.[0-9]*' not found" "$T_WORK/dyn.out") for the dynamic stillctl"
+# It needs a newer glibc and libcrypto.so.3 (bullseye has OpenSSL 1.1): the loader names one.
+why="version \`GLIBC_2\.[0-9]*' not found|lib[a-z0-9]*\.so\.[0-9]*: cannot open shared object file"
+grep -Eq "$why" "$T_WORK/dyn.out" ||
+  { cat "$T_WORK/dyn.out" >&2; t_fail "the dynamic stillctl failed in $suite, but not for its libraries"; }
+t_log "negative control: $(grep -m1 -Eo "$why" "$T_WORK/dyn.out") for the dynamic stillctl"
 
 # ---- snapshots inside, of a store written from outside ----------------------------------------
 store=$T_WORK/in/store
