@@ -210,7 +210,9 @@ void lk_free_all(struct node *n)
  * nothing unlocks it); a POSIX owner that locked through the handle was dropped already,
  * by the flush of the close that let the description go. An owner whose last request came
  * through another handle is kept: the kernel may have given the released file's owner id
- * to a new file already, and that one's locks are on the record now. */
+ * to a new file already, and that one's locks are on the record now (the released file's
+ * stay with them until that file's release: one process locking through two descriptors
+ * looks the same, and needs the one record). */
 void lk_drop_handle(struct node *n, const void *handle)
 {
 	while (lk_drop(n, 0, handle))
