@@ -35,6 +35,9 @@
 
 #define LK_POLL_MIN 0.001
 #define LK_POLL_MAX 0.1
+/* A waiter's lock was granted on an owner that was dropped meanwhile: the owner's records
+ * are remade and it waits again (not an errno). */
+#define LK_REBIND 1
 
 struct lk_owner {
 	struct lk_owner *next;
@@ -43,6 +46,7 @@ struct lk_owner {
 	uid_t uid;                 /* charged for fd (sf_fd_charge) */
 	unsigned refs;             /* the node's list + callers using fd (sf.mu) */
 	const void *via;           /* the handle of its last lock request (sf.mu) */
+	atomic_bool dead;          /* off the list, its locks dropped (set under sf.mu) */
 };
 
 /* A blocking request waiting for its lock. Its handle stays open meanwhile: the caller's
@@ -50,13 +54,15 @@ struct lk_owner {
 struct lk_wait {
 	struct lk_wait *next, *prev;
 	fuse_req_t req;
-	const struct node *node;
+	struct node *node;
 	struct lk_owner *o;        /* POSIX: the owner (a reference); NULL for flock */
+	const void *via;           /* POSIX: the handle of the request */
+	uid_t uid;                 /* POSIX: charged for a new owner's descriptor */
 	int fd;                    /* where the lock is taken */
 	struct flock fl;           /* POSIX */
 	int op;                    /* flock: LOCK_SH or LOCK_EX, with LOCK_NB */
 	atomic_int intr;           /* the kernel interrupted the request */
-	int rc;                    /* the answer, once it left the queue */
+	int rc;                    /* the answer, once it left the queue; LK_REBIND */
 	double due, delay;         /* next attempt (monotonic), and the one after */
 };
 
@@ -95,6 +101,7 @@ int lk_init(void)
 }
 
 static void lk_wake(const struct node *n);
+static int lk_try(int fd, const struct flock *fl, int op);
 
 static void lk_put(struct lk_owner *o)
 {
@@ -159,24 +166,37 @@ static int lk_get(struct node *n, uint64_t owner, int create, uid_t uid, struct 
 	return 0;
 }
 
-void lk_drop_owner(struct node *n, uint64_t owner)
+/* Take the first owner of n with this id (or, if handle is set, whose last lock request came
+ * through handle) off the list and drop its locks. Finding and unlinking are one step: an
+ * owner id names another owner once the kernel reuses it, and a record picked up by a lock
+ * request just now must not be dropped for the one before. Returns whether one was found. */
+static int lk_drop(struct node *n, uint64_t owner, const void *handle)
 {
 	struct lk_owner *o = NULL;
 	pthread_mutex_lock(&sf.mu);
 	for (struct lk_owner **pp = &n->owners; *pp; pp = &(*pp)->next)
-		if ((*pp)->owner == owner) {
+		if (handle ? (*pp)->via == handle : (*pp)->owner == owner) {
 			o = *pp;
 			*pp = o->next;
+			/* Under sf.mu: a request that sets via after this sees it (lk_take). */
+			atomic_store(&o->dead, 1);
 			break;
 		}
 	pthread_mutex_unlock(&sf.mu);
 	if (!o)
-		return;
-	/* Release now, even if another thread still holds the descriptor for a moment. */
+		return 0;
+	/* Release now, even if another thread still holds the descriptor for a moment: one
+	 * that locks on it after this sees dead and moves to a new record. */
 	struct flock fl = { .l_type = F_UNLCK, .l_whence = SEEK_SET };
 	fcntl(o->fd, F_OFD_SETLK, &fl);
 	lk_put(o);
 	lk_wake(n);
+	return 1;
+}
+
+void lk_drop_owner(struct node *n, uint64_t owner)
+{
+	lk_drop(n, owner, NULL);
 }
 
 void lk_free_all(struct node *n)
@@ -188,22 +208,41 @@ void lk_free_all(struct node *n)
 /* The handle is released: its open file description is gone. An OFD lock's owner is that
  * description, and the kernel tells us of its end only this way (no flush names it, and
  * nothing unlocks it); a POSIX owner that locked through the handle was dropped already,
- * by the flush of the close that let the description go. */
+ * by the flush of the close that let the description go. An owner whose last request came
+ * through another handle is kept: the kernel may have given the released file's owner id
+ * to a new file already, and that one's locks are on the record now (the released file's
+ * stay with them until that file's release: one process locking through two descriptors
+ * looks the same, and needs the one record). */
 void lk_drop_handle(struct node *n, const void *handle)
 {
+	while (lk_drop(n, 0, handle))
+		;
+}
+
+/* Lock (or unlock) fl for owner through handle via: lk_try on the owner's descriptor, with
+ * the owner's record (a reference) in *out, NULL for an unlock by an owner without one. A
+ * lock granted on a record that was dropped meanwhile (by a flush or a release racing with
+ * this request) would vanish with it although the caller is told it holds it: it is taken
+ * again on a new record. */
+static int lk_take(struct node *n, uint64_t owner, uid_t uid, const void *via,
+		   const struct flock *fl, struct lk_owner **out)
+{
+	int unlock = fl->l_type == F_UNLCK;
 	for (;;) {
-		uint64_t owner = 0;
-		int found = 0;
+		struct lk_owner *o;
+		int rc = lk_get(n, owner, !unlock, uid, &o);
+		*out = o;
+		if (rc || !o)
+			return rc;
 		pthread_mutex_lock(&sf.mu);
-		for (struct lk_owner *o = n->owners; o && !found; o = o->next)
-			if (o->via == handle) {
-				owner = o->owner;
-				found = 1;
-			}
+		o->via = via;
 		pthread_mutex_unlock(&sf.mu);
-		if (!found)
-			return;
-		lk_drop_owner(n, owner);
+		rc = lk_try(o->fd, fl, 0);
+		if (rc || unlock || !atomic_load(&o->dead))
+			return rc;
+		struct flock un = { .l_type = F_UNLCK, .l_whence = SEEK_SET };
+		fcntl(o->fd, F_OFD_SETLK, &un);
+		lk_put(o);
 	}
 }
 
@@ -258,6 +297,18 @@ static void lk_finish(struct lk_wait *w)
 	free(w);
 }
 
+/* Take a waiter's lock (granted on an owner record that was dropped meanwhile) on the
+ * owner's record now: -EAGAIN if it must wait again, else its answer is in w->rc. */
+static int lk_rebind(struct lk_wait *w)
+{
+	uint64_t owner = w->o->owner;
+	lk_put(w->o);
+	w->rc = lk_take(w->node, owner, w->uid, w->via, &w->fl, &w->o);
+	if (w->o)
+		w->fd = w->o->fd;
+	return w->rc;
+}
+
 /* Runs in whichever thread reads the kernel's interrupt (or in lk_wait_add, if it came
  * first); lk_finish makes sure w outlives it. */
 static void lk_on_interrupt(fuse_req_t req, void *data)
@@ -268,6 +319,19 @@ static void lk_on_interrupt(fuse_req_t req, void *data)
 	pthread_mutex_lock(&lk.mu);
 	pthread_cond_signal(&lk.cv);
 	pthread_mutex_unlock(&lk.mu);
+}
+
+/* Queue w (lk.mu), to be tried at due. */
+static void lk_enqueue(struct lk_wait *w, double due)
+{
+	w->delay = 2 * LK_POLL_MIN;
+	w->due = due;
+	w->prev = lk.q.prev;
+	w->next = &lk.q;
+	lk.q.prev->next = w;
+	lk.q.prev = w;
+	atomic_store(&lk.count, ++lk.n);
+	pthread_cond_signal(&lk.cv);
 }
 
 /* The waiter thread: retries due waiters in arrival order, answers those granted, failed or
@@ -293,6 +357,12 @@ static void *lk_run(void *arg)
 				}
 				next = w->due < next ? w->due : next;
 				continue;
+			} else if (!w->rc && w->o && atomic_load(&w->o->dead)) {
+				/* Its owner was dropped while it waited (a flush by another thread of
+				 * the process): the lock belongs on the owner's new record. */
+				struct flock un = { .l_type = F_UNLCK, .l_whence = SEEK_SET };
+				fcntl(w->fd, F_OFD_SETLK, &un);
+				w->rc = LK_REBIND;
 			}
 			w->prev->next = w->next;
 			w->next->prev = w->prev;
@@ -304,11 +374,21 @@ static void *lk_run(void *arg)
 		atomic_store(&lk.count, lk.n);
 		if (done) {
 			pthread_mutex_unlock(&lk.mu);
+			struct lk_wait *again = NULL;
 			for (w = done; w; w = nx) {
 				nx = w->next;
-				lk_finish(w);
+				if (w->rc == LK_REBIND && lk_rebind(w) == -EAGAIN) {
+					w->next = again;
+					again = w;
+				} else {
+					lk_finish(w);
+				}
 			}
 			pthread_mutex_lock(&lk.mu);
+			for (w = again; w; w = nx) {
+				nx = w->next;
+				lk_enqueue(w, now);
+			}
 			continue;
 		}
 		if (lk.stop)
@@ -323,8 +403,9 @@ static void *lk_run(void *arg)
 	return NULL;
 }
 
-/* Queue a blocking request whose lock is taken; it takes over o's reference. */
-static void lk_wait_add(fuse_req_t req, const struct node *n, struct lk_owner *o, int fd,
+/* Queue a blocking request on handle h whose lock is taken: POSIX on owner o (it takes over
+ * o's reference; uid for a new record), flock (o NULL) with op. */
+static void lk_wait_add(fuse_req_t req, struct fh *h, struct lk_owner *o, uid_t uid,
 			const struct flock *fl, int op)
 {
 	struct lk_wait *w = calloc(1, sizeof *w);
@@ -335,27 +416,21 @@ static void lk_wait_add(fuse_req_t req, const struct node *n, struct lk_owner *o
 		return;
 	}
 	w->req = req;
-	w->node = n;
+	w->node = h->node;
 	w->o = o;
-	w->fd = fd;
+	w->via = h;
+	w->uid = uid;
+	w->fd = o ? o->fd : h->fd;
 	if (fl)
 		w->fl = *fl;
 	w->op = op;
-	w->delay = 2 * LK_POLL_MIN;
-	w->due = lk_now() + LK_POLL_MIN;
 	/* Before w is queued nothing else answers req, so req is valid here; an interrupt
 	 * that came already calls lk_on_interrupt at once. */
 	fuse_req_interrupt_func(req, lk_on_interrupt, w);
 	pthread_mutex_lock(&lk.mu);
 	int queued = lk.started && !lk.stop;
-	if (queued) {
-		w->prev = lk.q.prev;
-		w->next = &lk.q;
-		lk.q.prev->next = w;
-		lk.q.prev = w;
-		atomic_store(&lk.count, ++lk.n);
-		pthread_cond_signal(&lk.cv);
-	}
+	if (queued)
+		lk_enqueue(w, lk_now() + LK_POLL_MIN);
 	pthread_mutex_unlock(&lk.mu);
 	if (!queued) {
 		w->rc = -EINTR;
@@ -420,23 +495,18 @@ static void lk_setlk(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 {
 	struct fh *h = (struct fh *)(uintptr_t)fi->fh;
 	struct lk_owner *o = NULL;
-	int unlock = lock->l_type == F_UNLCK;
-	int rc = h->fd < 0 ? -EINVAL : lk_get(h->node, fi->lock_owner, !unlock,
-							fuse_req_ctx(req)->uid, &o);
+	struct flock fl = *lock;
+	uid_t uid = fuse_req_ctx(req)->uid;
 
-	if (!rc && o) {
-		struct flock fl = *lock;
-		pthread_mutex_lock(&sf.mu);
-		o->via = h;
-		pthread_mutex_unlock(&sf.mu);
-		fl.l_pid = 0;
-		rc = lk_try(o->fd, &fl, 0);
+	fl.l_pid = 0;
+	int rc = h->fd < 0 ? -EINVAL : lk_take(h->node, fi->lock_owner, uid, h, &fl, &o);
+	if (o) {
 		if (rc == -EAGAIN && sleep) {
-			lk_wait_add(req, h->node, o, o->fd, &fl, 0);
+			lk_wait_add(req, h, o, uid, &fl, 0);
 			return;
 		}
 		lk_put(o);
-		if (!rc && unlock)
+		if (!rc && fl.l_type == F_UNLCK)
 			lk_wake(h->node);
 	}
 	fuse_reply_err(req, -rc);
@@ -448,7 +518,7 @@ static void lk_flock(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, 
 	int rc = h->fd < 0 ? -EINVAL : lk_try(h->fd, NULL, op);
 
 	if (rc == -EAGAIN && !(op & LOCK_NB)) {
-		lk_wait_add(req, h->node, NULL, h->fd, NULL, op);
+		lk_wait_add(req, h, NULL, 0, NULL, op);
 		return;
 	}
 	if (!rc && (op & LOCK_UN))
