@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* libfuse beyond 3.14: passthrough and raw notifications (see fusecompat.h).
  *
  * With libfuse < 3.17, passthrough is spoken on the wire, through libfuse's custom I/O hooks:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* What the daemon needs of libfuse beyond the 3.14 API, behind one interface. Prefix: fc_.
  *
  * Two things are newer than Debian 12's libfuse 3.14:

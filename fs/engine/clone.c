@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Shared extents for the capture (see clone.h). */
 #include "clone.h"
 #include "dbdelta.h"

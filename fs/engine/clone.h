@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Shared extents (reflinks) for the capture. Prefix: cl_.
  *
  * Where the snapshot and the store share a filesystem that can clone (XFS with reflink, btrfs),

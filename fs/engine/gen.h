@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Snapshot generations: which one `.snapshot` shows, when to capture a new one, when an old
  * one may go (the rules are at the top of gen.c). No FUSE and no processes here: a capture is
  * a callback, so the daemon's policy can be tested on its own. Prefix: gen_. */

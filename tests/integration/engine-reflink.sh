@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Snapshots on filesystems that share extents (XFS with reflink, btrfs), store and snapshots on
 # one loop-mounted filesystem: consecutive incremental snapshots under the torture writer must
 # all be consistent and verify, and the copies must be clones: bytes_cloned in the manifests,

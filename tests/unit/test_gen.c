@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Unit tests for gen.c, the generation manager: when `.snapshot` gets a new generation, what a
  * pin holds, what a failed capture leaves, which directories of the cache go and which stay
  * (spare, kept), with a fake capture that only makes the generation's directory. */

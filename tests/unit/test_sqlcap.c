@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Unit tests for sqlcap.c: recognising a database, SQLite's locks as another process sees them
  * (the SHARED lock we take, a writer's RESERVED, a hot journal), reading through the read-only
  * connection, copies by backup (whole, and into an earlier copy writing only what changed),

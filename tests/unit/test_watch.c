@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Unit tests for watch.c: events of watched directories reported with their ids and names, in
  * order with the markers between them (the fence a capture relies on), overflow, and errors. */
 #include <criterion/criterion.h>
