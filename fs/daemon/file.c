@@ -85,6 +85,7 @@ static int fh_make(fuse_req_t req, struct node *n, struct fuse_file_info *fi, in
 	h->node = n;
 	h->uid = fuse_req_ctx(req)->uid;
 	h->fd = -1;
+	h->writable = (fi->flags & O_ACCMODE) != O_RDONLY;
 	switch (n->kind) {
 	case ND_SNAPDIR:
 		rc = -EISDIR;
@@ -316,9 +317,10 @@ static void fh_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	int rc = 0;
 	/* flush comes with every close(2): that is when POSIX drops the closer's locks. */
 	lk_drop_owner(h->node, fi->lock_owner);
-	if (h->node->kind == ND_LIVE) {
-		/* Report the backing close's errors (e.g. a network store's delayed ENOSPC). Our
-		 * own descriptors hold no POSIX locks (only OFD ones), so this drops nothing. */
+	if (h->node->kind == ND_LIVE && h->writable) {
+		/* Report the backing close's errors (e.g. a network store's delayed ENOSPC; a
+		 * descriptor that wrote nothing has none). Our own descriptors hold no POSIX
+		 * locks (only OFD ones), so this drops nothing. */
 		int fd = dup(h->fd);
 		if (fd < 0 || close(fd) < 0)
 			rc = errno;

@@ -248,18 +248,21 @@ int nd_check(const struct node *n)
  * NULL (no handles, another filesystem mounted below the store, no memory). */
 static struct file_handle *nd_handle_of(int fd, dev_t dev, enum nd_kind kind)
 {
+	union {
+		struct file_handle h;
+		char room[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+	} u;
 	struct file_handle *h;
 	int mnt;
 
 	if (!nd_handles || dev != (kind == ND_SNAP ? nd_cache_dev : sf.root.dev))
 		return NULL;
-	if (!(h = malloc(sizeof *h + MAX_HANDLE_SZ)))
+	u.h.handle_bytes = MAX_HANDLE_SZ;
+	if (name_to_handle_at(fd, "", &u.h, &mnt, AT_EMPTY_PATH) < 0)
 		return NULL;
-	h->handle_bytes = MAX_HANDLE_SZ;
-	if (name_to_handle_at(fd, "", h, &mnt, AT_EMPTY_PATH) < 0) {
-		free(h);
-		return NULL;
-	}
+	/* Every node keeps one, of its own size: ext4's is 8 bytes, not MAX_HANDLE_SZ. */
+	if ((h = malloc(sizeof *h + u.h.handle_bytes)))
+		memcpy(h, &u.h, sizeof *h + u.h.handle_bytes);
 	return h;
 }
 

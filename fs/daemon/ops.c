@@ -41,7 +41,7 @@ static int op_writable_dir(const struct node *parent)
 static gid_t *op_root_groups;
 static int op_root_ngroups;
 static _Thread_local int op_as_caller;     /* OP_CRED_* changed in this thread */
-enum { OP_CRED_IDS = 1, OP_CRED_GROUPS = 2 };
+enum { OP_CRED_UID = 1, OP_CRED_GID = 2, OP_CRED_GROUPS = 4 };
 
 static void op_cred_init(void)
 {
@@ -90,11 +90,16 @@ int op_cred_take(fuse_req_t req)
 	 * only its group, which new files get, is the caller's own. */
 	if (ctx->uid != 0)
 		rc = op_set_groups(req);
-	op_as_caller |= OP_CRED_IDS;
-	if (!rc)
+	/* A thread serving no caller holds the daemon's ids (op_cred_drop makes sure of it):
+	 * an id the caller shares with the daemon is in place already. */
+	if (!rc && ctx->gid != sf.gid) {
+		op_as_caller |= OP_CRED_GID;
 		rc = op_setfs(SYS_setfsgid, ctx->gid);
-	if (!rc)
+	}
+	if (!rc && ctx->uid != sf.uid) {
+		op_as_caller |= OP_CRED_UID;
 		rc = op_setfs(SYS_setfsuid, ctx->uid);
+	}
 	if (rc) {
 		log_err("cannot take the credentials of uid %u: %s", (unsigned)ctx->uid, strerror(-rc));
 		op_cred_drop();
@@ -105,8 +110,8 @@ int op_cred_take(fuse_req_t req)
 void op_cred_drop(void)
 {
 	/* A thread that kept a caller's identity would serve the next request with it. */
-	if (((op_as_caller & OP_CRED_IDS) &&
-	     (op_setfs(SYS_setfsuid, sf.uid) || op_setfs(SYS_setfsgid, sf.gid))) ||
+	if (((op_as_caller & OP_CRED_UID) && op_setfs(SYS_setfsuid, sf.uid)) ||
+	    ((op_as_caller & OP_CRED_GID) && op_setfs(SYS_setfsgid, sf.gid)) ||
 	    ((op_as_caller & OP_CRED_GROUPS) &&
 	     syscall(SYS_setgroups, (size_t)op_root_ngroups, op_root_groups) < 0)) {
 		log_err("cannot restore the daemon's credentials: %s", strerror(errno));

@@ -107,6 +107,7 @@ struct fh {
 	struct sf_link all;        /* in fh_all */
 	uid_t uid;                 /* charged for it (sf_fd_charge) */
 	int fd;
+	int writable;              /* opened for writing: a close may have errors to report */
 	enum pt_mode pt;           /* how the kernel serves its reads and writes */
 	int shm_counted;           /* counted in sf.shm_handles */
 	struct node *node;
