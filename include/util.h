@@ -29,13 +29,15 @@ unsigned log_error_count(void);
  * cpu.max of its own cgroup and the ones above it, rounded up). At least 1; computed once. */
 unsigned ut_cpu_count(void);
 
-/* Whether nobody has listed the directory at path since its inode last changed (its ctime:
- * for a snapshot, when it was published): 1 with *changed set to that time (real time, s),
- * 0 if it was listed or this cannot be told (a filesystem mounted noatime or nodiratime, or
- * one whose atimes are not known to follow relatime's rules: only ext4, XFS, btrfs and tmpfs
- * are trusted). Needs the directory's atime to have been set before its ctime, which a
- * capture does (it dates the snapshot's root, then renames it into place). */
-int ut_dir_unlisted(const char *path, double *changed);
+/* Whether every read or listing of a file or directory on the file system holding fd leaves
+ * its atime after its ctime (relatime or strictatime rules): 1 for ext4, XFS, btrfs and tmpfs
+ * mounted without noatime or nodiratime, else 0 (cannot be told). Readers that open with
+ * O_NOATIME leave no trace even there. */
+int ut_atime_kept(int fd);
+/* The inode st was neither read nor listed since its ctime last changed, where
+ * ut_atime_kept holds: its atime is still before its ctime. */
+struct stat;
+int ut_unread_since_change(const struct stat *st);
 
 double ut_now(void);                 /* CLOCK_MONOTONIC seconds */
 struct timespec ut_realtime(void);

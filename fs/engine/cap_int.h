@@ -137,6 +137,7 @@ struct cap {
 	int recyfd;
 	int have_recy, recy_taken;
 	int recy_is_prev;        /* the recycled snapshot is the previous one (stillctl --recycle) */
+	int earlier_unread;      /* uploads_before is when the earlier snapshots last changed */
 	struct mf recy;
 };
 

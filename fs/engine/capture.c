@@ -237,10 +237,11 @@ static void cap_summary(const struct cap *c)
 	char d[32];
 	ut_format_bytes(c->st->bytes_cloned, d, sizeof d);
 	log_info("snapshot %s: %" PRIu64 " files, %s copied, %s shared, %s cloned, %.2f s, "
-		 "%u retries, longest lock %.1f ms%s", c->o->dest, c->st->files, a, b, d,
+		 "%u retries, longest lock %.1f ms%s%s", c->o->dest, c->st->files, a, b, d,
 		 c->st->duration_s,
 		 c->st->retries, c->st->lock_max_s * 1000,
-		 c->st->recycled ? ", database copies recycled" : "");
+		 c->st->recycled ? ", database copies recycled" : "",
+		 c->earlier_unread ? ", earlier snapshot unread since it changed" : "");
 }
 
 /* The manifest of an earlier snapshot named in the options, opened as fd (-1: errno says
@@ -254,6 +255,46 @@ static int cap_load_earlier(const char *dir, int fd, struct mf *m, const char *o
 		log_warn("%s: not a readable snapshot (%s: %s); %s", dir, CAP_MANIFEST_NAME, m->why,
 			 otherwise);
 	return !rc;
+}
+
+/* An upload reads the snapshot it sends. When no file or directory of the earlier snapshots
+ * named in the options has been read or listed since its ctime last changed (when it was
+ * published, linked into a later snapshot or moved), every upload of them came before the
+ * latest of those ctimes: 1 with *last set to it (real time, s). 0 if anything was read,
+ * or this cannot be told (ut_atime_kept; an entry of the manifest missing). Readers that
+ * open with O_NOATIME leave no atime and are not seen: --uploads-before is exact. */
+static int cap_snapshot_unread(int fd, const struct mf *m, double *last)
+{
+	struct stat st;
+	if (!ut_atime_kept(fd) || fstat(fd, &st) < 0 || !ut_unread_since_change(&st))
+		return 0;
+	int64_t newest = ut_ts_ns(st.st_ctim);
+	for (size_t i = 0; i < m->n; i++) {
+		const struct mf_entry *e = &m->e[i];
+		if (e->kind == 'l')
+			continue; /* read through: its target is an entry, or outside the snapshot */
+		if (fstatat(fd, e->path, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    !ut_unread_since_change(&st))
+			return 0;
+		if (ut_ts_ns(st.st_ctim) > newest)
+			newest = ut_ts_ns(st.st_ctim);
+	}
+	*last = (double)newest / 1e9;
+	return 1;
+}
+
+static int cap_earlier_unread(const struct cap *c, double *last)
+{
+	double a = 0, b = 0;
+	if ((!c->have_prev && !c->have_recy) || (c->o->previous && !c->have_prev) ||
+	    (c->o->recycle && !c->have_recy))
+		return 0;
+	if (c->have_prev && !cap_snapshot_unread(c->prevfd, &c->prev, &a))
+		return 0;
+	if (c->have_recy && !c->recy_is_prev && !cap_snapshot_unread(c->recyfd, &c->recy, &b))
+		return 0;
+	*last = a > b ? a : b;
+	return 1;
 }
 
 void cap_opts_init(struct cap_opts *o)
@@ -275,14 +316,6 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	struct timespec start = ut_realtime();
 	c.uploads_before = o->uploads_before > 0 ? o->uploads_before
 						 : (double)start.tv_sec + start.tv_nsec / 1e9;
-	/* An upload lists the snapshot it sends. If nobody listed the earlier snapshot since it
-	 * was published, no upload read it: uploads came before that (ctime), and when that was
-	 * in an earlier second the cut need not wait for the next one. */
-	double published;
-	const char *earlier = o->recycle ? o->recycle : o->previous;
-	if (o->uploads_before <= 0 && earlier && ut_dir_unlisted(earlier, &published) &&
-	    published < c.uploads_before)
-		c.uploads_before = published;
 	memset(st, 0, sizeof *st);
 	cap_stop = 0;
 	c.storefd = open(o->store, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -310,6 +343,14 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 		struct stat a, b;
 		c.recy_is_prev = c.have_prev && c.have_recy && fstat(c.prevfd, &a) == 0 &&
 				 fstat(c.recyfd, &b) == 0 && ut_same_file(&a, &b);
+	}
+	/* Before this capture reads anything of them (it compares, links and moves their files). */
+	if (o->uploads_before <= 0) {
+		double last = 0;
+		if (cap_earlier_unread(&c, &last) && last < c.uploads_before) {
+			c.uploads_before = last;
+			c.earlier_unread = 1;
+		}
 	}
 	rc = wt_open(&c.w, c.workfd);
 	if (rc) {

@@ -502,13 +502,11 @@ unsigned ut_cpu_count(void)
 	return ut_cpus;
 }
 
-int ut_dir_unlisted(const char *path, double *changed)
+int ut_atime_kept(int fd)
 {
-	struct stat st;
 	struct statvfs sv;
 	struct statfs sf;
-	if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode) || statvfs(path, &sv) < 0 ||
-	    statfs(path, &sf) < 0)
+	if (fstatvfs(fd, &sv) < 0 || fstatfs(fd, &sf) < 0)
 		return 0;
 	if (sv.f_flag & (ST_NOATIME | ST_NODIRATIME))
 		return 0;
@@ -517,14 +515,15 @@ int ut_dir_unlisted(const char *path, double *changed)
 	case 0x58465342:   /* XFS */
 	case 0x9123683E:   /* btrfs */
 	case 0x01021994:   /* tmpfs */
-		break;
+		return 1;
 	default:
 		return 0;
 	}
-	/* relatime (and strictatime) update the atime of a directory listed while its atime is
-	 * not after its ctime: so an atime still before the ctime means no listing since. */
-	if (ut_ts_ns(st.st_atim) >= ut_ts_ns(st.st_ctim))
-		return 0;
-	*changed = (double)st.st_ctim.tv_sec + st.st_ctim.tv_nsec / 1e9;
-	return 1;
+}
+
+int ut_unread_since_change(const struct stat *st)
+{
+	/* relatime (and strictatime) set the atime of an inode read or listed while its atime is
+	 * not after its ctime: so an atime still before the ctime means no read since. */
+	return ut_ts_ns(st->st_atim) < ut_ts_ns(st->st_ctim);
 }

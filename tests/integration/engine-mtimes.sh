@@ -55,4 +55,34 @@ up5=$(date +%s.%N)
 m=$(stat -c %.9Y "$T_WORK/s6/seg/c.bin")
 [ "$(echo "$m > $up5" | bc)" = 1 ] || t_fail "seg/c.bin: its previous copy was rewritten, yet it kept that copy's mtime $m (upload at $up5)"
 cmp -s "$store/seg/c.bin" "$T_WORK/s6/seg/c.bin" || t_fail "seg/c.bin in s6 differs from the store"
+
+# Without --uploads-before, a capture may skip the wait for the next second only when nothing
+# of the earlier snapshot was read since it was published. An upload that reads only a
+# subdirectory, or opens a file it knows without listing anything, must count: the changed
+# file's mtime must fall in a later second than that read, or s3 sync keeps the old bytes.
+mkdir -p "$store/sub"; head -c 4096 /dev/urandom >"$store/sub/f.bin"
+"$STILLCTL" snapshot -q "$store" "$T_WORK/u1"
+"$STILLCTL" snapshot -q --previous "$T_WORK/u1" "$store" "$T_WORK/u2"
+early_after() { local n; n=$(date +%s.%N); (( ${n%.*} > $1 )) && [ "${n#*.}" \< 2 ]; }
+k=3
+for read in 'ls "$T_WORK/$prev/sub"' 'cat "$T_WORK/$prev/sub/f.bin"' \
+            'find "$T_WORK/$prev/sub" -type f -exec cat {} +'; do
+  prev=u$((k - 1))
+  t_wait_for 5 early_after "$(stat -c %Z "$T_WORK/$prev")"
+  head -c 4096 /dev/urandom >"$store/sub/f.bin"
+  eval "$read" >/dev/null
+  read_at=$(date +%s)
+  "$STILLCTL" snapshot -q --previous "$T_WORK/$prev" "$store" "$T_WORK/u$k"
+  m=$(stat -c %Y "$T_WORK/u$k/sub/f.bin")
+  (( m > read_at )) || t_fail "after [$read] in second $read_at, the changed sub/f.bin got mtime $m: s3 sync of u$k would skip it"
+  k=$((k + 1))
+done
+# Nothing read u$((k - 1)) since it was published: the next capture need not wait for a later
+# second (its summary says so); once any file of it is read, it must.
+head -c 4096 /dev/urandom >"$store/sub/f.bin"
+"$STILLCTL" snapshot --previous "$T_WORK/u$((k - 1))" "$store" "$T_WORK/u$k" 2>"$T_WORK/sum" >&2
+grep -q 'earlier snapshot unread' "$T_WORK/sum" || t_fail "u$((k - 1)) was not read, yet the capture did not see that: $(cat "$T_WORK/sum")"
+cat "$T_WORK/u$k/seg/a.bin" >/dev/null
+"$STILLCTL" snapshot --previous "$T_WORK/u$k" "$store" "$T_WORK/u$((k + 1))" 2>"$T_WORK/sum" >&2
+grep -q 'earlier snapshot unread' "$T_WORK/sum" && t_fail "seg/a.bin of u$k was read, yet the capture took u$k for unread"
 echo "ok"

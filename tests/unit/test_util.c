@@ -268,25 +268,49 @@ Test(cpus, within_the_affinity_mask)
 	cr_assert_leq(n, (unsigned)CPU_COUNT(&set));
 }
 
-/* ut_dir_unlisted: a directory whose atime was set before its ctime is unlisted until read. */
-Test(unlisted, listing_is_seen)
+/* ut_unread_since_change: a directory or file whose atime was set before its ctime counts as
+ * unread until it is listed or read. */
+Test(unread, listing_and_reading_are_seen)
 {
-	char dir[] = "/tmp/stillfs-unit-XXXXXX";
+	char dir[] = "/tmp/stillfs-unit-XXXXXX", file[64];
 	cr_assert_not_null(mkdtemp(dir));
+	snprintf(file, sizeof file, "%s/f", dir);
+	int fd = open(file, O_WRONLY | O_CREAT, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write(fd, "x", 1), 1);
+	close(fd);
 	struct timespec old[2] = { { 1000000000, 0 }, { 1000000000, 0 } };
-	cr_assert_eq(utimensat(AT_FDCWD, dir, old, 0), 0); /* ctime is now, atime long before */
-	double when = 0;
-	int r = ut_dir_unlisted(dir, &when);
-	if (r == 0) {
+	cr_assert_eq(utimensat(AT_FDCWD, file, old, 0), 0); /* ctime is now, atime long before */
+	cr_assert_eq(utimensat(AT_FDCWD, dir, old, 0), 0);
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+	cr_assert_geq(dfd, 0);
+	if (!ut_atime_kept(dfd)) {
+		close(dfd);
+		unlink(file);
 		rmdir(dir); /* /tmp mounted noatime, or a filesystem not trusted: nothing to test */
 		cr_skip_test("atimes of %s are not trusted", dir);
 	}
-	cr_assert_gt(when, 1000000000.0);
+	struct stat st;
+	cr_assert_eq(stat(dir, &st), 0);
+	cr_assert(ut_unread_since_change(&st));
+	cr_assert_eq(stat(file, &st), 0);
+	cr_assert(ut_unread_since_change(&st));
+	char buf[4];
+	fd = open(file, O_RDONLY);
+	cr_assert_eq(read(fd, buf, sizeof buf), 1);
+	close(fd);
+	cr_assert_eq(stat(file, &st), 0);
+	cr_assert_not(ut_unread_since_change(&st), "a read went unseen");
+	cr_assert_eq(stat(dir, &st), 0);
+	cr_assert(ut_unread_since_change(&st), "opening a file by name is not listing its directory");
 	DIR *d = opendir(dir);
 	cr_assert_not_null(d);
 	while (readdir(d))
 		;
 	closedir(d);
-	cr_assert_eq(ut_dir_unlisted(dir, &when), 0, "a listing went unseen");
+	cr_assert_eq(stat(dir, &st), 0);
+	cr_assert_not(ut_unread_since_change(&st), "a listing went unseen");
+	close(dfd);
+	unlink(file);
 	rmdir(dir);
 }
