@@ -296,6 +296,15 @@ static int gen_capture_locked(struct genmgr *gm)
 		prevname = GEN_KEPT;
 		recycle = gm->cfg.recycle ? GEN_KEPT : NULL;
 	}
+	/* When readers last used a generation, on the monotonic clock: now if one holds a handle
+	 * (an upload reading it now), else its last use. Older generations count too: a long
+	 * reader of one may still be uploading it. */
+	double used = 0;
+	for (struct gen *i = gm->list; i; i = i->next) {
+		double u = i->handles ? ut_now() : gen_last_use(i);
+		if (!atomic_load(&i->dead) && u > used)
+			used = u;
+	}
 	gm->capturing = 1;
 	pthread_mutex_unlock(&gm->mu);
 
@@ -306,12 +315,12 @@ static int gen_capture_locked(struct genmgr *gm)
 		cp_rmtree(gm->cfg.cachefd, name);
 	}
 	double t0 = ut_now();
-	/* When readers last used the previous generation, on the real-time clock; with none,
-	 * when the earlier daemon stopped serving the one it kept, or else when this daemon
-	 * started (uploads of an earlier daemon's snapshots came before). */
+	/* When readers last used a generation (above), on the real-time clock; with none, when
+	 * the earlier daemon stopped serving the one it kept, or else when this daemon started
+	 * (uploads of an earlier daemon's snapshots came before). */
 	struct timespec rt = ut_realtime();
 	double rt_now = (double)rt.tv_sec + rt.tv_nsec / 1e9;
-	double since = prev ? t0 - gen_last_use(prev) : kept_until ? rt_now - kept_until :
+	double since = prev ? t0 - used : kept_until ? rt_now - kept_until :
 			      t0 - gm->born;
 	if (kept_until > rt_now + 1)
 		log_warn("the clock is %.0f s behind the time the earlier daemon stopped (%s): "
