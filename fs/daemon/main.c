@@ -738,6 +738,16 @@ static void sf_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	/* default_permissions alone checks the mode bits only: a live directory or file whose
+	 * POSIX ACL denies a user what its mode grants (user:x:---) would be open to them through
+	 * the mount, since lookups and listings run as root. With this the kernel reads each
+	 * node's system.posix_acl_access (op_getxattr) and checks it too. Snapshot nodes have no
+	 * ACL: their modes were narrowed by the capture instead (cap_acl_narrow). */
+	if (conn->capable & FUSE_CAP_POSIX_ACL)
+		conn->want |= FUSE_CAP_POSIX_ACL;
+	else
+		log_warn("the kernel cannot check POSIX ACLs for FUSE: ACLs in the store that deny "
+			 "what the mode bits allow are not enforced through the mount");
 	fc_init(conn);
 	conn->max_write = 1U << 20;
 	conn->max_readahead = conn->max_readahead > (1U << 20) ? conn->max_readahead : 1U << 20;

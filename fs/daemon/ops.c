@@ -580,6 +580,13 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 		rc = -ENODATA;
 	if (rc)
 		goto out;
+	/* A snapshot's modes already account for its source's ACL (cap_acl_narrow); an ACL the
+	 * cache's own directory gave the copy says nothing about the source. */
+	if (n->kind == ND_SNAP && !strncmp(name, "system.posix_acl_", 17)) {
+		nd_unpin(n);
+		rc = -ENODATA;
+		goto out;
+	}
 	if (size && !(buf = malloc(size))) {
 		len = -1;
 		errno = ENOMEM;
