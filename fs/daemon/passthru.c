@@ -5,11 +5,13 @@
  * policy of which opens get it.
  *
  * The kernel allows one backing file per inode at a time, and refuses to mix passthrough and
- * page-cached opens of an inode. So a node holds one backing id while any of its handles
- * uses it (pt_users) and counts its cached handles (pt_other); a node with cached handles
- * gets cached opens, one with passthrough handles whose backing lacks the access mode asked
- * for gets a direct_io open (the kernel allows those beside passthrough ones). Anything
- * unexpected leaves the open as it would be without passthrough. */
+ * page-cached (or direct_io) opens of an inode. So a node holds one backing id while any of
+ * its handles uses it (pt_users) and counts its cached handles (pt_other); a node with cached
+ * handles gets cached opens. A live file's backing is opened read-write whenever it can be
+ * (pt_backing_open), so that later writers can share it; one that could only be opened
+ * read-only (a running executable, a read-only or immutable file) gives a later writer a
+ * direct_io open, which the kernel may refuse. Anything unexpected leaves the open as it
+ * would be without passthrough. */
 #include "stillfs.h"
 #include "fusecompat.h"
 
@@ -28,15 +30,25 @@ static int pt_covers(int have, int want)
 	return have == O_RDWR || have == want;
 }
 
-/* A backing file for n with access mode acc (O_WRONLY is widened to O_RDWR when possible:
- * a later reader could not share a write-only backing). Returns its id or -errno. */
+/* A backing file for n with access mode acc, widened to O_RDWR for a live file whenever
+ * possible: the kernel refuses every open of an inode that is not passthrough of the same
+ * backing while one is (Linux 6.9-6.18 at least: EIO, even for direct_io), so a backing
+ * opened read-only would make every later open for writing fail for as long as a reader
+ * kept the file open - any user who may read a database could stop its writers. Each open
+ * file still reads and writes only as its own access mode allows (the kernel checks it on
+ * the FUSE file, and the caller's open was checked with their credentials). Returns the id
+ * or -errno. */
 static int pt_backing_open(fuse_req_t req, struct node *n, int *acc)
 {
 	int fd = -EINVAL;
-	if (*acc != O_RDONLY) {
-		fd = nd_reopen(n, O_RDWR);
-		if (fd >= 0)
+	if (*acc != O_RDONLY || n->kind == ND_LIVE) {
+		/* O_NONBLOCK: a lease on the file (its owner may take one) fails the open
+		 * at once instead of holding this thread until the lease is broken. */
+		fd = nd_reopen(n, O_RDWR | O_NONBLOCK);
+		if (fd >= 0) {
 			*acc = O_RDWR;
+			fcntl(fd, F_SETFL, 0);
+		}
 	}
 	if (fd < 0)
 		fd = nd_reopen(n, *acc);
