@@ -54,6 +54,31 @@ static char *fh_status_text(fuse_req_t req, const struct node *n, size_t *len)
 	return ob_status(detailed, n == &sf.status_json, len);
 }
 
+/* A live file opened for a caller, never waiting for a lease: an open that conflicts with a
+ * lease (F_SETLEASE, which a file's owner may take) would hold this thread until the holder
+ * let go or lease-break-time (45 s) passed, and a user holding a lease on a file of theirs
+ * while opening it through the mount many times over would hold every request thread, and
+ * stall the mount for everyone. The caller gets EWOULDBLOCK at once (as with O_NONBLOCK),
+ * and the holder is told to let go. O_NONBLOCK is then cleared unless the caller asked. */
+static int fh_open_nowait(int (*op)(void *, int), void *arg, int flags)
+{
+	int fd = op(arg, flags | O_NONBLOCK);
+	if (fd >= 0 && !(flags & O_NONBLOCK))
+		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	return fd;
+}
+
+static int fh_reopen_op(void *n, int flags)
+{
+	return nd_reopen(n, flags);
+}
+
+static int fh_procopen_op(void *path, int flags)
+{
+	int fd = openat(sf.procfd, path, flags | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
 /* Everything a handle holds besides its memory: descriptor, pin, WAL-index count. */
 static void fh_close(fuse_req_t req, struct fh *h)
 {
@@ -123,8 +148,9 @@ static int fh_make(fuse_req_t req, struct node *n, struct fuse_file_info *fi, in
 		} else {
 			/* O_DIRECT would impose alignment on our buffers; the kernel side already
 			 * bypasses its cache for such opens. */
-			h->fd = nd_reopen(n, fi->flags & ~(O_NOFOLLOW | O_CREAT | O_EXCL | O_NOCTTY |
-							 O_DIRECT));
+			h->fd = fh_open_nowait(fh_reopen_op, n,
+					       fi->flags & ~(O_NOFOLLOW | O_CREAT | O_EXCL | O_NOCTTY |
+							     O_DIRECT));
 			if (h->fd < 0) {
 				rc = h->fd;
 				goto fail;
@@ -202,10 +228,8 @@ static int fh_open_existing(const struct node *p, const char *name, int flags)
 	else {
 		/* Reopen the inode we checked, not the name again. */
 		snprintf(path, sizeof path, "%d", pfd);
-		fd = openat(sf.procfd, path, (flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_DIRECT |
-							O_NOCTTY)) | O_CLOEXEC);
-		if (fd < 0)
-			fd = -errno;
+		fd = fh_open_nowait(fh_procopen_op, path,
+				    flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_DIRECT | O_NOCTTY));
 	}
 	close(pfd);
 	return fd;

@@ -42,16 +42,17 @@ static int pt_backing_open(fuse_req_t req, struct node *n, int *acc)
 {
 	int fd = -EINVAL;
 	if (*acc != O_RDONLY || n->kind == ND_LIVE) {
-		/* O_NONBLOCK: a lease on the file (its owner may take one) fails the open
-		 * at once instead of holding this thread until the lease is broken. */
+		/* O_NONBLOCK, here and below: a lease on the file (its owner may take one)
+		 * fails the open at once instead of holding this thread until the lease is
+		 * broken (see fh_open_nowait). */
 		fd = nd_reopen(n, O_RDWR | O_NONBLOCK);
 		if (fd >= 0) {
 			*acc = O_RDWR;
 			fcntl(fd, F_SETFL, 0);
 		}
 	}
-	if (fd < 0)
-		fd = nd_reopen(n, *acc);
+	if (fd < 0 && (fd = nd_reopen(n, *acc | O_NONBLOCK)) >= 0)
+		fcntl(fd, F_SETFL, 0);
 	if (fd < 0)
 		return fd;
 	int id = fc_backing_open(req, fd);
