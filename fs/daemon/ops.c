@@ -608,6 +608,25 @@ out:
 	free(buf);
 }
 
+/* Names in the trusted namespace are listed only to a caller with CAP_SYS_ADMIN (a local file
+ * system leaves them out for everyone else), but we list as root: remove them from list, of
+ * len bytes, for any caller but root. Returns the new length. */
+static size_t op_xattr_hide_trusted(fuse_req_t req, char *list, size_t len)
+{
+	size_t out = 0;
+	if (fuse_req_ctx(req)->uid == 0)
+		return len;
+	for (size_t i = 0; i < len;) {
+		size_t l = strnlen(list + i, len - i) + 1;
+		if (strncmp(list + i, "trusted.", 8)) {
+			memmove(list + out, list + i, l);
+			out += l;
+		}
+		i += l;
+	}
+	return out;
+}
+
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	struct node *n = nd_of(ino);
@@ -624,18 +643,24 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	}
 	if (rc)
 		goto out;
-	if (size && !(buf = malloc(size))) {
+	/* The whole list even when only its size is asked: the size must be that of the list
+	 * the caller will get. */
+	len = listxattr(path, NULL, 0);
+	if (len >= 0 && !(buf = malloc((size_t)len + 1))) {
 		len = -1;
 		errno = ENOMEM;
-	} else {
-		len = listxattr(path, buf, size);
+	} else if (len >= 0) {
+		len = listxattr(path, buf, (size_t)len);   /* ERANGE if it grew meanwhile */
 	}
 	if (len < 0)
 		rc = -errno;
 	nd_unpin(n);
 	if (rc)
 		goto out;
-	if (size)
+	len = (ssize_t)op_xattr_hide_trusted(req, buf, (size_t)len);
+	if (size && (size_t)len > size)
+		fuse_reply_err(req, ERANGE);
+	else if (size)
 		fuse_reply_buf(req, buf, (size_t)len);
 	else
 		fuse_reply_xattr(req, (size_t)len);
