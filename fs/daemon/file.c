@@ -328,7 +328,15 @@ static void fh_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
 	out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 	out.buf[0].fd = h->fd;
 	out.buf[0].pos = off;
+	/* As the caller: a file system lets root's file-system uid write into the blocks it
+	 * keeps for root (ext4's reserve), which no user may fill. */
+	int rc = op_cred_take(req);
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
 	ssize_t n = fuse_buf_copy(&out, in, 0);
+	op_cred_drop();
 	if (n < 0)
 		fuse_reply_err(req, (int)-n);
 	else
@@ -378,8 +386,11 @@ static void fh_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 	int rc = 0;
 	if (h->node->kind != ND_LIVE)
 		rc = EROFS;
-	else if (fallocate(h->fd, mode, off, len) < 0)
-		rc = errno;
+	else if (!(rc = -op_cred_take(req))) {    /* as fh_write_buf: no reserved blocks */
+		if (fallocate(h->fd, mode, off, len) < 0)
+			rc = errno;
+		op_cred_drop();
+	}
 	fuse_reply_err(req, rc);
 }
 
@@ -392,9 +403,16 @@ static void fh_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 		fuse_reply_err(req, out->node->kind != ND_LIVE ? EROFS : EOPNOTSUPP);
 		return;
 	}
+	int rc = op_cred_take(req);            /* as fh_write_buf: no reserved blocks */
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
 	ssize_t n = copy_file_range(in->fd, &off_in, out->fd, &off_out, len, (unsigned)flags);
+	rc = errno;
+	op_cred_drop();
 	if (n < 0)
-		fuse_reply_err(req, errno);
+		fuse_reply_err(req, rc);
 	else
 		fuse_reply_write(req, (size_t)n);
 }

@@ -10,6 +10,7 @@
 #include "clone.h"
 
 #include <dirent.h>
+#include <linux/capability.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -21,6 +22,7 @@
 #include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -753,6 +755,26 @@ static void sf_init(void *userdata, struct fuse_conn_info *conn)
 	conn->max_readahead = conn->max_readahead > (1U << 20) ? conn->max_readahead : 1U << 20;
 }
 
+/* CAP_SYS_RESOURCE out of the effective set, before any thread exists (capabilities are per
+ * thread; new ones inherit them, and so do the passthrough backing files, which write with
+ * the credentials of the thread that registered them). With it, every write the daemon makes
+ * for a user - through a handle, a passthrough backing file, a create - may go past that
+ * user's disk quota and into the blocks a file system keeps for root (ext4's 5 %), so a user
+ * who may write the store could fill it, and whatever else of root's lives on it, to the last
+ * block. Kept in the permitted set; the daemon raised its descriptor limit already. */
+static void sf_drop_resource(void)
+{
+	struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+	struct __user_cap_data_struct d[2];
+
+	if (syscall(SYS_capget, &hdr, d) < 0 || !(d[0].effective & (1U << CAP_SYS_RESOURCE)))
+		return;
+	d[0].effective &= ~(1U << CAP_SYS_RESOURCE);
+	if (syscall(SYS_capset, &hdr, d) < 0)
+		log_warn("cannot give up CAP_SYS_RESOURCE: writes through the mount may go past "
+			 "disk quotas and root's reserved blocks: %s", strerror(errno));
+}
+
 static atomic_int sf_hk_stop;
 
 static void sf_on_dead(struct gen *g) { nd_reclaim(g); }
@@ -973,6 +995,7 @@ int main(int argc, char **argv)
 		 sf_fd_handles ? " (reopened by file handle)" : "", sf_fd_pool,
 		 sf.o.max_user_fds);
 
+	sf_drop_resource();
 	/* Our own thread must not take the signals meant to stop the loop. */
 	sigset_t block, old;
 	sigemptyset(&block);

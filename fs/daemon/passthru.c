@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/fsuid.h>
 #include <unistd.h>
 
 static pthread_mutex_t pt_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -55,7 +56,22 @@ static int pt_backing_open(fuse_req_t req, struct node *n, int *acc)
 		fcntl(fd, F_SETFL, 0);
 	if (fd < 0)
 		return fd;
+	/* The kernel writes through the backing file with the credentials of the thread that
+	 * registers it, for every handle that shares it, whoever opened that handle: never
+	 * root's file-system ids, which may write into the blocks a file system keeps for root
+	 * (ext4's reserve), which no user may fill. The overflow ids (nobody) instead: the
+	 * writes need no permission of their own (each handle was opened as its caller). */
+	uid_t fsuid = (uid_t)setfsuid((uid_t)-1);
+	gid_t fsgid = (gid_t)setfsgid((gid_t)-1);
+	if (fsuid == 0) {
+		setfsgid(65534);
+		setfsuid(65534);
+	}
 	int id = fc_backing_open(req, fd);
+	if (fsuid == 0) {
+		setfsuid(fsuid);
+		setfsgid(fsgid);
+	}
 	close(fd);
 	return id;
 }
