@@ -76,6 +76,15 @@ static int pt_backing_open(fuse_req_t req, struct node *n, int *acc)
 	return id;
 }
 
+/* A live executable is not given a backing file (its opens are page-cached, served by the
+ * daemon): the backing is opened read-write (pt_backing_open), and a file open for writing
+ * cannot be run (ETXTBSY), so a reader holding it open would stop everyone from running it. */
+static int pt_executable(const struct fh *h)
+{
+	struct stat st;
+	return fstat(h->fd, &st) < 0 || (st.st_mode & 0111);
+}
+
 int pt_attach(fuse_req_t req, struct node *n, struct fh *h, struct fuse_file_info *fi)
 {
 	int acc = fi->flags & O_ACCMODE, id = 0;
@@ -94,7 +103,8 @@ int pt_attach(fuse_req_t req, struct node *n, struct fh *h, struct fuse_file_inf
 			/* The only kind of open the kernel takes beside passthrough ones. */
 			fi->direct_io = 1;
 		}
-	} else if (n->pt_other == 0 && !n->pt_failed) {
+	} else if (n->pt_other == 0 && !n->pt_failed &&
+		   !(n->kind == ND_LIVE && pt_executable(h))) {
 		id = pt_backing_open(req, n, &acc);
 		if (id > 0) {
 			n->pt_id = id;

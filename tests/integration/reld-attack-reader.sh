@@ -9,7 +9,7 @@
 # - the store's owner opens (O_RDWR, O_WRONLY) and writes a 0644 file and an SQLite database
 #   that an unprivileged user holds open read-only through the mount;
 # - the reader still cannot write through its own descriptor, nor mmap it writable, nor open
-#   the file for writing;
+#   the file for writing; nor can it stop an executable it holds open from being run;
 # - a non-owner's write to a group-writable set-user-ID file, while another handle of it is
 #   open, still clears the bit.
 source "$(dirname "$0")/lib.sh"
@@ -24,6 +24,7 @@ sqlite3 "$store/db" 'create table t(x); insert into t values (1);'
 chown daemon:daemon "$store/db" && chmod 644 "$store/db"
 chown daemon:daemon "$store" && chmod 755 "$store"
 printf 'orig' >"$store/suid" && chown root:"$user" "$store/suid" && chmod 4775 "$store/suid"
+cp /bin/true "$store/prog" && chown daemon:daemon "$store/prog" && chmod 755 "$store/prog"
 t_mount "$store" "$mnt" -o auto_unmount,allow_other,snapshot_max_age=3600,snapshot_linger=0
 t_log "passthrough: $(t_status "$mnt" passthrough)"
 as_owner() { setpriv --reuid daemon --regid daemon --clear-groups -- "$@"; }
@@ -32,9 +33,9 @@ py=$(command -v python3.11 || command -v python3)
 
 # The attacker holds both files open read-only, and tries to write through them. (setpriv
 # itself in the background, not as_user: $! must be the process that becomes python.)
-setpriv --reuid "$user" --regid "$user" --init-groups -- "$py" - "$mnt/f" "$mnt/db" "$T_WORK/u/held" <<'EOF' &
+setpriv --reuid "$user" --regid "$user" --init-groups -- "$py" - "$mnt/f" "$mnt/db" "$T_WORK/u/held" "$mnt/prog" <<'EOF' &
 import mmap, os, sys, time
-fds = [os.open(p, os.O_RDONLY) for p in sys.argv[1:3]]
+fds = [os.open(p, os.O_RDONLY) for p in sys.argv[1:3] + sys.argv[4:5]]
 for fd in fds:
     os.read(fd, 1)
 bad = []
@@ -70,6 +71,9 @@ appended" ] || t_fail "the owner's writes did not reach the store: $(cat "$store
 out=$(as_owner sqlite3 "$mnt/db" 'insert into t values (2); select count(*) from t;' 2>&1) ||
   t_fail "the owner cannot write their database while a reader holds it: $out"
 [ "$out" = 2 ] || t_fail "the owner's database write: $out"
+
+# ... nor running the executable it holds open.
+"$store/prog" || t_fail "an executable the reader holds open through the mount cannot be run (ETXTBSY?)"
 
 # A write by a non-owner (the group may write) clears set-user-ID, a handle open beside it or not.
 as_user "$py" - "$mnt/suid" <<'EOF' || t_fail "the group member cannot write the group-writable file"
