@@ -710,7 +710,8 @@ static int sf_open_fds(void)
 	sf.snapdir.nlookup = 1;
 	sf.snapdir_st = st;
 	sf.snapdir_st.st_ino = sf.snapdir.ino;
-	sf.snapdir_st.st_mode = S_IFDIR | (st.st_mode & 07555);
+	/* Its listing is the snapshot of the root's: no more open than the root's ACL allows. */
+	sf.snapdir_st.st_mode = S_IFDIR | (cap_acl_mode(sf.storefd, st.st_mode) & 07555);
 	sf.snapdir_st.st_nlink = 2;
 	sf.snapdir_st.st_atim = sf.snapdir_st.st_mtim = sf.snapdir_st.st_ctim = ut_realtime();
 	sf.status.fd = -1;

@@ -113,6 +113,13 @@ void cap_acl_narrow(int fd, struct cap_stat *st)
 	st->st_mode = (st->st_mode & ~(mode_t)077) | (mode_t)(g << 3) | (mode_t)o;
 }
 
+mode_t cap_acl_mode(int fd, mode_t mode)
+{
+	struct cap_stat st = { .st_mode = mode };
+	cap_acl_narrow(fd, &st);
+	return st.st_mode;
+}
+
 /* fstat into a cap_stat, the mode narrowed by the file's ACL (cap_acl_narrow). 0 or -errno. */
 int cap_fstat(int fd, struct cap_stat *to)
 {

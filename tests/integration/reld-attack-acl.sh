@@ -6,7 +6,8 @@
 # 0755 directory, a database) was open to that user through the live view and .snapshot.
 # Now: the live view asks the kernel to check ACLs (FUSE_CAP_POSIX_ACL), and a snapshot,
 # which keeps no ACL, narrows the mode so that nobody gets more than the ACL gave them.
-# Also: an ACL that denies nothing keeps the snapshot's mode; the owner keeps access.
+# Also: an ACL that denies nothing keeps the snapshot's mode; the owner keeps access; a root
+# the user may pass but not read is listed to them neither live nor as .snapshot.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/reld-lib.sh"
 : "${STILLFS:?}"
@@ -25,6 +26,7 @@ setfacl -m "u:$user:---" "$store/f" "$store/d" "$store/db" ||
   t_fail "the store's file system takes no ACLs"
 setfacl -m "g:$user:---" "$store/gf"
 setfacl -m "u:$user:r--" "$store/open/o"      # denies nothing
+setfacl -m "u:$user:--x" "$store"              # the root: may be passed, not listed
 # Directly, the user is refused everything above.
 for p in f d/g gf db; do
   as_user cat "$store/$p" >/dev/null 2>&1 && t_fail "setup: $user reads $p in the store itself"
@@ -50,6 +52,10 @@ for v in "$mnt" "$mnt/.snapshot"; do
   [ "$(cat "$v/f")" = file-secret ] && [ "$(cat "$v/d/g")" = dir-secret ] ||
     t_fail "root cannot read the files in $v"
 done
+# Nor the root's names, live or in .snapshot (whose mode is the root's).
+refused "$user lists the root whose ACL denies them reading it" as_user ls "$mnt"
+refused "$user lists .snapshot of a root whose ACL denies them reading it" as_user ls "$mnt/.snapshot"
+[ "$(ls "$mnt/.snapshot" | wc -l)" -gt 0 ] || t_fail "root cannot list .snapshot"
 # An ACL that takes nothing away leaves the snapshot's mode as the store's (less the write bits).
 [ "$(stat -c %a "$mnt/.snapshot/open/o")" = 444 ] ||
   t_fail "an ACL that denies nothing narrowed the snapshot's mode to $(stat -c %a "$mnt/.snapshot/open/o")"
