@@ -7,7 +7,8 @@
 # Now: the live view asks the kernel to check ACLs (FUSE_CAP_POSIX_ACL), and a snapshot,
 # which keeps no ACL, narrows the mode so that nobody gets more than the ACL gave them.
 # Also: an ACL that denies nothing keeps the snapshot's mode; the owner keeps access; a root
-# the user may pass but not read is listed to them neither live nor as .snapshot.
+# the user may pass but not read is listed to them neither live nor as .snapshot; a 0777
+# root whose ACL denies the user writing it does not let them force captures.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/reld-lib.sh"
 : "${STILLFS:?}"
@@ -64,5 +65,9 @@ for p in f d db; do
   m=$(stat -c %a "$mnt/.snapshot/$p")
   [ "${m:1}" = 00 ] || t_fail "the snapshot of $p is mode $m: the user denied by its ACL still gets rights"
 done
+# Forcing a capture is for the root's writers, ACL included.
+chmod 777 "$store" && setfacl -m "u:$user:r-x" "$store"
+out=$(as_user "$STILLCTL" refresh "$mnt" 2>&1) && t_fail "$user forced a capture though the root's ACL denies them writing it: $out"
+"$STILLCTL" refresh "$mnt" >/dev/null || t_fail "root cannot force a capture"
 t_unmount "$mnt"
 echo "PASS: ACLs that deny a user are honoured through the live view and .snapshot"
