@@ -330,7 +330,7 @@ static void fh_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
 	out.buf[0].pos = off;
 	/* As the caller: a file system lets root's file-system uid write into the blocks it
 	 * keeps for root (ext4's reserve), which no user may fill. */
-	int rc = op_cred_take(req);
+	int rc = op_cred_take_ids(req);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
@@ -386,7 +386,7 @@ static void fh_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 	int rc = 0;
 	if (h->node->kind != ND_LIVE)
 		rc = EROFS;
-	else if (!(rc = -op_cred_take(req))) {    /* as fh_write_buf: no reserved blocks */
+	else if (!(rc = -op_cred_take_ids(req))) { /* as fh_write_buf: no reserved blocks */
 		if (fallocate(h->fd, mode, off, len) < 0)
 			rc = errno;
 		op_cred_drop();
@@ -403,7 +403,7 @@ static void fh_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 		fuse_reply_err(req, out->node->kind != ND_LIVE ? EROFS : EOPNOTSUPP);
 		return;
 	}
-	int rc = op_cred_take(req);            /* as fh_write_buf: no reserved blocks */
+	int rc = op_cred_take_ids(req);        /* as fh_write_buf: no reserved blocks */
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;

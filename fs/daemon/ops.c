@@ -107,6 +107,28 @@ int op_cred_take(fuse_req_t req)
 	return rc;
 }
 
+int op_cred_take_ids(fuse_req_t req)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	int rc = 0;
+
+	if (sf.uid != 0)
+		return 0;
+	if (ctx->gid != sf.gid) {
+		op_as_caller |= OP_CRED_GID;
+		rc = op_setfs(SYS_setfsgid, ctx->gid);
+	}
+	if (!rc && ctx->uid != sf.uid) {
+		op_as_caller |= OP_CRED_UID;
+		rc = op_setfs(SYS_setfsuid, ctx->uid);
+	}
+	if (rc) {
+		log_err("cannot take the credentials of uid %u: %s", (unsigned)ctx->uid, strerror(-rc));
+		op_cred_drop();
+	}
+	return rc;
+}
+
 void op_cred_drop(void)
 {
 	/* A thread that kept a caller's identity would serve the next request with it. */
