@@ -5,6 +5,7 @@
 #define STILL_CAPTURE_H
 
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 #define CAP_MANIFEST_NAME ".stillfs-manifest"
@@ -73,6 +74,10 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st);
 
 /* Ask a running cap_snapshot to stop and clean up (async-signal-safe). */
 void cap_interrupt(void);
+
+/* mode (permission bits) less what the access ACL of fd's file denies some user or group
+ * that the bits alone would grant: what a snapshot of it shows, since it keeps no ACL. */
+mode_t cap_acl_mode(int fd, mode_t mode);
 
 /* Read the header of DIR's manifest into st. 0 or negative errno. */
 int cap_read_stats(const char *dir, struct cap_stats *st);

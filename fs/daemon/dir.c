@@ -39,6 +39,7 @@ struct dr {
 	off_t off;                 /* offset of pending / of the next readdir */
 	struct dr_ent *ents;       /* root only */
 	size_t nents;
+	size_t charged_bytes;      /* of ents, charged to uid (dr_charge) */
 };
 
 /* Open handles of `.snapshot` itself. A name looked up below `.snapshot` belongs to the
@@ -98,6 +99,72 @@ struct gen *dr_snapdir_gen(pid_t pid)
 	return g;
 }
 
+/* Memory of root listings, per user. Each handle of the root holds a copy of the store root's
+ * names (dr_load_root), as big as the root is: a user who opened the root many times over
+ * (up to -o max_user_fds handles) could otherwise make the daemon hold that many copies of a
+ * big root - one they filled with long names, if they may write it - until it was killed for
+ * lack of memory. A user other than root (or the daemon's own) holds at most DR_USER_BYTES
+ * of them, and all of them together DR_ALL_BYTES; past that, a listing of the root fails
+ * with ENOMEM. */
+#define DR_USER_BYTES (32UL << 20)
+#define DR_ALL_BYTES (128UL << 20)
+struct dr_user {
+	uid_t uid;
+	size_t bytes;
+};
+static pthread_mutex_t dr_mmu = PTHREAD_MUTEX_INITIALIZER;
+static struct dr_user *dr_users;
+static size_t dr_nusers, dr_users_cap, dr_all_bytes;
+
+static struct dr_user *dr_user_of(uid_t uid)
+{
+	for (size_t i = 0; i < dr_nusers; i++)
+		if (dr_users[i].uid == uid)
+			return &dr_users[i];
+	if (dr_nusers == dr_users_cap) {
+		size_t cap = dr_users_cap ? dr_users_cap * 2 : 16;
+		struct dr_user *u = realloc(dr_users, cap * sizeof *u);
+		if (!u)
+			return NULL;
+		dr_users = u;
+		dr_users_cap = cap;
+	}
+	dr_users[dr_nusers] = (struct dr_user){ uid, 0 };
+	return &dr_users[dr_nusers++];
+}
+
+/* Charge n more bytes of d's root listing to its user: 0 or -ENOMEM. */
+static int dr_charge(struct dr *d, size_t n)
+{
+	int rc = 0;
+	if (d->uid == 0 || d->uid == sf.uid)
+		return 0;
+	pthread_mutex_lock(&dr_mmu);
+	struct dr_user *u = dr_user_of(d->uid);
+	if (!u || u->bytes + n > DR_USER_BYTES || dr_all_bytes + n > DR_ALL_BYTES) {
+		rc = -ENOMEM;
+	} else {
+		u->bytes += n;
+		dr_all_bytes += n;
+		d->charged_bytes += n;
+	}
+	pthread_mutex_unlock(&dr_mmu);
+	return rc;
+}
+
+static void dr_uncharge(struct dr *d)
+{
+	if (!d->charged_bytes)
+		return;
+	pthread_mutex_lock(&dr_mmu);
+	struct dr_user *u = dr_user_of(d->uid);
+	if (u)
+		u->bytes -= d->charged_bytes;
+	dr_all_bytes -= d->charged_bytes;
+	pthread_mutex_unlock(&dr_mmu);
+	d->charged_bytes = 0;
+}
+
 static void dr_free_ents(struct dr *d)
 {
 	for (size_t i = 0; i < d->nents; i++)
@@ -105,6 +172,7 @@ static void dr_free_ents(struct dr *d)
 	free(d->ents);
 	d->ents = NULL;
 	d->nents = 0;
+	dr_uncharge(d);
 }
 
 static void dr_free(struct dr *d)
@@ -189,7 +257,18 @@ out:
 		fuse_reply_err(req, -rc);
 }
 
+static int dr_load_root_ents(struct dr *d);
+
+/* The root's listing, anew; on failure nothing is kept (nor charged). */
 static int dr_load_root(struct dr *d)
+{
+	int rc = dr_load_root_ents(d);
+	if (rc)
+		dr_free_ents(d);
+	return rc;
+}
+
+static int dr_load_root_ents(struct dr *d)
 {
 	struct dirent *de;
 	size_t cap = 0;
@@ -205,6 +284,9 @@ static int dr_load_root(struct dr *d)
 			continue;
 		if (d->nents + 1 >= cap) {
 			size_t c = cap ? cap * 2 : 64;
+			int rc = dr_charge(d, (c - cap) * sizeof(struct dr_ent));
+			if (rc)
+				return rc;
 			struct dr_ent *e = realloc(d->ents, c * sizeof *e);
 			if (!e)
 				return -ENOMEM;
@@ -212,6 +294,10 @@ static int dr_load_root(struct dr *d)
 			cap = c;
 		}
 		struct dr_ent *e = &d->ents[d->nents];
+		/* malloc's own overhead too: a short name takes 32 bytes */
+		int rc = dr_charge(d, (strlen(de->d_name) + 1 + 16 + 15) & ~(size_t)15);
+		if (rc)
+			return rc;
 		if (!(e->name = strdup(de->d_name)))
 			return -ENOMEM;
 		e->ino = de->d_ino;

@@ -54,6 +54,31 @@ static char *fh_status_text(fuse_req_t req, const struct node *n, size_t *len)
 	return ob_status(detailed, n == &sf.status_json, len);
 }
 
+/* A live file opened for a caller, never waiting for a lease: an open that conflicts with a
+ * lease (F_SETLEASE, which a file's owner may take) would hold this thread until the holder
+ * let go or lease-break-time (45 s) passed, and a user holding a lease on a file of theirs
+ * while opening it through the mount many times over would hold every request thread, and
+ * stall the mount for everyone. The caller gets EWOULDBLOCK at once (as with O_NONBLOCK),
+ * and the holder is told to let go. O_NONBLOCK is then cleared unless the caller asked. */
+static int fh_open_nowait(int (*op)(void *, int), void *arg, int flags)
+{
+	int fd = op(arg, flags | O_NONBLOCK);
+	if (fd >= 0 && !(flags & O_NONBLOCK))
+		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	return fd;
+}
+
+static int fh_reopen_op(void *n, int flags)
+{
+	return nd_reopen(n, flags);
+}
+
+static int fh_procopen_op(void *path, int flags)
+{
+	int fd = openat(sf.procfd, path, flags | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
 /* Everything a handle holds besides its memory: descriptor, pin, WAL-index count. */
 static void fh_close(fuse_req_t req, struct fh *h)
 {
@@ -123,8 +148,9 @@ static int fh_make(fuse_req_t req, struct node *n, struct fuse_file_info *fi, in
 		} else {
 			/* O_DIRECT would impose alignment on our buffers; the kernel side already
 			 * bypasses its cache for such opens. */
-			h->fd = nd_reopen(n, fi->flags & ~(O_NOFOLLOW | O_CREAT | O_EXCL | O_NOCTTY |
-							 O_DIRECT));
+			h->fd = fh_open_nowait(fh_reopen_op, n,
+					       fi->flags & ~(O_NOFOLLOW | O_CREAT | O_EXCL | O_NOCTTY |
+							     O_DIRECT));
 			if (h->fd < 0) {
 				rc = h->fd;
 				goto fail;
@@ -202,10 +228,8 @@ static int fh_open_existing(const struct node *p, const char *name, int flags)
 	else {
 		/* Reopen the inode we checked, not the name again. */
 		snprintf(path, sizeof path, "%d", pfd);
-		fd = openat(sf.procfd, path, (flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_DIRECT |
-							O_NOCTTY)) | O_CLOEXEC);
-		if (fd < 0)
-			fd = -errno;
+		fd = fh_open_nowait(fh_procopen_op, path,
+				    flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_DIRECT | O_NOCTTY));
 	}
 	close(pfd);
 	return fd;
@@ -304,7 +328,15 @@ static void fh_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
 	out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 	out.buf[0].fd = h->fd;
 	out.buf[0].pos = off;
+	/* As the caller: a file system lets root's file-system uid write into the blocks it
+	 * keeps for root (ext4's reserve), which no user may fill. */
+	int rc = op_cred_take_ids(req);
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
 	ssize_t n = fuse_buf_copy(&out, in, 0);
+	op_cred_drop();
 	if (n < 0)
 		fuse_reply_err(req, (int)-n);
 	else
@@ -354,8 +386,11 @@ static void fh_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 	int rc = 0;
 	if (h->node->kind != ND_LIVE)
 		rc = EROFS;
-	else if (fallocate(h->fd, mode, off, len) < 0)
-		rc = errno;
+	else if (!(rc = -op_cred_take_ids(req))) { /* as fh_write_buf: no reserved blocks */
+		if (fallocate(h->fd, mode, off, len) < 0)
+			rc = errno;
+		op_cred_drop();
+	}
 	fuse_reply_err(req, rc);
 }
 
@@ -368,9 +403,16 @@ static void fh_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 		fuse_reply_err(req, out->node->kind != ND_LIVE ? EROFS : EOPNOTSUPP);
 		return;
 	}
+	int rc = op_cred_take_ids(req);        /* as fh_write_buf: no reserved blocks */
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
 	ssize_t n = copy_file_range(in->fd, &off_in, out->fd, &off_out, len, (unsigned)flags);
+	rc = errno;
+	op_cred_drop();
 	if (n < 0)
-		fuse_reply_err(req, errno);
+		fuse_reply_err(req, rc);
 	else
 		fuse_reply_write(req, (size_t)n);
 }

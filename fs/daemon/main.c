@@ -10,6 +10,7 @@
 #include "clone.h"
 
 #include <dirent.h>
+#include <linux/capability.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -21,6 +22,7 @@
 #include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -708,7 +710,8 @@ static int sf_open_fds(void)
 	sf.snapdir.nlookup = 1;
 	sf.snapdir_st = st;
 	sf.snapdir_st.st_ino = sf.snapdir.ino;
-	sf.snapdir_st.st_mode = S_IFDIR | (st.st_mode & 07555);
+	/* Its listing is the snapshot of the root's: no more open than the root's ACL allows. */
+	sf.snapdir_st.st_mode = S_IFDIR | (cap_acl_mode(sf.storefd, st.st_mode) & 07555);
 	sf.snapdir_st.st_nlink = 2;
 	sf.snapdir_st.st_atim = sf.snapdir_st.st_mtim = sf.snapdir_st.st_ctim = ut_realtime();
 	sf.status.fd = -1;
@@ -738,9 +741,39 @@ static void sf_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	/* default_permissions alone checks the mode bits only: a live directory or file whose
+	 * POSIX ACL denies a user what its mode grants (user:x:---) would be open to them through
+	 * the mount, since lookups and listings run as root. With this the kernel reads each
+	 * node's system.posix_acl_access (op_getxattr) and checks it too. Snapshot nodes have no
+	 * ACL: their modes were narrowed by the capture instead (cap_acl_narrow). */
+	if (conn->capable & FUSE_CAP_POSIX_ACL)
+		conn->want |= FUSE_CAP_POSIX_ACL;
+	else
+		log_warn("the kernel cannot check POSIX ACLs for FUSE: ACLs in the store that deny "
+			 "what the mode bits allow are not enforced through the mount");
 	fc_init(conn);
 	conn->max_write = 1U << 20;
 	conn->max_readahead = conn->max_readahead > (1U << 20) ? conn->max_readahead : 1U << 20;
+}
+
+/* CAP_SYS_RESOURCE out of the effective set, before any thread exists (capabilities are per
+ * thread; new ones inherit them, and so do the passthrough backing files, which write with
+ * the credentials of the thread that registered them). With it, every write the daemon makes
+ * for a user - through a handle, a passthrough backing file, a create - may go past that
+ * user's disk quota and into the blocks a file system keeps for root (ext4's 5 %), so a user
+ * who may write the store could fill it, and whatever else of root's lives on it, to the last
+ * block. Kept in the permitted set; the daemon raised its descriptor limit already. */
+static void sf_drop_resource(void)
+{
+	struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+	struct __user_cap_data_struct d[2];
+
+	if (syscall(SYS_capget, &hdr, d) < 0 || !(d[0].effective & (1U << CAP_SYS_RESOURCE)))
+		return;
+	d[0].effective &= ~(1U << CAP_SYS_RESOURCE);
+	if (syscall(SYS_capset, &hdr, d) < 0)
+		log_warn("cannot give up CAP_SYS_RESOURCE: writes through the mount may go past "
+			 "disk quotas and root's reserved blocks: %s", strerror(errno));
 }
 
 static atomic_int sf_hk_stop;
@@ -963,6 +996,7 @@ int main(int argc, char **argv)
 		 sf_fd_handles ? " (reopened by file handle)" : "", sf_fd_pool,
 		 sf.o.max_user_fds);
 
+	sf_drop_resource();
 	/* Our own thread must not take the signals meant to stop the loop. */
 	sigset_t block, old;
 	sigemptyset(&block);

@@ -196,7 +196,8 @@ int nd_stat(struct node *n, struct stat *st)
 		/* Setting user.stillfs.refresh on it forces a capture: allowed to whoever may
 		 * write the store's root, as on the root itself (writes still fail). */
 		if (fstatat(sf.storefd, "", &rst, AT_EMPTY_PATH) == 0) {
-			st->st_mode |= rst.st_mode & 0222;
+			/* (less what the root's ACL denies: forcing captures is for its writers) */
+			st->st_mode |= cap_acl_mode(sf.storefd, rst.st_mode) & 0222;
 			st->st_uid = rst.st_uid;
 			st->st_gid = rst.st_gid;
 		}

@@ -107,6 +107,28 @@ int op_cred_take(fuse_req_t req)
 	return rc;
 }
 
+int op_cred_take_ids(fuse_req_t req)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	int rc = 0;
+
+	if (sf.uid != 0)
+		return 0;
+	if (ctx->gid != sf.gid) {
+		op_as_caller |= OP_CRED_GID;
+		rc = op_setfs(SYS_setfsgid, ctx->gid);
+	}
+	if (!rc && ctx->uid != sf.uid) {
+		op_as_caller |= OP_CRED_UID;
+		rc = op_setfs(SYS_setfsuid, ctx->uid);
+	}
+	if (rc) {
+		log_err("cannot take the credentials of uid %u: %s", (unsigned)ctx->uid, strerror(-rc));
+		op_cred_drop();
+	}
+	return rc;
+}
+
 void op_cred_drop(void)
 {
 	/* A thread that kept a caller's identity would serve the next request with it. */
@@ -580,6 +602,13 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 		rc = -ENODATA;
 	if (rc)
 		goto out;
+	/* A snapshot's modes already account for its source's ACL (cap_acl_narrow); an ACL the
+	 * cache's own directory gave the copy says nothing about the source. */
+	if (n->kind == ND_SNAP && !strncmp(name, "system.posix_acl_", 17)) {
+		nd_unpin(n);
+		rc = -ENODATA;
+		goto out;
+	}
 	if (size && !(buf = malloc(size))) {
 		len = -1;
 		errno = ENOMEM;
@@ -601,6 +630,25 @@ out:
 	free(buf);
 }
 
+/* Names in the trusted namespace are listed only to a caller with CAP_SYS_ADMIN (a local file
+ * system leaves them out for everyone else), but we list as root: remove them from list, of
+ * len bytes, for any caller but root. Returns the new length. */
+static size_t op_xattr_hide_trusted(fuse_req_t req, char *list, size_t len)
+{
+	size_t out = 0;
+	if (fuse_req_ctx(req)->uid == 0)
+		return len;
+	for (size_t i = 0; i < len;) {
+		size_t l = strnlen(list + i, len - i) + 1;
+		if (strncmp(list + i, "trusted.", 8)) {
+			memmove(list + out, list + i, l);
+			out += l;
+		}
+		i += l;
+	}
+	return out;
+}
+
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	struct node *n = nd_of(ino);
@@ -617,18 +665,24 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	}
 	if (rc)
 		goto out;
-	if (size && !(buf = malloc(size))) {
+	/* The whole list even when only its size is asked: the size must be that of the list
+	 * the caller will get. */
+	len = listxattr(path, NULL, 0);
+	if (len >= 0 && !(buf = malloc((size_t)len + 1))) {
 		len = -1;
 		errno = ENOMEM;
-	} else {
-		len = listxattr(path, buf, size);
+	} else if (len >= 0) {
+		len = listxattr(path, buf, (size_t)len);   /* ERANGE if it grew meanwhile */
 	}
 	if (len < 0)
 		rc = -errno;
 	nd_unpin(n);
 	if (rc)
 		goto out;
-	if (size)
+	len = (ssize_t)op_xattr_hide_trusted(req, buf, (size_t)len);
+	if (size && (size_t)len > size)
+		fuse_reply_err(req, ERANGE);
+	else if (size)
 		fuse_reply_buf(req, buf, (size_t)len);
 	else
 		fuse_reply_xattr(req, (size_t)len);

@@ -5,11 +5,13 @@
  * policy of which opens get it.
  *
  * The kernel allows one backing file per inode at a time, and refuses to mix passthrough and
- * page-cached opens of an inode. So a node holds one backing id while any of its handles
- * uses it (pt_users) and counts its cached handles (pt_other); a node with cached handles
- * gets cached opens, one with passthrough handles whose backing lacks the access mode asked
- * for gets a direct_io open (the kernel allows those beside passthrough ones). Anything
- * unexpected leaves the open as it would be without passthrough. */
+ * page-cached (or direct_io) opens of an inode. So a node holds one backing id while any of
+ * its handles uses it (pt_users) and counts its cached handles (pt_other); a node with cached
+ * handles gets cached opens. A live file's backing is opened read-write whenever it can be
+ * (pt_backing_open), so that later writers can share it; one that could only be opened
+ * read-only (a running executable, a read-only or immutable file) gives a later writer a
+ * direct_io open, which the kernel may refuse. Anything unexpected leaves the open as it
+ * would be without passthrough. */
 #include "stillfs.h"
 #include "fusecompat.h"
 
@@ -19,6 +21,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/fsuid.h>
 #include <unistd.h>
 
 static pthread_mutex_t pt_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -28,23 +31,58 @@ static int pt_covers(int have, int want)
 	return have == O_RDWR || have == want;
 }
 
-/* A backing file for n with access mode acc (O_WRONLY is widened to O_RDWR when possible:
- * a later reader could not share a write-only backing). Returns its id or -errno. */
+/* A backing file for n with access mode acc, widened to O_RDWR for a live file whenever
+ * possible: the kernel refuses every open of an inode that is not passthrough of the same
+ * backing while one is (Linux 6.9-6.18 at least: EIO, even for direct_io), so a backing
+ * opened read-only would make every later open for writing fail for as long as a reader
+ * kept the file open - any user who may read a database could stop its writers. Each open
+ * file still reads and writes only as its own access mode allows (the kernel checks it on
+ * the FUSE file, and the caller's open was checked with their credentials). Returns the id
+ * or -errno. */
 static int pt_backing_open(fuse_req_t req, struct node *n, int *acc)
 {
 	int fd = -EINVAL;
-	if (*acc != O_RDONLY) {
-		fd = nd_reopen(n, O_RDWR);
-		if (fd >= 0)
+	if (*acc != O_RDONLY || n->kind == ND_LIVE) {
+		/* O_NONBLOCK, here and below: a lease on the file (its owner may take one)
+		 * fails the open at once instead of holding this thread until the lease is
+		 * broken (see fh_open_nowait). */
+		fd = nd_reopen(n, O_RDWR | O_NONBLOCK);
+		if (fd >= 0) {
 			*acc = O_RDWR;
+			fcntl(fd, F_SETFL, 0);
+		}
 	}
-	if (fd < 0)
-		fd = nd_reopen(n, *acc);
+	if (fd < 0 && (fd = nd_reopen(n, *acc | O_NONBLOCK)) >= 0)
+		fcntl(fd, F_SETFL, 0);
 	if (fd < 0)
 		return fd;
+	/* The kernel writes through the backing file with the credentials of the thread that
+	 * registers it, for every handle that shares it, whoever opened that handle: never
+	 * root's file-system ids, which may write into the blocks a file system keeps for root
+	 * (ext4's reserve), which no user may fill. The overflow ids (nobody) instead: the
+	 * writes need no permission of their own (each handle was opened as its caller). */
+	uid_t fsuid = (uid_t)setfsuid((uid_t)-1);
+	gid_t fsgid = (gid_t)setfsgid((gid_t)-1);
+	if (fsuid == 0) {
+		setfsgid(65534);
+		setfsuid(65534);
+	}
 	int id = fc_backing_open(req, fd);
+	if (fsuid == 0) {
+		setfsuid(fsuid);
+		setfsgid(fsgid);
+	}
 	close(fd);
 	return id;
+}
+
+/* A live executable is not given a backing file (its opens are page-cached, served by the
+ * daemon): the backing is opened read-write (pt_backing_open), and a file open for writing
+ * cannot be run (ETXTBSY), so a reader holding it open would stop everyone from running it. */
+static int pt_executable(const struct fh *h)
+{
+	struct stat st;
+	return fstat(h->fd, &st) < 0 || (st.st_mode & 0111);
 }
 
 int pt_attach(fuse_req_t req, struct node *n, struct fh *h, struct fuse_file_info *fi)
@@ -65,7 +103,8 @@ int pt_attach(fuse_req_t req, struct node *n, struct fh *h, struct fuse_file_inf
 			/* The only kind of open the kernel takes beside passthrough ones. */
 			fi->direct_io = 1;
 		}
-	} else if (n->pt_other == 0 && !n->pt_failed) {
+	} else if (n->pt_other == 0 && !n->pt_failed &&
+		   !(n->kind == ND_LIVE && pt_executable(h))) {
 		id = pt_backing_open(req, n, &acc);
 		if (id > 0) {
 			n->pt_id = id;

@@ -231,6 +231,10 @@ void op_register(struct fuse_lowlevel_ops *ops);
  * 0 or -errno. op_cred_drop restores the daemon's own, and must come before the reply. */
 int op_cred_take(fuse_req_t req);
 void op_cred_drop(void);
+/* Only the caller's file-system uid and gid (no supplementary groups, which cost a read of
+ * /proc): enough for writes on a descriptor already open, which a file system charges by
+ * them (root's reserved blocks), never checks against the caller's groups. */
+int op_cred_take_ids(fuse_req_t req);
 
 /* dir.c */
 void dr_register(struct fuse_lowlevel_ops *ops);

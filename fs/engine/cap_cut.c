@@ -187,6 +187,18 @@ int cap_attempt(struct cap *c, double deadline)
 			e->st.st_mode = cur.st_mode;
 			e->st.st_uid = cur.st_uid;
 			e->st.st_gid = cur.st_gid;
+			/* Its ACL as well (cap_acl_narrow), through an O_PATH descriptor: closing
+			 * that one drops none of our POSIX locks on the database. A name that is
+			 * no longer the file just stat'ed keeps only its owner's rights. */
+			struct stat held;
+			int pfd = openat(e->d->dirfd, e->name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+			if (pfd >= 0 && fstat(pfd, &held) == 0 && held.st_ino == cur.st_ino &&
+			    held.st_dev == cur.st_dev)
+				cap_acl_narrow(pfd, &e->st);
+			else
+				e->st.st_mode &= ~(mode_t)077;
+			if (pfd >= 0)
+				close(pfd);
 		}
 		char *now = cap_db_ident(e, e->d->dirfd);
 		const struct mf_entry *pe = e->hot ? NULL : cap_prev_same(c, e, now);

@@ -149,6 +149,9 @@ static inline int64_t cap_ns(struct timespec t) { return ut_ts_ns(t); }
 int cap_openat2(int dirfd, const char *path, int flags);
 void cap_keep_stat(struct cap_stat *to, const struct stat *s);
 int cap_fstat(int fd, struct cap_stat *to);
+/* Narrow st's mode so that no user gets more from it alone than the access ACL of fd's file
+ * grants them (a snapshot keeps no ACL). */
+void cap_acl_narrow(int fd, struct cap_stat *st);
 int cap_lstatat(int dirfd, const char *name, struct cap_stat *to);
 char *cap_ident(const struct cap_stat *s, int64_t at);
 const char *cap_where(const struct cap *c, const struct ent *e);

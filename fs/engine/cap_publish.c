@@ -278,6 +278,38 @@ static void cap_remove_leftovers(int parentfd, const char *base)
 	closedir(d);
 }
 
+/* The directory name in dirfd, just made by us with mode 0700: opened without following a
+ * symlink, and only if it is still ours, writable by nobody else, and empty. Its descriptor,
+ * or -errno. */
+static int cap_own_new_dir(int dirfd, const char *name)
+{
+	struct stat st;
+	int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int rc = fstat(fd, &st) < 0 ? -errno : 0;
+	/* (Writable by no one else: a default ACL of the parent that lets others write in
+	 * it shows in the group bits, and is refused as well.) */
+	if (!rc && (st.st_uid != geteuid() || (st.st_mode & 0022)))
+		rc = -EPERM;
+	int dup_fd = rc ? -1 : dup(fd);
+	DIR *d = dup_fd < 0 ? NULL : fdopendir(dup_fd);
+	if (!rc && !d)
+		rc = -errno;
+	for (struct dirent *de; !rc && (de = readdir(d));)
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+			rc = -ENOTEMPTY;
+	if (d)
+		closedir(d);
+	else if (dup_fd >= 0)
+		close(dup_fd);
+	if (rc) {
+		close(fd);
+		return rc;
+	}
+	return fd;
+}
+
 int cap_prepare_dest(struct cap *c)
 {
 	char *dup1 = strdup(c->o->dest), *dup2 = strdup(c->o->dest);
@@ -319,19 +351,32 @@ int cap_prepare_dest(struct cap *c)
 	snprintf(c->dest_name, sizeof c->dest_name, "%s", base);
 	snprintf(c->stage_name, sizeof c->stage_name, ".%.200s.stillfs-tmp.%d", base, (int)getpid());
 	snprintf(c->work_name, sizeof c->work_name, ".%.200s.stillfs-work.%d", base, (int)getpid());
-	cp_rmtree(c->parentfd, c->stage_name);
-	cp_rmtree(c->parentfd, c->work_name);
-	cap_remove_leftovers(c->parentfd, base);
+	/* What killed captures left, by name: only where nobody else may rename things in,
+	 * or another user could have root delete what they name so (an earlier snapshot they
+	 * may not delete). Elsewhere it stays, and a name of ours already taken fails below. */
+	if (!fstat(c->parentfd, &st) && (st.st_uid == 0 || st.st_uid == geteuid()) &&
+	    (!(st.st_mode & 0022) || (st.st_mode & S_ISVTX))) {
+		cp_rmtree(c->parentfd, c->stage_name);
+		cp_rmtree(c->parentfd, c->work_name);
+		cap_remove_leftovers(c->parentfd, base);
+	}
 	if (mkdirat(c->parentfd, c->stage_name, 0700) < 0 ||
 	    mkdirat(c->parentfd, c->work_name, 0700) < 0) {
 		rc = -errno;
 		log_err("cannot create the snapshot beside %s: %s", c->o->dest, strerror(errno));
 		goto out;
 	}
-	c->stagefd = openat(c->parentfd, c->stage_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	c->workfd = openat(c->parentfd, c->work_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (c->stagefd < 0 || c->workfd < 0)
-		rc = -errno;
+	/* DEST's directory may be another user's (an uploader's), who may rename what we just
+	 * made and put a symlink or a directory of theirs in its place: everything below these
+	 * two descriptors is written as we are, by relative paths, so each must be the empty
+	 * directory we made, ours, which nobody else can change. */
+	c->stagefd = cap_own_new_dir(c->parentfd, c->stage_name);
+	c->workfd = c->stagefd < 0 ? -1 : cap_own_new_dir(c->parentfd, c->work_name);
+	if (c->stagefd < 0 || c->workfd < 0) {
+		rc = c->stagefd < 0 ? c->stagefd : c->workfd;
+		log_err("%s: the directory made beside it to build the snapshot in was replaced (%s)",
+			c->o->dest, strerror(-rc));
+	}
 out:
 	free(dup1);
 	free(dup2);
@@ -380,13 +425,37 @@ int cap_publish(struct cap *c, double t0)
 	return 0;
 }
 
+/* Empty the directory at fd (ours), then remove name from parentfd if it is still that
+ * directory: in DEST's directory another user may have renamed it and put something of
+ * theirs, or something they may not delete, in its place. */
+static void cap_remove_own_dir(int parentfd, const char *name, int fd)
+{
+	struct stat mine, now;
+	if (fd < 0 || fstat(fd, &mine) < 0)
+		return;
+	int dfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = dfd < 0 ? NULL : fdopendir(dfd);
+	if (!d) {
+		if (dfd >= 0)
+			close(dfd);
+		return;
+	}
+	for (struct dirent *de; (de = readdir(d));)
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+			cp_rmtree(fd, de->d_name);
+	closedir(d);
+	if (fstatat(parentfd, name, &now, AT_SYMLINK_NOFOLLOW) == 0 && now.st_ino == mine.st_ino &&
+	    now.st_dev == mine.st_dev)
+		unlinkat(parentfd, name, AT_REMOVEDIR);
+}
+
 /* Remove the staging and work directories of this capture, if still there (not published). */
 void cap_remove_stage(struct cap *c)
 {
 	if (c->parentfd < 0)
 		return;
 	if (c->stage_name[0])
-		cp_rmtree(c->parentfd, c->stage_name);
+		cap_remove_own_dir(c->parentfd, c->stage_name, c->stagefd);
 	if (c->work_name[0])
-		cp_rmtree(c->parentfd, c->work_name);
+		cap_remove_own_dir(c->parentfd, c->work_name, c->workfd);
 }

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 /* A recorded identity is only trusted as proof of "unchanged" when the file's ctime was older
@@ -43,13 +44,90 @@ void cap_keep_stat(struct cap_stat *to, const struct stat *s)
 				 .st_ctim = s->st_ctim };
 }
 
-/* fstat / fstatat (no symlink followed) into a cap_stat. 0 or -errno. */
+/* POSIX ACL entry tags and the xattr's layout (linux/posix_acl_xattr.h). */
+enum { CAP_ACL_USER = 0x02, CAP_ACL_GROUP_OBJ = 0x04, CAP_ACL_GROUP = 0x08,
+       CAP_ACL_MASK = 0x10, CAP_ACL_OTHER = 0x20 };
+#define CAP_ACL_VERSION 2
+
+/* A snapshot keeps owner, group and mode but no ACL, and the mount checks modes only: a
+ * source file whose access ACL denies some user or group what its mode bits grant (user:evil:---
+ * on a 0644 file) must not become readable to them in the snapshot. So the group bits become
+ * no more than what the owning group and every named user get, and the other bits no more
+ * than what every named user and group and the others get (each entry limited by the mask).
+ * Nobody gains a right; a user or group the ACL grants more than the mode loses it in the
+ * snapshot. fd is open on the source itself (O_PATH will do). */
+void cap_acl_narrow(int fd, struct cap_stat *st)
+{
+	struct {
+		uint16_t tag, perm;
+		uint32_t id;
+	} ent[64];
+	uint32_t hdr;
+	char buf[4 + sizeof ent];
+	ssize_t len = fgetxattr(fd, "system.posix_acl_access", buf, sizeof buf);
+	if (len < 0 && errno == EBADF) {
+		/* An O_PATH descriptor: its inode through /proc, never a name of the store. */
+		char proc[64];
+		snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+		len = getxattr(proc, "system.posix_acl_access", buf, sizeof buf);
+	}
+
+	if (len < 0 && errno == ERANGE) {
+		/* More entries than we read: nobody but the owner keeps a right. */
+		st->st_mode &= ~(mode_t)077;
+		return;
+	}
+	if (len < (ssize_t)sizeof hdr)
+		return; /* no ACL (ENODATA, EOPNOTSUPP): the mode is the whole story */
+	memcpy(&hdr, buf, sizeof hdr);
+	size_t n = ((size_t)len - sizeof hdr) / sizeof ent[0];
+	if (hdr != CAP_ACL_VERSION || ((size_t)len - sizeof hdr) % sizeof ent[0]) {
+		st->st_mode &= ~(mode_t)077;
+		return;
+	}
+	memcpy(ent, buf + sizeof hdr, n * sizeof ent[0]);
+	unsigned mask = 7, grp = 7, oth = 7, named_users = 7, named = 7;
+	for (size_t i = 0; i < n; i++)
+		if (ent[i].tag == CAP_ACL_MASK)
+			mask = ent[i].perm & 7;
+	for (size_t i = 0; i < n; i++) {
+		unsigned p = ent[i].perm & 7;
+		switch (ent[i].tag) {
+		case CAP_ACL_USER:
+			named_users &= p & mask;
+			named &= p & mask;
+			break;
+		case CAP_ACL_GROUP:
+			named &= p & mask;
+			break;
+		case CAP_ACL_GROUP_OBJ:
+			grp &= p & mask;
+			break;
+		case CAP_ACL_OTHER:
+			oth &= p;
+			break;
+		}
+	}
+	unsigned g = ((st->st_mode >> 3) & 7) & grp & named_users;
+	unsigned o = (st->st_mode & 7) & oth & named;
+	st->st_mode = (st->st_mode & ~(mode_t)077) | (mode_t)(g << 3) | (mode_t)o;
+}
+
+mode_t cap_acl_mode(int fd, mode_t mode)
+{
+	struct cap_stat st = { .st_mode = mode };
+	cap_acl_narrow(fd, &st);
+	return st.st_mode;
+}
+
+/* fstat into a cap_stat, the mode narrowed by the file's ACL (cap_acl_narrow). 0 or -errno. */
 int cap_fstat(int fd, struct cap_stat *to)
 {
 	struct stat s;
 	if (fstat(fd, &s) < 0)
 		return -errno;
 	cap_keep_stat(to, &s);
+	cap_acl_narrow(fd, to);
 	return 0;
 }
 
