@@ -239,6 +239,66 @@ static int cap_db_sync(struct cap *c, struct ent *e, int src, uint64_t *written)
 	return rc;
 }
 
+static void cap_sig_of(const struct stat *st, struct cap_sig *s)
+{
+	*s = (struct cap_sig){ st->st_ino, st->st_size, cap_ns(st->st_mtim), cap_ns(st->st_ctim) };
+}
+
+/* SQLite's file change counter (header bytes 24-27), which every commit in rollback mode
+ * increments, of the live file fd and of e's staged copy: 1 if they are the same. */
+static int cap_same_counter(struct cap *c, const struct ent *e, int fd)
+{
+	uint8_t live[4], staged[4];
+	int sfd = openat(c->stagefd, e->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (sfd < 0)
+		return 0;
+	int same = pread(sfd, staged, 4, 24) == 4 && pread(fd, live, 4, 24) == 4 &&
+		   !memcmp(live, staged, 4);
+	close(sfd);
+	return same;
+}
+
+/* Under the lock, before database e's early copy stands for the cut: 1 if the live file is
+ * still what that copy read. No event since the copy is not proof enough: a write through a
+ * name outside the store (a second link, since removed), through a file handle the kernel
+ * found no path for (a root daemon's reopen, an NFS server) or through AIO raises none in
+ * the store. Any of them moves the file's ctime after the stat taken before the copy read;
+ * a commit, on a file system whose clock is too coarse to tell, also bumps the change counter
+ * the copy read. */
+int cap_precopy_current(struct cap *c, struct ent *e)
+{
+	struct stat st;
+	struct cap_sig now;
+	if (fstat(e->d->dbfd, &st) < 0)
+		return 0;
+	cap_sig_of(&st, &now);
+	return !memcmp(&now, &e->d->pre_sig, sizeof now) && cap_same_counter(c, e, e->d->dbfd);
+}
+
+/* A database held by our SHARED lock is written by no SQLite connection in rollback mode
+ * (one in WAL mode is cap_held_disturbed's), so a copy made under it is the file as of the
+ * cut. A writer that ignores the lock (a program rewriting the file in place, SQLite's
+ * nolock) may still write it while we copy: cap_held_mark notes the file as the lock was
+ * taken, cap_held_moved tells, once every copy is made, whether it moved since. */
+void cap_held_mark(struct ent *e)
+{
+	struct stat st;
+	if (fstat(e->d->dbfd, &st) == 0)
+		cap_sig_of(&st, &e->d->held_sig);
+	else
+		memset(&e->d->held_sig, 0, sizeof e->d->held_sig);
+}
+
+int cap_held_moved(struct ent *e)
+{
+	struct stat st;
+	struct cap_sig now;
+	if (fstat(e->d->dbfd, &st) < 0)
+		return 1;
+	cap_sig_of(&st, &now);
+	return memcmp(&now, &e->d->held_sig, sizeof now) != 0;
+}
+
 /* A rollback-mode database is copied early, without any lock, like a plain file. Every write
  * to it queues an event before its writer can release the lock we take at the cut, so if none
  * came since this copy began, the copy is what the cut would have copied, and the lock is
@@ -275,6 +335,7 @@ int cap_precopy_db(struct cap *c, struct ent *e)
 	free(ident);
 	if (pe)
 		goto out; /* unchanged since the previous snapshot: shared at the cut */
+	cap_sig_of(&st, &e->d->pre_sig); /* before the copy reads: see cap_precopy_current */
 	e->copied_at = e->d->synced_at = ut_now();
 	uint64_t w = 0;
 	rc = cap_db_sync(c, e, src, &w);

@@ -71,6 +71,8 @@ struct ent_db {
 	int cut_clone;           /* a clone of the live file waits in the work dir */
 	int cloned;              /* the staged copy is a clone of the live file */
 	struct cap_sig cold_sig[2]; /* not DB_WAL: its -wal and -shm when classified */
+	struct cap_sig pre_sig;  /* the live file as its early copy began */
+	struct cap_sig held_sig; /* not DB_WAL: the live file as our lock was taken */
 };
 
 struct ent {
@@ -184,6 +186,9 @@ int cap_precopy_db(struct cap *c, struct ent *e);
 void cap_db_release(struct cap *c);
 char *cap_db_ident(struct ent *e, int dirfd);
 int cap_held_disturbed(struct ent *e);
+void cap_held_mark(struct ent *e);
+int cap_held_moved(struct ent *e);
+int cap_precopy_current(struct cap *c, struct ent *e);
 int cap_db_unreadable(struct cap *c, struct ent *e);
 int cap_db_prepare(struct cap *c);
 int cap_db_copy(struct cap *c, struct ent *e);
