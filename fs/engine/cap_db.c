@@ -269,7 +269,7 @@ int cap_precopy_current(struct cap *c, struct ent *e)
 {
 	struct stat st;
 	struct cap_sig now;
-	if (fstat(e->d->dbfd, &st) < 0)
+	if (cap_stat_fresh(e->d->dbfd, "", &st) < 0)
 		return 0;
 	cap_sig_of(&st, &now);
 	return !memcmp(&now, &e->d->pre_sig, sizeof now) && cap_same_counter(c, e, e->d->dbfd);
@@ -283,7 +283,7 @@ int cap_precopy_current(struct cap *c, struct ent *e)
 void cap_held_mark(struct ent *e)
 {
 	struct stat st;
-	if (fstat(e->d->dbfd, &st) == 0)
+	if (cap_stat_fresh(e->d->dbfd, "", &st) == 0)
 		cap_sig_of(&st, &e->d->held_sig);
 	else
 		memset(&e->d->held_sig, 0, sizeof e->d->held_sig);
@@ -293,7 +293,7 @@ int cap_held_moved(struct ent *e)
 {
 	struct stat st;
 	struct cap_sig now;
-	if (fstat(e->d->dbfd, &st) < 0)
+	if (cap_stat_fresh(e->d->dbfd, "", &st) < 0)
 		return 1;
 	cap_sig_of(&st, &now);
 	return memcmp(&now, &e->d->held_sig, sizeof now) != 0;
@@ -326,7 +326,7 @@ int cap_precopy_db(struct cap *c, struct ent *e)
 	if (e->d->db || cap_wal_present(pfd, e->name))
 		goto out;
 	src = openat(pfd, e->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	if (src < 0 || fstat(src, &st) < 0) {
+	if (src < 0 || cap_stat_fresh(src, "", &st) < 0) {
 		c->e[e->parent].rescan = 1;
 		goto out;
 	}
@@ -434,7 +434,7 @@ static void cap_cold_sig(struct ent *e, struct cap_sig sig[2])
 		struct stat st;
 		snprintf(name, sizeof name, "%s%s", e->name, sfx[k]);
 		memset(&sig[k], 0, sizeof sig[k]);
-		if (fstatat(e->d->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+		if (cap_stat_fresh(e->d->dirfd, name, &st) == 0)
 			sig[k] = (struct cap_sig){ st.st_ino, st.st_size, cap_ns(st.st_mtim),
 						   cap_ns(st.st_ctim) };
 	}

@@ -96,6 +96,7 @@ struct ent {
 	unsigned staged : 1;     /* a database whose staged copy d->blk describes */
 	unsigned has_digest : 1;
 	unsigned cloned : 1;     /* a plain file whose copy shares the live file's extents */
+	unsigned unwatched : 1;  /* a directory where inotify may miss changes (cap_dir_moved) */
 };
 
 struct cap {
@@ -150,6 +151,7 @@ static inline int64_t cap_ns(struct timespec t) { return ut_ts_ns(t); }
 /* cap_tree.c */
 int cap_openat2(int dirfd, const char *path, int flags);
 void cap_keep_stat(struct cap_stat *to, const struct stat *s);
+int cap_stat_fresh(int dirfd, const char *name, struct stat *st);
 int cap_fstat(int fd, struct cap_stat *to);
 int cap_lstatat(int dirfd, const char *name, struct cap_stat *to);
 char *cap_ident(const struct cap_stat *s, int64_t at);
@@ -161,6 +163,7 @@ int cap_is_companion_name(const char *name, size_t *baselen);
 int cap_companion_of(const struct cap *c, size_t dir, const char *name, size_t *db);
 void cap_unstage(struct cap *c, size_t i);
 int cap_rescan(struct cap *c);
+int cap_dir_moved(struct cap *c, size_t di);
 int cap_same_file_state(const struct cap_stat *a, const struct cap_stat *b);
 int cap_is_copy_of(const struct cap *c, size_t p, const struct cap_stat *s);
 int cap_alias(struct cap *c, struct ent *e);
