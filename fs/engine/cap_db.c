@@ -551,6 +551,76 @@ static int cap_copy_companion(struct cap *c, struct ent *e, const char *suffix)
 	return rc;
 }
 
+/* 1 if the super-journal `name` (its path as the writer saw it) exists, 0 if it does not, -1
+ * if that cannot be told from here (its directory is nowhere we can see). SQLite makes it
+ * beside the transaction's main database, which the writer may have named by another path
+ * (through the mount, in another mount namespace): it is looked for beside e first. */
+static int cap_super_exists(const struct ent *e, const char *name)
+{
+	struct stat st;
+	char dir[PATH_MAX + 1];
+	const char *slash = strrchr(name, '/');
+	if (fstatat(e->d->dirfd, slash ? slash + 1 : name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+		return 1;
+	if (name[0] != '/')
+		return -1;
+	if (lstat(name, &st) == 0)
+		return 1;
+	if (errno != ENOENT)
+		return -1;
+	snprintf(dir, sizeof dir, "%.*s", (int)(slash - name), name);
+	return stat(dir[0] ? dir : "/", &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -1;
+}
+
+/* Under the cut, database e's hot journal just staged beside its copy. A transaction over
+ * several databases names its super-journal at the journal's end, and the deletion of that
+ * file is the transaction's commit point: SQLite rolls such a journal back only while the
+ * super-journal exists. The copy is recovered after the release, when an application may
+ * have recovered the store and deleted it (and SQLite, recovering, may delete one itself): so
+ * it is settled here, as of the cut. Not committed: the name is taken off our copy of the
+ * journal (its magic zeroed), which SQLite then rolls back alone. Committed: our copy of the
+ * journal goes, it is a leftover. 0 or -errno. */
+static int cap_settle_super(struct cap *c, struct ent *e)
+{
+	static const uint8_t magic[8] = { 0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7 };
+	char rel[PATH_MAX + 16], name[PATH_MAX + 1];
+	uint8_t tail[16];
+	struct stat st;
+	snprintf(rel, sizeof rel, "%s-journal", e->path);
+	int fd = openat(c->stagefd, rel, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int rc = 0;
+	/* SQLite's readSuperJournal: NAME, its length and checksum (32-bit big-endian), magic. */
+	if (fstat(fd, &st) < 0 || st.st_size < 16 || pread(fd, tail, 16, st.st_size - 16) != 16 ||
+	    memcmp(tail + 8, magic, 8))
+		goto out;
+	uint32_t len = (uint32_t)tail[0] << 24 | (uint32_t)tail[1] << 16 | tail[2] << 8 | tail[3];
+	uint32_t sum = (uint32_t)tail[4] << 24 | (uint32_t)tail[5] << 16 | tail[6] << 8 | tail[7];
+	if (len == 0 || len > PATH_MAX || (off_t)len > st.st_size - 16 ||
+	    pread(fd, name, len, st.st_size - 16 - (off_t)len) != (ssize_t)len)
+		goto out;
+	for (uint32_t u = 0; u < len; u++)
+		sum -= (uint32_t)(int)(char)name[u]; /* as SQLite sums them: plain char */
+	name[len] = 0;
+	if (sum || !name[0])
+		goto out;
+	int exists = cap_super_exists(e, name);
+	if (exists > 0) {
+		static const uint8_t none[8];
+		rc = pwrite(fd, none, sizeof none, st.st_size - 8) == (ssize_t)sizeof none ? 0 : -EIO;
+	} else if (exists == 0) {
+		rc = unlinkat(c->stagefd, rel, 0) < 0 ? -errno : 0;
+	} else {
+		log_warn("%s: its hot journal belongs to a transaction over several databases, whose "
+			 "super-journal %s cannot be looked for here; SQLite decides when the copy is "
+			 "recovered", cap_where(c, e), name);
+	}
+out:
+	close(fd);
+	return rc;
+}
+
 /* pread from the staged copy of rel: the bytes read, or -1. */
 static ssize_t cap_pread_stage(struct cap *c, const char *rel, void *buf, size_t n, off_t off)
 {
@@ -619,6 +689,8 @@ int cap_db_copy(struct cap *c, struct ent *e)
 		 * copy, which SQLite then recovers; the live store is never touched. */
 		if (!rc && e->hot)
 			rc = cap_copy_companion(c, e, "-journal");
+		if (!rc && e->hot)
+			rc = cap_settle_super(c, e);
 		/* (A connection that opened meanwhile is looked for once all are copied.) */
 		if (!rc && e->d->dbmode == DB_WAL_COLD)
 			rc = cap_copy_companion(c, e, "-wal");
