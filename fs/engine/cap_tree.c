@@ -262,7 +262,8 @@ static int cap_scan_dir(struct cap *c, size_t di)
 	}
 	c->e[di].rescan = 0;
 	/* Watch before listing, so that an entry created meanwhile is reported. */
-	rc = wt_add(c->w, fd, (uint32_t)di);
+	uint32_t was;
+	rc = wt_add_was(c->w, fd, (uint32_t)di, &was);
 	if (rc == -ENOSPC) {
 		log_err("too many directories to watch (raise fs.inotify.max_user_watches)");
 		goto out;
@@ -273,6 +274,12 @@ static int cap_scan_dir(struct cap *c, size_t di)
 	if (rc)
 		goto out;
 	c->e[di].unwatched = !cap_fs_notifies(fd);
+	if (was != WT_OVERFLOW && was != di && was < c->n && c->e[was].kind == K_DIR &&
+	    c->e[was].st.st_ino == c->e[di].st.st_ino && c->e[was].st.st_dev == c->e[di].st.st_dev) {
+		/* One directory under two names (a bind mount inside the store): its one watch
+		 * now reports as di alone, so both are swept like a directory no event covers. */
+		c->e[di].unwatched = c->e[was].unwatched = 1;
+	}
 	if (cap_ns(c->e[di].st.st_ctim) > c->newest_ctime)
 		c->newest_ctime = cap_ns(c->e[di].st.st_ctim);
 	if (di && mkdirat(c->stagefd, c->e[di].path, 0700) < 0 && errno != EEXIST) {
