@@ -179,15 +179,30 @@ size_t cap_sweep(struct cap *c)
 	if (two)
 		pthread_join(th, NULL);
 	/* Where inotify may miss changes, a name made, removed or replaced is found by a stat of
-	 * its directory (and a listing, when that moved). */
+	 * its directory (and a listing, when that moved). Anywhere, a directory whose name now
+	 * leads to another one (a file system mounted on it, or unmounted from it) raised no
+	 * event: its parent is read again, which replaces it. */
 	size_t dirs = 0, dfirst = 0;
-	for (size_t i = 0; i < c->n; i++)
-		if (c->e[i].kind == K_DIR && c->e[i].unwatched && !c->e[i].rescan &&
-		    cap_dir_moved(c, i)) {
-			c->e[i].rescan = 1;
-			if (!dirs++)
-				dfirst = i;
-		}
+	for (size_t i = 1; i < c->n; i++) {
+		struct ent *d = &c->e[i];
+		struct cap_stat now;
+		if (d->kind != K_DIR || d->rescan || c->e[d->parent].rescan)
+			continue;
+		if (cap_lstatat(c->storefd, d->path, &now) < 0 || now.st_ino != d->st.st_ino ||
+		    now.st_dev != d->st.st_dev)
+			c->e[d->parent].rescan = 1;
+		else if (!d->unwatched || !cap_dir_moved(c, i))
+			continue;
+		else
+			d->rescan = 1;
+		if (!dirs++)
+			dfirst = i;
+	}
+	if (c->e[0].kind == K_DIR && c->e[0].unwatched && !c->e[0].rescan && cap_dir_moved(c, 0)) {
+		c->e[0].rescan = 1;
+		if (!dirs++)
+			dfirst = 0;
+	}
 	if (a.changed || b.changed || dirs) {
 		c->last_change = ut_now();
 		size_t first = a.changed ? a.first : b.changed ? b.first : dfirst;
