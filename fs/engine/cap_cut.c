@@ -150,6 +150,7 @@ int cap_attempt(struct cap *c, double deadline)
 			c->lock_t0 = ut_now(); /* writers wait from here, not while we waited */
 		e->d->locked = 1;
 		c->holding = 1;
+		cap_held_mark(e);
 		/* A writer may have switched it to WAL, or opened the cold WAL, before our lock. */
 		if (cap_held_disturbed(e)) {
 			rc = -EAGAIN;
@@ -207,7 +208,8 @@ int cap_attempt(struct cap *c, double deadline)
 		cap_drop_clone(c, e);
 		if (pe && cap_link_prev(c, e, pe, NULL) == 0)
 			continue;
-		if (e->d->dbmode == DB_ROLLBACK && e->precopied && !e->dirty && !e->hot) {
+		if (e->d->dbmode == DB_ROLLBACK && e->precopied && !e->dirty && !e->hot &&
+		    cap_precopy_current(c, e)) {
 			e->dbcopied = e->copied = 1;
 			continue;
 		}
@@ -228,6 +230,14 @@ int cap_attempt(struct cap *c, double deadline)
 		struct ent *e = &c->e[i];
 		if (e->kind == K_DB && e->d->dbmode != DB_WAL &&
 		    (c->overflow || cap_held_disturbed(e))) {
+			rc = -EAGAIN;
+			goto out;
+		}
+		if (e->kind == K_DB && e->d->dbmode != DB_WAL && cap_held_moved(e)) {
+			/* written by something that ignores its lock while we copied it */
+			e->dirty = 1;
+			e->dirty_count++;
+			c->broken_why = e->path;
 			rc = -EAGAIN;
 			goto out;
 		}

@@ -239,6 +239,66 @@ static int cap_db_sync(struct cap *c, struct ent *e, int src, uint64_t *written)
 	return rc;
 }
 
+static void cap_sig_of(const struct stat *st, struct cap_sig *s)
+{
+	*s = (struct cap_sig){ st->st_ino, st->st_size, cap_ns(st->st_mtim), cap_ns(st->st_ctim) };
+}
+
+/* SQLite's file change counter (header bytes 24-27), which every commit in rollback mode
+ * increments, of the live file fd and of e's staged copy: 1 if they are the same. */
+static int cap_same_counter(struct cap *c, const struct ent *e, int fd)
+{
+	uint8_t live[4], staged[4];
+	int sfd = openat(c->stagefd, e->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (sfd < 0)
+		return 0;
+	int same = pread(sfd, staged, 4, 24) == 4 && pread(fd, live, 4, 24) == 4 &&
+		   !memcmp(live, staged, 4);
+	close(sfd);
+	return same;
+}
+
+/* Under the lock, before database e's early copy stands for the cut: 1 if the live file is
+ * still what that copy read. No event since the copy is not proof enough: a write through a
+ * name outside the store (a second link, since removed), through a file handle the kernel
+ * found no path for (a root daemon's reopen, an NFS server) or through AIO raises none in
+ * the store. Any of them moves the file's ctime after the stat taken before the copy read;
+ * a commit, on a file system whose clock is too coarse to tell, also bumps the change counter
+ * the copy read. */
+int cap_precopy_current(struct cap *c, struct ent *e)
+{
+	struct stat st;
+	struct cap_sig now;
+	if (cap_stat_fresh(e->d->dbfd, "", &st) < 0)
+		return 0;
+	cap_sig_of(&st, &now);
+	return !memcmp(&now, &e->d->pre_sig, sizeof now) && cap_same_counter(c, e, e->d->dbfd);
+}
+
+/* A database held by our SHARED lock is written by no SQLite connection in rollback mode
+ * (one in WAL mode is cap_held_disturbed's), so a copy made under it is the file as of the
+ * cut. A writer that ignores the lock (a program rewriting the file in place, SQLite's
+ * nolock) may still write it while we copy: cap_held_mark notes the file as the lock was
+ * taken, cap_held_moved tells, once every copy is made, whether it moved since. */
+void cap_held_mark(struct ent *e)
+{
+	struct stat st;
+	if (cap_stat_fresh(e->d->dbfd, "", &st) == 0)
+		cap_sig_of(&st, &e->d->held_sig);
+	else
+		memset(&e->d->held_sig, 0, sizeof e->d->held_sig);
+}
+
+int cap_held_moved(struct ent *e)
+{
+	struct stat st;
+	struct cap_sig now;
+	if (cap_stat_fresh(e->d->dbfd, "", &st) < 0)
+		return 1;
+	cap_sig_of(&st, &now);
+	return memcmp(&now, &e->d->held_sig, sizeof now) != 0;
+}
+
 /* A rollback-mode database is copied early, without any lock, like a plain file. Every write
  * to it queues an event before its writer can release the lock we take at the cut, so if none
  * came since this copy began, the copy is what the cut would have copied, and the lock is
@@ -266,7 +326,7 @@ int cap_precopy_db(struct cap *c, struct ent *e)
 	if (e->d->db || cap_wal_present(pfd, e->name))
 		goto out;
 	src = openat(pfd, e->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	if (src < 0 || fstat(src, &st) < 0) {
+	if (src < 0 || cap_stat_fresh(src, "", &st) < 0) {
 		c->e[e->parent].rescan = 1;
 		goto out;
 	}
@@ -275,6 +335,7 @@ int cap_precopy_db(struct cap *c, struct ent *e)
 	free(ident);
 	if (pe)
 		goto out; /* unchanged since the previous snapshot: shared at the cut */
+	cap_sig_of(&st, &e->d->pre_sig); /* before the copy reads: see cap_precopy_current */
 	e->copied_at = e->d->synced_at = ut_now();
 	uint64_t w = 0;
 	rc = cap_db_sync(c, e, src, &w);
@@ -373,7 +434,7 @@ static void cap_cold_sig(struct ent *e, struct cap_sig sig[2])
 		struct stat st;
 		snprintf(name, sizeof name, "%s%s", e->name, sfx[k]);
 		memset(&sig[k], 0, sizeof sig[k]);
-		if (fstatat(e->d->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+		if (cap_stat_fresh(e->d->dirfd, name, &st) == 0)
 			sig[k] = (struct cap_sig){ st.st_ino, st.st_size, cap_ns(st.st_mtim),
 						   cap_ns(st.st_ctim) };
 	}
@@ -490,6 +551,76 @@ static int cap_copy_companion(struct cap *c, struct ent *e, const char *suffix)
 	return rc;
 }
 
+/* 1 if the super-journal `name` (its path as the writer saw it) exists, 0 if it does not, -1
+ * if that cannot be told from here (its directory is nowhere we can see). SQLite makes it
+ * beside the transaction's main database, which the writer may have named by another path
+ * (through the mount, in another mount namespace): it is looked for beside e first. */
+static int cap_super_exists(const struct ent *e, const char *name)
+{
+	struct stat st;
+	char dir[PATH_MAX + 1];
+	const char *slash = strrchr(name, '/');
+	if (fstatat(e->d->dirfd, slash ? slash + 1 : name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+		return 1;
+	if (name[0] != '/')
+		return -1;
+	if (lstat(name, &st) == 0)
+		return 1;
+	if (errno != ENOENT)
+		return -1;
+	snprintf(dir, sizeof dir, "%.*s", (int)(slash - name), name);
+	return stat(dir[0] ? dir : "/", &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -1;
+}
+
+/* Under the cut, database e's hot journal just staged beside its copy. A transaction over
+ * several databases names its super-journal at the journal's end, and the deletion of that
+ * file is the transaction's commit point: SQLite rolls such a journal back only while the
+ * super-journal exists. The copy is recovered after the release, when an application may
+ * have recovered the store and deleted it (and SQLite, recovering, may delete one itself): so
+ * it is settled here, as of the cut. Not committed: the name is taken off our copy of the
+ * journal (its magic zeroed), which SQLite then rolls back alone. Committed: our copy of the
+ * journal goes, it is a leftover. 0 or -errno. */
+static int cap_settle_super(struct cap *c, struct ent *e)
+{
+	static const uint8_t magic[8] = { 0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7 };
+	char rel[PATH_MAX + 16], name[PATH_MAX + 1];
+	uint8_t tail[16];
+	struct stat st;
+	snprintf(rel, sizeof rel, "%s-journal", e->path);
+	int fd = openat(c->stagefd, rel, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int rc = 0;
+	/* SQLite's readSuperJournal: NAME, its length and checksum (32-bit big-endian), magic. */
+	if (fstat(fd, &st) < 0 || st.st_size < 16 || pread(fd, tail, 16, st.st_size - 16) != 16 ||
+	    memcmp(tail + 8, magic, 8))
+		goto out;
+	uint32_t len = (uint32_t)tail[0] << 24 | (uint32_t)tail[1] << 16 | tail[2] << 8 | tail[3];
+	uint32_t sum = (uint32_t)tail[4] << 24 | (uint32_t)tail[5] << 16 | tail[6] << 8 | tail[7];
+	if (len == 0 || len > PATH_MAX || (off_t)len > st.st_size - 16 ||
+	    pread(fd, name, len, st.st_size - 16 - (off_t)len) != (ssize_t)len)
+		goto out;
+	for (uint32_t u = 0; u < len; u++)
+		sum -= (uint32_t)(int)(char)name[u]; /* as SQLite sums them: plain char */
+	name[len] = 0;
+	if (sum || !name[0])
+		goto out;
+	int exists = cap_super_exists(e, name);
+	if (exists > 0) {
+		static const uint8_t none[8];
+		rc = pwrite(fd, none, sizeof none, st.st_size - 8) == (ssize_t)sizeof none ? 0 : -EIO;
+	} else if (exists == 0) {
+		rc = unlinkat(c->stagefd, rel, 0) < 0 ? -errno : 0;
+	} else {
+		log_warn("%s: its hot journal belongs to a transaction over several databases, whose "
+			 "super-journal %s cannot be looked for here; SQLite decides when the copy is "
+			 "recovered", cap_where(c, e), name);
+	}
+out:
+	close(fd);
+	return rc;
+}
+
 /* pread from the staged copy of rel: the bytes read, or -1. */
 static ssize_t cap_pread_stage(struct cap *c, const char *rel, void *buf, size_t n, off_t off)
 {
@@ -558,6 +689,8 @@ int cap_db_copy(struct cap *c, struct ent *e)
 		 * copy, which SQLite then recovers; the live store is never touched. */
 		if (!rc && e->hot)
 			rc = cap_copy_companion(c, e, "-journal");
+		if (!rc && e->hot)
+			rc = cap_settle_super(c, e);
 		/* (A connection that opened meanwhile is looked for once all are copied.) */
 		if (!rc && e->d->dbmode == DB_WAL_COLD)
 			rc = cap_copy_companion(c, e, "-wal");

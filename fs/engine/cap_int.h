@@ -71,6 +71,8 @@ struct ent_db {
 	int cut_clone;           /* a clone of the live file waits in the work dir */
 	int cloned;              /* the staged copy is a clone of the live file */
 	struct cap_sig cold_sig[2]; /* not DB_WAL: its -wal and -shm when classified */
+	struct cap_sig pre_sig;  /* the live file as its early copy began */
+	struct cap_sig held_sig; /* not DB_WAL: the live file as our lock was taken */
 };
 
 struct ent {
@@ -94,6 +96,7 @@ struct ent {
 	unsigned staged : 1;     /* a database whose staged copy d->blk describes */
 	unsigned has_digest : 1;
 	unsigned cloned : 1;     /* a plain file whose copy shares the live file's extents */
+	unsigned unwatched : 1;  /* a directory where inotify may miss changes (cap_dir_moved) */
 };
 
 struct cap {
@@ -148,6 +151,7 @@ static inline int64_t cap_ns(struct timespec t) { return ut_ts_ns(t); }
 /* cap_tree.c */
 int cap_openat2(int dirfd, const char *path, int flags);
 void cap_keep_stat(struct cap_stat *to, const struct stat *s);
+int cap_stat_fresh(int dirfd, const char *name, struct stat *st);
 int cap_fstat(int fd, struct cap_stat *to);
 /* Narrow st's mode so that no user gets more from it alone than the access ACL of fd's file
  * grants them (a snapshot keeps no ACL). */
@@ -162,6 +166,7 @@ int cap_is_companion_name(const char *name, size_t *baselen);
 int cap_companion_of(const struct cap *c, size_t dir, const char *name, size_t *db);
 void cap_unstage(struct cap *c, size_t i);
 int cap_rescan(struct cap *c);
+int cap_dir_moved(struct cap *c, size_t di);
 int cap_same_file_state(const struct cap_stat *a, const struct cap_stat *b);
 int cap_is_copy_of(const struct cap *c, size_t p, const struct cap_stat *s);
 int cap_alias(struct cap *c, struct ent *e);
@@ -187,6 +192,9 @@ int cap_precopy_db(struct cap *c, struct ent *e);
 void cap_db_release(struct cap *c);
 char *cap_db_ident(struct ent *e, int dirfd);
 int cap_held_disturbed(struct ent *e);
+void cap_held_mark(struct ent *e);
+int cap_held_moved(struct ent *e);
+int cap_precopy_current(struct cap *c, struct ent *e);
 int cap_db_unreadable(struct cap *c, struct ent *e);
 int cap_db_prepare(struct cap *c);
 int cap_db_copy(struct cap *c, struct ent *e);

@@ -10,12 +10,15 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <linux/magic.h>
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -120,23 +123,71 @@ mode_t cap_acl_mode(int fd, mode_t mode)
 	return st.st_mode;
 }
 
-/* fstat into a cap_stat, the mode narrowed by the file's ACL (cap_acl_narrow). 0 or -errno. */
+/* A stat of dirfd/name, or of dirfd itself when name is "", no symlink followed, that no
+ * cache answers: through FUSE (the capture helper reads the store through the mount while an
+ * SQLite -shm is open there) and network file systems, attributes are cached and invalidated
+ * only some time after the store changed, so a change just made would look like none. Local
+ * file systems ignore AT_STATX_FORCE_SYNC. 0 or -errno. */
+int cap_stat_fresh(int dirfd, const char *name, struct stat *st)
+{
+	struct statx x;
+	int at = AT_SYMLINK_NOFOLLOW | (name[0] ? 0 : AT_EMPTY_PATH);
+	if (statx(dirfd, name, at | AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &x) < 0) {
+		if (errno != ENOSYS)
+			return -errno;
+		return fstatat(dirfd, name, st, at) < 0 ? -errno : 0;
+	}
+	memset(st, 0, sizeof *st);
+	st->st_dev = makedev(x.stx_dev_major, x.stx_dev_minor);
+	st->st_rdev = makedev(x.stx_rdev_major, x.stx_rdev_minor);
+	st->st_ino = x.stx_ino;
+	st->st_mode = x.stx_mode;
+	st->st_nlink = x.stx_nlink;
+	st->st_uid = x.stx_uid;
+	st->st_gid = x.stx_gid;
+	st->st_size = (off_t)x.stx_size;
+	st->st_blksize = x.stx_blksize;
+	st->st_blocks = (blkcnt_t)x.stx_blocks;
+	st->st_atim = (struct timespec){ x.stx_atime.tv_sec, x.stx_atime.tv_nsec };
+	st->st_mtim = (struct timespec){ x.stx_mtime.tv_sec, x.stx_mtime.tv_nsec };
+	st->st_ctim = (struct timespec){ x.stx_ctime.tv_sec, x.stx_ctime.tv_nsec };
+	return 0;
+}
+
+/* fstat into a cap_stat, fresh (cap_stat_fresh), the mode narrowed by the file's ACL
+ * (cap_acl_narrow). 0 or -errno. */
 int cap_fstat(int fd, struct cap_stat *to)
 {
-	struct stat s;
-	if (fstat(fd, &s) < 0)
-		return -errno;
-	cap_keep_stat(to, &s);
-	cap_acl_narrow(fd, to);
-	return 0;
+	int rc = cap_lstatat(fd, "", to);
+	if (!rc)
+		cap_acl_narrow(fd, to);
+	return rc;
 }
 
 int cap_lstatat(int dirfd, const char *name, struct cap_stat *to)
 {
 	struct stat s;
-	if (fstatat(dirfd, name, &s, AT_SYMLINK_NOFOLLOW) < 0)
-		return -errno;
-	cap_keep_stat(to, &s);
+	int rc = cap_stat_fresh(dirfd, name, &s);
+	if (!rc)
+		cap_keep_stat(to, &s);
+	return rc;
+}
+
+/* 1 if inotify on a directory of fd's file system reports every change made in it: local
+ * disk and memory file systems. Not FUSE (a change made in the store below the daemon, not
+ * through the mount, raises no event on the mount's directories), not network file systems
+ * (changes made by the server or other clients), not overlayfs (changes made in its layers). */
+static int cap_fs_notifies(int fd)
+{
+	static const unsigned long local[] = { EXT4_SUPER_MAGIC, XFS_SUPER_MAGIC,
+		BTRFS_SUPER_MAGIC, TMPFS_MAGIC, RAMFS_MAGIC, F2FS_SUPER_MAGIC,
+		0x2fc12fc1 /* zfs */, 0xca451a4e /* bcachefs */ };
+	struct statfs sf;
+	if (fstatfs(fd, &sf) < 0)
+		return 0;
+	for (unsigned i = 0; i < sizeof local / sizeof local[0]; i++)
+		if ((unsigned long)sf.f_type == local[i])
+			return 1;
 	return 0;
 }
 
@@ -292,7 +343,8 @@ static int cap_scan_dir(struct cap *c, size_t di)
 	}
 	c->e[di].rescan = 0;
 	/* Watch before listing, so that an entry created meanwhile is reported. */
-	rc = wt_add(c->w, fd, (uint32_t)di);
+	uint32_t was;
+	rc = wt_add_was(c->w, fd, (uint32_t)di, &was);
 	if (rc == -ENOSPC) {
 		log_err("too many directories to watch (raise fs.inotify.max_user_watches)");
 		goto out;
@@ -302,6 +354,13 @@ static int cap_scan_dir(struct cap *c, size_t di)
 	rc = cap_fstat(fd, &c->e[di].st);
 	if (rc)
 		goto out;
+	c->e[di].unwatched = !cap_fs_notifies(fd);
+	if (was != WT_OVERFLOW && was != di && was < c->n && c->e[was].kind == K_DIR &&
+	    c->e[was].st.st_ino == c->e[di].st.st_ino && c->e[was].st.st_dev == c->e[di].st.st_dev) {
+		/* One directory under two names (a bind mount inside the store): its one watch
+		 * now reports as di alone, so both are swept like a directory no event covers. */
+		c->e[di].unwatched = c->e[was].unwatched = 1;
+	}
 	if (cap_ns(c->e[di].st.st_ctim) > c->newest_ctime)
 		c->newest_ctime = cap_ns(c->e[di].st.st_ctim);
 	if (di && mkdirat(c->stagefd, c->e[di].path, 0700) < 0 && errno != EEXIST) {
@@ -335,8 +394,8 @@ static int cap_scan_dir(struct cap *c, size_t di)
 		if (di == 0 && !strcmp(de->d_name, CAP_MANIFEST_NAME))
 			continue;
 		struct stat st;
-		if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-			continue; /* vanished: the delete event will follow */
+		if (cap_stat_fresh(fd, de->d_name, &st) < 0)
+			continue; /* vanished: the delete event (or sweep) will follow */
 		if (strlen(c->e[di].path) + strlen(de->d_name) + 2 > CAP_PATH_MAX) {
 			/* Paths are walked from the store's root, and a copy names its companions and
 			 * its stage place in a buffer of PATH_MAX: one path too deep must not stop the
@@ -386,6 +445,72 @@ static int cap_scan_dir(struct cap *c, size_t di)
 out:
 	close(fd);
 	return rc;
+}
+
+/* Directory di, where inotify may not report every change (cap_fs_notifies): 1 if its
+ * entries are no longer those known (a name made, removed or replaced, other than a
+ * database's companion, which come and go with its transactions), to be sorted out by a
+ * rescan; 0 if they still are, its stat then taken as the new normal. Only listed when its
+ * stat moved. */
+int cap_dir_moved(struct cap *c, size_t di)
+{
+	struct cap_stat now;
+	struct ent *d = &c->e[di];
+	if (cap_lstatat(c->storefd, d->path[0] ? d->path : ".", &now) < 0)
+		return 1;
+	if (now.st_ino == d->st.st_ino && cap_ns(now.st_mtim) == cap_ns(d->st.st_mtim) &&
+	    cap_ns(now.st_ctim) == cap_ns(d->st.st_ctim))
+		return 0;
+	int fd = cap_openat2(c->storefd, d->path, O_RDONLY | O_DIRECTORY);
+	DIR *dir = fd < 0 ? NULL : fdopendir(fd);
+	char *seen = dir ? calloc(c->n + 1, 1) : NULL;
+	if (!seen) {
+		if (dir)
+			closedir(dir);
+		else if (fd >= 0)
+			close(fd);
+		return 1;
+	}
+	int moved = 0;
+	struct dirent *de;
+	while (!moved && (errno = 0, de = readdir(dir))) {
+		size_t i;
+		struct cap_stat st;
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
+		    (di == 0 && !strcmp(de->d_name, CAP_MANIFEST_NAME)) ||
+		    cap_companion_of(c, di, de->d_name, &i) ||
+		    strlen(d->path) + strlen(de->d_name) + 2 > CAP_PATH_MAX)
+			continue; /* what cap_scan_dir leaves out too */
+		if (!cap_lookup(c, di, de->d_name, &i) || c->e[i].kind == K_NONE) {
+			moved = 1;
+			break;
+		}
+		/* The listing's inode number and type spare a stat (a round trip through FUSE)
+		 * where they agree with what is known; some file systems report others there. */
+		int dir_now = de->d_type == DT_DIR, link_now = de->d_type == DT_LNK;
+		if (de->d_type == DT_UNKNOWN || de->d_ino != c->e[i].st.st_ino) {
+			if (cap_lstatat(dirfd(dir), de->d_name, &st) < 0) {
+				moved = 1;
+				break;
+			}
+			dir_now = S_ISDIR(st.st_mode);
+			link_now = S_ISLNK(st.st_mode);
+			moved = st.st_ino != c->e[i].st.st_ino;
+		}
+		moved = moved || dir_now != (c->e[i].kind == K_DIR) ||
+			link_now != (c->e[i].kind == K_LINK);
+		seen[i] = 1;
+	}
+	if (!moved && errno)
+		moved = 1;
+	for (size_t j = di + 1; !moved && j < c->n; j++)
+		moved = c->e[j].parent == di && !seen[j] && c->e[j].kind != K_NONE &&
+			c->e[j].kind != K_COMPANION;
+	closedir(dir);
+	free(seen);
+	if (!moved)
+		d->st = now;
+	return moved;
 }
 
 /* Rescan every directory that asked for it, until none does (new subdirectories ask). */

@@ -127,16 +127,14 @@ int cap_drain(struct cap *c)
  * them move ctime, which a stat sees. */
 static int cap_stale(const struct cap *c, const struct ent *e)
 {
-	struct stat st;
 	struct cap_stat now;
 	/* Another name of a file copied once is as good as that copy for as long as it names the
 	 * same file, unchanged since the copy: its own stat is no matter. */
 	const struct cap_stat *was = e->alias ? &c->e[e->alias].st : &e->st;
 	if (e->alias && !cap_is_copy_of(c, e->alias, was))
 		return 1;
-	if (fstatat(c->storefd, e->path, &st, AT_SYMLINK_NOFOLLOW) < 0)
+	if (cap_lstatat(c->storefd, e->path, &now) < 0)
 		return 1;
-	cap_keep_stat(&now, &st);
 	return !cap_same_file_state(&now, was);
 }
 
@@ -180,10 +178,36 @@ size_t cap_sweep(struct cap *c)
 	cap_sweep_part(&a);
 	if (two)
 		pthread_join(th, NULL);
-	if (a.changed || b.changed) {
+	/* Where inotify may miss changes, a name made, removed or replaced is found by a stat of
+	 * its directory (and a listing, when that moved). Anywhere, a directory whose name now
+	 * leads to another one (a file system mounted on it, or unmounted from it) raised no
+	 * event: its parent is read again, which replaces it. */
+	size_t dirs = 0, dfirst = 0;
+	for (size_t i = 1; i < c->n; i++) {
+		struct ent *d = &c->e[i];
+		struct cap_stat now;
+		if (d->kind != K_DIR || d->rescan || c->e[d->parent].rescan)
+			continue;
+		if (cap_lstatat(c->storefd, d->path, &now) < 0 || now.st_ino != d->st.st_ino ||
+		    now.st_dev != d->st.st_dev)
+			c->e[d->parent].rescan = 1;
+		else if (!d->unwatched || !cap_dir_moved(c, i))
+			continue;
+		else
+			d->rescan = 1;
+		if (!dirs++)
+			dfirst = i;
+	}
+	if (c->e[0].kind == K_DIR && c->e[0].unwatched && !c->e[0].rescan && cap_dir_moved(c, 0)) {
+		c->e[0].rescan = 1;
+		if (!dirs++)
+			dfirst = 0;
+	}
+	if (a.changed || b.changed || dirs) {
 		c->last_change = ut_now();
-		cap_break(c, c->e[a.changed ? a.first : b.first].path);
+		size_t first = a.changed ? a.first : b.changed ? b.first : dfirst;
+		cap_break(c, c->e[first].path[0] ? c->e[first].path : ".");
 	}
 	c->sweep_s = ut_now() - t0;
-	return a.changed + b.changed;
+	return a.changed + b.changed + dirs;
 }

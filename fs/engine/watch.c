@@ -83,6 +83,13 @@ int wt_fd(const struct wt *w) { return w->fd; }
 
 int wt_add(struct wt *w, int dirfd, uint32_t dir_id)
 {
+	uint32_t was;
+	return wt_add_was(w, dirfd, dir_id, &was);
+}
+
+int wt_add_was(struct wt *w, int dirfd, uint32_t dir_id, uint32_t *was)
+{
+	*was = WT_OVERFLOW;
 	char path[64];
 	snprintf(path, sizeof path, "/proc/self/fd/%d", dirfd);
 	int wd = inotify_add_watch(w->fd, path, WT_MASK);
@@ -98,6 +105,7 @@ int wt_add(struct wt *w, int dirfd, uint32_t dir_id)
 		w->wd_ids = ids;
 		w->nwd = n;
 	}
+	*was = w->wd_ids[wd];
 	w->wd_ids[wd] = dir_id;
 	return 0;
 }

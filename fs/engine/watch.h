@@ -25,6 +25,9 @@ int wt_fd(const struct wt *w);
 
 /* Watch the directory open at dirfd, reporting its events as dir_id. */
 int wt_add(struct wt *w, int dirfd, uint32_t dir_id);
+/* The same; *was is the dir_id its events were reported as until now (WT_OVERFLOW if none):
+ * a directory has one watch, so one seen under two names (a bind mount) reports as the last. */
+int wt_add_was(struct wt *w, int dirfd, uint32_t dir_id, uint32_t *was);
 
 /* Put marker number seq (0..63) into the queue. */
 int wt_marker(struct wt *w, unsigned seq);
