@@ -173,6 +173,9 @@ int cap_collect_all(struct cap *c);
 void cap_apply_owner(int fd, const struct cap_stat *s);
 int cap_as_recorded(const struct stat *s, const struct mf_entry *pe);
 int cap_link_prev(struct cap *c, struct ent *e, const struct mf_entry *pe, int *recorded);
+/* 1 if the previous snapshot's pe carries an mtime that an upload of an older snapshot may
+ * have overtaken (cap_opts.redate_after/until): it is neither shared nor kept. */
+int cap_redate(const struct cap *c, const struct mf_entry *pe);
 const struct mf_entry *cap_prev_same(const struct cap *c, const struct ent *e, const char *ident);
 int cap_copy_dirty(struct cap *c, int *copied);
 int cap_classify_dbs(struct cap *c);

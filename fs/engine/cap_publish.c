@@ -54,7 +54,8 @@ static int cap_set_times(struct cap *c)
 			 * file is as its manifest says but could not be shared (EMLINK: at its file
 			 * system's link limit), or when it is this one's old copy, moved here after it
 			 * was checked to be as its manifest says (cap_earlier_copy). */
-			keep = recorded || (lr == -ENOENT && e->d && e->d->took_prev);
+			keep = (recorded || (lr == -ENOENT && e->d && e->d->took_prev)) &&
+			       !cap_redate(c, pe);
 		}
 		int64_t ns;
 		if (keep) {
@@ -73,6 +74,8 @@ static int cap_set_times(struct cap *c)
 				sec = after; /* the clock was stepped back (cap_settle) */
 			if (pe && pe->mtime_ns / 1000000000LL >= sec)
 				sec = pe->mtime_ns / 1000000000LL + 1; /* only after a clock step back */
+			if (c->o->redate_until > c->o->redate_after && sec <= c->o->redate_until)
+				sec = c->o->redate_until + 1; /* idem: uploads_before covers it */
 			if (sec >= INT64_MAX / 1000000000LL) /* a previous mtime past 2262 */
 				sec = INT64_MAX / 1000000000LL - 1;
 			ns = sec * 1000000000LL;
