@@ -18,6 +18,28 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* The whole second a file that changed is dated in: the cut's. S3 keeps LastModified in whole
+ * seconds, truncated: an upload of this snapshot comes after the cut, so its LastModified is
+ * at least this second and the next sync does not send the file again; an upload of an earlier
+ * snapshot came before uploads_before, which the cut's second is after (cap_settle waits for
+ * that), so this mtime is newer and the file is sent. rsync compares whole seconds too: a new
+ * second also tells it the file changed. prev_sec: the previous snapshot's file's second, or
+ * INT64_MIN. */
+static int64_t cap_changed_sec(const struct cap *c, int64_t prev_sec)
+{
+	int64_t sec = c->cut_ns / 1000000000LL;
+	int64_t after = (int64_t)floor(c->uploads_before) + 1;
+	if (sec < after)
+		sec = after; /* the clock was stepped back (cap_settle) */
+	if (prev_sec >= sec)
+		sec = prev_sec + 1; /* only after a clock step back */
+	if (c->o->redate_until > c->o->redate_after && sec <= c->o->redate_until)
+		sec = c->o->redate_until + 1; /* idem: uploads_before covers it */
+	if (sec >= INT64_MAX / 1000000000LL) /* a previous mtime past 2262 */
+		sec = INT64_MAX / 1000000000LL - 1;
+	return sec;
+}
+
 /* A copied file whose bytes equal the previous snapshot's keeps the previous file, or at least
  * its mtime, so uploaders skip it. Everything else new gets the cut time as mtime: later than
  * any upload of an earlier snapshot, so neither rsync nor aws s3 sync skips it. */
@@ -58,28 +80,11 @@ static int cap_set_times(struct cap *c)
 			       !cap_redate(c, pe);
 		}
 		int64_t ns;
-		if (keep) {
+		if (keep)
 			ns = pe->mtime_ns;
-		} else {
-			/* The whole second of the cut. S3 keeps LastModified in whole seconds,
-			 * truncated: an upload of this snapshot comes after the cut, so its
-			 * LastModified is at least this second and the next sync does not send the
-			 * file again; an upload of an earlier snapshot came before uploads_before,
-			 * which the cut's second is after (cap_settle waits for that), so this mtime
-			 * is newer and the file is sent. rsync compares whole seconds too: a new
-			 * second also tells it the file changed. */
-			int64_t sec = c->cut_ns / 1000000000LL;
-			int64_t after = (int64_t)floor(c->uploads_before) + 1;
-			if (sec < after)
-				sec = after; /* the clock was stepped back (cap_settle) */
-			if (pe && pe->mtime_ns / 1000000000LL >= sec)
-				sec = pe->mtime_ns / 1000000000LL + 1; /* only after a clock step back */
-			if (c->o->redate_until > c->o->redate_after && sec <= c->o->redate_until)
-				sec = c->o->redate_until + 1; /* idem: uploads_before covers it */
-			if (sec >= INT64_MAX / 1000000000LL) /* a previous mtime past 2262 */
-				sec = INT64_MAX / 1000000000LL - 1;
-			ns = sec * 1000000000LL;
-		}
+		else
+			ns = cap_changed_sec(c, pe ? pe->mtime_ns / 1000000000LL : INT64_MIN) *
+			     1000000000LL;
 		e->mtime_ns = ns;
 		struct timespec t = ut_ns_ts(ns), ts[2] = { t, t };
 		if (utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
@@ -198,8 +203,14 @@ static int cap_write_manifest(struct cap *c)
 	mf_free(&out);
 	if (fflush(f) == EOF && !rc)
 		rc = -errno;
-	/* It changes with every snapshot: the cut's second, like every other changed file. */
-	struct timespec ts[2] = { { c->st->cut.tv_sec, 0 }, { c->st->cut.tv_sec, 0 } };
+	/* It changes with every snapshot: dated like every other changed file (after a clock step
+	 * back, not in the cut's second, or aws s3 sync would keep the previous manifest). */
+	struct stat pst;
+	int64_t psec = c->have_prev && fstatat(c->prevfd, CAP_MANIFEST_NAME, &pst,
+					       AT_SYMLINK_NOFOLLOW) == 0 ?
+			       (int64_t)pst.st_mtim.tv_sec : INT64_MIN;
+	time_t sec = (time_t)cap_changed_sec(c, psec);
+	struct timespec ts[2] = { { sec, 0 }, { sec, 0 } };
 	if (!rc && futimens(fileno(f), ts) < 0)
 		rc = -errno;
 	if (fclose(f) == EOF && !rc)
