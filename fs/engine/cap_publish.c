@@ -40,18 +40,72 @@ static int64_t cap_changed_sec(const struct cap *c, int64_t prev_sec)
 	return sec;
 }
 
+/* 1 if the name `a` of the file copied as p held the same bytes (kind, size, digest, mode and
+ * owner) in the previous snapshot; pe_sec: the second of that copy's mtime, if any. */
+static int cap_name_same(const struct cap *c, const struct ent *a, const struct ent *p,
+			 int64_t *pe_sec)
+{
+	const struct mf_entry *pe = c->have_prev ? mf_find(&c->prev, a->path) : NULL;
+	*pe_sec = pe ? pe->mtime_ns / 1000000000LL : INT64_MIN;
+	return pe && pe->kind == p->kind && pe->has_digest && p->has_digest &&
+	       pe->size == p->size && !memcmp(pe->digest, p->digest, 32) &&
+	       pe->mode == (a->st.st_mode & 07777) && pe->uid == a->st.st_uid &&
+	       pe->gid == a->st.st_gid;
+}
+
+/* A file with several names is one inode in the snapshot, with one mtime. When one of its
+ * other names held other bytes before (it became a link to this file: `ln -f x y`), the mtime
+ * of the file's earlier copy would date new bytes under that name in an old second, and
+ * uploaders would skip it: the file is dated anew, and so not shared with the earlier copy
+ * (a shared copy is already unshared here). 0 or -errno. */
+static int cap_mark_newdates(struct cap *c)
+{
+	int64_t sec;
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *a = &c->e[i];
+		if (a->kind != K_FILE || !a->alias)
+			continue;
+		struct ent *p = &c->e[a->alias];
+		if (p->newdate || cap_name_same(c, a, p, &sec))
+			continue;
+		p->newdate = 1;
+		if (!p->reused)
+			continue;
+		int src = openat(c->stagefd, p->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		struct cp_result r;
+		int rc = src < 0 ? -errno : cap_copy_fd_to_stage(c, src, p->path, 0, &r);
+		if (src >= 0)
+			close(src);
+		int fd = rc ? -1 : openat(c->stagefd, p->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd >= 0) {
+			cap_apply_owner(fd, &p->st);
+			close(fd);
+		}
+		if (rc)
+			return rc;
+		c->st->bytes_linked -= p->size < c->st->bytes_linked ? p->size : c->st->bytes_linked;
+		c->st->bytes_copied += r.written;
+		p->written = r.written;
+		p->reused = 0;
+	}
+	return 0;
+}
+
 /* A copied file whose bytes equal the previous snapshot's keeps the previous file, or at least
  * its mtime, so uploaders skip it. Everything else new gets the cut time as mtime: later than
  * any upload of an earlier snapshot, so neither rsync nor aws s3 sync skips it. */
 static int cap_set_times(struct cap *c)
 {
+	int rc = cap_mark_newdates(c);
+	if (rc)
+		return rc;
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
 		if ((e->kind != K_FILE && e->kind != K_DB) || !e->copied || e->reused || e->alias)
 			continue;
 		const struct mf_entry *pe = c->have_prev ? mf_find(&c->prev, e->path) : NULL;
 		int keep = 0;
-		if (pe && pe->kind == e->kind && pe->has_digest && e->has_digest &&
+		if (pe && !e->newdate && pe->kind == e->kind && pe->has_digest && e->has_digest &&
 		    pe->size == e->size && !memcmp(pe->digest, e->digest, 32) &&
 		    pe->mode == (e->st.st_mode & 07777) && pe->uid == e->st.st_uid &&
 		    pe->gid == e->st.st_gid) {
@@ -88,6 +142,21 @@ static int cap_set_times(struct cap *c)
 		e->mtime_ns = ns;
 		struct timespec t = ut_ns_ts(ns), ts[2] = { t, t };
 		if (utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
+			return -errno;
+	}
+	/* A name dated anew must also differ from what its own earlier copy was dated (after a
+	 * clock step back, that can be later than the cut). */
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *a = &c->e[i];
+		int64_t sec;
+		if (a->kind != K_FILE || !a->alias || !c->e[a->alias].newdate)
+			continue;
+		struct ent *p = &c->e[a->alias];
+		if (cap_name_same(c, a, p, &sec) || sec < p->mtime_ns / 1000000000LL)
+			continue;
+		p->mtime_ns = cap_changed_sec(c, sec) * 1000000000LL;
+		struct timespec t = ut_ns_ts(p->mtime_ns), ts[2] = { t, t };
+		if (utimensat(c->stagefd, p->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
 			return -errno;
 	}
 	return 0;
