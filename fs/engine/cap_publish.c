@@ -53,42 +53,139 @@ static int cap_name_same(const struct cap *c, const struct ent *a, const struct 
 	       pe->gid == a->st.st_gid;
 }
 
-/* A file with several names is one inode in the snapshot, with one mtime. When one of its
- * other names held other bytes before (it became a link to this file: `ln -f x y`), the mtime
- * of the file's earlier copy would date new bytes under that name in an old second, and
- * uploaders would skip it: the file is dated anew, and so not shared with the earlier copy
- * (a shared copy is already unshared here). 0 or -errno. */
+/* p is to be dated anew: if its staged copy is the previous snapshot's file, shared, make it a
+ * copy of its own (the previous snapshot keeps its date). 0 or -errno. */
+static int cap_newdate(struct cap *c, struct ent *p)
+{
+	if (p->alias)
+		p = &c->e[p->alias];
+	if ((p->kind != K_FILE && p->kind != K_DB) || p->newdate)
+		return 0;
+	p->newdate = 1;
+	if (!p->reused)
+		return 0;
+	int src = openat(c->stagefd, p->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	struct cp_result r;
+	int rc = src < 0 ? -errno : cap_copy_fd_to_stage(c, src, p->path, 0, &r);
+	if (src >= 0)
+		close(src);
+	int fd = rc ? -1 : openat(c->stagefd, p->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd >= 0) {
+		cap_apply_owner(fd, &p->st);
+		close(fd);
+	}
+	if (rc)
+		return rc;
+	c->st->bytes_linked -= p->size < c->st->bytes_linked ? p->size : c->st->bytes_linked;
+	c->st->bytes_copied += r.written;
+	p->written = r.written;
+	p->reused = 0;
+	return 0;
+}
+
+static int cap_newdate_entry(struct cap *c, size_t i, int depth);
+
+/* What the symlink e leads to inside the snapshot is dated anew: uploaders that follow links
+ * (aws s3 sync does by default) send the target's bytes under the link's name and compare the
+ * target's mtime, so a link turned to an unchanged file of the same size would keep the old
+ * bytes under its name. Targets outside the snapshot (absolute, or above its root) are not
+ * ours. Each link is followed once (newdate marks it). 0 or -errno. */
+static int cap_newdate_link(struct cap *c, struct ent *e, int depth)
+{
+	char t[PATH_MAX + 1], path[PATH_MAX * 2 + 2], *save = NULL;
+	size_t idx, len = 0;
+	if (e->newdate || depth > 40)
+		return 0;
+	e->newdate = 1;
+	ssize_t n = readlinkat(c->stagefd, e->path, t, PATH_MAX);
+	if (n <= 0 || t[0] == '/')
+		return 0;
+	t[n] = 0;
+	/* The link's directory, then each component of the target. */
+	const char *slash = strrchr(e->path, '/');
+	if (slash) {
+		len = (size_t)(slash - e->path);
+		memcpy(path, e->path, len);
+	}
+	path[len] = 0;
+	for (char *comp = strtok_r(t, "/", &save); comp; comp = strtok_r(NULL, "/", &save)) {
+		if (!strcmp(comp, "."))
+			continue;
+		if (!strcmp(comp, "..")) {
+			if (!len)
+				return 0; /* above the snapshot's root */
+			char *up = strrchr(path, '/');
+			len = up ? (size_t)(up - path) : 0;
+			path[len] = 0;
+			continue;
+		}
+		size_t cl = strlen(comp);
+		if (len + 1 + cl >= sizeof path)
+			return 0;
+		if (len)
+			path[len++] = '/';
+		memcpy(path + len, comp, cl + 1);
+		len += cl;
+		/* a link on the way is followed by the kernel too: what it leads to counts */
+		if (ut_map_get(&c->index, path, &idx) && c->e[idx].kind == K_LINK && save && *save) {
+			int rc = cap_newdate_link(c, &c->e[idx], depth + 1);
+			if (rc)
+				return rc;
+		}
+	}
+	if (!len)
+		return cap_newdate_entry(c, 0, depth + 1);
+	return ut_map_get(&c->index, path, &idx) ? cap_newdate_entry(c, idx, depth + 1) : 0;
+}
+
+/* Entry i, and for a directory everything below it, reached through a link: dated anew. */
+static int cap_newdate_entry(struct cap *c, size_t i, int depth)
+{
+	struct ent *e = &c->e[i];
+	if (e->kind == K_LINK)
+		return cap_newdate_link(c, e, depth);
+	if (e->kind != K_DIR)
+		return cap_newdate(c, e);
+	size_t len = strlen(e->path);
+	for (size_t k = 1; k < c->n; k++) {
+		struct ent *f = &c->e[k];
+		if (k == i || (len && (strncmp(f->path, e->path, len) || f->path[len] != '/')))
+			continue;
+		int rc = f->kind == K_LINK ? cap_newdate_link(c, f, depth) :
+			 f->kind == K_DIR ? 0 : cap_newdate(c, f);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* Which files are dated anew whatever their own bytes, because a name that reaches them now
+ * held other bytes before (or none):
+ * - A file with several names is one inode in the snapshot, with one mtime. When one of its
+ *   other names held other bytes before (it became a link to this file: `ln -f x y`), the
+ *   mtime of the file's earlier copy would date new bytes under that name in an old second,
+ *   and uploaders would skip it.
+ * - A symlink new or turned elsewhere: what it leads to (cap_newdate_link).
+ * 0 or -errno. */
 static int cap_mark_newdates(struct cap *c)
 {
 	int64_t sec;
-	for (size_t i = 0; i < c->n; i++) {
+	int rc = 0;
+	for (size_t i = 0; !rc && i < c->n; i++) {
 		struct ent *a = &c->e[i];
-		if (a->kind != K_FILE || !a->alias)
-			continue;
-		struct ent *p = &c->e[a->alias];
-		if (p->newdate || cap_name_same(c, a, p, &sec))
-			continue;
-		p->newdate = 1;
-		if (!p->reused)
-			continue;
-		int src = openat(c->stagefd, p->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-		struct cp_result r;
-		int rc = src < 0 ? -errno : cap_copy_fd_to_stage(c, src, p->path, 0, &r);
-		if (src >= 0)
-			close(src);
-		int fd = rc ? -1 : openat(c->stagefd, p->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-		if (fd >= 0) {
-			cap_apply_owner(fd, &p->st);
-			close(fd);
-		}
-		if (rc)
-			return rc;
-		c->st->bytes_linked -= p->size < c->st->bytes_linked ? p->size : c->st->bytes_linked;
-		c->st->bytes_copied += r.written;
-		p->written = r.written;
-		p->reused = 0;
+		if (a->kind == K_FILE && a->alias && !cap_name_same(c, a, &c->e[a->alias], &sec))
+			rc = cap_newdate(c, &c->e[a->alias]);
 	}
-	return 0;
+	for (size_t i = 0; !rc && i < c->n; i++) {
+		struct ent *l = &c->e[i];
+		if (l->kind != K_LINK || l->newdate)
+			continue;
+		const struct mf_entry *pe = c->have_prev ? mf_find(&c->prev, l->path) : NULL;
+		if (!pe || pe->kind != K_LINK || !pe->has_digest || !l->has_digest ||
+		    memcmp(pe->digest, l->digest, 32))
+			rc = cap_newdate_link(c, l, 0);
+	}
+	return rc;
 }
 
 /* A copied file whose bytes equal the previous snapshot's keeps the previous file, or at least
