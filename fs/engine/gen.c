@@ -29,8 +29,8 @@
  *   generation other than the current one closed, or one closed while a capture runs) is
  *   noted as overtaken; the next capture dates anew every file whose mtime lies between the
  *   cut of the generation read and the read (cap_opts.redate_after/until), and a current
- *   generation made before the reads is not served to the next opener, once no older file
- *   is open: a new one is captured first, pinned or not. */
+ *   generation made before the reads is not served to the next opener, once no file of any
+ *   generation is open: a new one is captured first, pinned or not. */
 #include "gen.h"
 
 #include "copy.h"
@@ -289,13 +289,15 @@ static int gen_stale(const struct genmgr *gm, const struct gen *g, double now)
 }
 
 /* 1 if an older generation was read after the current one was cut (see the top), and no file
- * of one is open any more: a capture now dates those reads' files anew for good. */
+ * of any generation is open: a capture now dates those reads' files anew for good. Not while
+ * one is open: an upload still reading would overtake that capture in turn, and one that
+ * keeps reading would have a new generation captured under it again and again. */
 static int gen_overtaken(struct genmgr *gm)
 {
 	if (!gm->over_n || !gm->cur)
 		return 0;
 	for (struct gen *g = gm->list; g; g = g->next)
-		if (g != gm->cur && !atomic_load(&g->dead) && g->files)
+		if (!atomic_load(&g->dead) && g->files)
 			return 0;
 	log_info("generation %lu was cut before an upload of an older generation ended: "
 		 "capturing anew so that no upload skips what changed", gm->cur->seq);

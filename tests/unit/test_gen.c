@@ -186,10 +186,18 @@ Test(gen, read_of_an_older_generation_after_a_newer_cut_is_captured_anew)
 	cr_assert_eq(gen_refresh(gm), 0);
 	cr_assert_eq(f.redate_until, 0, "nothing was read late yet");
 	/* Still open: a new capture now would be overtaken again; generation 2 is served. */
-	cr_assert_eq(acquire_seq(gm), 2);
+	struct gen *g2;
+	cr_assert_eq(gen_acquire(gm, &g2), 0);
+	cr_assert_eq(gen_seq(g2), 2);
 	cr_assert_eq(f.calls, 2);
+	cr_assert_eq(gen_pin(gm, g2, 1), 0);
 	gen_unpin(gm, g, 1);
 	gen_unref(gm, g);
+	/* Nor while a file of generation 2 is open: an upload reading it would be overtaken. */
+	cr_assert_eq(acquire_seq(gm), 2);
+	cr_assert_eq(f.calls, 2);
+	gen_unpin(gm, g2, 1);
+	gen_unref(gm, g2);
 	/* Closed: generation 2 is pinned (used just now, linger 3600) but is replaced. */
 	cr_assert_eq(acquire_seq(gm), 3);
 	cr_assert_eq(f.calls, 3);
