@@ -94,8 +94,10 @@ struct ent {
 	unsigned staged : 1;     /* a database whose staged copy d->blk describes */
 	unsigned has_digest : 1;
 	unsigned cloned : 1;     /* a plain file whose copy shares the live file's extents */
-	unsigned newdate : 1;    /* another name of it held other bytes in the previous snapshot,
-				  * or none: its copy, one inode for all its names, is dated anew */
+	unsigned newdate : 1;    /* files: another name that reaches it (a hard link, a symlink)
+				  * held other bytes in the previous snapshot, or none: its copy,
+				  * one inode for all its names, is dated anew; links and
+				  * directories: followed already (cap_mark_newdates) */
 };
 
 struct cap {

@@ -146,6 +146,9 @@ static int cap_newdate_entry(struct cap *c, size_t i, int depth)
 		return cap_newdate_link(c, e, depth);
 	if (e->kind != K_DIR)
 		return cap_newdate(c, e);
+	if (e->newdate)
+		return 0; /* its files are marked already */
+	e->newdate = 1;
 	size_t len = strlen(e->path);
 	for (size_t k = 1; k < c->n; k++) {
 		struct ent *f = &c->e[k];
@@ -176,7 +179,8 @@ static int cap_mark_newdates(struct cap *c)
 		if (a->kind == K_FILE && a->alias && !cap_name_same(c, a, &c->e[a->alias], &sec))
 			rc = cap_newdate(c, &c->e[a->alias]);
 	}
-	for (size_t i = 0; !rc && i < c->n; i++) {
+	/* (With no previous snapshot every file is dated anew anyway.) */
+	for (size_t i = 0; !rc && c->have_prev && i < c->n; i++) {
 		struct ent *l = &c->e[i];
 		if (l->kind != K_LINK || l->newdate)
 			continue;
