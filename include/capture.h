@@ -37,6 +37,11 @@ struct cap_opts {
 	unsigned quiet_ms;        /* files must have been still this long at the cut (default 100) */
 	double uploads_before;    /* realtime (s) after which no earlier snapshot of this store was
 				   * read by an uploader; 0 means the start of this capture */
+	/* Files of `previous` whose mtime's whole second m has redate_after < m <= redate_until
+	 * are dated anew, never shared: an upload of an older snapshot, holding other bytes under
+	 * their names, may have ended in or after that second (the daemon: a generation read
+	 * after a newer one was cut). Both 0: none. */
+	int64_t redate_after, redate_until;
 	cap_progress_fn *progress; /* progress reports (see cap_progress_fn), or NULL */
 	void *progress_arg;       /* passed to progress */
 	int quiet;                /* no summary line */

@@ -7,8 +7,9 @@
  * closes *any* descriptor of the file. The daemon opens and closes store files all the time
  * for passthrough; in the same process it would silently drop the engine's locks.
  *
- * Protocol (argv): --capture-helper --settle-timeout S --nice N UPLOADS_BEFORE STORE DEST
+ * Protocol (argv): --capture-helper --settle-timeout S --nice N TIMES STORE DEST
  * [PREVIOUS [RECYCLE]]
+ *   TIMES is UPLOADS_BEFORE,REDATE_AFTER,REDATE_UNTIL (cap_opts).
  *   STORE is /proc/self/fd/N of the store descriptor the daemon opened before mounting
  *   (inherited, so a store covered by our own mount is still reached), or of the mount's
  *   own root while a WAL index is open through it (hp_open_mount), DEST, PREVIOUS and
@@ -258,10 +259,11 @@ static int hp_parse(const char *line, struct cap_stats *st)
 }
 
 int hp_capture(void *arg, const char *name, const char *prev, const char *recycle,
-	       double uploads_before, struct cap_stats *st, char *err, size_t errlen)
+	       double uploads_before, int64_t redate_after, int64_t redate_until,
+	       struct cap_stats *st, char *err, size_t errlen)
 {
 	int life[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
-	char store[PATH_MAX], dest[64], prevp[64], recyp[64], settle[32], before[32], nice[16],
+	char store[PATH_MAX], dest[64], prevp[64], recyp[64], settle[32], before[80], nice[16],
 		obuf[1024], ebuf[4096];
 	size_t olen = 0, elen = 0;
 	pid_t pid = -1;
@@ -287,7 +289,8 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 	snprintf(prevp, sizeof prevp, "/proc/self/fd/%d/%s", sf.cachefd, prev ? prev : "");
 	snprintf(recyp, sizeof recyp, "/proc/self/fd/%d/%s", sf.cachefd, recycle ? recycle : "");
 	snprintf(settle, sizeof settle, "%g", sf.o.settle);
-	snprintf(before, sizeof before, "%.3f", uploads_before);
+	snprintf(before, sizeof before, "%.3f,%" PRId64 ",%" PRId64, uploads_before, redate_after,
+		 redate_until);
 	snprintf(nice, sizeof nice, "%d", sf.o.capture_nice);
 	char *argv[] = { "stillfs", "--capture-helper", "--settle-timeout", settle, "--nice", nice,
 			 before, store, dest, prev ? prevp : NULL, NULL, NULL };
@@ -479,7 +482,13 @@ int hp_main(int argc, char **argv)
 		printf("err %d\n", -rc);
 		return CAP_EXIT_FAIL;
 	}
-	o.uploads_before = atof(argv[6]);
+	long long ra = 0, ru = 0;
+	if (sscanf(argv[6], "%lf,%lld,%lld", &o.uploads_before, &ra, &ru) != 3) {
+		fprintf(stderr, "stillfs: --capture-helper is for the daemon's own use\n");
+		return CAP_EXIT_USAGE;
+	}
+	o.redate_after = ra;
+	o.redate_until = ru;
 	o.store = argv[7];
 	o.dest = argv[8];
 	o.previous = argc >= 10 ? argv[9] : NULL;

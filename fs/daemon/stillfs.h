@@ -284,7 +284,8 @@ unsigned lk_waiting(void);
 /* helper.c */
 int hp_main(int argc, char **argv);
 int hp_capture(void *arg, const char *name, const char *prev, const char *recycle,
-	       double uploads_before, struct cap_stats *st, char *err, size_t errlen);
+	       double uploads_before, int64_t redate_after, int64_t redate_until,
+	       struct cap_stats *st, char *err, size_t errlen);
 void hp_kill(void);
 /* "last_capture: ok|failed|none" and, while a capture runs, its progress_* lines. */
 void hp_report(FILE *f);

@@ -80,12 +80,22 @@ int cap_as_recorded(const struct stat *s, const struct mf_entry *pe)
 /* Share the previous snapshot's copy of e when it is proven to hold the same bytes. If
  * `recorded`, *recorded tells whether the previous copy was found as its manifest says, even
  * when sharing it then failed. */
+int cap_redate(const struct cap *c, const struct mf_entry *pe)
+{
+	int64_t m = pe->mtime_ns / 1000000000LL;
+	return c->o->redate_until > c->o->redate_after && m > c->o->redate_after &&
+	       m <= c->o->redate_until;
+}
+
 int cap_link_prev(struct cap *c, struct ent *e, const struct mf_entry *pe, int *recorded)
 {
 	char proc[64];
 	struct stat ps;
 	if (recorded)
 		*recorded = 0;
+	/* Its mtime may not be newer than an upload of other bytes: this copy gets a new one. */
+	if (cap_redate(c, pe))
+		return -ESTALE;
 	int fd = cap_openat2(c->prevfd, e->path, O_PATH | O_NOFOLLOW);
 	if (fd < 0)
 		return fd;

@@ -97,6 +97,10 @@ struct ent {
 	unsigned has_digest : 1;
 	unsigned cloned : 1;     /* a plain file whose copy shares the live file's extents */
 	unsigned unwatched : 1;  /* a directory where inotify may miss changes (cap_dir_moved) */
+	unsigned newdate : 1;    /* files: another name that reaches it (a hard link, a symlink)
+				  * held other bytes in the previous snapshot, or none: its copy,
+				  * one inode for all its names, is dated anew; links and
+				  * directories: followed already (cap_mark_newdates) */
 };
 
 struct cap {
@@ -181,6 +185,9 @@ int cap_collect_all(struct cap *c);
 void cap_apply_owner(int fd, const struct cap_stat *s);
 int cap_as_recorded(const struct stat *s, const struct mf_entry *pe);
 int cap_link_prev(struct cap *c, struct ent *e, const struct mf_entry *pe, int *recorded);
+/* 1 if the previous snapshot's pe carries an mtime that an upload of an older snapshot may
+ * have overtaken (cap_opts.redate_after/until): it is neither shared nor kept. */
+int cap_redate(const struct cap *c, const struct mf_entry *pe);
 const struct mf_entry *cap_prev_same(const struct cap *c, const struct ent *e, const char *ident);
 int cap_copy_dirty(struct cap *c, int *copied);
 int cap_classify_dbs(struct cap *c);

@@ -18,18 +18,195 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* The whole second a file that changed is dated in: the cut's. S3 keeps LastModified in whole
+ * seconds, truncated: an upload of this snapshot comes after the cut, so its LastModified is
+ * at least this second and the next sync does not send the file again; an upload of an earlier
+ * snapshot came before uploads_before, which the cut's second is after (cap_settle waits for
+ * that), so this mtime is newer and the file is sent. rsync compares whole seconds too: a new
+ * second also tells it the file changed. prev_sec: the previous snapshot's file's second, or
+ * INT64_MIN. */
+static int64_t cap_changed_sec(const struct cap *c, int64_t prev_sec)
+{
+	int64_t sec = c->cut_ns / 1000000000LL;
+	int64_t after = (int64_t)floor(c->uploads_before) + 1;
+	if (sec < after)
+		sec = after; /* the clock was stepped back (cap_settle) */
+	if (prev_sec >= sec)
+		sec = prev_sec + 1; /* only after a clock step back */
+	if (c->o->redate_until > c->o->redate_after && sec <= c->o->redate_until)
+		sec = c->o->redate_until + 1; /* idem: uploads_before covers it */
+	if (sec >= INT64_MAX / 1000000000LL) /* a previous mtime past 2262 */
+		sec = INT64_MAX / 1000000000LL - 1;
+	return sec;
+}
+
+/* 1 if the name `a` of the file copied as p held the same bytes (kind, size, digest, mode and
+ * owner) in the previous snapshot; pe_sec: the second of that copy's mtime, if any. */
+static int cap_name_same(const struct cap *c, const struct ent *a, const struct ent *p,
+			 int64_t *pe_sec)
+{
+	const struct mf_entry *pe = c->have_prev ? mf_find(&c->prev, a->path) : NULL;
+	*pe_sec = pe ? pe->mtime_ns / 1000000000LL : INT64_MIN;
+	return pe && pe->kind == p->kind && pe->has_digest && p->has_digest &&
+	       pe->size == p->size && !memcmp(pe->digest, p->digest, 32) &&
+	       pe->mode == (a->st.st_mode & 07777) && pe->uid == a->st.st_uid &&
+	       pe->gid == a->st.st_gid;
+}
+
+/* p is to be dated anew: if its staged copy is the previous snapshot's file, shared, make it a
+ * copy of its own (the previous snapshot keeps its date). 0 or -errno. */
+static int cap_newdate(struct cap *c, struct ent *p)
+{
+	if (p->alias)
+		p = &c->e[p->alias];
+	if ((p->kind != K_FILE && p->kind != K_DB) || p->newdate)
+		return 0;
+	p->newdate = 1;
+	if (!p->reused)
+		return 0;
+	int src = openat(c->stagefd, p->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	struct cp_result r;
+	int rc = src < 0 ? -errno : cap_copy_fd_to_stage(c, src, p->path, 0, &r);
+	if (src >= 0)
+		close(src);
+	int fd = rc ? -1 : openat(c->stagefd, p->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd >= 0) {
+		cap_apply_owner(fd, &p->st);
+		close(fd);
+	}
+	if (rc)
+		return rc;
+	c->st->bytes_linked -= p->size < c->st->bytes_linked ? p->size : c->st->bytes_linked;
+	c->st->bytes_copied += r.written;
+	p->written = r.written;
+	p->reused = 0;
+	return 0;
+}
+
+static int cap_newdate_entry(struct cap *c, size_t i, int depth);
+
+/* What the symlink e leads to inside the snapshot is dated anew: uploaders that follow links
+ * (aws s3 sync does by default) send the target's bytes under the link's name and compare the
+ * target's mtime, so a link turned to an unchanged file of the same size would keep the old
+ * bytes under its name. Targets outside the snapshot (absolute, or above its root) are not
+ * ours. Each link is followed once (newdate marks it). 0 or -errno. */
+static int cap_newdate_link(struct cap *c, struct ent *e, int depth)
+{
+	char t[PATH_MAX + 1], path[PATH_MAX * 2 + 2], *save = NULL;
+	size_t idx, len = 0;
+	if (e->newdate || depth > 40)
+		return 0;
+	e->newdate = 1;
+	ssize_t n = readlinkat(c->stagefd, e->path, t, PATH_MAX);
+	if (n <= 0 || t[0] == '/')
+		return 0;
+	t[n] = 0;
+	/* The link's directory, then each component of the target. */
+	const char *slash = strrchr(e->path, '/');
+	if (slash) {
+		len = (size_t)(slash - e->path);
+		memcpy(path, e->path, len);
+	}
+	path[len] = 0;
+	for (char *comp = strtok_r(t, "/", &save); comp; comp = strtok_r(NULL, "/", &save)) {
+		if (!strcmp(comp, "."))
+			continue;
+		if (!strcmp(comp, "..")) {
+			if (!len)
+				return 0; /* above the snapshot's root */
+			char *up = strrchr(path, '/');
+			len = up ? (size_t)(up - path) : 0;
+			path[len] = 0;
+			continue;
+		}
+		size_t cl = strlen(comp);
+		if (len + 1 + cl >= sizeof path)
+			return 0;
+		if (len)
+			path[len++] = '/';
+		memcpy(path + len, comp, cl + 1);
+		len += cl;
+		/* a link on the way is followed by the kernel too: what it leads to counts */
+		if (ut_map_get(&c->index, path, &idx) && c->e[idx].kind == K_LINK && save && *save) {
+			int rc = cap_newdate_link(c, &c->e[idx], depth + 1);
+			if (rc)
+				return rc;
+		}
+	}
+	if (!len)
+		return cap_newdate_entry(c, 0, depth + 1);
+	return ut_map_get(&c->index, path, &idx) ? cap_newdate_entry(c, idx, depth + 1) : 0;
+}
+
+/* Entry i, and for a directory everything below it, reached through a link: dated anew. */
+static int cap_newdate_entry(struct cap *c, size_t i, int depth)
+{
+	struct ent *e = &c->e[i];
+	if (e->kind == K_LINK)
+		return cap_newdate_link(c, e, depth);
+	if (e->kind != K_DIR)
+		return cap_newdate(c, e);
+	if (e->newdate)
+		return 0; /* its files are marked already */
+	e->newdate = 1;
+	size_t len = strlen(e->path);
+	for (size_t k = 1; k < c->n; k++) {
+		struct ent *f = &c->e[k];
+		if (k == i || (len && (strncmp(f->path, e->path, len) || f->path[len] != '/')))
+			continue;
+		int rc = f->kind == K_LINK ? cap_newdate_link(c, f, depth) :
+			 f->kind == K_DIR ? 0 : cap_newdate(c, f);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* Which files are dated anew whatever their own bytes, because a name that reaches them now
+ * held other bytes before (or none):
+ * - A file with several names is one inode in the snapshot, with one mtime. When one of its
+ *   other names held other bytes before (it became a link to this file: `ln -f x y`), the
+ *   mtime of the file's earlier copy would date new bytes under that name in an old second,
+ *   and uploaders would skip it.
+ * - A symlink new or turned elsewhere: what it leads to (cap_newdate_link).
+ * 0 or -errno. */
+static int cap_mark_newdates(struct cap *c)
+{
+	int64_t sec;
+	int rc = 0;
+	for (size_t i = 0; !rc && i < c->n; i++) {
+		struct ent *a = &c->e[i];
+		if (a->kind == K_FILE && a->alias && !cap_name_same(c, a, &c->e[a->alias], &sec))
+			rc = cap_newdate(c, &c->e[a->alias]);
+	}
+	/* (With no previous snapshot every file is dated anew anyway.) */
+	for (size_t i = 0; !rc && c->have_prev && i < c->n; i++) {
+		struct ent *l = &c->e[i];
+		if (l->kind != K_LINK || l->newdate)
+			continue;
+		const struct mf_entry *pe = c->have_prev ? mf_find(&c->prev, l->path) : NULL;
+		if (!pe || pe->kind != K_LINK || !pe->has_digest || !l->has_digest ||
+		    memcmp(pe->digest, l->digest, 32))
+			rc = cap_newdate_link(c, l, 0);
+	}
+	return rc;
+}
+
 /* A copied file whose bytes equal the previous snapshot's keeps the previous file, or at least
  * its mtime, so uploaders skip it. Everything else new gets the cut time as mtime: later than
  * any upload of an earlier snapshot, so neither rsync nor aws s3 sync skips it. */
 static int cap_set_times(struct cap *c)
 {
+	int rc = cap_mark_newdates(c);
+	if (rc)
+		return rc;
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
 		if ((e->kind != K_FILE && e->kind != K_DB) || !e->copied || e->reused || e->alias)
 			continue;
 		const struct mf_entry *pe = c->have_prev ? mf_find(&c->prev, e->path) : NULL;
 		int keep = 0;
-		if (pe && pe->kind == e->kind && pe->has_digest && e->has_digest &&
+		if (pe && !e->newdate && pe->kind == e->kind && pe->has_digest && e->has_digest &&
 		    pe->size == e->size && !memcmp(pe->digest, e->digest, 32) &&
 		    pe->mode == (e->st.st_mode & 07777) && pe->uid == e->st.st_uid &&
 		    pe->gid == e->st.st_gid) {
@@ -54,32 +231,33 @@ static int cap_set_times(struct cap *c)
 			 * file is as its manifest says but could not be shared (EMLINK: at its file
 			 * system's link limit), or when it is this one's old copy, moved here after it
 			 * was checked to be as its manifest says (cap_earlier_copy). */
-			keep = recorded || (lr == -ENOENT && e->d && e->d->took_prev);
+			keep = (recorded || (lr == -ENOENT && e->d && e->d->took_prev)) &&
+			       !cap_redate(c, pe);
 		}
 		int64_t ns;
-		if (keep) {
+		if (keep)
 			ns = pe->mtime_ns;
-		} else {
-			/* The whole second of the cut. S3 keeps LastModified in whole seconds,
-			 * truncated: an upload of this snapshot comes after the cut, so its
-			 * LastModified is at least this second and the next sync does not send the
-			 * file again; an upload of an earlier snapshot came before uploads_before,
-			 * which the cut's second is after (cap_settle waits for that), so this mtime
-			 * is newer and the file is sent. rsync compares whole seconds too: a new
-			 * second also tells it the file changed. */
-			int64_t sec = c->cut_ns / 1000000000LL;
-			int64_t after = (int64_t)floor(c->uploads_before) + 1;
-			if (sec < after)
-				sec = after; /* the clock was stepped back (cap_settle) */
-			if (pe && pe->mtime_ns / 1000000000LL >= sec)
-				sec = pe->mtime_ns / 1000000000LL + 1; /* only after a clock step back */
-			if (sec >= INT64_MAX / 1000000000LL) /* a previous mtime past 2262 */
-				sec = INT64_MAX / 1000000000LL - 1;
-			ns = sec * 1000000000LL;
-		}
+		else
+			ns = cap_changed_sec(c, pe ? pe->mtime_ns / 1000000000LL : INT64_MIN) *
+			     1000000000LL;
 		e->mtime_ns = ns;
 		struct timespec t = ut_ns_ts(ns), ts[2] = { t, t };
 		if (utimensat(c->stagefd, e->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
+			return -errno;
+	}
+	/* A name dated anew must also differ from what its own earlier copy was dated (after a
+	 * clock step back, that can be later than the cut). */
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *a = &c->e[i];
+		int64_t sec;
+		if (a->kind != K_FILE || !a->alias || !c->e[a->alias].newdate)
+			continue;
+		struct ent *p = &c->e[a->alias];
+		if (cap_name_same(c, a, p, &sec) || sec < p->mtime_ns / 1000000000LL)
+			continue;
+		p->mtime_ns = cap_changed_sec(c, sec) * 1000000000LL;
+		struct timespec t = ut_ns_ts(p->mtime_ns), ts[2] = { t, t };
+		if (utimensat(c->stagefd, p->path, ts, AT_SYMLINK_NOFOLLOW) < 0)
 			return -errno;
 	}
 	return 0;
@@ -195,8 +373,14 @@ static int cap_write_manifest(struct cap *c)
 	mf_free(&out);
 	if (fflush(f) == EOF && !rc)
 		rc = -errno;
-	/* It changes with every snapshot: the cut's second, like every other changed file. */
-	struct timespec ts[2] = { { c->st->cut.tv_sec, 0 }, { c->st->cut.tv_sec, 0 } };
+	/* It changes with every snapshot: dated like every other changed file (after a clock step
+	 * back, not in the cut's second, or aws s3 sync would keep the previous manifest). */
+	struct stat pst;
+	int64_t psec = c->have_prev && fstatat(c->prevfd, CAP_MANIFEST_NAME, &pst,
+					       AT_SYMLINK_NOFOLLOW) == 0 ?
+			       (int64_t)pst.st_mtim.tv_sec : INT64_MIN;
+	time_t sec = (time_t)cap_changed_sec(c, psec);
+	struct timespec ts[2] = { { sec, 0 }, { sec, 0 } };
 	if (!rc && futimens(fileno(f), ts) < 0)
 		rc = -errno;
 	if (fclose(f) == EOF && !rc)

@@ -21,7 +21,16 @@
  *   daemon never serves it; its first capture is incremental on it, so unchanged files keep
  *   their mtimes (uploaders do not send the whole store again after a restart), changed
  *   databases are recycled from it, and the cut need only fall after that time, not after the
- *   daemon's start. */
+ *   daemon's start.
+ * - An upload may go on reading an older generation after a newer one was cut (a stillctl
+ *   refresh while it holds files open, or names opened through a `.snapshot` handle): its
+ *   objects then get upload times in or after the seconds the newer generations dated their
+ *   changes in, and `aws s3 sync` would skip those files for good. Each such read (a file of a
+ *   generation other than the current one closed, or one closed while a capture runs) is
+ *   noted as overtaken; the next capture dates anew every file whose mtime lies between the
+ *   cut of the generation read and the read (cap_opts.redate_after/until), and a current
+ *   generation made before the reads is not served to the next opener, once no file of any
+ *   generation is open: a new one is captured first, pinned or not. */
 #include "gen.h"
 
 #include "copy.h"
@@ -75,6 +84,12 @@ struct genmgr {
 	double last_attempt_s;     /* wall time of the last capture, helper included */
 	double born;               /* monotonic time the manager started */
 	double kept_until;         /* GEN_KEPT is there, unread since (real time); else 0 */
+	double dead_used;          /* the last use of a generation deleted since (monotonic) */
+	/* Reads of a generation that may have ended after a newer cut (see the top): files of
+	 * later generations dated in (over_lo, over_hi], whole seconds of real time, are to be
+	 * dated anew. over_n counts those reads not yet taken into account by a capture. */
+	int64_t over_lo, over_hi;
+	unsigned long over_n;
 	int last_rc;
 	char last_err[512];
 	struct timespec last_err_at;
@@ -177,7 +192,11 @@ void gen_destroy(struct genmgr *gm)
 	if (gm->cur && open)
 		log_info("not keeping generation %lu for the next start: %u files of generations "
 			 "are still open", gm->cur->seq, open);
-	if (gm->cur && !open) {
+	else if (gm->cur && gm->over_n)
+		log_info("not keeping generation %lu for the next start: an older generation was "
+			 "read after it was cut, and it has not been captured anew since",
+			 gm->cur->seq);
+	if (gm->cur && !open && !gm->over_n) {
 		int rc = gen_keep(gm, gm->cur);
 		kept = rc == 0;
 		if (rc)
@@ -269,6 +288,22 @@ static int gen_stale(const struct genmgr *gm, const struct gen *g, double now)
 	return !g || (now - g->born >= gm->cfg.max_age && !gen_pinned(gm, g, now));
 }
 
+/* 1 if an older generation was read after the current one was cut (see the top), and no file
+ * of any generation is open: a capture now dates those reads' files anew for good. Not while
+ * one is open: an upload still reading would overtake that capture in turn, and one that
+ * keeps reading would have a new generation captured under it again and again. */
+static int gen_overtaken(struct genmgr *gm)
+{
+	if (!gm->over_n || !gm->cur)
+		return 0;
+	for (struct gen *g = gm->list; g; g = g->next)
+		if (!atomic_load(&g->dead) && g->files)
+			return 0;
+	log_info("generation %lu was cut before an upload of an older generation ended: "
+		 "capturing anew so that no upload skips what changed", gm->cur->seq);
+	return 1;
+}
+
 /* Called and returns with gm->mu held; drops it while the capture runs. */
 static int gen_capture_locked(struct genmgr *gm)
 {
@@ -299,12 +334,16 @@ static int gen_capture_locked(struct genmgr *gm)
 	/* When readers last used a generation, on the monotonic clock: now if one holds a handle
 	 * (an upload reading it now), else its last use. Older generations count too: a long
 	 * reader of one may still be uploading it. */
-	double used = 0;
+	double used = gm->dead_used;
 	for (struct gen *i = gm->list; i; i = i->next) {
 		double u = i->handles ? ut_now() : gen_last_use(i);
 		if (!atomic_load(&i->dead) && u > used)
 			used = u;
 	}
+	/* Reads that may have overtaken the mtimes of later generations: those files are dated
+	 * anew by this capture (and uploads_before, above, is after those reads). */
+	unsigned long over_n = gm->over_n;
+	int64_t redate_after = over_n ? gm->over_lo : 0, redate_until = over_n ? gm->over_hi : 0;
 	gm->capturing = 1;
 	pthread_mutex_unlock(&gm->mu);
 
@@ -328,8 +367,8 @@ static int gen_capture_locked(struct genmgr *gm)
 			 GEN_KEPT_TIME);
 	double uploads_before = rt_now - (since > 0 ? since : 0);
 	memset(&st, 0, sizeof st);
-	int rc = gm->cfg.capture(gm->cfg.arg, name, prevname, recycle, uploads_before, &st, err,
-				 sizeof err);
+	int rc = gm->cfg.capture(gm->cfg.arg, name, prevname, recycle, uploads_before,
+				 redate_after, redate_until, &st, err, sizeof err);
 	if (recycle)
 		cp_rmtree(gm->cfg.cachefd, recycle);
 	if (kept_until && !recycle)
@@ -365,6 +404,8 @@ static int gen_capture_locked(struct genmgr *gm)
 		gm->cur = g;
 		gm->n_ok++;
 		gm->fail_until = 0;
+		if (gm->over_n == over_n)
+			gm->over_n = 0; /* all taken into account; later ones stay for the next */
 		log_info("generation %lu (%s) ready in %.2f s", g->seq, st.id, gm->last_attempt_s);
 	} else {
 		gm->n_fail++;
@@ -394,7 +435,7 @@ int gen_acquire(struct genmgr *gm, struct gen **out)
 			pthread_cond_wait(&gm->done, &gm->mu);
 	} else {
 		double now = ut_now();
-		if (gen_stale(gm, gm->cur, now) && now >= gm->fail_until)
+		if (now >= gm->fail_until && (gen_stale(gm, gm->cur, now) || gen_overtaken(gm)))
 			gen_capture_locked(gm);
 	}
 	g = gm->cur;
@@ -452,6 +493,16 @@ void gen_unpin(struct genmgr *gm, struct gen *g, int file)
 	g->handles--;
 	g->files -= file != 0;
 	g->last_close = ut_now();
+	if (file && (g != gm->cur || gm->capturing)) {
+		/* Read while a newer generation exists or is being cut: an upload of it may end
+		 * after files of the newer one were dated. */
+		int64_t lo = (int64_t)g->stats.cut.tv_sec, hi = (int64_t)ut_realtime().tv_sec;
+		if (!gm->over_n || lo < gm->over_lo)
+			gm->over_lo = lo;
+		if (!gm->over_n || hi > gm->over_hi)
+			gm->over_hi = hi;
+		gm->over_n++;
+	}
 	if (!g->handles)
 		pthread_cond_signal(&gm->wake);
 	pthread_mutex_unlock(&gm->mu);
@@ -498,6 +549,8 @@ double gen_reap(struct genmgr *gm, void (*on_dead)(struct gen *g))
 				next = last + gm->cfg.linger - now;
 		} else if (n < sizeof doomed / sizeof doomed[0]) {
 			atomic_store(&g->dead, 1);
+			if (last > gm->dead_used)
+				gm->dead_used = last;
 			g->refs++;
 			doomed[n++] = g;
 			if (!spare || g->seq > spare->seq)

@@ -6,6 +6,7 @@
 #define STILL_GEN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "capture.h"
 
@@ -17,10 +18,12 @@ struct gen;
 struct genmgr;
 
 /* uploads_before: realtime after which no reader used an earlier generation (cap_opts).
+ * redate_after, redate_until: whole seconds; files of prev dated in between are dated anew
+ * (cap_opts), or both 0.
  * recycle: a retired generation in the cache whose database copies may be taken, or NULL. */
 typedef int (*gen_capture_fn)(void *arg, const char *name, const char *prev,
-			      const char *recycle, double uploads_before, struct cap_stats *st,
-			      char *err, size_t errlen);
+			      const char *recycle, double uploads_before, int64_t redate_after,
+			      int64_t redate_until, struct cap_stats *st, char *err, size_t errlen);
 struct gen_cfg {
 	int cachefd;
 	double max_age;

@@ -27,10 +27,12 @@ struct fake {
 	double delay;           /* seconds to take */
 	char name[32], prev[32], recycle[32];
 	double uploads_before;
+	int64_t redate_after, redate_until;
 };
 
 static int fake_capture(void *arg, const char *name, const char *prev, const char *recycle,
-			double uploads_before, struct cap_stats *st, char *err, size_t errlen)
+			double uploads_before, int64_t redate_after, int64_t redate_until,
+			struct cap_stats *st, char *err, size_t errlen)
 {
 	struct fake *f = arg;
 	f->calls++;
@@ -38,6 +40,8 @@ static int fake_capture(void *arg, const char *name, const char *prev, const cha
 	snprintf(f->prev, sizeof f->prev, "%s", prev ? prev : "");
 	snprintf(f->recycle, sizeof f->recycle, "%s", recycle ? recycle : "");
 	f->uploads_before = uploads_before;
+	f->redate_after = redate_after;
+	f->redate_until = redate_until;
 	if (f->delay > 0)
 		usleep((useconds_t)(f->delay * 1e6));
 	if (f->fail) {
@@ -165,6 +169,47 @@ Test(gen, stale_and_unpinned_is_replaced_pinned_is_not)
 	/* Unpinned, linger 0: the next acquire replaces gen-2, and gen-1 can go. */
 	cr_assert_eq(acquire_seq(gm), 3);
 	cr_assert_str_eq(f.prev, "gen-2");
+	gen_destroy(gm);
+}
+
+/* An upload reading generation 1 after a refresh made generation 2: generation 2 may have
+ * dated its changes before that upload ended. Once the old file is closed, the next opener
+ * gets a new capture, pinned or not, that dates anew the files dated between generation 1's
+ * cut and that read; a capture after that one redates nothing. */
+Test(gen, read_of_an_older_generation_after_a_newer_cut_is_captured_anew)
+{
+	struct fake f = { 0 };
+	struct genmgr *gm = mgr(&f, 3600, 3600, 0, 0);
+	struct gen *g;
+	cr_assert_eq(gen_acquire(gm, &g), 0);
+	cr_assert_eq(gen_pin(gm, g, 1), 0);
+	cr_assert_eq(gen_refresh(gm), 0);
+	cr_assert_eq(f.redate_until, 0, "nothing was read late yet");
+	/* Still open: a new capture now would be overtaken again; generation 2 is served. */
+	struct gen *g2;
+	cr_assert_eq(gen_acquire(gm, &g2), 0);
+	cr_assert_eq(gen_seq(g2), 2);
+	cr_assert_eq(f.calls, 2);
+	cr_assert_eq(gen_pin(gm, g2, 1), 0);
+	gen_unpin(gm, g, 1);
+	gen_unref(gm, g);
+	/* Nor while a file of generation 2 is open: an upload reading it would be overtaken. */
+	cr_assert_eq(acquire_seq(gm), 2);
+	cr_assert_eq(f.calls, 2);
+	gen_unpin(gm, g2, 1);
+	gen_unref(gm, g2);
+	/* Closed: generation 2 is pinned (used just now, linger 3600) but is replaced. */
+	cr_assert_eq(acquire_seq(gm), 3);
+	cr_assert_eq(f.calls, 3);
+	cr_assert_str_eq(f.prev, "gen-2");
+	cr_assert_gt(f.redate_until, f.redate_after, "the files dated before the read end");
+	cr_assert_geq(f.uploads_before + 1, (double)f.redate_until,
+		      "uploads_before %.3f is before the late read %lld", f.uploads_before,
+		      (long long)f.redate_until);
+	/* Taken into account: served again, and the next capture redates nothing. */
+	cr_assert_eq(acquire_seq(gm), 3);
+	cr_assert_eq(gen_refresh(gm), 0);
+	cr_assert_eq(f.redate_until, 0);
 	gen_destroy(gm);
 }
 
