@@ -88,7 +88,7 @@ static void fh_close(fuse_req_t req, struct fh *h)
 		close(h->fd);
 	sf_fd_uncharge(h->uid);
 	if (h->node->kind == ND_SNAP)
-		gen_unpin(sf.gm, h->node->gen, 1);
+		gen_unpin_file(sf.gm, h->node->gen, (uint64_t)h->node->ino);
 	if (h->shm_counted)
 		atomic_fetch_sub(&sf.shm_handles, 1);
 	free(h->text);

@@ -671,9 +671,11 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	if (len >= 0 && !(buf = malloc((size_t)len + 1))) {
 		len = -1;
 		errno = ENOMEM;
-	} else if (len >= 0) {
+	} else if (len > 0) {
 		len = listxattr(path, buf, (size_t)len);   /* ERANGE if it grew meanwhile */
 	}
+	/* (Not with size 0: that returns the size of a list that grew meanwhile, not ERANGE, and
+	 * buf would be taken to hold that many bytes.) */
 	if (len < 0)
 		rc = -errno;
 	nd_unpin(n);

@@ -431,8 +431,9 @@ int cap_inside_store(const struct cap *c, int dirfd)
 }
 
 /* Remove what captures of the same DEST that were killed (SIGKILL: no cleanup ran) left beside
- * it: ".BASE.stillfs-tmp.PID" and ".BASE.stillfs-work.PID" of a process that is gone. */
-static void cap_remove_leftovers(int parentfd, const char *base)
+ * it: ".BASE.stillfs-tmp.PID" and ".BASE.stillfs-work.PID" of a process that is gone. Unless
+ * `remove`: then each is only named, to be removed by hand (it may be as big as the store). */
+static void cap_remove_leftovers(int parentfd, const char *base, int remove)
 {
 	char pfx[2][NAME_MAX + 1];
 	snprintf(pfx[0], sizeof pfx[0], ".%.200s.stillfs-tmp.", base);
@@ -455,6 +456,12 @@ static void cap_remove_leftovers(int parentfd, const char *base)
 			if (*end || pid <= 0 || pid == getpid() ||
 			    kill((pid_t)pid, 0) == 0 || errno != ESRCH)
 				continue;
+			if (!remove) {
+				log_warn("%s, left beside the snapshot by a capture that was killed, is "
+					 "kept (others may rename things in its directory): remove it "
+					 "by hand", de->d_name);
+				continue;
+			}
 			log_info("removing %s, left by a capture that was killed", de->d_name);
 			cp_rmtree(parentfd, de->d_name);
 		}
@@ -542,7 +549,9 @@ int cap_prepare_dest(struct cap *c)
 	    (!(st.st_mode & 0022) || (st.st_mode & S_ISVTX))) {
 		cp_rmtree(c->parentfd, c->stage_name);
 		cp_rmtree(c->parentfd, c->work_name);
-		cap_remove_leftovers(c->parentfd, base);
+		cap_remove_leftovers(c->parentfd, base, 1);
+	} else {
+		cap_remove_leftovers(c->parentfd, base, 0);
 	}
 	if (mkdirat(c->parentfd, c->stage_name, 0700) < 0 ||
 	    mkdirat(c->parentfd, c->work_name, 0700) < 0) {

@@ -506,10 +506,15 @@ int cap_dir_moved(struct cap *c, size_t di)
 	for (size_t j = di + 1; !moved && j < c->n; j++)
 		moved = c->e[j].parent == di && !seen[j] && c->e[j].kind != K_NONE &&
 			c->e[j].kind != K_COMPANION;
+	if (!moved) {
+		/* The new normal: the stat taken before the listing (a change after it moves it
+		 * again), its mode narrowed by the directory's ACL like cap_scan_dir's, since the
+		 * snapshot's directory takes this mode. */
+		cap_acl_narrow(dirfd(dir), &now);
+		d->st = now;
+	}
 	closedir(dir);
 	free(seen);
-	if (!moved)
-		d->st = now;
 	return moved;
 }
 

@@ -65,6 +65,11 @@ struct gen {
 	double last_lookup;
 	unsigned refs;             /* the manager's list (until dead), nodes, borrowers */
 	atomic_int dead;
+	/* Inode numbers of its files (gen_index), when known: a file of an older generation
+	 * that is one of these holds this generation's bytes too. */
+	uint64_t *inos;            /* sorted */
+	size_t ninos;
+	int have_inos;
 };
 
 struct genmgr {
@@ -118,7 +123,81 @@ static void gen_free(struct gen *g)
 {
 	if (g->fd >= 0)
 		close(g->fd);
+	free(g->inos);
 	free(g);
+}
+
+struct gen_inos {
+	uint64_t *v;
+	size_t n, cap;
+};
+
+/* Add the inode number of every regular file below directory fd (consumed) to a. 0 or
+ * -errno. */
+static int gen_index_dir(int fd, struct gen_inos *a, int depth)
+{
+	DIR *d = depth > 256 ? NULL : fdopendir(fd);
+	if (!d) {
+		int rc = depth > 256 ? -ELOOP : -errno;
+		close(fd);
+		return rc;
+	}
+	int rc = 0;
+	struct dirent *de;
+	while (!rc && (de = readdir(d))) {
+		struct stat st;
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			continue;
+		if (S_ISREG(st.st_mode)) {
+			if (a->n == a->cap) {
+				size_t cap = a->cap ? a->cap * 2 : 1024;
+				uint64_t *v = realloc(a->v, cap * sizeof *v);
+				if (!v) {
+					rc = -ENOMEM;
+					break;
+				}
+				a->v = v;
+				a->cap = cap;
+			}
+			a->v[a->n++] = (uint64_t)st.st_ino;
+		} else if (S_ISDIR(st.st_mode)) {
+			int sub = openat(dirfd(d), de->d_name,
+					 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (sub >= 0)
+				rc = gen_index_dir(sub, a, depth + 1);
+		}
+	}
+	closedir(d);
+	return rc;
+}
+
+static int gen_cmp_ino(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* g's file inodes into g->inos (have_inos set on success; on failure, nothing is known and
+ * every read of an older generation counts as overtaking, as before). */
+static void gen_index(int cachefd, const char *name, struct gen *g)
+{
+	struct gen_inos a = { 0 };
+	int fd = openat(cachefd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 || gen_index_dir(fd, &a, 0)) {
+		free(a.v);
+		return;
+	}
+	qsort(a.v, a.n, sizeof *a.v, gen_cmp_ino);
+	g->inos = a.v;
+	g->ninos = a.n;
+	g->have_inos = 1;
+}
+
+static int gen_has_ino(const struct gen *g, uint64_t ino)
+{
+	return g->have_inos && bsearch(&ino, g->inos, g->ninos, sizeof ino, gen_cmp_ino);
 }
 
 static void gen_unref_locked(struct genmgr *gm, struct gen *g)
@@ -386,6 +465,8 @@ static int gen_capture_locked(struct genmgr *gm)
 		close(fd);
 		cp_rmtree(gm->cfg.cachefd, name);
 	}
+	if (rc == 0)
+		gen_index(gm->cfg.cachefd, name, g);
 
 	pthread_mutex_lock(&gm->mu);
 	double now = ut_now();
@@ -487,13 +568,18 @@ int gen_pin(struct genmgr *gm, struct gen *g, int file)
 	return rc;
 }
 
-void gen_unpin(struct genmgr *gm, struct gen *g, int file)
+static void gen_unpin_as(struct genmgr *gm, struct gen *g, int file, int known, uint64_t ino)
 {
 	pthread_mutex_lock(&gm->mu);
 	g->handles--;
 	g->files -= file != 0;
 	g->last_close = ut_now();
-	if (file && (g != gm->cur || gm->capturing)) {
+	/* A file the current generation shares (the same inode) held its bytes as well: an
+	 * upload of it ending late leaves nothing stale (and a capture started after this read
+	 * counts it in uploads_before). While a capture runs, the new bytes are not known. */
+	int shared = known && g != gm->cur && !gm->capturing && gm->cur &&
+		     gen_has_ino(gm->cur, ino);
+	if (file && (g != gm->cur || gm->capturing) && !shared) {
 		/* Read while a newer generation exists or is being cut: an upload of it may end
 		 * after files of the newer one were dated. */
 		int64_t lo = (int64_t)g->stats.cut.tv_sec, hi = (int64_t)ut_realtime().tv_sec;
@@ -506,6 +592,16 @@ void gen_unpin(struct genmgr *gm, struct gen *g, int file)
 	if (!g->handles)
 		pthread_cond_signal(&gm->wake);
 	pthread_mutex_unlock(&gm->mu);
+}
+
+void gen_unpin(struct genmgr *gm, struct gen *g, int file)
+{
+	gen_unpin_as(gm, g, file, 0, 0);
+}
+
+void gen_unpin_file(struct genmgr *gm, struct gen *g, uint64_t ino)
+{
+	gen_unpin_as(gm, g, 1, 1, ino);
 }
 
 int gen_dead(const struct gen *g) { return atomic_load(&g->dead); }

@@ -50,6 +50,9 @@ void gen_unref(struct genmgr *gm, struct gen *g);
  * deleted. */
 int gen_pin(struct genmgr *gm, struct gen *g, int file);
 void gen_unpin(struct genmgr *gm, struct gen *g, int file);
+/* gen_unpin of a file's handle, ino its inode number: a file of an older generation that the
+ * current one shares is not an overtaking read (see gen.c). */
+void gen_unpin_file(struct genmgr *gm, struct gen *g, uint64_t ino);
 int gen_dead(const struct gen *g);
 int gen_fd(const struct gen *g);
 unsigned long gen_seq(const struct gen *g);
