@@ -14,12 +14,14 @@
 # Build directories: ${SANITIZE_PREFIX:-build-rel}-{gcc,asan} (-clang with --no-asan), beside the source.
 # --part runs one part, so that scripts/test.sh can run each beside the tests it suits:
 #   build  the builds of steps 1 and 2 (and their -Werror check);
+#   heavy  under ASan the engine tests of suite 'heavy' (tests/integration/meson.build), one at
+#          a time: beside them, only tests that no pause of theirs can fail;
 #   pool   under ASan the unit suite and the engine tests that may run beside others (meson's
 #          is_parallel; SANITIZE_JOBS at once, meson's default without it), then step 3;
-#   alone  under ASan the engine tests of suites 'alone' and 'heavy' (tests/integration/meson.build),
-#          one at a time: run this part with nothing else on the machine.
-# Without --part, the three run in that order. The parts after build build what is missing.
-# Usage: scripts/sanitize.sh [--no-build-check] [--no-asan] [--no-valgrind] [--part=build|pool|alone]
+#   alone  under ASan the engine tests of suite 'alone', one at a time: run this part with
+#          nothing else on the machine.
+# Without --part, the four run in that order. The parts after build build what is missing.
+# Usage: scripts/sanitize.sh [--no-build-check] [--no-asan] [--no-valgrind] [--part=build|heavy|pool|alone]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=$PWD
@@ -30,8 +32,8 @@ for a in "$@"; do
     --no-build-check) do_build=0 ;;
     --no-asan) do_asan=0 ;;
     --no-valgrind) do_valgrind=0 ;;
-    --part=build | --part=pool | --part=alone) part=${a#--part=} ;;
-    *) echo "usage: $0 [--no-build-check] [--no-asan] [--no-valgrind] [--part=build|pool|alone]" >&2; exit 2 ;;
+    --part=build | --part=heavy | --part=pool | --part=alone) part=${a#--part=} ;;
+    *) echo "usage: $0 [--no-build-check] [--no-asan] [--no-valgrind] [--part=build|heavy|pool|alone]" >&2; exit 2 ;;
   esac
 done
 in_part() { [ "$part" = all ] || [ "$part" = "$1" ]; }
@@ -95,6 +97,7 @@ asan_run() {
   UBSAN_OPTIONS="log_path=$logs/ubsan:print_stacktrace=1:halt_on_error=1" \
   ENGINE_TORTURE_SNAPSHOTS=6 REL_KILL_ROUNDS=4 REL_MUTATE_OBJECTS=60 \
   REL_SCALE_DIRS=10 SOAK_CYCLES=6 SOAK_SAMPLE=2 SOAK_RSS_MAX_KIB=1048576 \
+  REL_MUTATE_BIG_MB=8 REL_OVERFLOW_BIG_MB=60 \
     meson test -C "$asan" --no-rebuild --print-errorlogs --logbase "$logbase" "$@" >"$logs/tests.out" 2>&1 || rc=$?
   # Each failing test's line is followed by its own output (--print-errorlogs).
   ((rc == 0)) || { sed -n '/^ *[0-9]*\/[0-9]* .* \(FAIL\|ERROR\|TIMEOUT\) /,/^Summary of Failures/p' \
@@ -109,18 +112,22 @@ asan_run() {
     rm -rf "$logs"
   fi
 }
-if ((do_asan)) && { in_part pool || in_part alone; }; then
+if ((do_asan)) && { in_part heavy || in_part pool || in_part alone; }; then
   if ensure "$asan" clang "${asan_opts[@]}"; then
-    # The engine's tests: engine-*, rel-*; those of suites alone and heavy run one at a time.
+    # The engine's tests: engine-*, rel-*; those of suites heavy and alone run one at a time.
     engine_re='s/^.* \/ \(\(engine\|rel\)-[a-z0-9-]*\)$/\1/p'
     mapfile -t engine_tests < <(meson test -C "$asan" --list 2>/dev/null | sed -n "$engine_re")
-    mapfile -t alone_tests < <(meson test -C "$asan" --list --suite alone --suite heavy 2>/dev/null | sed -n "$engine_re")
+    mapfile -t heavy_tests < <(meson test -C "$asan" --list --suite heavy 2>/dev/null | sed -n "$engine_re")
+    mapfile -t alone_tests < <(meson test -C "$asan" --list --suite alone 2>/dev/null | sed -n "$engine_re")
     mapfile -t unit_tests < <(meson test -C "$asan" --list --suite unit 2>/dev/null | sed -n 's/^.* \/ //p')
     pool_tests=()
     for t in "${engine_tests[@]}"; do
-      [[ " ${alone_tests[*]} " == *" $t "* ]] || pool_tests+=("$t")
+      [[ " ${heavy_tests[*]} ${alone_tests[*]} " == *" $t "* ]] || pool_tests+=("$t")
     done
     ((${#engine_tests[@]})) || finding "no engine integration tests found in $asan"
+    if in_part heavy && ((${#heavy_tests[@]})); then
+      asan_run "${#heavy_tests[@]} engine tests of suite heavy (${heavy_tests[*]})" testlog-heavy "${heavy_tests[@]}"
+    fi
     if in_part pool && ((${#engine_tests[@]})); then
       jobs=()
       [ -z "${SANITIZE_JOBS:-}" ] || jobs=(--num-processes "$SANITIZE_JOBS")
@@ -128,7 +135,7 @@ if ((do_asan)) && { in_part pool || in_part alone; }; then
         testlog-pool "${jobs[@]}" "${unit_tests[@]}" "${pool_tests[@]}"
     fi
     if in_part alone && ((${#alone_tests[@]})); then
-      asan_run "${#alone_tests[@]} engine tests run alone (${alone_tests[*]})" testlog-alone "${alone_tests[@]}"
+      asan_run "${#alone_tests[@]} engine tests of suite alone (${alone_tests[*]})" testlog-alone "${alone_tests[@]}"
     fi
   else
     finding "ASan/UBSan build (clang -Dwerror=true) fails (log: $asan.build.log)"
@@ -243,7 +250,7 @@ if ((${#findings[@]})); then
 fi
 ran=()
 ((do_build)) && in_part build && ran+=("gcc/clang -Werror")
-((do_asan)) && { in_part pool || in_part alone; } && ran+=("ASan+UBSan")
+((do_asan)) && { in_part heavy || in_part pool || in_part alone; } && ran+=("ASan+UBSan")
 ((do_valgrind)) && in_part pool && ran+=("valgrind")
 part_said=
 [ "$part" = all ] || part_said=" --part=$part:"

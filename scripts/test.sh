@@ -5,7 +5,8 @@
 # With arguments, they go to one `meson test` (names, --suite ...) and sanitize.sh does not run.
 # Without, the suite runs in four phases, so that work runs side by side only where no test can
 # tell (tests/integration/meson.build says which tests must run alone, and why):
-#   1. the two 'heavy' tests beside each other, and beside them sanitize.sh's builds;
+#   1. the 'heavy' tests beside each other, and beside them sanitize.sh's builds and its ASan
+#      run of those tests;
 #   2. every test that may run beside others, two at a time, and beside them sanitize.sh's
 #      ASan run of such tests (one at a time) and its valgrind runs;
 #   3. the tests of suite 'alone', one at a time, with nothing else running;
@@ -41,7 +42,9 @@ if [ $# -gt 0 ]; then
 else
   rm -f "$build"/meson-logs/testlog*
   phase "1/4: tests of suite 'heavy', beside each other"
-  ((sanitize)) && { sanitize_part build "$work/sanitize-build" & }
+  if ((sanitize)); then
+    { sanitize_part build "$work/sanitize-build"; sanitize_part heavy "$work/sanitize-heavy"; } &
+  fi
   mapfile -t heavy < <(meson test -C "$build" --list --suite heavy 2>/dev/null | sed -n 's/^.* \/ //p')
   pids=()
   for t in "${heavy[@]}"; do
@@ -53,11 +56,11 @@ else
     wait "${pids[i]}" || rc=1
     tee -a "$log" <"$work/heavy-${heavy[i]}"
   done
-  wait   # sanitize.sh's builds
-  if ((sanitize)); then tee -a "$log" <"$work/sanitize-build" >&2; fi
+  wait   # sanitize.sh's lane
+  if ((sanitize)); then cat "$work/sanitize-build" "$work/sanitize-heavy" | tee -a "$log" >&2; fi
 
   phase "2/4: tests that may run beside others"
-  ((sanitize)) && { SANITIZE_JOBS=1 sanitize_part pool "$work/sanitize-pool" & }
+  if ((sanitize)); then SANITIZE_JOBS=1 sanitize_part pool "$work/sanitize-pool" & fi
   run_meson testlog-pool --no-suite alone --no-suite heavy
   wait
   if ((sanitize)); then tee -a "$log" <"$work/sanitize-pool" >&2; fi
