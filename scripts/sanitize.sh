@@ -78,11 +78,13 @@ fi
 asan=$prefix-asan
 asan_opts=(-Dwerror=true -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
            -Dc_args=-fno-sanitize-recover=all -Dc_link_args=-fno-sanitize-recover=all)
+asan_failed=0
 if ((do_asan)) && in_part build; then
   if setup "$asan" clang "${asan_opts[@]}"; then
     ((do_build)) && say "clang -Dwerror=true (the ASan build): clean"
   else
     finding "ASan/UBSan build (clang -Dwerror=true) fails (log: $asan.build.log)"
+    asan_failed=1
   fi
 fi
 # asan_run WHAT LOGBASE MESON-TEST-ARGS...: run tests of the ASan build; a failure or any
@@ -112,7 +114,7 @@ asan_run() {
     rm -rf "$logs"
   fi
 }
-if ((do_asan)) && { in_part heavy || in_part pool || in_part alone; }; then
+if ((do_asan && !asan_failed)) && { in_part heavy || in_part pool || in_part alone; }; then
   if ensure "$asan" clang "${asan_opts[@]}"; then
     # The engine's tests: engine-*, rel-*; those of suites heavy and alone run one at a time.
     engine_re='s/^.* \/ \(\(engine\|rel\)-[a-z0-9-]*\)$/\1/p'
