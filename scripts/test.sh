@@ -4,11 +4,12 @@
 # Prints "N passed, N failed" last; exits non-zero if anything failed.
 # With arguments, they go to one `meson test` (names, --suite ...) and sanitize.sh does not run.
 # Without, the suite runs in four phases, so that work runs side by side only where no test can
-# tell (tests/integration/meson.build says which tests must run alone, and why):
+# tell (tests/integration/meson.build names the tests that may run beside others and says why
+# the others run alone):
 #   1. the 'heavy' tests beside each other, and beside them sanitize.sh's builds and its ASan
 #      run of those tests;
-#   2. every test that may run beside others, two at a time, and beside them sanitize.sh's
-#      ASan run of such tests (one at a time) and its valgrind runs;
+#   2. every test that may run beside others, as many at a time as there are CPUs, and beside
+#      them sanitize.sh's ASan run of such tests (one at a time) and its valgrind runs;
 #   3. the tests of suite 'alone', one at a time, with nothing else running;
 #   4. sanitize.sh's ASan run of such tests, one at a time, with nothing else running.
 # STILLFS_SANITIZE=0 leaves sanitize.sh out.
