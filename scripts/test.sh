@@ -66,6 +66,10 @@ else
   wait
   if ((sanitize)); then tee -a "$log" <"$work/sanitize-pool" >&2; fi
 
+  # What the tests before left to write back, and to discard for what they deleted (ext4 with
+  # -o discard does it at journal commits): the next fsync waits for it. The tests that run
+  # alone start with none of that pending.
+  sync
   phase "3/4: tests of suite 'alone', one at a time"
   run_meson testlog-alone --suite alone
 
