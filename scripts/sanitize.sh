@@ -12,20 +12,31 @@
 #     directories; then tests/integration/rel-symlinks.sh with every stillctl under memcheck.
 #     valgrind 3.19 (Debian 12) has no openat2: the engine's ENOSYS fallback is what runs.
 # Build directories: ${SANITIZE_PREFIX:-build-rel}-{gcc,asan} (-clang with --no-asan), beside the source.
-# Usage: scripts/sanitize.sh [--no-build-check] [--no-asan] [--no-valgrind]
+# --part runs one part, so that scripts/test.sh can run each beside the tests it suits:
+#   build  the builds of steps 1 and 2 (and their -Werror check);
+#   heavy  under ASan the engine tests of suite 'heavy' (tests/integration/meson.build), one at
+#          a time: beside them, only tests that no pause of theirs can fail;
+#   pool   under ASan the unit suite and the engine tests that may run beside others (meson's
+#          is_parallel; SANITIZE_JOBS at once, meson's default without it), then step 3;
+#   alone  under ASan the engine tests of suite 'alone', one at a time: run this part with
+#          nothing else on the machine.
+# Without --part, the four run in that order. The parts after build build what is missing.
+# Usage: scripts/sanitize.sh [--no-build-check] [--no-asan] [--no-valgrind] [--part=build|heavy|pool|alone]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=$PWD
 prefix=${SANITIZE_PREFIX:-build-rel}
-do_build=1 do_asan=1 do_valgrind=1
+do_build=1 do_asan=1 do_valgrind=1 part=all
 for a in "$@"; do
   case $a in
     --no-build-check) do_build=0 ;;
     --no-asan) do_asan=0 ;;
     --no-valgrind) do_valgrind=0 ;;
-    *) echo "usage: $0 [--no-build-check] [--no-asan] [--no-valgrind]" >&2; exit 2 ;;
+    --part=build | --part=heavy | --part=pool | --part=alone) part=${a#--part=} ;;
+    *) echo "usage: $0 [--no-build-check] [--no-asan] [--no-valgrind] [--part=build|heavy|pool|alone]" >&2; exit 2 ;;
   esac
 done
+in_part() { [ "$part" = all ] || [ "$part" = "$1" ]; }
 findings=()
 say() { echo "sanitize: $*" >&2; }
 finding() { say "FINDING: $*"; findings+=("$*"); }
@@ -39,11 +50,19 @@ setup() {
   fi
   [ -d "$dir" ] || CC=$cc meson setup "$dir" "$@" >"$dir.setup.log" 2>&1 ||
     { cat "$dir.setup.log" >&2; return 1; }
-  ninja -C "$dir" >"$dir.build.log" 2>&1 || { grep -E 'error|warning|FAILED' "$dir.build.log" | head -40 >&2; return 1; }
+  # Below whatever runs beside it (scripts/test.sh runs the build part beside tests).
+  nice -n 10 ninja -C "$dir" >"$dir.build.log" 2>&1 || { grep -E 'error|warning|FAILED' "$dir.build.log" | head -40 >&2; return 1; }
+}
+# ensure DIR CC [meson options...]: the parts after build use DIR as it is when it is built.
+ensure() {
+  if [ -f "$1/build.ninja" ]; then
+    nice -n 10 ninja -C "$1" >"$1.build.log" 2>&1 && return 0
+  fi
+  setup "$@"
 }
 
 # ---- 1. warnings as errors, gcc and clang --------------------------------------------------
-if ((do_build)); then
+if ((do_build)) && in_part build; then
   compilers=(gcc)
   ((do_asan)) || compilers+=(clang)
   for cc in "${compilers[@]}"; do
@@ -56,49 +75,77 @@ if ((do_build)); then
 fi
 
 # ---- 2. ASan + UBSan: unit suite and engine integration tests ------------------------------
-if ((do_asan)); then
-  asan=$prefix-asan
-  if setup "$asan" clang -Dwerror=true -Dbuildtype=debug -Db_sanitize=address,undefined \
-       -Db_lundef=false -Dc_args=-fno-sanitize-recover=all -Dc_link_args=-fno-sanitize-recover=all; then
+asan=$prefix-asan
+asan_opts=(-Dwerror=true -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
+           -Dc_args=-fno-sanitize-recover=all -Dc_link_args=-fno-sanitize-recover=all)
+asan_failed=0
+if ((do_asan)) && in_part build; then
+  if setup "$asan" clang "${asan_opts[@]}"; then
     ((do_build)) && say "clang -Dwerror=true (the ASan build): clean"
-    logs=$(mktemp -d "${TMPDIR:-/tmp}/stillfs-sanitize.XXXXXX")
-    chmod 1777 "$logs"   # some tests run stillctl as nobody
-    export ASAN_OPTIONS="log_path=$logs/asan:detect_leaks=1:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1"
-    export UBSAN_OPTIONS="log_path=$logs/ubsan:print_stacktrace=1:halt_on_error=1"
-    # Smaller sizes: the same paths, a fraction of the time.
-    export ENGINE_TORTURE_SNAPSHOTS=6 REL_KILL_ROUNDS=4 REL_MUTATE_OBJECTS=60 \
-           REL_SCALE_DIRS=10 SOAK_CYCLES=6 SOAK_SAMPLE=2 SOAK_RSS_MAX_KIB=1048576
-    mapfile -t engine_tests < <(meson test -C "$asan" --list 2>/dev/null |
-      sed -n 's/^.* \/ \(\(engine\|rel\)-[a-z0-9-]*\)$/\1/p')
-    rc=0
-    meson test -C "$asan" --no-rebuild --print-errorlogs --suite unit >"$logs/unit.out" 2>&1 || rc=$?
-    ((rc == 0)) || { tail -n 40 "$logs/unit.out" >&2; finding "unit suite fails under ASan/UBSan"; }
-    rc=0
-    if ((${#engine_tests[@]})); then
-      meson test -C "$asan" --no-rebuild --print-errorlogs "${engine_tests[@]}" >"$logs/engine.out" 2>&1 || rc=$?
-      # Each failing test's line is followed by its own output (--print-errorlogs).
-      ((rc == 0)) || { sed -n '/^ *[0-9]*\/[0-9]* .* \(FAIL\|ERROR\|TIMEOUT\) /,/^Summary of Failures/p' \
-                         "$logs/engine.out" | head -n 80 >&2 || true
-                       finding "engine integration tests fail under ASan/UBSan (log: $asan/meson-logs/testlog.txt)"; }
-    else
-      finding "no engine integration tests found in $asan"
+  else
+    finding "ASan/UBSan build (clang -Dwerror=true) fails (log: $asan.build.log)"
+    asan_failed=1
+  fi
+fi
+# asan_run WHAT LOGBASE MESON-TEST-ARGS...: run tests of the ASan build; a failure or any
+# sanitizer report is a finding.
+asan_run() {
+  local what=$1 logbase=$2 rc=0 logs reports
+  shift 2
+  logs=$(mktemp -d "${TMPDIR:-/tmp}/stillfs-sanitize.XXXXXX")
+  chmod 1777 "$logs"   # some tests run stillctl as nobody
+  # Smaller sizes: the same paths, a fraction of the time.
+  ASAN_OPTIONS="log_path=$logs/asan:detect_leaks=1:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1" \
+  UBSAN_OPTIONS="log_path=$logs/ubsan:print_stacktrace=1:halt_on_error=1" \
+  ENGINE_TORTURE_SNAPSHOTS=6 REL_KILL_ROUNDS=4 REL_MUTATE_OBJECTS=60 \
+  REL_SCALE_DIRS=10 SOAK_CYCLES=6 SOAK_SAMPLE=2 SOAK_RSS_MAX_KIB=1048576 \
+  REL_MUTATE_BIG_MB=8 REL_OVERFLOW_BIG_MB=60 \
+    meson test -C "$asan" --no-rebuild --print-errorlogs --logbase "$logbase" "$@" >"$logs/tests.out" 2>&1 || rc=$?
+  # Each failing test's line is followed by its own output (--print-errorlogs).
+  ((rc == 0)) || { sed -n '/^ *[0-9]*\/[0-9]* .* \(FAIL\|ERROR\|TIMEOUT\) /,/^Summary of Failures/p' \
+                     "$logs/tests.out" | head -n 80 >&2 || true
+                   finding "$what fail under ASan/UBSan (log: $asan/meson-logs/$logbase.txt)"; }
+  reports=$(find "$logs" -name 'asan.*' -o -name 'ubsan.*' | head -20)
+  if [ -n "$reports" ]; then
+    for r in $reports; do head -n 30 "$r" >&2; done
+    finding "sanitizer reports: $(echo "$reports" | wc -l) (kept in $logs)"
+  elif ((rc == 0)); then
+    say "ASan+UBSan: $what clean"
+    rm -rf "$logs"
+  fi
+}
+if ((do_asan && !asan_failed)) && { in_part heavy || in_part pool || in_part alone; }; then
+  if ensure "$asan" clang "${asan_opts[@]}"; then
+    # The engine's tests: engine-*, rel-*; those of suites heavy and alone run one at a time.
+    engine_re='s/^.* \/ \(\(engine\|rel\)-[a-z0-9-]*\)$/\1/p'
+    mapfile -t engine_tests < <(meson test -C "$asan" --list 2>/dev/null | sed -n "$engine_re")
+    mapfile -t heavy_tests < <(meson test -C "$asan" --list --suite heavy 2>/dev/null | sed -n "$engine_re")
+    mapfile -t alone_tests < <(meson test -C "$asan" --list --suite alone 2>/dev/null | sed -n "$engine_re")
+    mapfile -t unit_tests < <(meson test -C "$asan" --list --suite unit 2>/dev/null | sed -n 's/^.* \/ //p')
+    pool_tests=()
+    for t in "${engine_tests[@]}"; do
+      [[ " ${heavy_tests[*]} ${alone_tests[*]} " == *" $t "* ]] || pool_tests+=("$t")
+    done
+    ((${#engine_tests[@]})) || finding "no engine integration tests found in $asan"
+    if in_part heavy && ((${#heavy_tests[@]})); then
+      asan_run "${#heavy_tests[@]} engine tests of suite heavy (${heavy_tests[*]})" testlog-heavy "${heavy_tests[@]}"
     fi
-    reports=$(find "$logs" -name 'asan.*' -o -name 'ubsan.*' | head -20)
-    if [ -n "$reports" ]; then
-      for r in $reports; do head -n 30 "$r" >&2; done
-      finding "sanitizer reports: $(echo "$reports" | wc -l) (kept in $logs)"
-    else
-      say "ASan+UBSan: unit + ${#engine_tests[@]} engine tests (${engine_tests[*]}) clean"
-      rm -rf "$logs"
+    if in_part pool && ((${#engine_tests[@]})); then
+      jobs=()
+      [ -z "${SANITIZE_JOBS:-}" ] || jobs=(--num-processes "$SANITIZE_JOBS")
+      asan_run "unit suite (${#unit_tests[@]}) + ${#pool_tests[@]} engine tests (${pool_tests[*]})" \
+        testlog-pool "${jobs[@]}" "${unit_tests[@]}" "${pool_tests[@]}"
     fi
-    unset ASAN_OPTIONS UBSAN_OPTIONS
+    if in_part alone && ((${#alone_tests[@]})); then
+      asan_run "${#alone_tests[@]} engine tests of suite alone (${alone_tests[*]})" testlog-alone "${alone_tests[@]}"
+    fi
   else
     finding "ASan/UBSan build (clang -Dwerror=true) fails (log: $asan.build.log)"
   fi
 fi
 
 # ---- 3. valgrind memcheck of stillctl snapshot + verify ------------------------------------
-if ((do_valgrind)); then
+if ((do_valgrind)) && in_part pool; then
   vbuild=$prefix-gcc
   [ -x "$vbuild/fs/ctl/stillctl" ] || setup "$vbuild" gcc -Dwerror=true -Dbuildtype=debugoptimized ||
     finding "cannot build $vbuild for valgrind"
@@ -204,7 +251,9 @@ if ((${#findings[@]})); then
   exit 1
 fi
 ran=()
-((do_build)) && ran+=("gcc/clang -Werror")
-((do_asan)) && ran+=("ASan+UBSan")
-((do_valgrind)) && ran+=("valgrind")
-say "clean: ${ran[*]} ($((SECONDS - t_start)) s)"
+((do_build)) && in_part build && ran+=("gcc/clang -Werror")
+((do_asan)) && { in_part heavy || in_part pool || in_part alone; } && ran+=("ASan+UBSan")
+((do_valgrind)) && in_part pool && ran+=("valgrind")
+part_said=
+[ "$part" = all ] || part_said=" --part=$part:"
+say "clean:$part_said ${ran[*]} ($((SECONDS - t_start)) s)"

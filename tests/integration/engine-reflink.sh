@@ -24,7 +24,10 @@ run() {
   esac
   mkdir -p "$mnt"
   T_MOUNTS+=("$mnt")
-  mount -o loop "$img" "$mnt" || { echo "SKIP: cannot loop-mount $fs" >&2; exit 77; }
+  # One loop device set up at a time, machine-wide: two setups at once race for the same free
+  # device (this test runs beside others, and sanitize.sh runs it beside this one).
+  flock /tmp/stillfs-test-loopdev.lock mount -o loop "$img" "$mnt" ||
+    { echo "SKIP: cannot loop-mount $fs" >&2; exit 77; }
   local store=$mnt/store
   "$TORTURE" init "$store" >/dev/null
   t_bg "$TORTURE" write --persist-interval 1000 "$store"

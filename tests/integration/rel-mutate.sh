@@ -10,10 +10,11 @@
 # verify. A capture may instead fail (exit 3: no quiet moment in time) with nothing published.
 # Then the store directory itself is removed during a capture: a clear failure naming it,
 # nothing published; and renamed during one: the capture follows it.
-# env: REL_MUTATE_OBJECTS (default 300).
+# env: REL_MUTATE_OBJECTS (default 300); REL_MUTATE_BIG_MB (default 40), the size of the big files
+# (those of the store removed and renamed below are half as big again).
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/rel-lib.sh"
-M=${REL_MUTATE_OBJECTS:-300}
+M=${REL_MUTATE_OBJECTS:-300} BIG=${REL_MUTATE_BIG_MB:-40}
 store=$T_WORK/store out=$T_WORK/outside
 mkdir -p "$store" "$out"
 marker="STILLFS-OUTSIDE-$RANDOM$RANDOM"
@@ -22,7 +23,7 @@ pad=$(printf '%02000d' 0)
 D=20
 for d in $(seq 0 $((D - 1))); do mkdir "$store/d$d"; done
 for i in $(seq 0 199); do printf 'static %d\n%s' "$i" "$pad" >"$store/d$((i % D))/s$i"; done
-for d in 3 8 13 18; do (yes "big file in d$d" || true) | head -c 40M >"$store/d$d/big"; done
+for d in 3 8 13 18; do (yes "big file in d$d" || true) | head -c "${BIG}M" >"$store/d$d/big"; done
 content() { printf 'victim %d\n%s' "$1" "$pad"; }
 dir_of() { echo "$store/d$(($1 % D))"; }
 for k in $(seq 0 $((M - 1))); do
@@ -123,9 +124,9 @@ echo "# $n captures while $M objects changed: $ok published (states j = ${states
 # The store directory removed during a capture. The files were just written, so with a long
 # quiet window the capture, once it has staged sub/a, waits about 2 s for the store to be still
 # before its cut: time enough to see it busy however fast it copies (without it a capture of
-# these 180 MiB could be published between two looks, and the wait below never end).
+# these 180 MiB (by default) could be published between two looks, and the wait below never end).
 rm -rf "$store"; mkdir -p "$store/sub"
-for d in a b c; do (yes "$d" || true) | head -c 60M >"$store/sub/$d"; done
+for d in a b c; do (yes "$d" || true) | head -c "$((BIG * 3 / 2))M" >"$store/sub/$d"; done
 echo x >"$store/top"
 "$STILLCTL" snapshot -q --quiet-ms 2000 "$store" "$T_WORK/gone" 2>"$T_WORK/err" &
 snapper=$!; T_PIDS+=("$snapper")
@@ -142,7 +143,7 @@ removed="failed with exit $rc: $(tail -n 1 "$T_WORK/err")"
 r_no_leftovers "$T_WORK"
 
 # The store directory renamed during a capture: the capture follows the directory.
-mkdir -p "$store/sub"; for d in a b; do (yes "$d" || true) | head -c 60M >"$store/sub/$d"; done
+mkdir -p "$store/sub"; for d in a b; do (yes "$d" || true) | head -c "$((BIG * 3 / 2))M" >"$store/sub/$d"; done
 echo x >"$store/top"
 "$STILLCTL" snapshot -q --quiet-ms 2000 "$store" "$T_WORK/moved" 2>"$T_WORK/err" &
 snapper=$!; T_PIDS+=("$snapper")
