@@ -74,7 +74,16 @@ trap sidecar_cleanup EXIT
 store=$T_WORK/store
 "$TORTURE" init "$store" >/dev/null
 "$TORTURE" write --seconds 1 --persist-interval 100 "$store" >/dev/null || t_fail "the first writes failed"
-seq_now() { sqlite3 -cmd '.timeout 5000' "file:$store/chroma.sqlite3?mode=ro" 'select coalesce(max(seq), 0) from embeddings_queue'; }
+# The newest record in the live database. A writer that commits back to back can keep a reader
+# out past its busy timeout on a loaded machine: try again until it gets in.
+seq_now() {
+  local v deadline=$((SECONDS + 120))
+  until v=$(sqlite3 -cmd '.timeout 5000' "file:$store/chroma.sqlite3?mode=ro" \
+              'select coalesce(max(seq), 0) from embeddings_queue' 2>"$T_WORK/seq.err"); do
+    ((SECONDS < deadline)) || t_fail "the live database stayed locked for 120 s: $(cat "$T_WORK/seq.err")"
+  done
+  echo "$v"
+}
 # The volume stillfs mounts in: a shared mount, as kubelet's pod volumes are, so that the
 # mount made in one container reaches the host and the other containers.
 snapdir=$T_WORK/snapshots
