@@ -79,19 +79,11 @@ static int op_set_groups(fuse_req_t req)
 	return rc;
 }
 
-int op_cred_take(fuse_req_t req)
+/* After rc, the step before (0 if none): the caller's file-system gid and uid, where they
+ * differ from the daemon's (a thread serving no caller holds the daemon's ids: op_cred_drop
+ * makes sure of it). On failure, everything taken is given back. */
+static int op_take_fs_ids(const struct fuse_ctx *ctx, int rc)
 {
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	int rc = 0;
-
-	if (sf.uid != 0)
-		return 0;          /* not root: everything already runs as the daemon's user */
-	/* A root caller keeps root's capabilities, to which supplementary groups add nothing:
-	 * only its group, which new files get, is the caller's own. */
-	if (ctx->uid != 0)
-		rc = op_set_groups(req);
-	/* A thread serving no caller holds the daemon's ids (op_cred_drop makes sure of it):
-	 * an id the caller shares with the daemon is in place already. */
 	if (!rc && ctx->gid != sf.gid) {
 		op_as_caller |= OP_CRED_GID;
 		rc = op_setfs(SYS_setfsgid, ctx->gid);
@@ -107,26 +99,23 @@ int op_cred_take(fuse_req_t req)
 	return rc;
 }
 
-int op_cred_take_ids(fuse_req_t req)
+int op_cred_take(fuse_req_t req)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	int rc = 0;
 
 	if (sf.uid != 0)
-		return 0;
-	if (ctx->gid != sf.gid) {
-		op_as_caller |= OP_CRED_GID;
-		rc = op_setfs(SYS_setfsgid, ctx->gid);
-	}
-	if (!rc && ctx->uid != sf.uid) {
-		op_as_caller |= OP_CRED_UID;
-		rc = op_setfs(SYS_setfsuid, ctx->uid);
-	}
-	if (rc) {
-		log_err("cannot take the credentials of uid %u: %s", (unsigned)ctx->uid, strerror(-rc));
-		op_cred_drop();
-	}
-	return rc;
+		return 0;          /* not root: everything already runs as the daemon's user */
+	/* A root caller keeps root's capabilities, to which supplementary groups add nothing:
+	 * only its group, which new files get, is the caller's own. */
+	if (ctx->uid != 0)
+		rc = op_set_groups(req);
+	return op_take_fs_ids(ctx, rc);
+}
+
+int op_cred_take_ids(fuse_req_t req)
+{
+	return sf.uid != 0 ? 0 : op_take_fs_ids(fuse_req_ctx(req), 0);
 }
 
 void op_cred_drop(void)
