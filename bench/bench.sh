@@ -753,19 +753,26 @@ figR() {
 	local s=$mnt/store
 	cp -a --reflink=never "$W/store1" "$s"; sync
 	sleep 2.1 # a store at rest (identities older than 2 s)
-	local -a tcp=() tcap=() rat=()
+	local -a tcp=() tcap=() rat=() tinc=() irat=()
+	local cloned="" copied="" icl="" icp="" mr
 	cp -a "$s" "$mnt/cp"; rm -rf "$mnt/cp"
 	"$STILLCTL" snapshot -q "$s" "$mnt/snap"; rm -rf "$mnt/snap"; sync
 	for r in $(seq 3); do
 		t=$(timed cp -a "$s" "$mnt/cp") && tcp+=("$t")
 		rm -rf "$mnt/cp"; sync
 		t=$(timed "$STILLCTL" snapshot "$s" "$mnt/snap") && tcap+=("$t")
-		[ "$r" = 3 ] || { rm -rf "$mnt/snap"; sync; }
 		isnum "${tcp[-1]:-x}" && isnum "${tcap[-1]:-x}" && rat+=("$(calc "${tcp[-1]} / ${tcap[-1]}" 3)")
+		[ "$r" = 3 ] && { cloned=$(awk '$1=="bytes_cloned"{print $2}' "$mnt/snap/.stillfs-manifest")
+			copied=$(awk '$1=="bytes_copied"{print $2}' "$mnt/snap/.stillfs-manifest"); }
+		# The incremental after 1% changed, recycling that full capture, as in figure 2.
+		sync; mutate_store1 "$s" $((700 + r))
+		t=$(timed "$STILLCTL" snapshot --recycle "$mnt/snap" "$s" "$mnt/snapI") && tinc+=("$t")
+		isnum "${tinc[-1]:-x}" && isnum "${tcap[-1]:-x}" && irat+=("$(calc "${tinc[-1]} / ${tcap[-1]}" 3)")
+		icl=$(awk '$1=="bytes_cloned"{print $2}' "$mnt/snapI/.stillfs-manifest")
+		icp=$(awk '$1=="bytes_copied"{print $2}' "$mnt/snapI/.stillfs-manifest")
+		rm -rf "$mnt/snap"; mv "$mnt/snapI" "$mnt/snap"
+		[ "$r" = 3 ] || { rm -rf "$mnt/snap"; sync; }
 	done
-	local cloned copied mr
-	cloned=$(awk '$1=="bytes_cloned"{print $2}' "$mnt/snap/.stillfs-manifest")
-	copied=$(awk '$1=="bytes_copied"{print $2}' "$mnt/snap/.stillfs-manifest")
 	mr=$(printf '%s\n' "${rat[@]}" | med)
 	local size ok
 	size=$(du -sb "$s" | cut -f1)
@@ -773,6 +780,10 @@ figR() {
 	row R "$fs: full capture of the 1 GiB store: bytes cloned / copied (time vs cp -a, which clones too)" \
 	    "$(calc "$cloned / 1048576" 0) MiB cloned, $(calc "$copied / 1048576" 1) MiB copied ($(calc "$(printf '%s\n' "${tcap[@]}" | med)") s vs cp -a $(calc "$(printf '%s\n' "${tcp[@]}" | med)") s: the capture reads and hashes every byte)" \
 	    "all cloned" "$ok"
+	mr=$(printf '%s\n' "${irat[@]}" | med)
+	row R "$fs: incremental capture after 1% changed (--recycle the previous), vs full" \
+	    "$(calc "$mr * 100" 0)% ($(calc "$(printf '%s\n' "${tinc[@]}" | med)") s vs $(calc "$(printf '%s\n' "${tcap[@]}" | med)") s; $(calc "${icl:-nan} / 1048576" 1) MiB cloned, $(calc "${icp:-nan} / 1048576" 1) MiB copied)" \
+	    "≤ 10%" "$(verdict "$mr" '<=' 0.10)"
 	# The rollback writer, alone and with a snapshot every 2 s (each recycling the one before).
 	local -a rn=() rc=() holds=() stalls=()
 	local out prev i t0
