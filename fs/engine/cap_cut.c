@@ -87,8 +87,6 @@ static int cap_pin_and_check(struct cap *c)
 	rc = wt_marker(c->w, (unsigned)nwal);
 	if (rc)
 		return rc;
-	/* Right after the cut, before the writers move on: what no event reports. */
-	cap_sweep(c);
 	rc = cap_drain(c);
 	if (rc)
 		return rc;
@@ -256,6 +254,15 @@ out:
 	cap_db_release(c);
 	c->holding = 0;
 	c->in_attempt = 0;
+	/* What no event reports (AIO, a write through another name of a hard link, a file
+	 * system mounted on a directory): a stat of every copied file and directory, after the
+	 * cut. Not while the databases are held: on a large store, or one on a network file
+	 * system, it takes long enough to keep their writers waiting past the hold budget, every
+	 * attempt. A change it finds may have come after the release: the cut is redone anyway. */
+	if (!rc && cap_sweep(c)) {
+		c->broken_why = c->sweep_first;
+		rc = -EAGAIN;
+	}
 	return rc;
 }
 

@@ -133,6 +133,7 @@ struct cap {
 	int holding;             /* rollback databases are locked: writers wait on us */
 	int no_clone;            /* the snapshot's filesystem cannot clone the store's files */
 	double sweep_s;          /* how long the last sweep of every file's stat took */
+	const char *sweep_first; /* the first change the last sweep that found one found */
 	/* After the release (cap_after): 1 armed, 2 the release marker passed; after_written:
 	 * a plain file was written (or made) since. */
 	int after_state, after_written, watch_after;

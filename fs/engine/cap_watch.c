@@ -206,7 +206,8 @@ size_t cap_sweep(struct cap *c)
 	if (a.changed || b.changed || dirs) {
 		c->last_change = ut_now();
 		size_t first = a.changed ? a.first : b.changed ? b.first : dfirst;
-		cap_break(c, c->e[first].path[0] ? c->e[first].path : ".");
+		c->sweep_first = c->e[first].path[0] ? c->e[first].path : ".";
+		cap_break(c, c->sweep_first);
 	}
 	c->sweep_s = ut_now() - t0;
 	return a.changed + b.changed + dirs;

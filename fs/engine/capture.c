@@ -13,12 +13,12 @@
  *    state even though it is a true instant. No lock is held while waiting for this.
  * 3. Hold every database still: rollback-mode ones with SQLite's SHARED lock (taken as an OFD
  *    lock), WAL-mode ones with a read transaction. A marker written into our own inotify queue
- *    right after the last one splits the queue into "before the cut" and "after"; every copied
- *    file is stat'ed again at once.
+ *    right after the last one splits the queue into "before the cut" and "after".
  * 4. If a plain file changed before the marker, release everything at once and go back to 2:
  *    nothing is waited for under the locks, since a writer held up by them stalls wherever it
  *    is (at a commit between two files of a group) and would look quiet. Otherwise copy the
- *    databases that changed (within a hold budget) and release. A writer that was in a
+ *    databases that changed (within a hold budget) and release. Every copied file is stat'ed
+ *    again then (cap_sweep): one that moved since its copy goes back to 2. A writer that was in a
  *    transaction at the release and writes a plain file within the quiet window after it may
  *    have been stopped inside a group: the cut is redone (cap_after). So is one that finds a
  *    ChromaDB HNSW segment torn (cap_check_segments).
