@@ -38,7 +38,12 @@ if ! podman image exists "$image"; then
   # The rootfs goes to a file first: a pipe would hide mmdebstrap's exit status from set -e.
   tarball=$(mktemp --suffix=.tar)
   trap 'rm -f "$tarball"' EXIT
-  mmdebstrap --variant=minbase --quiet "${include[@]}" "$suite" "$tarball"
+  # A fetch from the Debian mirror can fail now and then: try three times before giving up.
+  for try in 1 2 3; do
+    mmdebstrap --variant=minbase --quiet "${include[@]}" "$suite" "$tarball" && break
+    ((try < 3)) || { echo "base-image: mmdebstrap failed 3 times for $image" >&2; exit 1; }
+    echo "base-image: mmdebstrap failed (attempt $try of 3); trying again" >&2
+  done
   # An imported root filesystem has no configuration at all: without PATH, a container whose
   # command is a bare name ("sh") fails to start under podman kube play.
   podman import -q --change "$config" "$tarball" "$image" >/dev/null
