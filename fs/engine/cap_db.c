@@ -66,7 +66,8 @@ static int cap_recycle(struct cap *c, struct ent *e)
 	dd_free(&e->d->blk);
 	if (!c->have_recy)
 		return -ENOENT;
-	int fd = cap_earlier_copy(c->recyfd, &c->recy, e, O_RDWR, &e->d->blk, &ps);
+	int fd = cap_earlier_copy(c->recyfd, c->recy_is_prev ? &c->prev : &c->recy, e, O_RDWR,
+				  &e->d->blk, &ps);
 	if (fd < 0)
 		return fd;
 	int rc = -EMLINK, from = -1, to = -1;

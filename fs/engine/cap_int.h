@@ -143,9 +143,10 @@ struct cap {
 	/* the snapshot given up to cap_opts.recycle: its databases' copies may be taken */
 	int recyfd;
 	int have_recy, recy_taken;
-	int recy_is_prev;        /* the recycled snapshot is the previous one (stillctl --recycle) */
+	int recy_is_prev;        /* the recycled snapshot is the previous one (stillctl --recycle):
+				  * prev is its manifest, recy stays empty */
 	int earlier_unread;      /* uploads_before is when the earlier snapshots last changed */
-	struct mf recy;
+	struct mf recy;          /* of another snapshot: only what cap_recycle may take */
 };
 
 extern volatile sig_atomic_t cap_stop; /* set by cap_interrupt */
