@@ -37,8 +37,8 @@ struct mf_entry {              /* one per file of a manifest: kept small */
 	uint64_t size;
 	int64_t mtime_ns;
 	uint8_t digest[32];
-	char *ident;          /* NULL when none */
-	char *path;           /* unescaped, relative, "" never appears */
+	const char *ident;    /* NULL when none */
+	const char *path;     /* unescaped, relative, "" never appears */
 	uint8_t (*blocks)[32]; /* a database's block digests (see mf_blocks_of), or NULL */
 };
 

@@ -77,6 +77,7 @@ char *ut_arena_strdup(struct ut_arena *a, const char *s); /* NULL when out of me
 void ut_arena_free(struct ut_arena *a);
 
 /* A string -> index map (open addressing). Keys are borrowed, not copied. */
+size_t ut_hash(const char *s); /* FNV-1a, its hash of keys */
 struct ut_map {
 	const char **keys;
 	size_t *vals;

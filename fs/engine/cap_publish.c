@@ -127,7 +127,7 @@ static int cap_newdate_link(struct cap *c, struct ent *e, int depth)
 		memcpy(path + len, comp, cl + 1);
 		len += cl;
 		/* a link on the way is followed by the kernel too: what it leads to counts */
-		if (ut_map_get(&c->index, path, &idx) && c->e[idx].kind == K_LINK && save && *save) {
+		if (cap_index_get(c, path, &idx) && c->e[idx].kind == K_LINK && save && *save) {
 			int rc = cap_newdate_link(c, &c->e[idx], depth + 1);
 			if (rc)
 				return rc;
@@ -135,7 +135,7 @@ static int cap_newdate_link(struct cap *c, struct ent *e, int depth)
 	}
 	if (!len)
 		return cap_newdate_entry(c, 0, depth + 1);
-	return ut_map_get(&c->index, path, &idx) ? cap_newdate_entry(c, idx, depth + 1) : 0;
+	return cap_index_get(c, path, &idx) ? cap_newdate_entry(c, idx, depth + 1) : 0;
 }
 
 /* Entry i, and for a directory everything below it, reached through a link: dated anew. */
@@ -211,8 +211,6 @@ static int cap_set_times(struct cap *c)
 		    pe->mode == (e->st.st_mode & 07777) && pe->uid == e->st.st_uid &&
 		    pe->gid == e->st.st_gid) {
 			uint64_t was = e->written;
-			char *ident = e->ident;
-			e->ident = NULL;
 			int recorded;
 			int lr = cap_link_prev(c, e, pe, &recorded);
 			if (lr == 0) {
@@ -222,11 +220,8 @@ static int cap_set_times(struct cap *c)
 					uint64_t cl = c->st->bytes_cloned;
 					c->st->bytes_cloned -= e->size < cl ? e->size : cl;
 				}
-				free(e->ident);
-				e->ident = ident;
 				continue;
 			}
-			e->ident = ident;
 			/* These are the bytes uploaded before, so the same mtime, when the previous
 			 * file is as its manifest says but could not be shared (EMLINK: at its file
 			 * system's link limit), or when it is this one's old copy, moved here after it
@@ -294,8 +289,10 @@ static int cap_link_aliases(struct cap *c)
 		e->has_digest = p->has_digest;
 		memcpy(e->digest, p->digest, 32);
 		e->mtime_ns = p->mtime_ns;
-		free(e->ident);
-		e->ident = p->ident ? strdup(p->ident) : NULL;
+		/* (a plain file's: only databases have one of text, and those have no alias) */
+		cap_clear_ident(e);
+		e->has_id = p->has_id;
+		e->id = p->id;
 	}
 	return 0;
 }
@@ -338,6 +335,7 @@ static void cap_finish_root(struct cap *c)
 struct cap_listing {
 	const struct cap *c;
 	uint32_t *order;
+	char id[CAP_ID_MAX];     /* the identity of the entry given last */
 };
 
 static int cap_by_path(const void *a, const void *b, void *arg)
@@ -348,14 +346,15 @@ static int cap_by_path(const void *a, const void *b, void *arg)
 
 static void cap_listed(void *arg, size_t i, struct mf_entry *me)
 {
-	const struct cap_listing *l = arg;
+	struct cap_listing *l = arg;
 	const struct cap *c = l->c;
 	const struct ent *e = &c->e[l->order[i]];
 	const struct mf_entry *pe;
 	*me = (struct mf_entry){
 		.kind = e->kind, .mode = e->st.st_mode & 07777, .uid = e->st.st_uid,
 		.gid = e->st.st_gid, .size = e->kind == K_DIR ? 0 : e->size,
-		.mtime_ns = e->mtime_ns, .has_digest = e->has_digest, .ident = e->ident,
+		.mtime_ns = e->mtime_ns, .has_digest = e->has_digest,
+		.ident = cap_ident_of(e, l->id),
 		.path = e->path,
 	};
 	memcpy(me->digest, e->digest, 32);

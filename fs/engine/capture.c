@@ -422,16 +422,16 @@ out:
 	cap_remove_stage(&c);
 	wt_close(c.w);
 	for (size_t i = 0; i < c.n; i++) {
-		free(c.e[i].path);
-		free(c.e[i].ident);
 		if (c.e[i].d) {
+			free(c.e[i].d->ident);
 			free(c.e[i].d->db_ident);
 			dd_free(&c.e[i].d->blk);
 			free(c.e[i].d);
 		}
 	}
 	free(c.e);
-	ut_map_free(&c.index);
+	ut_arena_free(&c.paths);
+	free(c.index.slot);
 	ut_map_free(&c.inodes);
 	for (size_t i = 0; i < c.nikeys; i++)
 		free(c.ikeys[i]);

@@ -304,7 +304,7 @@ void ut_arena_free(struct ut_arena *a)
 	memset(a, 0, sizeof *a);
 }
 
-static size_t ut_hash(const char *s)
+size_t ut_hash(const char *s)
 {
 	uint64_t h = 1469598103934665603ULL;
 	for (; *s; s++)
