@@ -64,8 +64,8 @@ int mf_write(FILE *f, struct mf *m);
 
 /* The same without a struct mf: n entries, stats and counts as mf_write. get(arg, i, e) fills
  * e with entry i of n in path order; it is asked for each entry more than once and must give
- * the same each time, with strings and blocks that stay as they are until mf_write_each
- * returns. */
+ * the same each time. e's path must stay as it is until mf_write_each returns, its identity
+ * and blocks until the next call of get. */
 typedef void mf_get_fn(void *arg, size_t i, struct mf_entry *e);
 int mf_write_each(FILE *f, const struct cap_stats *stats, size_t n, mf_get_fn *get, void *arg);
 

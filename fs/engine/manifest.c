@@ -147,6 +147,7 @@ static void mf_write_header(struct mf_out *o, const struct cap_stats *st, size_t
 	mf_printf(o, "blocks %" PRIu64 "\n", blocks);
 	mf_printf(o, ".\n");
 }
+
 static void mf_write_entry(struct mf_out *o, const struct mf_entry *e, const char *path)
 {
 	char hex[65] = "-";
