@@ -37,16 +37,16 @@ struct mf_entry {              /* one per file of a manifest: kept small */
 	uint64_t size;
 	int64_t mtime_ns;
 	uint8_t digest[32];
-	char *ident;          /* NULL when none */
-	char *path;           /* unescaped, relative, "" never appears */
+	const char *ident;    /* NULL when none */
+	const char *path;     /* unescaped, relative, "" never appears */
 	uint8_t (*blocks)[32]; /* a database's block digests (see mf_blocks_of), or NULL */
 };
 
 struct mf {
 	struct cap_stats stats;
-	struct mf_entry *e;
+	struct mf_entry *e;   /* loaded: in path order, which mf_find searches by halves */
 	size_t n, cap;
-	struct ut_map index;  /* path -> entry, of a loaded manifest */
+	struct ut_arena text; /* loaded: the paths and identities */
 	int owns;             /* loaded: the strings and blocks are its own, not borrowed */
 	char why[200];        /* after a failed mf_load: what is wrong, one line */
 };
@@ -62,12 +62,22 @@ int mf_add(struct mf *m, const struct mf_entry *e);
  * reader would accept (a path that escapes, a path twice, an unknown kind), else 0 or -EIO. */
 int mf_write(FILE *f, struct mf *m);
 
+/* The same without a struct mf: n entries, stats and counts as mf_write. get(arg, i, e) fills
+ * e with entry i of n in path order; it is asked for each entry more than once and must give
+ * the same each time. e's path must stay as it is until mf_write_each returns, its identity
+ * and blocks until the next call of get. */
+typedef void mf_get_fn(void *arg, size_t i, struct mf_entry *e);
+int mf_write_each(FILE *f, const struct cap_stats *stats, size_t n, mf_get_fn *get, void *arg);
+
 /* Parse the manifest file at dirfd/name (or a path when dirfd is AT_FDCWD). 0, or -errno:
  * -EBADMSG for a manifest that is malformed, truncated, reordered, whose counts disagree with
  * its lines or whose end line does not match, or of another format version. On failure m
  * holds no entries and m->why says what is wrong, in one line. Nothing is logged. */
 int mf_load(int dirfd, const char *name, struct mf *m);
 const struct mf_entry *mf_find(const struct mf *m, const char *path);
+/* Of a loaded manifest, keep only the entries keep() is true of, in their order, and give up
+ * what the others held. Left as it was when out of memory (-ENOMEM); else 0. */
+int mf_keep(struct mf *m, int (*keep)(const struct mf_entry *e));
 /* The block digests the manifest records for the database at path, all valid, into b.
  * 0, -ENOENT (none recorded: not a database, or of at most one block) or -ENOMEM. */
 int mf_blocks_of(const struct mf *m, const char *path, struct dd_blocks *b);

@@ -66,7 +66,8 @@ static int cap_recycle(struct cap *c, struct ent *e)
 	dd_free(&e->d->blk);
 	if (!c->have_recy)
 		return -ENOENT;
-	int fd = cap_earlier_copy(c->recyfd, &c->recy, e, O_RDWR, &e->d->blk, &ps);
+	int fd = cap_earlier_copy(c->recyfd, c->recy_is_prev ? &c->prev : &c->recy, e, O_RDWR,
+				  &e->d->blk, &ps);
 	if (fd < 0)
 		return fd;
 	int rc = -EMLINK, from = -1, to = -1;
@@ -336,7 +337,7 @@ int cap_precopy_db(struct cap *c, struct ent *e)
 	if (pe)
 		goto out; /* unchanged since the previous snapshot: shared at the cut */
 	cap_sig_of(&st, &e->d->pre_sig); /* before the copy reads: see cap_precopy_current */
-	e->copied_at = e->d->synced_at = ut_now();
+	e->d->synced_at = ut_now();
 	uint64_t w = 0;
 	rc = cap_db_sync(c, e, src, &w);
 	c->st->bytes_copied += w;
@@ -770,8 +771,8 @@ int cap_db_finish(struct cap *c)
 			c->st->bytes_cloned += e->size;
 		dd_digest(&e->d->blk, e->digest);
 		e->has_digest = 1;
-		free(e->ident);
-		e->ident = e->hot ? NULL : e->d->db_ident;
+		cap_clear_ident(e);
+		e->d->ident = e->hot ? NULL : e->d->db_ident;
 		if (e->hot)
 			free(e->d->db_ident);
 		e->d->db_ident = NULL;

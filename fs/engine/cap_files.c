@@ -201,7 +201,6 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 		return src;
 	}
 	int64_t at = cap_ns(ut_realtime());
-	e->copied_at = ut_now();
 	rc = cap_fstat(src, &e->st);
 	if (rc)
 		goto out;
@@ -223,9 +222,9 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 			rc = 0;
 		goto out;
 	}
-	free(e->ident);
-	e->ident = cap_ident(&e->st, at);
-	const struct mf_entry *pe = cap_prev_same(c, e, e->ident);
+	char id[CAP_ID_MAX];
+	cap_set_ident(e, &e->st, at);
+	const struct mf_entry *pe = cap_prev_same(c, e, cap_ident_of(e, id));
 	if (pe && cap_link_prev(c, e, pe, NULL) == 0) {
 		c->done_bytes += e->size;
 		rc = 0;

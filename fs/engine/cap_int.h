@@ -39,17 +39,26 @@ struct cap_sig {
 };
 
 /* The fields of a struct stat that a capture uses, under the same names: an entry per file
- * adds up on large stores, and a whole struct stat is 144 bytes. */
+ * adds up on large stores, and a whole struct stat is 144 bytes. (st_nlink is only ever
+ * compared with 1: it stops at UINT32_MAX.) */
 struct cap_stat {
 	dev_t st_dev;
 	ino_t st_ino;
 	off_t st_size;
-	nlink_t st_nlink;
+	uint32_t st_nlink;
 	mode_t st_mode;
 	uid_t st_uid;
 	gid_t st_gid;
 	struct timespec st_atim, st_mtim, st_ctim;
 };
+
+/* A plain file's identity as recorded in the manifest (cap_id_format writes it out): kept as
+ * numbers, not as the text, which would take a string of its own per file. */
+struct cap_id {
+	uint64_t dev, ino;
+	int64_t size, mtime_ns, ctime_ns;
+};
+#define CAP_ID_MAX 160 /* room for an identity as text */
 
 /* What only a database entry needs; allocated when an entry is found to be one (cap_as_db). */
 struct ent_db {
@@ -68,6 +77,8 @@ struct ent_db {
 	int whdr_ok;             /* whdr holds its WAL-index header as pinned */
 	uint8_t whdr[SQ_WAL_HDR];
 	char *db_ident;          /* identity taken before the lock */
+	char *ident;             /* the identity to record, when the entry's is a database's
+				  * (cap_db_finish); see cap_ident_of */
 	int cut_clone;           /* a clone of the live file waits in the work dir */
 	int cloned;              /* the staged copy is a clone of the live file */
 	struct cap_sig cold_sig[2]; /* not DB_WAL: its -wal and -shm when classified */
@@ -75,23 +86,25 @@ struct ent_db {
 	struct cap_sig held_sig; /* not DB_WAL: the live file as our lock was taken */
 };
 
+/* One per directory, file and symlink of the store, so kept small (about 230 bytes), its path
+ * in the capture's arena (struct cap, paths). */
 struct ent {
 	char *path;              /* relative to the store; "" is the root */
 	const char *name;        /* last component, inside path */
-	size_t parent;
 	struct ent_db *d;        /* databases (and entries that were one); else NULL */
 	struct cp_pending *pend; /* plain files: the last copy, its digest still being computed */
-	char *ident;             /* identity to record, or NULL */
 	uint64_t written;        /* bytes the last copy of it stored (holes are not) */
 	uint64_t size;
 	int64_t mtime_ns;        /* for reused entries: the previous snapshot's */
-	double copied_at;        /* when the last copy of it began */
 	struct cap_stat st;      /* source, as copied */
+	struct cap_id id;        /* identity to record, if has_id (cap_ident_of) */
 	uint8_t digest[32];
+	uint32_t parent;
 	unsigned dirty_count;
 	uint32_t alias;          /* another name of entry `alias`'s file, linked to its copy */
 	char kind;               /* K_*; K_NONE until classified, or once gone */
 	unsigned dirty : 1, copied : 1, reused : 1, rescan : 1, hot : 1, dbcopied : 1;
+	unsigned has_id : 1;
 	unsigned precopied : 1;  /* a database copied before the cut; valid while not dirty */
 	unsigned staged : 1;     /* a database whose staged copy d->blk describes */
 	unsigned has_digest : 1;
@@ -111,7 +124,9 @@ struct cap {
 	struct wt *w;
 	struct ent *e;
 	size_t n, cap;
-	struct ut_map index;
+	struct ut_arena paths;   /* the entries' paths */
+	/* path -> entry: open addressing over entry numbers, the keys being their paths */
+	struct { uint32_t *slot; size_t cap, used; } index;
 	struct ut_map inodes;    /* "dev:ino" of a file with several names -> the entry copied */
 	char **ikeys;            /* the keys of inodes, freed at the end */
 	size_t nikeys;
@@ -144,9 +159,10 @@ struct cap {
 	/* the snapshot given up to cap_opts.recycle: its databases' copies may be taken */
 	int recyfd;
 	int have_recy, recy_taken;
-	int recy_is_prev;        /* the recycled snapshot is the previous one (stillctl --recycle) */
+	int recy_is_prev;        /* the recycled snapshot is the previous one (stillctl --recycle):
+				  * prev is its manifest, recy stays empty */
 	int earlier_unread;      /* uploads_before is when the earlier snapshots last changed */
-	struct mf recy;
+	struct mf recy;          /* of another snapshot: only what cap_recycle may take */
 };
 
 extern volatile sig_atomic_t cap_stop; /* set by cap_interrupt */
@@ -163,6 +179,14 @@ int cap_fstat(int fd, struct cap_stat *to);
 void cap_acl_narrow(int fd, struct cap_stat *st);
 int cap_lstatat(int dirfd, const char *name, struct cap_stat *to);
 char *cap_ident(const struct cap_stat *s, int64_t at);
+/* Set e's identity from s as cap_ident would (none when it cannot be trusted at `at`). */
+void cap_set_ident(struct ent *e, const struct cap_stat *s, int64_t at);
+/* Forget e's identity. */
+void cap_clear_ident(struct ent *e);
+/* e's identity as text (in buf, CAP_ID_MAX bytes, or a database's own string), or NULL. */
+const char *cap_ident_of(const struct ent *e, char *buf);
+/* The entry whose path is path: 1 and *idx, or 0. */
+int cap_index_get(const struct cap *c, const char *path, size_t *idx);
 const char *cap_where(const struct cap *c, const struct ent *e);
 int cap_add(struct cap *c, size_t parent, const char *name, char kind, size_t *out);
 int cap_as_db(struct ent *e);

@@ -127,7 +127,7 @@ static int cap_newdate_link(struct cap *c, struct ent *e, int depth)
 		memcpy(path + len, comp, cl + 1);
 		len += cl;
 		/* a link on the way is followed by the kernel too: what it leads to counts */
-		if (ut_map_get(&c->index, path, &idx) && c->e[idx].kind == K_LINK && save && *save) {
+		if (cap_index_get(c, path, &idx) && c->e[idx].kind == K_LINK && save && *save) {
 			int rc = cap_newdate_link(c, &c->e[idx], depth + 1);
 			if (rc)
 				return rc;
@@ -135,7 +135,7 @@ static int cap_newdate_link(struct cap *c, struct ent *e, int depth)
 	}
 	if (!len)
 		return cap_newdate_entry(c, 0, depth + 1);
-	return ut_map_get(&c->index, path, &idx) ? cap_newdate_entry(c, idx, depth + 1) : 0;
+	return cap_index_get(c, path, &idx) ? cap_newdate_entry(c, idx, depth + 1) : 0;
 }
 
 /* Entry i, and for a directory everything below it, reached through a link: dated anew. */
@@ -211,8 +211,6 @@ static int cap_set_times(struct cap *c)
 		    pe->mode == (e->st.st_mode & 07777) && pe->uid == e->st.st_uid &&
 		    pe->gid == e->st.st_gid) {
 			uint64_t was = e->written;
-			char *ident = e->ident;
-			e->ident = NULL;
 			int recorded;
 			int lr = cap_link_prev(c, e, pe, &recorded);
 			if (lr == 0) {
@@ -222,11 +220,8 @@ static int cap_set_times(struct cap *c)
 					uint64_t cl = c->st->bytes_cloned;
 					c->st->bytes_cloned -= e->size < cl ? e->size : cl;
 				}
-				free(e->ident);
-				e->ident = ident;
 				continue;
 			}
-			e->ident = ident;
 			/* These are the bytes uploaded before, so the same mtime, when the previous
 			 * file is as its manifest says but could not be shared (EMLINK: at its file
 			 * system's link limit), or when it is this one's old copy, moved here after it
@@ -294,8 +289,10 @@ static int cap_link_aliases(struct cap *c)
 		e->has_digest = p->has_digest;
 		memcpy(e->digest, p->digest, 32);
 		e->mtime_ns = p->mtime_ns;
-		free(e->ident);
-		e->ident = p->ident ? strdup(p->ident) : NULL;
+		/* (a plain file's: only databases have one of text, and those have no alias) */
+		cap_clear_ident(e);
+		e->has_id = p->has_id;
+		e->id = p->id;
 	}
 	return 0;
 }
@@ -333,44 +330,69 @@ static void cap_finish_root(struct cap *c)
 	futimens(c->stagefd, ts);
 }
 
+/* The entries a manifest lists, as cap_write_manifest gives them to mf_write_each: c's entries
+ * at order[0..n), in path order. */
+struct cap_listing {
+	const struct cap *c;
+	uint32_t *order;
+	char id[CAP_ID_MAX];     /* the identity of the entry given last */
+};
+
+static int cap_by_path(const void *a, const void *b, void *arg)
+{
+	const struct cap *c = arg;
+	return strcmp(c->e[*(const uint32_t *)a].path, c->e[*(const uint32_t *)b].path);
+}
+
+static void cap_listed(void *arg, size_t i, struct mf_entry *me)
+{
+	struct cap_listing *l = arg;
+	const struct cap *c = l->c;
+	const struct ent *e = &c->e[l->order[i]];
+	const struct mf_entry *pe;
+	*me = (struct mf_entry){
+		.kind = e->kind, .mode = e->st.st_mode & 07777, .uid = e->st.st_uid,
+		.gid = e->st.st_gid, .size = e->kind == K_DIR ? 0 : e->size,
+		.mtime_ns = e->mtime_ns, .has_digest = e->has_digest,
+		.ident = cap_ident_of(e, l->id),
+		.path = e->path,
+	};
+	memcpy(me->digest, e->digest, 32);
+	if (e->kind == K_DB && e->staged && e->d->blk.size == e->size &&
+	    dd_all_valid(&e->d->blk))
+		me->blocks = e->d->blk.d;
+	else if (e->kind == K_DB && e->reused && c->have_prev &&
+		 (pe = mf_find(&c->prev, e->path)))
+		me->blocks = pe->blocks;
+}
+
 /* The manifest lists every entry kept, with the block digests of the database copies that
- * have them: the next --previous or --recycle capture starts from those copies. */
+ * have them: the next --previous or --recycle capture starts from those copies. It is written
+ * straight from the entries, in the order of their paths. */
 static int cap_write_manifest(struct cap *c)
 {
-	struct mf out = { .stats = *c->st };
-	int rc = 0;
-	for (size_t i = 1; !rc && i < c->n; i++) {
-		struct ent *e = &c->e[i];
-		if (e->kind != K_DIR && e->kind != K_FILE && e->kind != K_DB && e->kind != K_LINK)
-			continue;
-		struct mf_entry me = {
-			.kind = e->kind, .mode = e->st.st_mode & 07777, .uid = e->st.st_uid,
-			.gid = e->st.st_gid, .size = e->kind == K_DIR ? 0 : e->size,
-			.mtime_ns = e->mtime_ns, .has_digest = e->has_digest, .ident = e->ident,
-			.path = e->path,
-		};
-		memcpy(me.digest, e->digest, 32);
-		const struct mf_entry *pe;
-		if (e->kind == K_DB && e->staged && e->d->blk.size == e->size &&
-		    dd_all_valid(&e->d->blk))
-			me.blocks = e->d->blk.d;
-		else if (e->kind == K_DB && e->reused && c->have_prev &&
-			 (pe = mf_find(&c->prev, e->path)))
-			me.blocks = pe->blocks;
-		rc = mf_add(&out, &me);
+	struct cap_listing l = { .c = c };
+	size_t n = 0;
+	int rc;
+	if (c->n > UINT32_MAX || !(l.order = malloc(c->n * sizeof *l.order)))
+		return -ENOMEM;
+	for (size_t i = 1; i < c->n; i++) {
+		char k = c->e[i].kind;
+		if (k == K_DIR || k == K_FILE || k == K_DB || k == K_LINK)
+			l.order[n++] = (uint32_t)i;
 	}
-	int fd = rc ? -1 : openat(c->stagefd, CAP_MANIFEST_NAME,
-				  O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+	qsort_r(l.order, n, sizeof *l.order, cap_by_path, c);
+	int fd = openat(c->stagefd, CAP_MANIFEST_NAME, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
 	FILE *f = fd < 0 ? NULL : fdopen(fd, "w");
 	if (!f) {
-		rc = rc ? rc : fd < 0 ? -errno : -ENOMEM;
+		rc = fd < 0 ? -errno : -ENOMEM;
 		if (fd >= 0)
 			close(fd);
-		mf_free(&out);
+		free(l.order);
 		return rc;
 	}
-	rc = mf_write(f, &out);
-	mf_free(&out);
+	rc = mf_write_each(f, c->st, n, cap_listed, &l);
+	free(l.order);
 	if (fflush(f) == EOF && !rc)
 		rc = -errno;
 	/* It changes with every snapshot: dated like every other changed file (after a clock step

@@ -42,7 +42,8 @@ int cap_openat2(int dirfd, const char *path, int flags)
 void cap_keep_stat(struct cap_stat *to, const struct stat *s)
 {
 	*to = (struct cap_stat){ .st_dev = s->st_dev, .st_ino = s->st_ino, .st_size = s->st_size,
-				 .st_nlink = s->st_nlink, .st_mode = s->st_mode, .st_uid = s->st_uid, .st_gid = s->st_gid,
+				 .st_nlink = s->st_nlink > UINT32_MAX ? UINT32_MAX : (uint32_t)s->st_nlink,
+				 .st_mode = s->st_mode, .st_uid = s->st_uid, .st_gid = s->st_gid,
 				 .st_atim = s->st_atim, .st_mtim = s->st_mtim,
 				 .st_ctim = s->st_ctim };
 }
@@ -191,15 +192,51 @@ static int cap_fs_notifies(int fd)
 	return 0;
 }
 
+/* 1 and *id if s can be trusted as proof of "unchanged" at `at`, else 0. */
+static int cap_id_of(const struct cap_stat *s, int64_t at, struct cap_id *id)
+{
+	if (cap_ns(s->st_ctim) + CAP_RACY_NS >= at)
+		return 0;
+	*id = (struct cap_id){ .dev = (uint64_t)s->st_dev, .ino = (uint64_t)s->st_ino,
+			       .size = (int64_t)s->st_size, .mtime_ns = cap_ns(s->st_mtim),
+			       .ctime_ns = cap_ns(s->st_ctim) };
+	return 1;
+}
+
+static const char *cap_id_format(const struct cap_id *id, char *buf)
+{
+	snprintf(buf, CAP_ID_MAX, "%" PRIx64 ".%" PRIu64 ".%" PRId64 ".%" PRId64 ".%" PRId64,
+		 id->dev, id->ino, id->size, id->mtime_ns, id->ctime_ns);
+	return buf;
+}
+
 char *cap_ident(const struct cap_stat *s, int64_t at)
 {
-	char buf[160];
-	if (cap_ns(s->st_ctim) + CAP_RACY_NS >= at)
-		return NULL;
-	snprintf(buf, sizeof buf, "%" PRIx64 ".%" PRIu64 ".%" PRId64 ".%" PRId64 ".%" PRId64,
-		 (uint64_t)s->st_dev, (uint64_t)s->st_ino, (int64_t)s->st_size,
-		 cap_ns(s->st_mtim), cap_ns(s->st_ctim));
-	return strdup(buf);
+	char buf[CAP_ID_MAX];
+	struct cap_id id;
+	return cap_id_of(s, at, &id) ? strdup(cap_id_format(&id, buf)) : NULL;
+}
+
+void cap_clear_ident(struct ent *e)
+{
+	e->has_id = 0;
+	if (e->d) {
+		free(e->d->ident);
+		e->d->ident = NULL;
+	}
+}
+
+void cap_set_ident(struct ent *e, const struct cap_stat *s, int64_t at)
+{
+	cap_clear_ident(e);
+	e->has_id = cap_id_of(s, at, &e->id) != 0;
+}
+
+const char *cap_ident_of(const struct ent *e, char *buf)
+{
+	if (e->d && e->d->ident)
+		return e->d->ident;
+	return e->has_id ? cap_id_format(&e->id, buf) : NULL;
 }
 
 const char *cap_where(const struct cap *c, const struct ent *e)
@@ -210,8 +247,79 @@ const char *cap_where(const struct cap *c, const struct ent *e)
 }
 
 
+#define CAP_SLOT_FREE UINT32_MAX
+#define CAP_SLOT_GONE (UINT32_MAX - 1) /* a tombstone keeps later probes of the chain reachable */
+
+/* The slot of c's index that holds path, or SIZE_MAX. */
+static size_t cap_index_slot(const struct cap *c, const char *path)
+{
+	size_t mask = c->index.cap - 1;
+	if (!c->index.cap)
+		return SIZE_MAX;
+	for (size_t i = ut_hash(path) & mask; c->index.slot[i] != CAP_SLOT_FREE; i = (i + 1) & mask)
+		if (c->index.slot[i] != CAP_SLOT_GONE && !strcmp(c->e[c->index.slot[i]].path, path))
+			return i;
+	return SIZE_MAX;
+}
+
+int cap_index_get(const struct cap *c, const char *path, size_t *idx)
+{
+	size_t i = cap_index_slot(c, path);
+	if (i == SIZE_MAX)
+		return 0;
+	*idx = c->index.slot[i];
+	return 1;
+}
+
+static void cap_index_del(struct cap *c, const char *path)
+{
+	size_t i = cap_index_slot(c, path);
+	if (i != SIZE_MAX)
+		c->index.slot[i] = CAP_SLOT_GONE;
+}
+
+/* Index entry idx under its path (in place of an entry of the same path). 0 or -ENOMEM. */
+static int cap_index_put(struct cap *c, uint32_t idx)
+{
+	if ((c->index.used + 1) * 2 > c->index.cap) {
+		/* At most half full, tombstones counted: grow (or just rebuild without them). */
+		size_t cap = c->index.cap ? c->index.cap * 2 : 1024;
+		uint32_t *slot = malloc(cap * sizeof *slot), *old = c->index.slot;
+		if (!slot)
+			return -ENOMEM;
+		memset(slot, 0xff, cap * sizeof *slot); /* CAP_SLOT_FREE */
+		size_t oldcap = c->index.cap;
+		c->index.slot = slot;
+		c->index.cap = cap;
+		c->index.used = 0;
+		for (size_t k = 0; k < oldcap; k++)
+			if (old[k] != CAP_SLOT_FREE && old[k] != CAP_SLOT_GONE)
+				cap_index_put(c, old[k]); /* (room enough: no growth) */
+		free(old);
+	}
+	const char *path = c->e[idx].path;
+	size_t mask = c->index.cap - 1, i = ut_hash(path) & mask, gone = SIZE_MAX;
+	for (; c->index.slot[i] != CAP_SLOT_FREE; i = (i + 1) & mask) {
+		if (c->index.slot[i] == CAP_SLOT_GONE) {
+			if (gone == SIZE_MAX)
+				gone = i;
+		} else if (!strcmp(c->e[c->index.slot[i]].path, path)) {
+			c->index.slot[i] = idx;
+			return 0;
+		}
+	}
+	if (gone != SIZE_MAX)
+		i = gone;
+	else
+		c->index.used++;
+	c->index.slot[i] = idx;
+	return 0;
+}
+
 int cap_add(struct cap *c, size_t parent, const char *name, char kind, size_t *out)
 {
+	if (c->n >= CAP_SLOT_GONE)
+		return -ENOMEM; /* entry numbers are 32 bits */
 	if (c->n == c->cap) {
 		size_t cap = c->cap ? c->cap * 2 : 1024;
 		struct ent *ne = realloc(c->e, cap * sizeof *ne);
@@ -219,26 +327,24 @@ int cap_add(struct cap *c, size_t parent, const char *name, char kind, size_t *o
 			return -ENOMEM;
 		c->e = ne;
 		c->cap = cap;
-		/* The index borrows path strings, which did not move; nothing to redo. */
+		/* The index refers to entries by number and paths do not move: nothing to redo. */
 	}
 	struct ent *e = &c->e[c->n];
 	memset(e, 0, sizeof *e);
 	const char *pp = c->n ? c->e[parent].path : "";
-	size_t len = strlen(pp) + strlen(name) + 2;
-	e->path = malloc(len);
+	char buf[PATH_MAX * 2];
+	if (pp[0])
+		snprintf(buf, sizeof buf, "%s/%s", pp, name);
+	else
+		snprintf(buf, sizeof buf, "%s", name);
+	e->path = ut_arena_strdup(&c->paths, buf);
 	if (!e->path)
 		return -ENOMEM;
-	if (pp[0])
-		snprintf(e->path, len, "%s/%s", pp, name);
-	else
-		snprintf(e->path, len, "%s", name);
 	e->name = strrchr(e->path, '/') ? strrchr(e->path, '/') + 1 : e->path;
-	e->parent = parent;
+	e->parent = (uint32_t)parent;
 	e->kind = kind;
-	if (ut_map_put(&c->index, e->path, c->n)) {
-		free(e->path);
-		return -ENOMEM;
-	}
+	if (cap_index_put(c, (uint32_t)c->n))
+		return -ENOMEM; /* (its path stays in the arena until the end) */
 	*out = c->n++;
 	return 0;
 }
@@ -262,7 +368,7 @@ int cap_lookup(const struct cap *c, size_t dir, const char *name, size_t *idx)
 	char buf[PATH_MAX * 2];
 	const char *pp = c->e[dir].path;
 	snprintf(buf, sizeof buf, pp[0] ? "%s/%s" : "%s%s", pp, name);
-	return ut_map_get(&c->index, buf, idx);
+	return cap_index_get(c, buf, idx);
 }
 
 int cap_is_companion_name(const char *name, size_t *baselen)
@@ -316,12 +422,12 @@ static void cap_forget(struct cap *c, size_t i)
 			    c->e[j].path[len] == '/') {
 				cap_collect(c, &c->e[j]);
 				c->e[j].kind = K_NONE;
-				ut_map_del(&c->index, c->e[j].path);
+				cap_index_del(c, c->e[j].path);
 			}
 	}
 	cap_unstage(c, i);
 	e->kind = K_NONE;
-	ut_map_del(&c->index, e->path);
+	cap_index_del(c, e->path);
 }
 
 /* Read one directory: add new entries, forget vanished ones, watch it. */

@@ -297,6 +297,12 @@ static int cap_earlier_unread(const struct cap *c, double *last)
 	return 1;
 }
 
+/* What cap_recycle may take from a snapshot given up: a database's copy with block digests. */
+static int cap_recyclable(const struct mf_entry *e)
+{
+	return e->kind == K_DB && e->blocks;
+}
+
 void cap_opts_init(struct cap_opts *o)
 {
 	memset(o, 0, sizeof *o);
@@ -339,10 +345,12 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 			rc = -EINVAL;
 			goto out;
 		}
-		c.have_recy = cap_load_earlier(o->recycle, c.recyfd, &c.recy, "nothing recycled");
+		/* The previous snapshot given up (stillctl --recycle): one manifest serves both. */
 		struct stat a, b;
-		c.recy_is_prev = c.have_prev && c.have_recy && fstat(c.prevfd, &a) == 0 &&
+		c.recy_is_prev = c.have_prev && c.recyfd >= 0 && fstat(c.prevfd, &a) == 0 &&
 				 fstat(c.recyfd, &b) == 0 && ut_same_file(&a, &b);
+		c.have_recy = c.recy_is_prev ||
+			      cap_load_earlier(o->recycle, c.recyfd, &c.recy, "nothing recycled");
 	}
 	/* Before this capture reads anything of them (it compares, links and moves their files). */
 	if (o->uploads_before <= 0) {
@@ -352,6 +360,9 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 			c.earlier_unread = 1;
 		}
 	}
+	/* Of another snapshot given up, only the databases' copies are taken (cap_recycle). */
+	if (c.have_recy && !c.recy_is_prev)
+		mf_keep(&c.recy, cap_recyclable);
 	rc = wt_open(&c.w, c.workfd);
 	if (rc) {
 		log_err("cannot watch the store: %s", strerror(-rc));
@@ -411,23 +422,23 @@ out:
 	cap_remove_stage(&c);
 	wt_close(c.w);
 	for (size_t i = 0; i < c.n; i++) {
-		free(c.e[i].path);
-		free(c.e[i].ident);
 		if (c.e[i].d) {
+			free(c.e[i].d->ident);
 			free(c.e[i].d->db_ident);
 			dd_free(&c.e[i].d->blk);
 			free(c.e[i].d);
 		}
 	}
 	free(c.e);
-	ut_map_free(&c.index);
+	ut_arena_free(&c.paths);
+	free(c.index.slot);
 	ut_map_free(&c.inodes);
 	for (size_t i = 0; i < c.nikeys; i++)
 		free(c.ikeys[i]);
 	free(c.ikeys);
 	if (c.have_prev)
 		mf_free(&c.prev);
-	if (c.have_recy)
+	if (c.have_recy && !c.recy_is_prev)
 		mf_free(&c.recy);
 	int fds[] = { c.storefd, c.parentfd, c.stagefd, c.workfd, c.prevfd, c.recyfd };
 	for (unsigned i = 0; i < sizeof fds / sizeof fds[0]; i++)

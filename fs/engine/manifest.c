@@ -124,10 +124,9 @@ static int mf_has_blocks(const struct mf_entry *e)
 	       mf_blocks_match(e->blocks, e->size, e->digest);
 }
 
-static void mf_write_header(struct mf_out *o, const struct mf *m, uint64_t files,
-			    uint64_t blocks)
+static void mf_write_header(struct mf_out *o, const struct cap_stats *st, size_t n,
+			    uint64_t files, uint64_t blocks)
 {
-	const struct cap_stats *st = &m->stats;
 	struct tm tm;
 	char when[64];
 	gmtime_r(&st->cut.tv_sec, &tm);
@@ -144,7 +143,7 @@ static void mf_write_header(struct mf_out *o, const struct mf *m, uint64_t files
 	mf_printf(o, "bytes_copied %" PRIu64 "\n", st->bytes_copied);
 	mf_printf(o, "bytes_linked %" PRIu64 "\n", st->bytes_linked);
 	mf_printf(o, "bytes_cloned %" PRIu64 "\n", st->bytes_cloned);
-	mf_printf(o, "entries %zu\n", m->n);
+	mf_printf(o, "entries %zu\n", n);
 	mf_printf(o, "blocks %" PRIu64 "\n", blocks);
 	mf_printf(o, ".\n");
 }
@@ -169,37 +168,39 @@ static void mf_write_blocks(struct mf_out *o, const struct mf_entry *e, const ch
 	mf_put(o, "\n", 1);
 }
 
-int mf_write(FILE *f, struct mf *m)
+int mf_write_each(FILE *f, const struct cap_stats *stats, size_t n, mf_get_fn *get, void *arg)
 {
 	struct mf_out o = { .f = f };
 	uint64_t files = 0, blocks = 0;
-	if (m->n)
-		qsort(m->e, m->n, sizeof *m->e, mf_by_path);
-	for (size_t i = 0; i < m->n; i++) {
-		const struct mf_entry *e = &m->e[i];
-		if (!strchr("dfsl", e->kind) || !e->kind || !mf_path_ok(e->path) ||
-		    (i && !strcmp(m->e[i - 1].path, e->path)) || (e->ident && (!e->ident[0] || strpbrk(e->ident, " \n"))))
+	const char *last = NULL;
+	for (size_t i = 0; i < n; i++) {
+		struct mf_entry e;
+		get(arg, i, &e);
+		if (!strchr("dfsl", e.kind) || !e.kind || !mf_path_ok(e.path) ||
+		    (last && !strcmp(last, e.path)) || (e.ident && (!e.ident[0] || strpbrk(e.ident, " \n"))))
 			return -EINVAL;
-		files += e->kind == 'f' || e->kind == 's';
-		blocks += mf_has_blocks(e);
+		last = e.path;
+		files += e.kind == 'f' || e.kind == 's';
+		blocks += mf_has_blocks(&e);
 	}
 	sha256_init(&o.sha);
-	mf_write_header(&o, m, files, blocks);
+	mf_write_header(&o, stats, n, files, blocks);
 	/* Entries, then block lines: each pass in path order. */
 	for (int pass = 0; pass < 2 && !o.rc; pass++) {
-		for (size_t i = 0; i < m->n && !o.rc; i++) {
-			const struct mf_entry *e = &m->e[i];
-			if (pass && !mf_has_blocks(e))
+		for (size_t i = 0; i < n && !o.rc; i++) {
+			struct mf_entry e;
+			get(arg, i, &e);
+			if (pass && !mf_has_blocks(&e))
 				continue;
-			char *path = cp_escape(e->path);
+			char *path = cp_escape(e.path);
 			if (!path) {
 				o.rc = -ENOMEM;
 				break;
 			}
 			if (pass)
-				mf_write_blocks(&o, e, path);
+				mf_write_blocks(&o, &e, path);
 			else
-				mf_write_entry(&o, e, path);
+				mf_write_entry(&o, &e, path);
 			free(path);
 		}
 	}
@@ -213,6 +214,18 @@ int mf_write(FILE *f, struct mf *m)
 	if (!o.rc && ferror(f))
 		o.rc = -EIO;
 	return o.rc;
+}
+
+static void mf_get_own(void *arg, size_t i, struct mf_entry *e)
+{
+	*e = ((const struct mf *)arg)->e[i];
+}
+
+int mf_write(FILE *f, struct mf *m)
+{
+	if (m->n)
+		qsort(m->e, m->n, sizeof *m->e, mf_by_path);
+	return mf_write_each(f, &m->stats, m->n, mf_get_own, m);
 }
 
 /* ---- reading ---------------------------------------------------------------------------- */
@@ -345,29 +358,27 @@ static int mf_entry_line(struct mf_in *in, char *line)
 			goto bad;
 		e.has_digest = 1;
 	}
-	e.path = cp_unescape(f[8]);
-	if (!mf_path_ok(e.path))
+	char *path = cp_unescape(f[8]);
+	if (!mf_path_ok(path)) {
+		free(path);
 		goto bad;
-	if (m->n && strcmp(m->e[m->n - 1].path, e.path) >= 0) {
-		int twice = !strcmp(m->e[m->n - 1].path, e.path);
-		free(e.path);
+	}
+	if (m->n && strcmp(m->e[m->n - 1].path, path) >= 0) {
+		int twice = !strcmp(m->e[m->n - 1].path, path);
+		free(path);
 		return mf_bad(in, "line %d: %s (entries are sorted by path, each listed once)",
 			      in->lineno, twice ? "a path listed twice" : "entries out of order");
 	}
-	if (strcmp(f[7], "-") && !(e.ident = strdup(f[7])))
-		goto nomem;
+	/* Both strings go to the arena; what a failure leaves there goes with it. */
+	e.path = ut_arena_strdup(&m->text, path);
+	free(path);
+	if (!e.path || (strcmp(f[7], "-") && !(e.ident = ut_arena_strdup(&m->text, f[7]))))
+		return -ENOMEM;
 	if (mf_push(m, &e))
-		goto nomem;
-	if (ut_map_put(&m->index, e.path, m->n - 1))
-		return -ENOMEM; /* the entry is m's now */
+		return -ENOMEM;
 	in->files += e.kind == 'f' || e.kind == 's';
 	return 0;
-nomem:
-	free(e.path);
-	free(e.ident);
-	return -ENOMEM;
 bad:
-	free(e.path);
 	return mf_bad(in, "line %d: not an entry line (KIND MODE UID GID SIZE MTIME_NS DIGEST "
 		      "IDENT PATH)", in->lineno);
 }
@@ -380,10 +391,11 @@ static int mf_block_line(struct mf_in *in, char *line)
 	if (mf_split(line, f, 3) != 3 || strcmp(f[0], "blocks"))
 		return mf_bad(in, "line %d: not a block line (blocks PATH HEX)", in->lineno);
 	char *path = cp_unescape(f[1]);
-	int found = path && ut_map_get(&m->index, path, &k);
+	const struct mf_entry *found = path ? mf_find(m, path) : NULL;
 	free(path);
 	if (!found)
 		return mf_bad(in, "line %d: block digests of an entry not listed", in->lineno);
+	k = (size_t)(found - m->e);
 	struct mf_entry *e = &m->e[k];
 	if (in->blocks && k <= in->last_block)
 		return mf_bad(in, "line %d: block lines out of order or twice", in->lineno);
@@ -529,8 +541,55 @@ int mf_load(int dirfd, const char *name, struct mf *m)
 
 const struct mf_entry *mf_find(const struct mf *m, const char *path)
 {
-	size_t i;
-	return ut_map_get(&m->index, path, &i) ? &m->e[i] : NULL;
+	/* A loaded manifest's entries are in strcmp order of their paths (mf_entry_line). */
+	size_t lo = 0, hi = m->owns ? m->n : 0;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int d = strcmp(m->e[mid].path, path);
+		if (!d)
+			return &m->e[mid];
+		if (d < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+int mf_keep(struct mf *m, int (*keep)(const struct mf_entry *e))
+{
+	/* The strings kept go to a new arena of one chunk, allocated before anything changes. */
+	size_t need = 0, n = 0;
+	for (size_t i = 0; i < m->n; i++)
+		if (keep(&m->e[i]))
+			need += strlen(m->e[i].path) + 1 + (m->e[i].ident ? strlen(m->e[i].ident) + 1 : 0);
+	struct ut_arena text = { .chunk = malloc(sizeof(char *) + need), .used = sizeof(char *),
+				 .room = sizeof(char *) + need };
+	if (!text.chunk)
+		return -ENOMEM;
+	char *none = NULL; /* no chunk before it */
+	memcpy(text.chunk, &none, sizeof none);
+	for (size_t i = 0; i < m->n; i++) {
+		struct mf_entry *e = &m->e[i];
+		if (!keep(e)) {
+			free(e->blocks);
+			continue;
+		}
+		/* (cannot fail: the chunk holds them all) */
+		e->path = ut_arena_strdup(&text, e->path);
+		if (e->ident)
+			e->ident = ut_arena_strdup(&text, e->ident);
+		m->e[n++] = *e;
+	}
+	ut_arena_free(&m->text);
+	m->text = text;
+	m->n = n;
+	struct mf_entry *ne = realloc(m->e, (n ? n : 1) * sizeof *ne);
+	if (ne) {
+		m->e = ne;
+		m->cap = n ? n : 1;
+	}
+	return 0;
 }
 
 int mf_blocks_of(const struct mf *m, const char *path, struct dd_blocks *b)
@@ -548,12 +607,9 @@ int mf_blocks_of(const struct mf *m, const char *path, struct dd_blocks *b)
 
 void mf_free(struct mf *m)
 {
-	for (size_t i = 0; m->owns && i < m->n; i++) {
-		free(m->e[i].path);
-		free(m->e[i].ident);
+	for (size_t i = 0; m->owns && i < m->n; i++)
 		free(m->e[i].blocks);
-	}
 	free(m->e);
-	ut_map_free(&m->index);
+	ut_arena_free(&m->text);
 	memset(m, 0, sizeof *m);
 }

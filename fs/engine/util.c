@@ -271,7 +271,40 @@ int ut_open_beneath_walk(int dirfd, const char *path, int flags)
 	return rc;
 }
 
-static size_t ut_hash(const char *s)
+#define UT_ARENA_CHUNK (64 << 10)
+
+char *ut_arena_strdup(struct ut_arena *a, const char *s)
+{
+	size_t len = strlen(s) + 1;
+	if (len > a->room - a->used) {
+		/* A string longer than a chunk gets one of its own. */
+		size_t room = sizeof(char *) + (len > UT_ARENA_CHUNK / 4 ? len : UT_ARENA_CHUNK);
+		char *chunk = malloc(room);
+		if (!chunk)
+			return NULL;
+		memcpy(chunk, &a->chunk, sizeof a->chunk);
+		a->chunk = chunk;
+		a->used = sizeof(char *);
+		a->room = room;
+	}
+	char *p = a->chunk + a->used;
+	memcpy(p, s, len);
+	a->used += len;
+	return p;
+}
+
+void ut_arena_free(struct ut_arena *a)
+{
+	while (a->chunk) {
+		char *prev;
+		memcpy(&prev, a->chunk, sizeof prev);
+		free(a->chunk);
+		a->chunk = prev;
+	}
+	memset(a, 0, sizeof *a);
+}
+
+size_t ut_hash(const char *s)
 {
 	uint64_t h = 1469598103934665603ULL;
 	for (; *s; s++)

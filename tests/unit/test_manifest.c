@@ -231,6 +231,48 @@ Test(manifest, round_trip)
 	cr_assert_eq(m.n, 0);
 }
 
+static int keep_databases(const struct mf_entry *e)
+{
+	return e->kind == 's';
+}
+
+/* mf_keep: what stays is as it was read, still found by path; what goes is not found. */
+Test(manifest, keep_some)
+{
+	write_sample("m");
+	struct mf m;
+	cr_assert_eq(load("m", &m), 0, "%s", m.why);
+	struct mf_entry e[NSAMPLE];
+	sample_entries(e);
+	cr_assert_eq(mf_keep(&m, keep_databases), 0);
+	cr_assert_eq(m.n, 3, "the three databases");
+	for (unsigned i = 0; i < NSAMPLE; i++) {
+		const struct mf_entry *g = mf_find(&m, e[i].path);
+		if (e[i].kind != 's') {
+			cr_assert_null(g, "entry %u was kept", i);
+			continue;
+		}
+		cr_assert_not_null(g, "entry %u", i);
+		cr_assert_str_eq(g->path, e[i].path);
+		cr_assert_arr_eq(g->digest, e[i].digest, 32, "entry %u", i);
+		if (e[i].ident)
+			cr_assert_str_eq(g->ident, e[i].ident, "entry %u", i);
+		else
+			cr_assert_null(g->ident, "entry %u", i);
+		struct dd_blocks b;
+		dd_init(&b);
+		int rc = mf_blocks_of(&m, e[i].path, &b);
+		cr_assert_eq(rc, e[i].blocks ? 0 : -ENOENT, "entry %u", i);
+		if (e[i].blocks)
+			cr_assert_arr_eq(b.d, e[i].blocks, b.n * 32, "entry %u", i);
+		dd_free(&b);
+	}
+	cr_assert_eq(mf_keep(&m, keep_databases), 0, "again, nothing to drop");
+	cr_assert_eq(m.n, 3);
+	mf_free(&m);
+	cr_assert_eq(m.n, 0);
+}
+
 Test(manifest, header_only_and_many_entries)
 {
 	struct mf out = { .stats = sample_stats() };
