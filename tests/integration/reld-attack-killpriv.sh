@@ -4,14 +4,16 @@
 # exactly as writing to it in the store does. A user who may write a set-user-ID root program
 # but leaves its set-user-ID bit in place has made themselves root; a local file system clears
 # set-user-ID, set-group-ID (of a group-executable file, or for a writer outside its group) and
-# security.capability when a writer without CAP_FSETID writes, truncates, fallocates or copies
-# into it, or opens it with O_TRUNC, and whenever it changes owner. Through FUSE with
+# security.capability when a writer without CAP_FSETID writes, truncates (by descriptor or by
+# name), fallocates or copies into it, or opens it with O_TRUNC, and whenever it is chowned
+# (to another owner, or to its own: chown(-1, -1)). Through FUSE with
 # FUSE_HANDLE_KILLPRIV_V2 the kernel leaves that to the file system. Each operation is done
 # once in the store and once through the mount, on two files made alike, by root, by root
 # without CAP_FSETID and by an unprivileged user, on set-user-ID and set-group-ID files with
-# and without execute bits (files with one get no passthrough backing, the others do) and on
-# files with security.capability; the modes and capabilities afterwards must be the same. Also
-# through a mount with -o no_passthrough, and through mmap, which clears nothing anywhere.
+# and without execute bits and on files with security.capability (files with an execute or a
+# set-ID bit get no passthrough backing, the others do); the modes and capabilities afterwards
+# must be the same, but for the known differences below. Also through a mount with
+# -o no_passthrough, and writes through mmap, which clear nothing in the store.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/reld-lib.sh"
 : "${STILLFS:?}"
@@ -40,6 +42,7 @@ op_cmd() {
     write) printf 'x' | dd of="$f" conv=notrunc status=none ;;
     pwrite) python3 -c 'import os,sys; fd=os.open(sys.argv[1], os.O_WRONLY); os.pwrite(fd, b"y", 4096); os.close(fd)' "$f" ;;
     truncate) truncate -s 100 "$f" ;;
+    ptruncate) python3 -c 'import os,sys; os.truncate(sys.argv[1], 50)' "$f" ;;
     otrunc) sh -c ': >"$1"' sh "$f" ;;
     fallocate) fallocate -o 8192 -l 65536 "$f" ;;
     copy) python3 -c 'import os,sys
@@ -85,7 +88,7 @@ mismatches=0 cases=0 known=0
 check_mount() {
   local mnt=$1 tag=$2 who op kind n m ns ms
   for who in root nofsetid user; do
-    for op in write pwrite truncate otrunc fallocate copy mmap chown chownnop; do
+    for op in write pwrite truncate ptruncate otrunc fallocate copy mmap chown chownnop; do
       for kind in $kinds; do
         # a file only root may write: the user writes those of mode o+w only
         if [ "$who" = user ] && [[ $op != chown* ]] && [ "${kind:3:1}" != 7 ] && [ "${kind:3:1}" != 6 ]; then
