@@ -216,10 +216,12 @@ static void fc_see_reply(struct iovec *iov, int count)
 
 void fc_init(struct fuse_conn_info *conn)
 {
+#ifdef FUSE_CAP_HANDLE_KILLPRIV_V2
 	if (conn->capable & FUSE_CAP_HANDLE_KILLPRIV_V2) {
 		conn->want |= FUSE_CAP_HANDLE_KILLPRIV_V2;
 		atomic_store(&fc_kp2, 1);
 	}
+#endif
 	if (!fc_wanted || !(conn->capable & FUSE_CAP_PASSTHROUGH))
 		return;
 	conn->want |= FUSE_CAP_PASSTHROUGH;
