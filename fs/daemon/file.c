@@ -9,6 +9,7 @@
  * index (-shm) must be shared-mmap'able. Snapshot files are immutable per nodeid:
  * keep_cache. Snapshot handles pin their generation. */
 #include "stillfs.h"
+#include "fusecompat.h"
 
 #include "util.h"
 
@@ -197,6 +198,8 @@ static void fh_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		if (!(rc = n->kind == ND_LIVE ? op_cred_take(req) : 0)) {
 			rc = fh_make(req, n, fi, -1, &h);
 			op_cred_drop();
+			if (!rc && (fi->flags & O_TRUNC))
+				op_kill_suidgid(n, h->fd);
 		}
 		if (rc)
 			sf_fd_uncharge(uid);
@@ -286,6 +289,8 @@ static void fh_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		nd_forget(nd_of(e.ino), 1);
 		goto out;
 	}
+	if (fi->flags & O_TRUNC)
+		op_kill_suidgid(h->node, h->fd);   /* an existing file (fh_open_existing) */
 	rc = fc_reply_create(req, &e, fi, fh_attach(req, h, fi));
 	if (rc != 0)
 		fh_close(req, h);
@@ -337,6 +342,8 @@ static void fh_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
 	}
 	ssize_t n = fuse_buf_copy(&out, in, 0);
 	op_cred_drop();
+	if (n > 0)
+		op_kill_suidgid(h->node, h->fd);
 	if (n < 0)
 		fuse_reply_err(req, (int)-n);
 	else

@@ -27,11 +27,21 @@
 static int fc_devfd = -1;
 static int fc_wanted;
 static atomic_int fc_active;                /* negotiated and not given up */
+static atomic_int fc_kp2;                   /* FUSE_HANDLE_KILLPRIV_V2 negotiated */
+static _Thread_local int fc_kill;          /* the request being served asks for a kill */
 
 /* ---- the protocol, where libfuse does not speak it ---------------------------------------- */
 
 /* Constants of linux/fuse.h 7.40 and later, absent from libfuse 3.14's headers. */
+#define FC_OP_SETATTR 4
+#define FC_OP_OPEN 14
+#define FC_OP_WRITE 16
 #define FC_OP_INIT 26
+#define FC_OP_CREATE 35
+#define FC_HANDLE_KILLPRIV_V2 (1U << 28)  /* INIT flags (7.33) */
+#define FC_WRITE_KILL_SUIDGID (1U << 2)   /* fuse_write_in.write_flags */
+#define FC_FATTR_KILL_SUIDGID (1U << 11)  /* fuse_setattr_in.valid */
+#define FC_OPEN_KILL_SUIDGID (1U << 0)    /* fuse_open_in/fuse_create_in.open_flags */
 #define FC_INIT_EXT (1U << 30)            /* flags: flags2 is valid */
 #define FC_FLAGS2_PASSTHROUGH (1U << 5)   /* FUSE_PASSTHROUGH is 1 << 37 */
 #define FC_FOPEN_PASSTHROUGH (1U << 7)
@@ -84,6 +94,7 @@ struct fc_open_out {
 };
 
 static _Thread_local int fc_init_offered;  /* this thread is answering a passthrough INIT */
+static _Thread_local int fc_init_kp2;      /* ... one that offers FUSE_HANDLE_KILLPRIV_V2 */
 static _Thread_local int fc_armed;         /* backing id for the open reply being sent */
 
 static void fc_see_request(const void *buf, ssize_t n)
@@ -98,9 +109,10 @@ static void fc_see_request(const void *buf, ssize_t n)
 	memcpy(&in, (const char *)buf + FC_IN_HEADER, sizeof in);
 	fc_init_offered = fc_wanted && (in.flags & FC_INIT_EXT) &&
 			  (in.flags2 & FC_FLAGS2_PASSTHROUGH);
+	fc_init_kp2 = (in.flags & FC_HANDLE_KILLPRIV_V2) != 0;
 }
 
-static void fc_patch_init(struct iovec *iov, int count)
+static void fc_patch_init(struct iovec *iov, int count, int passthrough, int kp2)
 {
 	if (count < 2 || iov[1].iov_len < sizeof(struct fc_init_out))
 		return;
@@ -108,12 +120,19 @@ static void fc_patch_init(struct iovec *iov, int count)
 	memcpy(&out, iov[1].iov_base, sizeof out);
 	if (out.major != 7)
 		return;
-	out.flags |= FC_INIT_EXT;
-	out.flags2 |= FC_FLAGS2_PASSTHROUGH;
-	/* Backing files on a plain filesystem (depth 0); stacking one more on us stays legal. */
-	out.max_stack_depth = 1;
+	if (kp2) {
+		out.flags |= FC_HANDLE_KILLPRIV_V2;
+		atomic_store(&fc_kp2, 1);
+	}
+	if (passthrough) {
+		out.flags |= FC_INIT_EXT;
+		out.flags2 |= FC_FLAGS2_PASSTHROUGH;
+		/* Backing files on a plain filesystem (depth 0); stacking one more on us stays
+		 * legal. */
+		out.max_stack_depth = 1;
+		atomic_store(&fc_active, 1);
+	}
 	memcpy(iov[1].iov_base, &out, sizeof out);
-	atomic_store(&fc_active, 1);
 }
 
 static void fc_patch_open(struct iovec *iov, int count, int id)
@@ -133,10 +152,10 @@ static void fc_see_reply(struct iovec *iov, int count)
 	int32_t error = -1;
 	if (count >= 1 && iov[0].iov_len >= FC_OUT_HEADER)
 		memcpy(&error, (char *)iov[0].iov_base + 4, sizeof error);
-	if (fc_init_offered) {
-		fc_init_offered = 0;
+	if (fc_init_offered || fc_init_kp2) {
 		if (error == 0)
-			fc_patch_init(iov, count);
+			fc_patch_init(iov, count, fc_init_offered, fc_init_kp2);
+		fc_init_offered = fc_init_kp2 = 0;
 	}
 	if (fc_armed > 0 && error == 0)
 		fc_patch_open(iov, count, fc_armed);
@@ -197,6 +216,12 @@ static void fc_see_reply(struct iovec *iov, int count)
 
 void fc_init(struct fuse_conn_info *conn)
 {
+#ifdef FUSE_CAP_HANDLE_KILLPRIV_V2
+	if (conn->capable & FUSE_CAP_HANDLE_KILLPRIV_V2) {
+		conn->want |= FUSE_CAP_HANDLE_KILLPRIV_V2;
+		atomic_store(&fc_kp2, 1);
+	}
+#endif
 	if (!fc_wanted || !(conn->capable & FUSE_CAP_PASSTHROUGH))
 		return;
 	conn->want |= FUSE_CAP_PASSTHROUGH;
@@ -236,10 +261,52 @@ int fc_reply_create(fuse_req_t req, const struct fuse_entry_param *e,
 
 /* ---- either way --------------------------------------------------------------------------- */
 
+/* Whether the request just read asks the file system to clear set-ID bits: the kernel says so
+ * when FUSE_HANDLE_KILLPRIV_V2 is negotiated and the caller has no CAP_FSETID, for a write, a
+ * truncate (setattr of the size) and an open or create with O_TRUNC. libfuse (to 3.18 at
+ * least) hands these flags to no operation but setattr, so they are read off the request
+ * here, in the thread that will serve it. */
+static void fc_see_kill(const void *buf, ssize_t n)
+{
+	uint32_t op, v = 0;
+	size_t at;
+
+	fc_kill = 0;
+	if (n < FC_IN_HEADER)
+		return;
+	memcpy(&op, (const char *)buf + 4, sizeof op);
+	switch (op) {
+	case FC_OP_WRITE:    /* fuse_write_in: fh, offset, size, write_flags */
+		at = 20;
+		v = FC_WRITE_KILL_SUIDGID;
+		break;
+	case FC_OP_SETATTR:  /* fuse_setattr_in: valid */
+		at = 0;
+		v = FC_FATTR_KILL_SUIDGID;
+		break;
+	case FC_OP_OPEN:     /* fuse_open_in: flags, open_flags */
+		at = 4;
+		v = FC_OPEN_KILL_SUIDGID;
+		break;
+	case FC_OP_CREATE:   /* fuse_create_in: flags, mode, umask, open_flags */
+		at = 12;
+		v = FC_OPEN_KILL_SUIDGID;
+		break;
+	default:
+		return;
+	}
+	uint32_t w;
+	if (n < (ssize_t)(FC_IN_HEADER + at + sizeof w))
+		return;
+	memcpy(&w, (const char *)buf + FC_IN_HEADER + at, sizeof w);
+	fc_kill = (w & v) != 0;
+}
+
 static ssize_t fc_read(int fd, void *buf, size_t len, void *ud)
 {
 	(void)ud;
 	ssize_t n = read(fd, buf, len);
+	fc_see_kill(buf, n);
 	fc_see_request(buf, n);
 	return n;
 }
@@ -294,6 +361,16 @@ int fc_setup(struct fuse_session *se, int passthrough, int slot)
 		return -1;
 	}
 	return 0;
+}
+
+int fc_killpriv_v2(void)
+{
+	return atomic_load(&fc_kp2);
+}
+
+int fc_kill_suidgid(void)
+{
+	return fc_kill;
 }
 
 int fc_passthrough(void)

@@ -31,6 +31,13 @@ int fc_setup(struct fuse_session *se, int passthrough, int slot);
 /* From the init operation: ask for passthrough if fc_setup was told to and the kernel offers
  * it (with an older libfuse, fc_setup's hooks do this on the wire instead). */
 void fc_init(struct fuse_conn_info *conn);
+/* 1 if FUSE_HANDLE_KILLPRIV_V2 is negotiated (whenever the kernel offers it, Linux 5.11):
+ * the kernel then leaves clearing set-user-ID, set-group-ID and security.capability on write,
+ * truncate and chown to the file system, and asks for it with flags in the requests. */
+int fc_killpriv_v2(void);
+/* 1 if the request this thread is serving carries such a flag (FUSE_WRITE_KILL_SUIDGID,
+ * FATTR_KILL_SUIDGID, FUSE_OPEN_KILL_SUIDGID). */
+int fc_kill_suidgid(void);
 /* 1 while passthrough is negotiated and has not been given up. */
 int fc_passthrough(void);
 

@@ -732,7 +732,12 @@ static void sf_init(void *userdata, struct fuse_conn_info *conn)
 	/* Reads are served from a descriptor; let libfuse splice them to the kernel. */
 	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
 		conn->want |= FUSE_CAP_SPLICE_WRITE;
-	/* We write as root: the kernel must clear set-ID bits itself on a user's write. */
+	/* Requests are read into memory, never spliced from /dev/fuse: fusecompat.c reads
+	 * flags off each one as it arrives (fc_kill_suidgid). */
+	conn->want &= ~FUSE_CAP_SPLICE_READ;
+	/* We write as root: the kernel must clear set-ID bits itself on a user's write. Its
+	 * successor, FUSE_HANDLE_KILLPRIV_V2, which tells us when to, is negotiated by fc_init
+	 * or on the wire (fusecompat.c) and honoured by op_kill_suidgid. */
 	conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
 	/* Never cache writes: the store is also written directly. */
 	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;

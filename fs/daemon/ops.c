@@ -3,6 +3,7 @@
  * link, unlink, rmdir, rename), statfs, xattrs. Live nodes pass through to the store;
  * anything that would change a snapshot node fails with EROFS. */
 #include "stillfs.h"
+#include "fusecompat.h"
 
 #include "util.h"
 
@@ -267,6 +268,56 @@ static int op_clears_setid(const struct node *n, mode_t mode)
 	       !(mode & ~st.st_mode & setid);
 }
 
+/* 1 if req's caller, not root, is not in group gid. */
+static int op_outside_group(fuse_req_t req, gid_t gid)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	gid_t small[64], *groups = small;
+	int n, i, in = 0;
+
+	if (ctx->uid == 0 || ctx->gid == gid)
+		return 0;
+	n = fuse_req_getgroups(req, 64, small);
+	if (n > 64 && (groups = calloc((size_t)n, sizeof *groups)))
+		n = fuse_req_getgroups(req, n, groups);
+	for (i = 0; groups && i < n; i++)
+		in |= groups[i] == gid;
+	if (groups != small)
+		free(groups);
+	return !in;
+}
+
+/* Clear n's set-user-ID bit, and its set-group-ID bit if its group may execute it (or, given
+ * req, if its caller is outside the file's group), with the daemon's own credentials (fd: n's
+ * open handle's descriptor, or -1 with n pinned). */
+static void op_kill_setid(const struct node *n, int fd, fuse_req_t req)
+{
+	struct stat st;
+
+	if (fstat(fd >= 0 ? fd : n->fd, &st) < 0 || !S_ISREG(st.st_mode))
+		return;
+	mode_t mode = st.st_mode & 07777 & ~S_ISUID;
+	if ((mode & S_ISGID) && ((mode & S_IXGRP) || (req && op_outside_group(req, st.st_gid))))
+		mode &= ~S_ISGID;
+	if (mode != (st.st_mode & 07777) && op_chmod(n, fd, mode))
+		log_warn("cannot clear the set-ID bits of a file written through the mount");
+}
+
+/* With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves to us what a local file system does when
+ * a caller without CAP_FSETID writes or truncates a file: set-user-ID goes, and set-group-ID
+ * where the group may execute. Most of it happens by itself, since the daemon writes and
+ * truncates with the caller's file-system ids, which have no CAP_FSETID unless they are root's
+ * (the file system then also drops security.capability, whoever writes): what is left is a
+ * caller of root's uid without CAP_FSETID, whose request the daemon serves with all of root's
+ * capabilities. Passthrough writes never come here: set-ID files get no backing file
+ * (pt_attach), and the others' backing files write with the overflow ids, which have no
+ * CAP_FSETID either (pt_backing_open). */
+void op_kill_suidgid(const struct node *n, int fd)
+{
+	if (fc_kill_suidgid())
+		op_kill_setid(n, fd, NULL);
+}
+
 /* The changes setattr asks for, on n's own descriptor (pinned) or the open handle's fd. */
 static int op_setattr_live(struct node *n, int fd, const struct stat *attr, int valid)
 {
@@ -298,6 +349,10 @@ static int op_setattr_live(struct node *n, int fd, const struct stat *attr, int 
 	return rc;
 }
 
+#define OP_SET_ATTR_ANY (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID | \
+			 FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | \
+			 FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)
+
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 		       struct fuse_file_info *fi)
 {
@@ -317,6 +372,19 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 			rc = op_setattr_live(n, fd, attr, valid);
 			op_cred_drop();
 		}
+		if (!rc && (valid & FUSE_SET_ATTR_SIZE))
+			op_kill_suidgid(n, fd);
+		/* A setattr that changes nothing is how the kernel, with FUSE_HANDLE_KILLPRIV_V2,
+		 * passes on its own decision (file_remove_privs, with the caller's credentials)
+		 * that a file about to be written, fallocated or copied into, or chowned to its
+		 * own owner, loses its privileges. It says neither which bits nor whether it is
+		 * only for the file's capabilities (which it removes itself, removexattr), so the
+		 * daemon clears what a local file system clears for a caller without CAP_FSETID:
+		 * root writing to a set-ID file that also has file capabilities loses the set-ID
+		 * bits, which it would keep on a local file system. A root caller is taken to
+		 * have CAP_FSETID for set-group-ID without group execute, which grants nothing. */
+		if (!rc && fc_killpriv_v2() && !(valid & OP_SET_ATTR_ANY))
+			op_kill_setid(n, fd, req);
 		nd_unpin(n);
 	}
 	if (!rc)

@@ -78,11 +78,14 @@ static int pt_backing_open(fuse_req_t req, struct node *n, int *acc)
 
 /* A live executable is not given a backing file (its opens are page-cached, served by the
  * daemon): the backing is opened read-write (pt_backing_open), and a file open for writing
- * cannot be run (ETXTBSY), so a reader holding it open would stop everyone from running it. */
+ * cannot be run (ETXTBSY), so a reader holding it open would stop everyone from running it.
+ * Nor is a set-ID file: a write through a backing file has the overflow ids' credentials,
+ * without CAP_FSETID, so the file system would clear the bits even for a root writer, which
+ * keeps them on a local file system; served by the daemon, a write has the caller's. */
 static int pt_executable(const struct fh *h)
 {
 	struct stat st;
-	return fstat(h->fd, &st) < 0 || (st.st_mode & 0111);
+	return fstat(h->fd, &st) < 0 || (st.st_mode & (0111 | S_ISUID | S_ISGID));
 }
 
 int pt_attach(fuse_req_t req, struct node *n, struct fh *h, struct fuse_file_info *fi)

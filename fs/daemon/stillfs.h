@@ -235,6 +235,10 @@ void op_cred_drop(void);
  * /proc): enough for writes on a descriptor already open, which a file system charges by
  * them (root's reserved blocks), never checks against the caller's groups. */
 int op_cred_take_ids(fuse_req_t req);
+/* After a write, truncate or open with O_TRUNC of live node n (pinned, or fd >= 0 its open
+ * handle's descriptor) that the kernel asked to clear set-ID bits of (FUSE_HANDLE_KILLPRIV_V2:
+ * a caller without CAP_FSETID), clear them with the daemon's own credentials. */
+void op_kill_suidgid(const struct node *n, int fd);
 
 /* dir.c */
 void dr_register(struct fuse_lowlevel_ops *ops);
