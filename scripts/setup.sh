@@ -5,7 +5,7 @@
 set -euo pipefail
 pkgs=(build-essential clang meson ninja-build pkg-config
       libfuse3-dev fuse3 libsqlite3-dev sqlite3 libcriterion-dev libssl-dev
-      rsync attr acl psmisc procps util-linux bc python3
+      rsync attr acl libcap2-bin psmisc procps util-linux bc python3
       valgrind libclang-rt-14-dev strace time
       debhelper lintian     # the package test (tests/integration/pkg-deb.sh) builds and checks the .deb
       # real containers (tests/containers/, container-*.sh): podman with runc, catatonit for
