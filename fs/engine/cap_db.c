@@ -233,6 +233,10 @@ static int cap_db_sync(struct cap *c, struct ent *e, int src, uint64_t *written)
 			close(base);
 	}
 	close(dst);
+	if (c->holding) {
+		c->lock_cpu_s += r.cpu_s;
+		c->lock_faults += r.faults;
+	}
 	*written = r.written;
 	e->d->cloned = r.cloned && base < 0;
 	e->d->synced_pages = r.pages;

@@ -126,6 +126,8 @@ struct cap {
 	double progress_at;
 	uint64_t total_bytes, done_bytes;
 	double lock_t0;
+	double lock_cpu_s;       /* this attempt: CPU time of database compares under the locks */
+	uint64_t lock_faults;    /* and their page faults */
 	int64_t cut_ns;
 	double last_change;      /* when a plain file or the tree was last seen changing */
 	double uploads_before;   /* realtime; see cap_opts */

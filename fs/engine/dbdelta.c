@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -123,7 +124,18 @@ struct dd_job {
 	size_t next;              /* next block to take */
 	int err;
 	uint64_t written, pages;
+	double cpu_s;             /* of the helper threads */
+	uint64_t faults;
 };
+
+/* This thread's CPU time and page faults so far. */
+static void dd_usage(double *cpu_s, uint64_t *faults)
+{
+	struct timespec t;
+	struct rusage ru;
+	*cpu_s = clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t) == 0 ? t.tv_sec + t.tv_nsec / 1e9 : 0;
+	*faults = getrusage(RUSAGE_THREAD, &ru) == 0 ? (uint64_t)(ru.ru_minflt + ru.ru_majflt) : 0;
+}
 
 static void dd_fail(struct dd_job *j, int rc)
 {
@@ -368,6 +380,22 @@ static void *dd_worker(void *arg)
 	return NULL;
 }
 
+/* A helper thread: dd_worker, its CPU time and faults added to the job's. */
+static void *dd_helper(void *arg)
+{
+	struct dd_job *j = arg;
+	double c0, c1;
+	uint64_t f0, f1;
+	dd_usage(&c0, &f0);
+	dd_worker(j);
+	dd_usage(&c1, &f1);
+	pthread_mutex_lock(&j->mu);
+	j->cpu_s += c1 - c0;
+	j->faults += f1 - f0;
+	pthread_mutex_unlock(&j->mu);
+	return NULL;
+}
+
 static void dd_progress(struct dd_job *j, uint64_t avail, int done)
 {
 	pthread_mutex_lock(&j->mu);
@@ -453,7 +481,7 @@ static int dd_run(struct dd_job *j, unsigned threads, int from, uint64_t copy_en
 		sigdelset(&all, SIGBUS);
 		pthread_sigmask(SIG_BLOCK, &all, &old);
 		for (unsigned t = 0; t + 1 < threads; t++)
-			if (pthread_create(&th[started], NULL, dd_worker, j) == 0)
+			if (pthread_create(&th[started], NULL, dd_helper, j) == 0)
 				started++;
 		pthread_sigmask(SIG_SETMASK, &old, NULL);
 	}
@@ -532,7 +560,10 @@ int dd_sync(int src, int dst, int base, unsigned threads, struct dd_blocks *b,
 	    struct dd_result *r)
 {
 	struct stat st;
+	double c0, c1;
+	uint64_t f0, f1;
 	memset(r, 0, sizeof *r);
+	dd_usage(&c0, &f0);
 	if (fstat(src, &st) < 0)
 		return -errno;
 	uint64_t len = (uint64_t)st.st_size, base_len = b->size;
@@ -574,6 +605,9 @@ int dd_sync(int src, int dst, int base, unsigned threads, struct dd_blocks *b,
 	dd_unmap(j.map, len);
 	r->written = copied + j.written;
 	r->pages = j.pages;
+	dd_usage(&c1, &f1);
+	r->cpu_s = j.cpu_s + c1 - c0;
+	r->faults = j.faults + f1 - f0;
 	return rc;
 }
 

@@ -39,6 +39,8 @@ struct dd_result {
 	uint64_t written;     /* bytes written to the copy (pages rewritten, blocks copied) */
 	uint64_t pages;       /* 4 KiB pages found different and rewritten */
 	int cloned;           /* the base was shared with FICLONE */
+	double cpu_s;         /* dd_sync: CPU time of every thread it ran on */
+	uint64_t faults;      /* dd_sync: their page faults */
 };
 
 /* Copy the live file src into the empty file dst: a clone where the two can share extents
