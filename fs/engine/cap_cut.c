@@ -130,6 +130,7 @@ int cap_attempt(struct cap *c, double deadline)
 		rc = cap_db_prepare(c);
 	if (rc)
 		goto out;
+	cap_db_premap(c);
 	c->lock_t0 = 0;
 	c->lock_cpu_s = 0;
 	c->lock_faults = 0;

@@ -73,6 +73,7 @@ struct ent_db {
 	struct cap_sig cold_sig[2]; /* not DB_WAL: its -wal and -shm when classified */
 	struct cap_sig pre_sig;  /* the live file as its early copy began */
 	struct cap_sig held_sig; /* not DB_WAL: the live file as our lock was taken */
+	struct dd_premap premap; /* live file and staged copy mapped in for the locked compare */
 };
 
 struct ent {
@@ -206,6 +207,7 @@ int cap_held_moved(struct ent *e);
 int cap_precopy_current(struct cap *c, struct ent *e);
 int cap_db_unreadable(struct cap *c, struct ent *e);
 int cap_db_prepare(struct cap *c);
+void cap_db_premap(struct cap *c);
 int cap_db_copy(struct cap *c, struct ent *e);
 int cap_db_finish(struct cap *c);
 /* Forget database e's clone from an earlier cut attempt, if any. */
