@@ -18,6 +18,7 @@
 
 #define CAP_DB_THREADS ut_cpu_count() /* compare and hash databases on every CPU we have */
 #define CAP_RESYNC_PAGES 2048  /* pages a pass may leave to the locked pass (8 MiB) */
+#define CAP_PREMAP_QUIET 1.0   /* s: a database unchanged this long is likely not compared */
 
 static int cap_wal_present(int dirfd, const char *name)
 {
@@ -540,26 +541,42 @@ int cap_db_prepare(struct cap *c)
 	return 0;
 }
 
-/* Before the locks: map in the live file and the staged copy of each rollback-mode database
- * that is to be compared under its lock (cap_db_copy), so that the compare takes no page fault
- * while writers wait. Not the ones whose early copy or previous snapshot's copy looks current:
- * those are most likely not compared at all. Where the clone is the copy, nothing is read
- * under the lock. Only an optimisation: the compare maps what was not mapped here. */
+/* Before the locks: map in the live file and the copy it is to be compared with (the staged
+ * one, else the recycled snapshot's) of each rollback-mode database to be compared under its
+ * lock (cap_db_copy), so that the compare takes no page fault while writers wait. Not one that has been quiet for a while and whose early copy or previous
+ * snapshot's copy is still current: that one is most likely not compared at all (one written
+ * just now is, its writer will not stop at once). Where the clone is the copy, nothing is
+ * read under the lock. Only an optimisation: the compare maps what was not mapped here. */
 void cap_db_premap(struct cap *c)
 {
+	int64_t now = cap_ns(ut_realtime());
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
+		struct stat st;
 		if (e->kind != K_DB || e->d->dbmode != DB_ROLLBACK || e->d->dbfd < 0 ||
-		    !e->staged || !c->no_clone)
+		    !c->no_clone || fstat(e->d->dbfd, &st) < 0)
 			continue;
-		if (e->precopied && !e->dirty && cap_precopy_current(c, e))
-			continue;
-		char *now = cap_db_ident(e, e->d->dirfd);
-		const struct mf_entry *pe = cap_prev_same(c, e, now);
-		free(now);
-		if (pe)
-			continue;
-		int dst = openat(c->stagefd, e->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		if (now - cap_ns(st.st_ctim) > (int64_t)(CAP_PREMAP_QUIET * 1e9)) {
+			if (e->precopied && !e->dirty && cap_precopy_current(c, e))
+				continue;
+			char *ident = cap_db_ident(e, e->d->dirfd);
+			const struct mf_entry *pe = cap_prev_same(c, e, ident);
+			free(ident);
+			if (pe)
+				continue;
+		}
+		/* Not staged: the recycled snapshot's copy, which cap_recycle would move into
+		 * the staging tree (the same file). */
+		int dst = -1;
+		if (e->staged) {
+			dst = openat(c->stagefd, e->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		} else if (c->have_recy) {
+			struct dd_blocks b;
+			struct stat ps;
+			dd_init(&b);
+			dst = cap_earlier_copy(c->recyfd, &c->recy, e, O_RDONLY, &b, &ps);
+			dd_free(&b);
+		}
 		if (dst < 0)
 			continue;
 		dd_premap(e->d->dbfd, dst, &e->d->premap);
