@@ -550,11 +550,15 @@ int cap_db_prepare(struct cap *c)
 void cap_db_premap(struct cap *c)
 {
 	int64_t now = cap_ns(ut_realtime());
+	/* What is mapped in cannot be reclaimed without unmapping it: a quarter of the memory
+	 * at most, both files of each database. */
+	long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+	uint64_t left = pages > 0 && psize > 0 ? (uint64_t)pages * (uint64_t)psize / 4 : 0;
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
 		struct stat st;
 		if (e->kind != K_DB || e->d->dbmode != DB_ROLLBACK || e->d->dbfd < 0 ||
-		    !c->no_clone || fstat(e->d->dbfd, &st) < 0)
+		    !c->no_clone || fstat(e->d->dbfd, &st) < 0 || 2 * (uint64_t)st.st_size > left)
 			continue;
 		if (now - cap_ns(st.st_ctim) > (int64_t)(CAP_PREMAP_QUIET * 1e9)) {
 			if (e->precopied && !e->dirty && cap_precopy_current(c, e))
@@ -579,7 +583,8 @@ void cap_db_premap(struct cap *c)
 		}
 		if (dst < 0)
 			continue;
-		dd_premap(e->d->dbfd, dst, &e->d->premap);
+		if (dd_premap(e->d->dbfd, dst, &e->d->premap) == 0)
+			left -= 2 * (uint64_t)st.st_size;
 		close(dst);
 	}
 }
