@@ -12,7 +12,9 @@
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <linux/fs.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -546,7 +548,26 @@ int cap_db_prepare(struct cap *c)
  * lock (cap_db_copy), so that the compare takes no page fault while writers wait. Not one that has been quiet for a while and whose early copy or previous
  * snapshot's copy is still current: that one is most likely not compared at all (one written
  * just now is, its writer will not stop at once). Where the clone is the copy, nothing is
- * read under the lock. Only an optimisation: the compare maps what was not mapped here. */
+ * read under the lock (probed here: no copy may have tried a clone yet in this capture). Only
+ * an optimisation: the compare maps what was not mapped here. */
+/* 1 if database fd's copy may be a clone (cap_clone_db); 0 if it cannot, found out once on a
+ * file nobody sees (c->no_clone is set then). */
+static int cap_may_clone(struct cap *c, int fd)
+{
+	if (c->no_clone || c->clone_ok)
+		return !c->no_clone;
+	int t = openat(c->workfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (t < 0)
+		return 1; /* not known */
+	int rc = ioctl(t, FICLONE, fd) == 0 ? 0 : -errno;
+	close(t);
+	if (cl_unsupported(rc))
+		c->no_clone = 1;
+	else if (rc == 0)
+		c->clone_ok = 1;
+	return !c->no_clone;
+}
+
 void cap_db_premap(struct cap *c)
 {
 	int64_t now = cap_ns(ut_realtime());
@@ -558,7 +579,7 @@ void cap_db_premap(struct cap *c)
 		struct ent *e = &c->e[i];
 		struct stat st;
 		if (e->kind != K_DB || e->d->dbmode != DB_ROLLBACK || e->d->dbfd < 0 ||
-		    !c->no_clone || fstat(e->d->dbfd, &st) < 0 || 2 * (uint64_t)st.st_size > left)
+		    fstat(e->d->dbfd, &st) < 0 || 2 * (uint64_t)st.st_size > left)
 			continue;
 		if (now - cap_ns(st.st_ctim) > (int64_t)(CAP_PREMAP_QUIET * 1e9)) {
 			if (e->precopied && !e->dirty && cap_precopy_current(c, e))
@@ -569,6 +590,8 @@ void cap_db_premap(struct cap *c)
 			if (pe)
 				continue;
 		}
+		if (cap_may_clone(c, e->d->dbfd))
+			continue;
 		/* Not staged: the recycled snapshot's copy, which cap_recycle would move into
 		 * the staging tree (the same file). */
 		int dst = -1;

@@ -135,6 +135,7 @@ struct cap {
 	int64_t newest_ctime;    /* of anything the scans saw, for the quiet window at start */
 	int holding;             /* rollback databases are locked: writers wait on us */
 	int no_clone;            /* the snapshot's filesystem cannot clone the store's files */
+	int clone_ok;            /* it could clone one (cap_db_premap's probe) */
 	double sweep_s;          /* how long the last sweep of every file's stat took */
 	/* After the release (cap_after): 1 armed, 2 the release marker passed; after_written:
 	 * a plain file was written (or made) since. */
