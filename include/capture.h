@@ -53,6 +53,8 @@ struct cap_stats {
 	struct timespec cut;      /* the instant every file in the snapshot reflects */
 	double duration_s;        /* whole capture */
 	double lock_max_s;        /* longest time any database read lock was held */
+	double lock_cpu_s;        /* in that hold: CPU time of the database compares, all threads */
+	uint64_t lock_faults;     /* in that hold: their page faults */
 	uint64_t files;           /* regular files (incl. databases) in the snapshot */
 	uint64_t bytes_copied;    /* bytes written anew */
 	uint64_t bytes_linked;    /* bytes shared with --previous (hard link or reflink) */

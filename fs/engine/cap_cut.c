@@ -128,7 +128,10 @@ int cap_attempt(struct cap *c, double deadline)
 		rc = cap_db_prepare(c);
 	if (rc)
 		goto out;
+	cap_db_premap(c);
 	c->lock_t0 = 0;
+	c->lock_cpu_s = 0;
+	c->lock_faults = 0;
 	c->stuck = NULL;
 	for (size_t i = 0; i < c->n; i++) {
 		struct ent *e = &c->e[i];
@@ -248,8 +251,11 @@ out:
 	if (c->lock_t0 > 0) {
 		/* Writers waited as long in an attempt that had to be redone. */
 		double held = ut_now() - c->lock_t0;
-		if (held > c->st->lock_max_s)
+		if (held > c->st->lock_max_s) {
 			c->st->lock_max_s = held;
+			c->st->lock_cpu_s = c->lock_cpu_s;
+			c->st->lock_faults = c->lock_faults;
+		}
 	}
 	cap_db_release(c);
 	c->holding = 0;

@@ -12,12 +12,15 @@
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <linux/fs.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #define CAP_DB_THREADS ut_cpu_count() /* compare and hash databases on every CPU we have */
 #define CAP_RESYNC_PAGES 2048  /* pages a pass may leave to the locked pass (8 MiB) */
+#define CAP_PREMAP_QUIET 1.0   /* s: a database unchanged this long is likely not compared */
 
 static int cap_wal_present(int dirfd, const char *name)
 {
@@ -203,7 +206,9 @@ static int cap_db_sync(struct cap *c, struct ent *e, int src, uint64_t *written)
 		dst = openat(c->stagefd, e->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
 		if (dst < 0)
 			return -errno;
-		rc = dd_sync(src, dst, -1, CAP_DB_THREADS, &e->d->blk, &r);
+		rc = c->holding ? dd_sync_premapped(src, dst, CAP_DB_THREADS, &e->d->blk,
+						    &e->d->premap, &r)
+				: dd_sync(src, dst, -1, CAP_DB_THREADS, &e->d->blk, &r);
 	} else {
 		dd_free(&e->d->blk);
 		base = cap_prev_base(c, e, &e->d->blk);
@@ -234,6 +239,10 @@ static int cap_db_sync(struct cap *c, struct ent *e, int src, uint64_t *written)
 			close(base);
 	}
 	close(dst);
+	if (c->holding) {
+		c->lock_cpu_s += r.cpu_s;
+		c->lock_faults += r.faults;
+	}
 	*written = r.written;
 	e->d->cloned = r.cloned && base < 0;
 	e->d->synced_pages = r.pages;
@@ -383,6 +392,10 @@ void cap_db_release(struct cap *c)
 		d->locked = d->pinned = 0;
 		d->wal_phase = -1;
 	}
+	/* Writers go on now: unmapping takes about as long as mapping in did. */
+	for (size_t i = 0; i < c->n; i++)
+		if (c->e[i].d)
+			dd_premap_drop(&c->e[i].d->premap);
 }
 
 char *cap_db_ident(struct ent *e, int dirfd)
@@ -529,6 +542,75 @@ int cap_db_prepare(struct cap *c)
 		}
 	}
 	return 0;
+}
+
+/* Before the locks: map in the live file and the copy it is to be compared with (the staged
+ * one, else the recycled snapshot's) of each rollback-mode database to be compared under its
+ * lock (cap_db_copy), so that the compare takes no page fault while writers wait. Not one that has been quiet for a while and whose early copy or previous
+ * snapshot's copy is still current: that one is most likely not compared at all (one written
+ * just now is, its writer will not stop at once). Where the clone is the copy, nothing is
+ * read under the lock (probed here: no copy may have tried a clone yet in this capture). Only
+ * an optimisation: the compare maps what was not mapped here. */
+/* 1 if database fd's copy may be a clone (cap_clone_db); 0 if it cannot, found out once on a
+ * file nobody sees (c->no_clone is set then). */
+static int cap_may_clone(struct cap *c, int fd)
+{
+	if (c->no_clone || c->clone_ok)
+		return !c->no_clone;
+	int t = openat(c->workfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (t < 0)
+		return 1; /* not known */
+	int rc = ioctl(t, FICLONE, fd) == 0 ? 0 : -errno;
+	close(t);
+	if (cl_unsupported(rc))
+		c->no_clone = 1;
+	else if (rc == 0)
+		c->clone_ok = 1;
+	return !c->no_clone;
+}
+
+void cap_db_premap(struct cap *c)
+{
+	int64_t now = cap_ns(ut_realtime());
+	/* What is mapped in cannot be reclaimed without unmapping it: a quarter of the memory
+	 * at most, both files of each database. */
+	long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+	uint64_t left = pages > 0 && psize > 0 ? (uint64_t)pages * (uint64_t)psize / 4 : 0;
+	for (size_t i = 0; i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		struct stat st;
+		if (e->kind != K_DB || e->d->dbmode != DB_ROLLBACK || e->d->dbfd < 0 ||
+		    fstat(e->d->dbfd, &st) < 0 || 2 * (uint64_t)st.st_size > left)
+			continue;
+		if (now - cap_ns(st.st_ctim) > (int64_t)(CAP_PREMAP_QUIET * 1e9)) {
+			if (e->precopied && !e->dirty && cap_precopy_current(c, e))
+				continue;
+			char *ident = cap_db_ident(e, e->d->dirfd);
+			const struct mf_entry *pe = cap_prev_same(c, e, ident);
+			free(ident);
+			if (pe)
+				continue;
+		}
+		if (cap_may_clone(c, e->d->dbfd))
+			continue;
+		/* Not staged: the recycled snapshot's copy, which cap_recycle would move into
+		 * the staging tree (the same file). */
+		int dst = -1;
+		if (e->staged) {
+			dst = openat(c->stagefd, e->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		} else if (c->have_recy) {
+			struct dd_blocks b;
+			struct stat ps;
+			dd_init(&b);
+			dst = cap_earlier_copy(c->recyfd, &c->recy, e, O_RDONLY, &b, &ps);
+			dd_free(&b);
+		}
+		if (dst < 0)
+			continue;
+		if (dd_premap(e->d->dbfd, dst, &e->d->premap) == 0)
+			left -= 2 * (uint64_t)st.st_size;
+		close(dst);
+	}
 }
 
 static int cap_db_stage_path(struct cap *c, const struct ent *e, const char *suffix, char *buf,

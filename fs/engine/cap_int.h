@@ -84,6 +84,7 @@ struct ent_db {
 	struct cap_sig cold_sig[2]; /* not DB_WAL: its -wal and -shm when classified */
 	struct cap_sig pre_sig;  /* the live file as its early copy began */
 	struct cap_sig held_sig; /* not DB_WAL: the live file as our lock was taken */
+	struct dd_premap premap; /* live file and staged copy mapped in for the locked compare */
 };
 
 /* One per directory, file and symlink of the store, so kept small (about 230 bytes), its path
@@ -141,12 +142,15 @@ struct cap {
 	double progress_at;
 	uint64_t total_bytes, done_bytes;
 	double lock_t0;
+	double lock_cpu_s;       /* this attempt: CPU time of database compares under the locks */
+	uint64_t lock_faults;    /* and their page faults */
 	int64_t cut_ns;
 	double last_change;      /* when a plain file or the tree was last seen changing */
 	double uploads_before;   /* realtime; see cap_opts */
 	int64_t newest_ctime;    /* of anything the scans saw, for the quiet window at start */
 	int holding;             /* rollback databases are locked: writers wait on us */
 	int no_clone;            /* the snapshot's filesystem cannot clone the store's files */
+	int clone_ok;            /* it could clone one (cap_db_premap's probe) */
 	double sweep_s;          /* how long the last sweep of every file's stat took */
 	const char *sweep_first; /* the first change the last sweep that found one found */
 	/* After the release (cap_after): 1 armed, 2 the release marker passed; after_written:
@@ -229,6 +233,7 @@ int cap_held_moved(struct ent *e);
 int cap_precopy_current(struct cap *c, struct ent *e);
 int cap_db_unreadable(struct cap *c, struct ent *e);
 int cap_db_prepare(struct cap *c);
+void cap_db_premap(struct cap *c);
 int cap_db_copy(struct cap *c, struct ent *e);
 int cap_db_finish(struct cap *c);
 /* Forget database e's clone from an earlier cut attempt, if any. */

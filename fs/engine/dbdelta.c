@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -115,6 +116,7 @@ struct dd_job {
 	const uint8_t *map;       /* dst, mapped for `len` bytes */
 	const uint8_t *smap;      /* src (live) mapped for `len` bytes to compare, or NULL */
 	uint64_t len;
+	int premapped;            /* map and smap are a dd_premap's: left mapped */
 	struct dd_blocks *b;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -123,7 +125,18 @@ struct dd_job {
 	size_t next;              /* next block to take */
 	int err;
 	uint64_t written, pages;
+	double cpu_s;             /* of the helper threads */
+	uint64_t faults;
 };
+
+/* This thread's CPU time and page faults so far. */
+static void dd_usage(double *cpu_s, uint64_t *faults)
+{
+	struct timespec t;
+	struct rusage ru;
+	*cpu_s = clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t) == 0 ? t.tv_sec + t.tv_nsec / 1e9 : 0;
+	*faults = getrusage(RUSAGE_THREAD, &ru) == 0 ? (uint64_t)(ru.ru_minflt + ru.ru_majflt) : 0;
+}
 
 static void dd_fail(struct dd_job *j, int rc)
 {
@@ -226,21 +239,24 @@ static int dd_cmp_pages(struct dd_job *j, size_t i, const uint8_t *s, size_t n,
 	return rc == -EFAULT && j->smap ? -EAGAIN : rc;
 }
 
-/* The same with block i read into buf: where the live file is not mapped, and after a fault
- * in its mapping (a truncation then reads short; an I/O error fails with its own errno). */
-static int dd_cmp_read(struct dd_job *j, size_t i, size_t n, uint8_t *buf, uint64_t *written,
+/* The same with block i read into *buf (allocated on first use: through a mapping, none is
+ * needed): where the live file is not mapped, and after a fault in its mapping (a truncation
+ * then reads short; an I/O error fails with its own errno). */
+static int dd_cmp_read(struct dd_job *j, size_t i, size_t n, uint8_t **buf, uint64_t *written,
 		       uint64_t *pages)
 {
-	ssize_t got = ut_pread_full(j->src, buf, n, (off_t)((uint64_t)i * DD_BLOCK));
+	if (!*buf && !(*buf = malloc(DD_BLOCK)))
+		return -ENOMEM;
+	ssize_t got = ut_pread_full(j->src, *buf, n, (off_t)((uint64_t)i * DD_BLOCK));
 	if (got < 0)
 		return (int)got;
 	if ((size_t)got < n)
 		return -EAGAIN; /* the live file shrank: the caller sees the change later */
-	return dd_cmp_pages(j, i, buf, n, written, pages);
+	return dd_cmp_pages(j, i, *buf, n, written, pages);
 }
 
 /* The same through the mapping of the live file, guarded. */
-static int dd_cmp_mapped(struct dd_job *j, size_t i, size_t n, uint8_t *buf, uint64_t *written,
+static int dd_cmp_mapped(struct dd_job *j, size_t i, size_t n, uint8_t **buf, uint64_t *written,
 			 uint64_t *pages)
 {
 	struct dd_guard g;
@@ -258,7 +274,7 @@ static int dd_cmp_mapped(struct dd_job *j, size_t i, size_t n, uint8_t *buf, uin
 }
 
 /* Compare block i of src with dst and rewrite the pages that differ. */
-static int dd_cmp_block(struct dd_job *j, size_t i, uint8_t *buf, uint64_t *written,
+static int dd_cmp_block(struct dd_job *j, size_t i, uint8_t **buf, uint64_t *written,
 			uint64_t *pages)
 {
 	uint64_t off = (uint64_t)i * DD_BLOCK;
@@ -308,10 +324,6 @@ static void *dd_worker(void *arg)
 	struct dd_job *j = arg;
 	uint8_t *buf = NULL;
 	uint64_t written = 0, pages = 0;
-	if (j->mode == DD_CMP && !(buf = malloc(DD_BLOCK))) {
-		dd_fail(j, -ENOMEM);
-		return NULL;
-	}
 	for (;;) {
 		pthread_mutex_lock(&j->mu);
 		/* Hashing while the copy goes on: wait until the next blocks fill the lanes, as
@@ -347,13 +359,14 @@ static void *dd_worker(void *arg)
 		if (j->mode == DD_HASH)
 			dd_hash_blocks(j, i, k);
 		else
-			rc = dd_cmp_block(j, i, buf, &written, &pages);
+			rc = dd_cmp_block(j, i, &buf, &written, &pages);
 		/* Done with the blocks: drop them from our page tables (they stay in the page
-		 * cache), or a 1 GiB database would count as 1 GiB of our resident memory. */
+		 * cache), or a 1 GiB database would count as 1 GiB of our resident memory. Not
+		 * a dd_premap's, which are unmapped whole after the lock. */
 		uint64_t off = (uint64_t)i * DD_BLOCK;
-		if (j->map)
+		if (j->map && !j->premapped)
 			madvise((void *)(uintptr_t)(j->map + off), (size_t)(last - off), MADV_DONTNEED);
-		if (j->smap)
+		if (j->smap && !j->premapped)
 			madvise((void *)(uintptr_t)(j->smap + off), (size_t)(last - off), MADV_DONTNEED);
 		if (rc) {
 			dd_fail(j, rc);
@@ -364,6 +377,22 @@ static void *dd_worker(void *arg)
 	pthread_mutex_lock(&j->mu);
 	j->written += written;
 	j->pages += pages;
+	pthread_mutex_unlock(&j->mu);
+	return NULL;
+}
+
+/* A helper thread: dd_worker, its CPU time and faults added to the job's. */
+static void *dd_helper(void *arg)
+{
+	struct dd_job *j = arg;
+	double c0, c1;
+	uint64_t f0, f1;
+	dd_usage(&c0, &f0);
+	dd_worker(j);
+	dd_usage(&c1, &f1);
+	pthread_mutex_lock(&j->mu);
+	j->cpu_s += c1 - c0;
+	j->faults += f1 - f0;
 	pthread_mutex_unlock(&j->mu);
 	return NULL;
 }
@@ -453,7 +482,7 @@ static int dd_run(struct dd_job *j, unsigned threads, int from, uint64_t copy_en
 		sigdelset(&all, SIGBUS);
 		pthread_sigmask(SIG_BLOCK, &all, &old);
 		for (unsigned t = 0; t + 1 < threads; t++)
-			if (pthread_create(&th[started], NULL, dd_worker, j) == 0)
+			if (pthread_create(&th[started], NULL, dd_helper, j) == 0)
 				started++;
 		pthread_sigmask(SIG_SETMASK, &old, NULL);
 	}
@@ -528,11 +557,68 @@ int dd_copy(int src, int dst, int hash, unsigned threads, struct dd_blocks *b,
 	return rc;
 }
 
-int dd_sync(int src, int dst, int base, unsigned threads, struct dd_blocks *b,
-	    struct dd_result *r)
+void dd_premap_init(struct dd_premap *p)
 {
-	struct stat st;
+	memset(p, 0, sizeof *p);
+}
+
+void dd_premap_drop(struct dd_premap *p)
+{
+	dd_unmap(p->smap, p->slen);
+	dd_unmap(p->dmap, p->dlen);
+	dd_premap_init(p);
+}
+
+/* Map fd for len bytes and map in its pages up to its size now. */
+static const uint8_t *dd_map_in(int fd, uint64_t size, uint64_t len)
+{
+	const uint8_t *m = dd_map(fd, len, MADV_NORMAL);
+	/* Only an optimisation: a file shrunk meanwhile fails with EFAULT, an older kernel
+	 * with EINVAL; the compare then faults the pages in itself. */
+	if (m != MAP_FAILED && size)
+		madvise((void *)(uintptr_t)m, (size_t)((size + DD_PAGE - 1) & ~(uint64_t)(DD_PAGE - 1)),
+			MADV_POPULATE_READ);
+	return m;
+}
+
+int dd_premap(int src, int dst, struct dd_premap *p)
+{
+	struct stat ss, ds;
+	dd_premap_init(p);
+	if (fstat(src, &ss) < 0 || fstat(dst, &ds) < 0)
+		return -errno;
+	if (ss.st_size == 0 || !dd_bus_usable())
+		return -EINVAL;
+	/* Room to grow by an eighth, and at least a chunk: its mapping is used only if the file
+	 * is no longer than that under the lock. */
+	uint64_t size = (uint64_t)ss.st_size, room = size + size / 8 + DD_CHUNK;
+	room = (room + DD_PAGE - 1) & ~(uint64_t)(DD_PAGE - 1);
+	p->smap = dd_map_in(src, size, room);
+	p->dmap = p->smap == MAP_FAILED ? MAP_FAILED : dd_map_in(dst, (uint64_t)ds.st_size, room);
+	if (p->smap == MAP_FAILED || p->dmap == MAP_FAILED) {
+		int rc = -errno;
+		p->smap = p->smap == MAP_FAILED ? NULL : p->smap;
+		p->dmap = p->dmap == MAP_FAILED ? NULL : p->dmap;
+		p->slen = p->dlen = room;
+		dd_premap_drop(p);
+		return rc;
+	}
+	p->slen = p->dlen = room;
+	p->sdev = ss.st_dev;
+	p->sino = ss.st_ino;
+	p->ddev = ds.st_dev;
+	p->dino = ds.st_ino;
+	return 0;
+}
+
+static int dd_sync_with(int src, int dst, int base, unsigned threads, struct dd_blocks *b,
+			const struct dd_premap *p, struct dd_result *r)
+{
+	struct stat st, dt = { 0 };
+	double c0, c1;
+	uint64_t f0, f1;
 	memset(r, 0, sizeof *r);
+	dd_usage(&c0, &f0);
 	if (fstat(src, &st) < 0)
 		return -errno;
 	uint64_t len = (uint64_t)st.st_size, base_len = b->size;
@@ -543,38 +629,64 @@ int dd_sync(int src, int dst, int base, unsigned threads, struct dd_blocks *b,
 		else
 			from = base;
 	} else {
-		struct stat dt;
 		if (fstat(dst, &dt) < 0)
 			return -errno;
 		if ((uint64_t)dt.st_size != b->size) /* b must describe dst: trust nothing */
 			dd_reset(b, (uint64_t)dt.st_size);
 	}
+	/* Not when the size is right: setting it is a metadata change the journal may wait on. */
 	int rc = dd_resize(b, len);
-	if (!rc && ftruncate(dst, (off_t)len) < 0)
+	if (!rc && (base >= 0 || (uint64_t)dt.st_size != len) && ftruncate(dst, (off_t)len) < 0)
 		rc = -errno;
 	if (rc)
 		return rc;
 	struct dd_job j = { .mode = DD_CMP, .src = src, .dst = dst, .len = len, .b = b };
-	j.map = dd_map(dst, len, MADV_SEQUENTIAL);
-	if (j.map == MAP_FAILED)
-		return -errno;
-	if (dd_bus_usable()) {
-		/* Not MADV_SEQUENTIAL: that would tell the kernel to drop the live file's pages,
-		 * which are the application's cache. No mapping (some filesystems): pread. */
-		j.smap = dd_map(src, len, MADV_NORMAL);
-		if (j.smap == MAP_FAILED)
-			j.smap = NULL;
+	if (p && p->smap && p->dmap && p->slen >= len && p->dlen >= len && p->sdev == st.st_dev &&
+	    p->sino == st.st_ino && p->ddev == dt.st_dev && p->dino == dt.st_ino &&
+	    dd_bus_usable()) {
+		j.map = p->dmap;
+		j.smap = p->smap;
+		j.premapped = 1;
+	} else {
+		j.map = dd_map(dst, len, MADV_SEQUENTIAL);
+		if (j.map == MAP_FAILED)
+			return -errno;
+		if (dd_bus_usable()) {
+			/* Not MADV_SEQUENTIAL: that would tell the kernel to drop the live file's
+			 * pages, which are the application's cache. No mapping (some filesystems):
+			 * pread. */
+			j.smap = dd_map(src, len, MADV_NORMAL);
+			if (j.smap == MAP_FAILED)
+				j.smap = NULL;
+		}
 	}
 	uint64_t copied = 0;
 	rc = dd_run(&j, threads, from, base_len < len ? base_len : len, &copied);
 	/* A cut inside the last page reads as zeros through a mapping, where pread read short. */
 	if (!rc && j.smap && fstat(src, &st) == 0 && (uint64_t)st.st_size < len)
 		rc = -EAGAIN;
-	dd_unmap(j.smap, len);
-	dd_unmap(j.map, len);
+	if (!j.premapped) {
+		dd_unmap(j.smap, len);
+		dd_unmap(j.map, len);
+	}
 	r->written = copied + j.written;
 	r->pages = j.pages;
+	dd_usage(&c1, &f1);
+	r->cpu_s = j.cpu_s + c1 - c0;
+	r->faults = j.faults + f1 - f0;
 	return rc;
+}
+
+int dd_sync(int src, int dst, int base, unsigned threads, struct dd_blocks *b,
+	    struct dd_result *r)
+{
+	return dd_sync_with(src, dst, base, threads, b, NULL, r);
+}
+
+int dd_sync_premapped(int src, int dst, unsigned threads, struct dd_blocks *b,
+		      const struct dd_premap *p, struct dd_result *r)
+{
+	return dd_sync_with(src, dst, -1, threads, b, p, r);
 }
 
 int dd_rehash(int fd, unsigned threads, struct dd_blocks *b)

@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define DD_BLOCK ((uint64_t)1 << 20)
 
@@ -39,6 +40,8 @@ struct dd_result {
 	uint64_t written;     /* bytes written to the copy (pages rewritten, blocks copied) */
 	uint64_t pages;       /* 4 KiB pages found different and rewritten */
 	int cloned;           /* the base was shared with FICLONE */
+	double cpu_s;         /* dd_sync: CPU time of every thread it ran on */
+	uint64_t faults;      /* dd_sync: their page faults */
 };
 
 /* Copy the live file src into the empty file dst: a clone where the two can share extents
@@ -56,6 +59,32 @@ int dd_copy(int src, int dst, int hash, unsigned threads, struct dd_blocks *b,
  * describes dst), else 0 or -errno. */
 int dd_sync(int src, int dst, int base, unsigned threads, struct dd_blocks *b,
 	    struct dd_result *r);
+
+/* A compare to be made under a lock, made ready before it: both files mapped, their pages
+ * mapped in (dd_premap), so that dd_sync_premapped takes no page fault while writers wait;
+ * mapping and unmapping a page costs more than comparing it. A page-cache page stays mapped
+ * while a writer rewrites it in place, and a mapping shows what the file holds now (the kernel
+ * unmaps what a truncation cuts off, and a page before it drops from the cache). The live
+ * file's mapping reaches past its end, so that it may grow meanwhile. While it is held, the
+ * mapped pages count as the process's resident memory (they are the page cache's). */
+struct dd_premap {
+	const uint8_t *smap, *dmap; /* NULL: not mapped */
+	uint64_t slen, dlen;        /* bytes mapped */
+	dev_t sdev, ddev;
+	ino_t sino, dino;
+};
+
+void dd_premap_init(struct dd_premap *p);
+/* Map the live file src and the copy dst and map their pages in. 0 or -errno (p holds
+ * nothing then). */
+int dd_premap(int src, int dst, struct dd_premap *p);
+/* Unmap (after the lock is released: that takes as long as mapping). */
+void dd_premap_drop(struct dd_premap *p);
+
+/* dd_sync(src, dst, -1, ...) through p's mappings where they are of these files and reach
+ * far enough (else as dd_sync maps them). */
+int dd_sync_premapped(int src, int dst, unsigned threads, struct dd_blocks *b,
+		      const struct dd_premap *p, struct dd_result *r);
 
 /* Hash the invalid blocks of the file fd (which b describes). 0 or -errno. */
 int dd_rehash(int fd, unsigned threads, struct dd_blocks *b);
