@@ -4,7 +4,6 @@
  * network or FUSE file system where each stat is a round trip to a server. STILLFS_SLOWSTAT_US
  * sets the extra microseconds per call (default 0: no change).
  */
-#define _GNU_SOURCE
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <stdlib.h>
