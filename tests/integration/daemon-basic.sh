@@ -58,8 +58,11 @@ expect_error 'outside the store' "$store" "$mnt" -o "cache=$store/sub/cache"
 mkdir -p "$T_WORK/notacache" && touch "$T_WORK/notacache/precious"
 expect_error 'not a stillfs cache' "$store" "$mnt" -o "cache=$T_WORK/notacache"
 [ -e "$T_WORK/notacache/precious" ] || t_fail "a foreign cache directory was emptied"
-"$STILLFS" --help | grep -q 'snapshot_linger=SECS' || t_fail "--help does not list the options"
-"$STILLFS" -V | grep -q '^stillfs ' || t_fail "-V does not print the version"
+# Whole outputs first: under pipefail, grep -q quitting early would fail the test by SIGPIPE.
+help=$("$STILLFS" --help) || t_fail "--help failed"
+grep -q 'snapshot_linger=SECS' <<<"$help" || t_fail "--help does not list the options"
+version=$("$STILLFS" -V) || t_fail "-V failed"
+grep -q '^stillfs ' <<<"$version" || t_fail "-V does not print the version"
 
 # --- mount; a second mount on the same place is refused --------------------------------------
 t_mount "$store" "$mnt"
