@@ -296,6 +296,14 @@ Test(dbdelta, sigbus_not_ours_keeps_its_action)
 /* Both files mapped in before "the lock": writes in place, growth and truncation after that
  * are all seen, and the compare takes (almost) no page fault where one without the premap
  * takes one per few pages. */
+#if defined(__SANITIZE_ADDRESS__)
+#define DBDELTA_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define DBDELTA_ASAN 1
+#endif
+#endif
+
 Test(dbdelta, premapped_compare_sees_later_writes_without_faults)
 {
 	const uint64_t len = 16 * MiB;
@@ -327,9 +335,11 @@ Test(dbdelta, premapped_compare_sees_later_writes_without_faults)
 	cr_assert(!memcmp(got, want, llen), "the copy is not the live file");
 	free(got), free(want);
 	cr_assert_eq(r.pages, 3 + 16, "%llu pages", (unsigned long long)r.pages);
+#ifndef DBDELTA_ASAN /* its memcmp reads shadow memory too, which faults in as it goes */
 	cr_assert(plain.faults >= 64 && r.faults * 8 < plain.faults,
 		  "faults: %llu premapped, %llu not", (unsigned long long)r.faults,
 		  (unsigned long long)plain.faults);
+#endif
 	/* Again through the same mappings: the pages written stay mapped. */
 	put(live, data + 24 * MiB, PAGE, 9 * MiB);
 	cr_assert_eq(dd_sync_premapped(live, copy, 2, &b, &p, &r), 0);
