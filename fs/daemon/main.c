@@ -683,6 +683,33 @@ static void sf_budgets(void)
 	sf_fd_handles = handles;
 }
 
+/* Every descriptor from 3 up closes at exec. libfuse keeps fusermount3's socket (auto_unmount)
+ * open without FD_CLOEXEC, and whoever started the daemon may have left descriptors open. A
+ * capture helper that inherited the socket would keep a dead daemon's mount in place until
+ * the helper ends (one stuck in I/O: minutes); fusermount3 unmounts only once the last copy
+ * closes. A child gets nothing but what posix_spawn hands it explicitly. */
+static void sf_cloexec_all(void)
+{
+#ifdef CLOSE_RANGE_CLOEXEC
+	if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
+		return;
+#endif
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	if (!d) {
+		log_warn("/proc/self/fd: %s: descriptors may leak into capture helpers",
+			 strerror(errno));
+		return;
+	}
+	while ((e = readdir(d))) {
+		int fd = atoi(e->d_name), fl;
+		if (fd < 3 || fd == dirfd(d) || (fl = fcntl(fd, F_GETFD)) < 0)
+			continue;
+		fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
+	}
+	closedir(d);
+}
+
 static int sf_open_fds(void)
 {
 	struct stat st;
@@ -976,6 +1003,7 @@ int main(int argc, char **argv)
 	if (fuse_session_mount(sf.se, sf.o.mountpoint) != 0)
 		goto out;
 	mounted = 1;
+	sf_cloexec_all();
 	fc_setup(sf.se, !sf.o.no_passthrough, fuse_slot);
 	fuse_slot = -1;
 	if (fuse_daemonize(cmd.foreground) != 0)

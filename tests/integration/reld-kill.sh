@@ -3,9 +3,10 @@
 # The daemon killed with SIGKILL in the middle of a capture:
 # A. while the capture waits for a store that never settles (settle_timeout 120 s), and
 # B. while the capture helper copies a large file (a part of a generation is in the cache).
-# Each time: with -o auto_unmount no mount remains, a reader blocked on .snapshot gets an
-# error instead of hanging, the capture helper does not outlive the daemon (it stops the
-# engine, which removes what it made), and the store is untouched.
+# Each time, with the helper stopped (as one stuck in I/O is) while the daemon dies: with
+# -o auto_unmount no mount remains, a reader blocked on .snapshot gets an error instead of
+# hanging, the capture helper does not outlive the daemon (it stops the engine, which removes
+# what it made), and the store is untouched.
 # C. The daemon and its helper killed together (what a service manager does to the whole
 #    control group): the partial generation stays in the cache; a daemon restarted on the same
 #    cache removes every leftover (gen-*, .gen-*.stillfs-tmp.*, .gen-*.stillfs-work.*, a kept/
@@ -32,14 +33,18 @@ no_leftovers() { [ -z "$(leftovers)" ]; }
 ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 
 # kill_during LABEL: the daemon is capturing (helper $HELPER); kill -9 it and check the rest.
+# The helper is stopped while the daemon dies, as one stuck in I/O would be: the unmount must
+# not wait for it (a helper that held a copy of fusermount3's socket kept the mount up).
 kill_during() {
   local label=$1 t0
   T_PIDS+=("$HELPER")                      # cleanup kills it if this test fails
+  kill -STOP "$HELPER"
   t0=$(date +%s%N)
   kill -9 "$T_DAEMON_PID"
   { wait "$T_DAEMON_PID"; } 2>/dev/null || true
   t_wait_for 10 unmounted
   local t_umount; t_umount=$(ms_since "$t0")
+  kill -CONT "$HELPER"
   t_wait_for 10 gone "$reader"
   wait "$reader" 2>/dev/null && t_fail "$label: the blocked reader of .snapshot got a listing from a killed daemon"
   t_wait_for 30 gone "$HELPER"
