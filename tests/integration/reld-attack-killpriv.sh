@@ -26,47 +26,8 @@ chmod 1777 "$store/pub"
 head -c 8192 /dev/urandom >"$store/pub/src"
 chmod 644 "$store/pub/src"
 
-# Who does it: root, root without CAP_FSETID, an unprivileged user.
-run_as() {
-  local who=$1; shift
-  case $who in
-    root) "$@" ;;
-    nofsetid) setpriv --bounding-set -fsetid --inh-caps -fsetid -- "$@" ;;
-    user) as_user "$@" ;;
-  esac
-}
-# The operations, on file $1 (source $2 for copy_file_range).
-op_cmd() {
-  local op=$1 f=$2 src=$3
-  case $op in
-    write) printf 'x' | dd of="$f" conv=notrunc status=none ;;
-    pwrite) python3 -c 'import os,sys; fd=os.open(sys.argv[1], os.O_WRONLY); os.pwrite(fd, b"y", 4096); os.close(fd)' "$f" ;;
-    truncate) truncate -s 100 "$f" ;;
-    ptruncate) python3 -c 'import os,sys; os.truncate(sys.argv[1], 50)' "$f" ;;
-    otrunc) sh -c ': >"$1"' sh "$f" ;;
-    fallocate) fallocate -o 8192 -l 65536 "$f" ;;
-    copy) python3 -c 'import os,sys
-i=os.open(sys.argv[2], os.O_RDONLY); o=os.open(sys.argv[1], os.O_WRONLY)
-os.copy_file_range(i, o, 4096, 0, 0)' "$f" "$src" ;;
-    mmap) python3 -c 'import mmap,sys
-with open(sys.argv[1], "r+b") as f:
-    m = mmap.mmap(f.fileno(), 0); m[0] = 0x7a; m.flush(); m.close()' "$f" ;;
-    chownnop) python3 -c 'import os,sys; os.chown(sys.argv[1], -1, -1)' "$f" ;;
-    chown) if [ "$who" = user ]; then chgrp "$user" "$f"; else chown "$user" "$f"; fi ;;
-  esac
-}
-# The kinds of file: mode, and whether it has file capabilities.
-kinds="4777 4666 2777 2666 6755 0777+cap 0666+cap 4777+cap 2775+cap"
-make_file() {
-  local f=$1 kind=$2 op=$3 who=$4
-  head -c 8192 /dev/zero >"$f"
-  # The user chgrps a file of their own; the others are root's.
-  if [[ $op == chown* ]] && [ "$who" = user ]; then chown "$user:root" "$f"; else chown root:root "$f"; fi
-  chmod "${kind%+cap}" "$f"
-  if [[ $kind == *+cap ]]; then setcap cap_net_raw+ep "$f" || t_fail "setcap failed"; fi
-  chmod "${kind%+cap}" "$f"    # setcap leaves set-ID bits, but be sure
-}
-state() { printf '%s%s' "$(stat -c %a "$1")" "$(getcap "$1" | grep -q cap_net_raw && echo +cap)"; }
+head -c 8192 /dev/zero >"$T_WORK/capref"
+setcap cap_net_raw+ep "$T_WORK/capref" || t_fail "setcap failed"
 
 # Where the mount clears more than the store, for reasons of FUSE itself:
 # - pages written through a mapping that the kernel keeps in the mount's page cache (files
@@ -77,43 +38,142 @@ state() { printf '%s%s' "$(stat -c %a "$1")" "$(getcap "$1" | grep -q cap_net_ra
 #   saying which, and the daemon, which cannot tell root with CAP_FSETID from root without,
 #   clears the set-ID bits too.
 # Both take privileges away, never leave any.
-known() {
-  local who=$1 op=$2 kind=$3 ns=$4 ms=$5
-  [ "$op" = mmap ] && [ "$ns" = "$ms+cap" ] && return 0
-  [ "$who" = root ] && [[ $kind == [246]*+cap ]] && [[ " write pwrite fallocate copy " == *" $op "* ]] &&
-    [ "${ns:1}" = "$ms" ] && return 0
-  return 1
-}
+#
+# One process as root makes the files and compares them; one worker per caller does the
+# operations it is sent (a process per operation made this test take minutes).
+cat >"$T_WORK/killpriv.py" <<'PY'
+import ctypes, mmap, os, subprocess, sys
+
+def worker(user_uid, user_gid):
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    for line in sys.stdin:
+        who, op, f, src = line.rstrip("\n").split("\t")
+        try:
+            if op == "write":
+                fd = os.open(f, os.O_WRONLY); os.write(fd, b"x"); os.close(fd)
+            elif op == "pwrite":
+                fd = os.open(f, os.O_WRONLY); os.pwrite(fd, b"y", 4096); os.close(fd)
+            elif op == "truncate":
+                fd = os.open(f, os.O_WRONLY); os.ftruncate(fd, 100); os.close(fd)
+            elif op == "ptruncate":
+                os.truncate(f, 50)
+            elif op == "otrunc":
+                os.close(os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+            elif op == "fallocate":
+                fd = os.open(f, os.O_WRONLY)
+                if libc.fallocate(fd, 0, 8192, 65536) != 0:
+                    raise OSError(ctypes.get_errno(), "fallocate")
+                os.close(fd)
+            elif op == "copy":
+                i = os.open(src, os.O_RDONLY); o = os.open(f, os.O_WRONLY)
+                os.copy_file_range(i, o, 4096, 0, 0); os.close(i); os.close(o)
+            elif op == "mmap":
+                with open(f, "r+b") as fh:
+                    m = mmap.mmap(fh.fileno(), 0); m[0] = 0x7a; m.flush(); m.close()
+            elif op == "chownnop":
+                os.chown(f, -1, -1)
+            elif op == "chown":
+                if who == "user":
+                    os.chown(f, -1, user_gid)    # chgrp to the user's own group
+                else:
+                    os.chown(f, user_uid, -1)
+            print("ok", flush=True)
+        except OSError as e:
+            print("error %s" % e, flush=True)
+
+def main():
+    store, mnt, tag, user, capref = sys.argv[2:7]
+    import pwd
+    pw = pwd.getpwnam(user)
+    cap = os.getxattr(capref, "security.capability")
+    me = [sys.executable, sys.argv[0], "worker", str(pw.pw_uid), str(pw.pw_gid)]
+    prefix = {"root": [],
+              "nofsetid": ["setpriv", "--bounding-set", "-fsetid", "--inh-caps", "-fsetid", "--"],
+              "user": ["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--"]}
+    workers = {w: subprocess.Popen(p + me, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   text=True, bufsize=1) for w, p in prefix.items()}
+
+    def run(who, op, f, src):
+        w = workers[who]
+        w.stdin.write("%s\t%s\t%s\t%s\n" % (who, op, f, src))
+        w.stdin.flush()
+        reply = w.stdout.readline().strip()
+        if reply != "ok":
+            sys.exit("FAIL: %s %s on %s: %s" % (who, op, f, reply or "the worker died"))
+
+    def make_file(f, kind, op, who):
+        with open(f, "wb") as fh:
+            fh.write(bytes(8192))
+        # the user chgrps a file of their own; the others are root's
+        os.chown(f, pw.pw_uid if op.startswith("chown") and who == "user" else 0, 0)
+        mode = int(kind.split("+")[0], 8)
+        os.chmod(f, mode)
+        if kind.endswith("+cap"):
+            os.setxattr(f, "security.capability", cap)
+        os.chmod(f, mode)    # setting capabilities leaves set-ID bits, but be sure
+
+    def state(f):
+        s = "%o" % (os.stat(f).st_mode & 0o7777)
+        try:
+            os.getxattr(f, "security.capability")
+            s += "+cap"
+        except OSError:
+            pass
+        return s
+
+    def known(who, op, kind, ns, ms):
+        if op == "mmap" and ns == ms + "+cap":
+            return True
+        return (who == "root" and kind[0] in "246" and kind.endswith("+cap") and
+                op in ("write", "pwrite", "fallocate", "copy") and ns[1:] == ms)
+
+    kinds = "4777 4666 2777 2666 6755 0777+cap 0666+cap 4777+cap 2775+cap".split()
+    ops = "write pwrite truncate ptruncate otrunc fallocate copy mmap chown chownnop".split()
+    cases = nknown = mismatches = 0
+    for who in ("root", "nofsetid", "user"):
+        for op in ops:
+            for kind in kinds:
+                # a file only root may write: the user writes those of mode o+w only
+                if who == "user" and not op.startswith("chown") and kind[3] not in "67":
+                    continue
+                n = "%s/pub/n.%s.%s.%s.%s" % (store, tag, who, op, kind)
+                m = "m.%s.%s.%s.%s" % (tag, who, op, kind)
+                make_file(n, kind, op, who)
+                make_file("%s/pub/%s" % (store, m), kind, op, who)
+                run(who, op, n, store + "/pub/src")
+                run(who, op, "%s/pub/%s" % (mnt, m), mnt + "/pub/src")
+                ns, ms = state(n), state("%s/pub/%s" % (store, m))
+                cases += 1
+                if ns != ms and known(who, op, kind, ns, ms):
+                    print("# known: %s: %s %s on %s: in the store -> %s, through the mount -> %s"
+                          % (tag, who, op, kind, ns, ms), file=sys.stderr)
+                    nknown += 1
+                elif ns != ms:
+                    print("MISMATCH %s: %s %s on %s: in the store -> %s, through the mount -> %s"
+                          % (tag, who, op, kind, ns, ms), file=sys.stderr)
+                    mismatches += 1
+                os.unlink(n)
+                os.unlink("%s/pub/%s" % (store, m))
+    for w in workers.values():
+        w.stdin.close()
+        w.wait()
+    print(cases, nknown, mismatches)
+
+if sys.argv[1] == "worker":
+    worker(int(sys.argv[2]), int(sys.argv[3]))
+else:
+    main()
+PY
+chmod 755 "$T_WORK/killpriv.py"
 mismatches=0 cases=0 known=0
+# check_mount MNT TAG: every caller, operation and kind of file, in the store and through MNT.
 check_mount() {
-  local mnt=$1 tag=$2 who op kind n m ns ms
-  for who in root nofsetid user; do
-    for op in write pwrite truncate ptruncate otrunc fallocate copy mmap chown chownnop; do
-      for kind in $kinds; do
-        # a file only root may write: the user writes those of mode o+w only
-        if [ "$who" = user ] && [[ $op != chown* ]] && [ "${kind:3:1}" != 7 ] && [ "${kind:3:1}" != 6 ]; then
-          continue
-        fi
-        n=$store/pub/n.$tag.$who.$op.$kind m=m.$tag.$who.$op.$kind
-        make_file "$n" "$kind" "$op" "$who"
-        make_file "$store/pub/$m" "$kind" "$op" "$who"
-        run_as "$who" bash -c "$(declare -f op_cmd); who=$who user=$user; op_cmd $op '$n' '$store/pub/src'" ||
-          t_fail "$who $op on a $kind file in the store failed"
-        run_as "$who" bash -c "$(declare -f op_cmd); who=$who user=$user; op_cmd $op '$mnt/pub/$m' '$mnt/pub/src'" ||
-          t_fail "$who $op on a $kind file through the mount ($tag) failed"
-        ns=$(state "$n") ms=$(state "$store/pub/$m")
-        cases=$((cases + 1))
-        if [ "$ns" != "$ms" ] && known "$who" "$op" "$kind" "$ns" "$ms"; then
-          t_log "known: $tag: $who $op on $kind: in the store -> $ns, through the mount -> $ms"
-          known=$((known + 1))
-        elif [ "$ns" != "$ms" ]; then
-          echo "MISMATCH $tag: $who $op on $kind: in the store -> $ns, through the mount -> $ms" >&2
-          mismatches=$((mismatches + 1))
-        fi
-        rm -f "$n" "$store/pub/$m"
-      done
-    done
-  done
+  local out c k m
+  out=$(python3 "$T_WORK/killpriv.py" main "$store" "$1" "$2" "$user" "$T_WORK/capref") ||
+    t_fail "the operations through $1 ($2) did not run"
+  read -r c k m <<<"$out"
+  cases=$((cases + c)) known=$((known + k)) mismatches=$((mismatches + m))
 }
 
 t_mount "$store" "$T_WORK/mnt" -o auto_unmount,allow_other,snapshot_max_age=3600,snapshot_linger=0
