@@ -119,6 +119,12 @@ int op_cred_take_ids(fuse_req_t req)
 	return sf.uid != 0 ? 0 : op_take_fs_ids(fuse_req_ctx(req), 0);
 }
 
+int op_cred_take_ids_of(uid_t uid, gid_t gid)
+{
+	struct fuse_ctx ctx = { .uid = uid, .gid = gid };
+	return sf.uid != 0 ? 0 : op_take_fs_ids(&ctx, 0);
+}
+
 void op_cred_drop(void)
 {
 	/* A thread that kept a caller's identity would serve the next request with it. */
@@ -253,9 +259,10 @@ static int op_chmod(const struct node *n, int fd, mode_t mode)
 	return (fd >= 0 ? fchmod(fd, mode) : fchmodat(sf.procfd, p, mode, 0)) < 0 ? -errno : 0;
 }
 
-/* 1 if mode is n's mode less some of its set-ID bits. The kernel asks for that itself, in the
- * name of whoever writes or truncates a file they do not own, as a local file system would
- * clear them: taking a privilege away needs none. */
+/* 1 if mode is n's mode less some of its set-ID bits. The kernel asks for that itself (without
+ * FUSE_HANDLE_KILLPRIV_V2), in the name of whoever writes or truncates a file they do not own,
+ * as a local file system would clear them: done as root, for a caller who could take them
+ * away in the store (op_may_kill). */
 static int op_clears_setid(const struct node *n, mode_t mode)
 {
 	const mode_t setid = S_ISUID | S_ISGID;
@@ -390,7 +397,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 	if (!rc && n->kind != ND_LIVE)
 		rc = -EROFS;
 	if (!rc && !(rc = nd_pin(n))) {
-		if ((valid & FUSE_SET_ATTR_MODE) && op_clears_setid(n, attr->st_mode)) {
+		if ((valid & FUSE_SET_ATTR_MODE) && op_clears_setid(n, attr->st_mode) &&
+		    op_may_kill(req, n)) {
 			rc = op_chmod(n, fd, attr->st_mode);
 			valid &= ~FUSE_SET_ATTR_MODE;
 		}
