@@ -110,6 +110,7 @@ static int fh_make(fuse_req_t req, struct node *n, struct fuse_file_info *fi, in
 	}
 	h->node = n;
 	h->uid = fuse_req_ctx(req)->uid;
+	h->gid = fuse_req_ctx(req)->gid;
 	h->fd = -1;
 	h->writable = (fi->flags & O_ACCMODE) != O_RDONLY;
 	switch (n->kind) {
@@ -334,8 +335,13 @@ static void fh_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
 	out.buf[0].fd = h->fd;
 	out.buf[0].pos = off;
 	/* As the caller: a file system lets root's file-system uid write into the blocks it
-	 * keeps for root (ext4's reserve), which no user may fill. */
-	int rc = op_cred_take_ids(req);
+	 * keeps for root (ext4's reserve), which no user may fill. Pages written back from the
+	 * mount's page cache (a shared mapping of a file without a backing file) come from the
+	 * kernel itself, with no process and root's ids: as the opener of the handle the kernel
+	 * chose for them, or a user's mapping could fill the reserve. */
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	int rc = ctx->pid == 0 && ctx->uid == 0 ? op_cred_take_ids_of(h->uid, h->gid)
+						  : op_cred_take_ids(req);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;

@@ -119,6 +119,12 @@ int op_cred_take_ids(fuse_req_t req)
 	return sf.uid != 0 ? 0 : op_take_fs_ids(fuse_req_ctx(req), 0);
 }
 
+int op_cred_take_ids_of(uid_t uid, gid_t gid)
+{
+	struct fuse_ctx ctx = { .uid = uid, .gid = gid };
+	return sf.uid != 0 ? 0 : op_take_fs_ids(&ctx, 0);
+}
+
 void op_cred_drop(void)
 {
 	/* A thread that kept a caller's identity would serve the next request with it. */
@@ -253,9 +259,10 @@ static int op_chmod(const struct node *n, int fd, mode_t mode)
 	return (fd >= 0 ? fchmod(fd, mode) : fchmodat(sf.procfd, p, mode, 0)) < 0 ? -errno : 0;
 }
 
-/* 1 if mode is n's mode less some of its set-ID bits. The kernel asks for that itself, in the
- * name of whoever writes or truncates a file they do not own, as a local file system would
- * clear them: taking a privilege away needs none. */
+/* 1 if mode is n's mode less some of its set-ID bits. The kernel asks for that itself (without
+ * FUSE_HANDLE_KILLPRIV_V2), in the name of whoever writes or truncates a file they do not own,
+ * as a local file system would clear them: done as root, for a caller who could take them
+ * away in the store (op_may_kill). */
 static int op_clears_setid(const struct node *n, mode_t mode)
 {
 	const mode_t setid = S_ISUID | S_ISGID;
@@ -301,6 +308,32 @@ static void op_kill_setid(const struct node *n, int fd, fuse_req_t req)
 		mode &= ~S_ISGID;
 	if (mode != (st.st_mode & 07777) && op_chmod(n, fd, mode))
 		log_warn("cannot clear the set-ID bits of a file written through the mount");
+}
+
+/* 1 if req's caller could take n's set-ID bits away in the store: root, n's owner (a change
+ * of mode), or a caller who may write n (a write would). The kernel passes a chown(-1, -1)
+ * on as a setattr that changes nothing without checking the caller's right to the change of
+ * mode it drops from it: a user who may only read root's set-user-ID program would clear its
+ * bits, which fails with EPERM in the store. Checked with the caller's credentials. */
+static int op_may_kill(fuse_req_t req, const struct node *n)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct stat st;
+	char p[32];
+	int ok;
+
+	if (ctx->uid == 0)
+		return 1;
+	if (fstatat(n->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+		return 0;
+	if (st.st_uid == ctx->uid)
+		return 1;
+	if (op_cred_take(req))
+		return 0;
+	nd_procpath(n, p, sizeof p);
+	ok = syscall(SYS_faccessat2, sf.procfd, p, W_OK, AT_EACCESS) == 0;
+	op_cred_drop();
+	return ok;
 }
 
 /* With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves to us what a local file system does when
@@ -364,7 +397,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 	if (!rc && n->kind != ND_LIVE)
 		rc = -EROFS;
 	if (!rc && !(rc = nd_pin(n))) {
-		if ((valid & FUSE_SET_ATTR_MODE) && op_clears_setid(n, attr->st_mode)) {
+		if ((valid & FUSE_SET_ATTR_MODE) && op_clears_setid(n, attr->st_mode) &&
+		    op_may_kill(req, n)) {
 			rc = op_chmod(n, fd, attr->st_mode);
 			valid &= ~FUSE_SET_ATTR_MODE;
 		}
@@ -382,8 +416,9 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 		 * daemon clears what a local file system clears for a caller without CAP_FSETID:
 		 * root writing to a set-ID file that also has file capabilities loses the set-ID
 		 * bits, which it would keep on a local file system. A root caller is taken to
-		 * have CAP_FSETID for set-group-ID without group execute, which grants nothing. */
-		if (!rc && fc_killpriv_v2() && !(valid & OP_SET_ATTR_ANY))
+		 * have CAP_FSETID for set-group-ID without group execute, which grants nothing. Only
+		 * for a caller who could clear the bits in the store (op_may_kill). */
+		if (!rc && fc_killpriv_v2() && !(valid & OP_SET_ATTR_ANY) && op_may_kill(req, n))
 			op_kill_setid(n, fd, req);
 		nd_unpin(n);
 	}

@@ -106,6 +106,7 @@ static inline void sf_link_out(struct sf_link *l)
 struct fh {
 	struct sf_link all;        /* in fh_all */
 	uid_t uid;                 /* charged for it (sf_fd_charge) */
+	gid_t gid;                 /* the opener's: writes the kernel makes on its own (fh_write_buf) */
 	int fd;
 	int writable;              /* opened for writing: a close may have errors to report */
 	enum pt_mode pt;           /* how the kernel serves its reads and writes */
@@ -235,6 +236,8 @@ void op_cred_drop(void);
  * /proc): enough for writes on a descriptor already open, which a file system charges by
  * them (root's reserved blocks), never checks against the caller's groups. */
 int op_cred_take_ids(fuse_req_t req);
+/* The same with given ids (those of a handle's opener). */
+int op_cred_take_ids_of(uid_t uid, gid_t gid);
 /* After a write, truncate or open with O_TRUNC of live node n (pinned, or fd >= 0 its open
  * handle's descriptor) that the kernel asked to clear set-ID bits of (FUSE_HANDLE_KILLPRIV_V2:
  * a caller without CAP_FSETID), clear them with the daemon's own credentials. */

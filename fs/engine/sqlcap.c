@@ -190,11 +190,34 @@ static int sq_fchown(int fd, uid_t uid, gid_t gid)
 	return fchown(fd, uid, gid);
 }
 
+/* The unix VFS opens a database, its -wal, -journal and -shm without O_NONBLOCK: a user who
+ * may write beside a database could put a fifo at one of those names, and the open would wait
+ * for a writer that never comes, holding the capture (and everything waiting for it) forever.
+ * A lease on the file would hold it for lease-break-time. Every open is made without waiting,
+ * and only a regular file or a directory (SQLite opens the database's directory to sync it)
+ * is kept; O_NONBLOCK is then cleared. */
+static int sq_open_sys(const char *path, int flags, int mode)
+{
+	struct stat st;
+	int fd = open(path, flags | O_NONBLOCK, mode);
+	if (fd < 0)
+		return fd;
+	if (fstat(fd, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISDIR(st.st_mode))) {
+		close(fd);
+		errno = ENXIO;
+		return -1;
+	}
+	if (!(flags & O_NONBLOCK))
+		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	return fd;
+}
+
 static void sq_vfs_init(void)
 {
 	sq_vfs_base = sqlite3_vfs_find("unix");
 	if (!sq_vfs_base || !sq_vfs_base->xSetSystemCall ||
-	    sq_vfs_base->xSetSystemCall(sq_vfs_base, "fchown", (sqlite3_syscall_ptr)sq_fchown))
+	    sq_vfs_base->xSetSystemCall(sq_vfs_base, "fchown", (sqlite3_syscall_ptr)sq_fchown) ||
+	    sq_vfs_base->xSetSystemCall(sq_vfs_base, "open", (sqlite3_syscall_ptr)sq_open_sys))
 		return;
 	sq_vfs = *sq_vfs_base;
 	sq_vfs.zName = "stillfs-literal";
