@@ -3,7 +3,7 @@
 # A store far larger than the daemon's descriptor limit is reachable whole, and the daemon's
 # descriptors stay bounded whatever the kernel holds: nodes past the budget close their
 # descriptors and reopen them by file handle when used again.
-# 250,000 files in the suite (STILLFS_SCALE_FILES=1000000 for the full test, about 3.5 minutes
+# 100,000 files in the suite (STILLFS_SCALE_FILES=1000000 for the full test, about 3.5 minutes
 # here) in directories of 400, the daemon at RLIMIT_NOFILE
 # 1024, and 2,000 of the files pinned in the kernel by inotify watches through the mount (the
 # kernel cannot forget those inodes, so pruning alone cannot make room): find lists every
@@ -11,7 +11,7 @@
 # holds more than 1024 descriptors.
 source "$(dirname "$0")/lib.sh"
 : "${STILLFS:?}"
-N=${STILLFS_SCALE_FILES:-250000}
+N=${STILLFS_SCALE_FILES:-100000}
 store=$T_WORK/store mnt=$T_WORK/mnt
 mkdir -p "$store" "$mnt"
 python3 - "$store" "$N" <<'PY'
