@@ -6,7 +6,8 @@
 # to a page already dirty. The writer stamps the same version at the head of every file, in
 # order, again and again: at any instant the files hold v down to some file and v-1 after it,
 # so a snapshot whose stamps differ by more than one, or rise from one file to the next, was
-# not taken at one instant. Three rounds; each published snapshot must be one instant.
+# not taken at one instant. The writer stops after 2 s, so that a capture can find the files
+# still. Three rounds; each published snapshot must be one instant.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 N=12
 
@@ -19,8 +20,8 @@ for i in range(n):
     os.ftruncate(fd, 1 << 20)
     maps.append(mmap.mmap(fd, 1 << 20, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
     os.close(fd)
-v = 0
-while not os.path.exists(stop):
+v, end = 0, time.monotonic() + 2
+while time.monotonic() < end:
     v += 1
     for m in maps:
         m[0:8] = struct.pack("<Q", v)
@@ -28,6 +29,8 @@ while not os.path.exists(stop):
         open(ready, "w").close()
     time.sleep(0.001)
 print(v, flush=True)
+while not os.path.exists(stop):
+    time.sleep(0.05)
 PY
 cat >"$T_WORK/check.py" <<'PY'
 import struct, sys
