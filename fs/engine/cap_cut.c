@@ -264,8 +264,10 @@ out:
 	 * system mounted on a directory): a stat of every copied file and directory, after the
 	 * cut. Not while the databases are held: on a large store, or one on a network file
 	 * system, it takes long enough to keep their writers waiting past the hold budget, every
-	 * attempt. A change it finds may have come after the release: the cut is redone anyway. */
-	if (!rc && cap_sweep(c)) {
+	 * attempt. A change it finds may have come after the release: the cut is redone anyway.
+	 * Files written after the cut with an event are stat'ed too: they may also have been
+	 * written before it without one. */
+	if (!rc && cap_sweep(c, 1)) {
 		c->broken_why = c->sweep_first;
 		rc = -EAGAIN;
 	}

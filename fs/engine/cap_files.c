@@ -181,6 +181,29 @@ static int cap_copy_link(struct cap *c, struct ent *e)
 	return 0;
 }
 
+/* A store through a shared mapping raises no event, and moves the file's times only when it
+ * makes a clean page dirty: to a page already dirty, nothing tells it. Writing the file's dirty
+ * pages back makes every page clean (and write-protected) again, so that the next store through
+ * any mapping moves ctime, which cap_sweep sees. e->st, just taken, is taken again after the
+ * write-back: if it moved, a store came in between (its page may be left writable), and the
+ * file is marked dirty to be copied again. 0, or -errno. */
+static int cap_unmap_writes(struct cap *c, struct ent *e, int src)
+{
+	struct cap_stat was = e->st;
+	/* (where it fails, as on a file system without write-back, nothing is lost but this) */
+	(void)sync_file_range(src, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+			      SYNC_FILE_RANGE_WAIT_AFTER);
+	int rc = cap_fstat(src, &e->st);
+	if (rc)
+		return rc;
+	if (!cap_same_file_state(&was, &e->st)) {
+		e->dirty = 1;
+		e->dirty_count++;
+		c->last_change = ut_now();
+	}
+	return 0;
+}
+
 /* Copy (or share) one regular file; classifies it as a database on the way. */
 static int cap_copy_file(struct cap *c, struct ent *e)
 {
@@ -217,6 +240,9 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 		e->dirty = 1;
 		goto out;
 	}
+	rc = cap_unmap_writes(c, e, src);
+	if (rc)
+		goto out;
 	if (e->st.st_nlink > 1 && (rc = cap_alias(c, e)) != 0) {
 		if (rc > 0)
 			rc = 0;

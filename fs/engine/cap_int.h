@@ -206,7 +206,7 @@ int cap_alias(struct cap *c, struct ent *e);
 
 /* cap_watch.c */
 int cap_drain(struct cap *c);
-size_t cap_sweep(struct cap *c);
+size_t cap_sweep(struct cap *c, int after_cut);
 
 /* cap_files.c */
 int cap_collect(struct cap *c, struct ent *e);

@@ -142,6 +142,7 @@ static int cap_stale(const struct cap *c, const struct ent *e)
 struct cap_sweep_part {
 	struct cap *c;
 	size_t from, to, changed, first;
+	int all;
 };
 
 static void *cap_sweep_part(void *arg)
@@ -149,7 +150,8 @@ static void *cap_sweep_part(void *arg)
 	struct cap_sweep_part *p = arg;
 	for (size_t i = p->from; i < p->to; i++) {
 		struct ent *e = &p->c->e[i];
-		if (e->kind != K_FILE || !e->copied || e->dirty || !cap_stale(p->c, e))
+		if (e->kind != K_FILE || !e->copied || (e->dirty && !p->all) ||
+		    !cap_stale(p->c, e))
 			continue;
 		e->dirty = 1;
 		e->dirty_count++;
@@ -161,12 +163,15 @@ static void *cap_sweep_part(void *arg)
 
 /* Stat every copied plain file against its copy; each that changed is marked dirty and, in an
  * attempt before its end, breaks it. Returns how many changed. A large store is swept on two
- * threads: the sweep at the cut is part of how long writers wait. */
+ * threads: the sweep at the cut is part of how long writers wait. A file or directory already
+ * marked by an event is left to the copy that event calls for, unless after_cut: then the
+ * event came after the cut (one before it broke the attempt), and says nothing of a change
+ * before the cut that raised none, which only this stat can see. */
 #define CAP_SWEEP_SPLIT 4096
-size_t cap_sweep(struct cap *c)
+size_t cap_sweep(struct cap *c, int after_cut)
 {
 	double t0 = ut_now();
-	struct cap_sweep_part a = { c, 0, c->n, 0, 0 }, b = a;
+	struct cap_sweep_part a = { c, 0, c->n, 0, 0, after_cut }, b = a;
 	pthread_t th;
 	int two = c->n >= CAP_SWEEP_SPLIT;
 	if (two) {
@@ -186,7 +191,7 @@ size_t cap_sweep(struct cap *c)
 	for (size_t i = 1; i < c->n; i++) {
 		struct ent *d = &c->e[i];
 		struct cap_stat now;
-		if (d->kind != K_DIR || d->rescan || c->e[d->parent].rescan)
+		if (d->kind != K_DIR || (!after_cut && (d->rescan || c->e[d->parent].rescan)))
 			continue;
 		if (cap_lstatat(c->storefd, d->path, &now) < 0 || now.st_ino != d->st.st_ino ||
 		    now.st_dev != d->st.st_dev)
@@ -198,7 +203,8 @@ size_t cap_sweep(struct cap *c)
 		if (!dirs++)
 			dfirst = i;
 	}
-	if (c->e[0].kind == K_DIR && c->e[0].unwatched && !c->e[0].rescan && cap_dir_moved(c, 0)) {
+	if (c->e[0].kind == K_DIR && c->e[0].unwatched && (after_cut || !c->e[0].rescan) &&
+	    cap_dir_moved(c, 0)) {
 		c->e[0].rescan = 1;
 		if (!dirs++)
 			dfirst = 0;

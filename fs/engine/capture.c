@@ -123,7 +123,7 @@ int cap_quiet(struct cap *c, double until)
 		if (rc)
 			return rc;
 		double now = ut_now(), idle = now - c->last_change;
-		if (idle >= window && !cap_sweep(c))
+		if (idle >= window && !cap_sweep(c, 0))
 			return 0;
 		if (idle >= window)
 			continue; /* the sweep found changes: copy them, then wait again */
