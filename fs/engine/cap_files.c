@@ -190,9 +190,11 @@ static int cap_copy_link(struct cap *c, struct ent *e)
 static int cap_unmap_writes(struct cap *c, struct ent *e, int src)
 {
 	struct cap_stat was = e->st;
-	/* (where it fails, as on a file system without write-back, nothing is lost but this) */
-	(void)sync_file_range(src, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-			      SYNC_FILE_RANGE_WAIT_AFTER);
+	/* Starting the write-back is enough: a page is write-protected when its write-back
+	 * starts, not when it ends, and one already under way is waited for first (it may have
+	 * been dirtied again since). Where it fails, as on a file system without write-back
+	 * (tmpfs), nothing is lost but this. */
+	(void)sync_file_range(src, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE);
 	int rc = cap_fstat(src, &e->st);
 	if (rc)
 		return rc;
