@@ -38,7 +38,9 @@ print("ready", flush=True)
 signal.pause()
 PY
 chmod 644 "$T_WORK/holder.py"
-as_user /usr/bin/python3 "$T_WORK/holder.py" "$store/pub" >"$T_WORK/holder.out" 2>&1 &
+# (setpriv itself, not the as_user function: $! must be the holder, for the kill below)
+setpriv --reuid "$user" --regid "$user" --init-groups -- \
+  /usr/bin/python3 "$T_WORK/holder.py" "$store/pub" >"$T_WORK/holder.out" 2>&1 &
 holder=$!
 T_PIDS+=("$holder")
 t_wait_for 20 grep -q ready "$T_WORK/holder.out"
