@@ -195,11 +195,13 @@ static int cap_unmap_writes(struct cap *c, struct ent *e, int src)
 	/* Starting the write-back is enough: a page is write-protected when its write-back
 	 * starts, not when it ends, and one already under way is waited for first (it may have
 	 * been dirtied again since). Where it fails, as on a file system without write-back
-	 * (tmpfs), nothing is lost but this. An overlayfs file's pages are those of the layer's
-	 * file below it, which sync_file_range does not reach (it writes back the mapping of the
-	 * file it is given): there, fdatasync, which overlayfs passes down. */
+	 * (tmpfs), nothing is lost but this. The pages of an overlayfs file, or of a FUSE file
+	 * with passthrough, are those of the file below it, which sync_file_range does not reach
+	 * (it writes back the mapping of the file it is given): there, fdatasync, which overlayfs
+	 * passes down, and a FUSE daemon does on its file. */
 	struct statfs sf;
-	if (fstatfs(src, &sf) == 0 && (unsigned long)sf.f_type == OVERLAYFS_SUPER_MAGIC)
+	if (fstatfs(src, &sf) == 0 && ((unsigned long)sf.f_type == OVERLAYFS_SUPER_MAGIC ||
+					(unsigned long)sf.f_type == FUSE_SUPER_MAGIC))
 		(void)fdatasync(src);
 	else
 		(void)sync_file_range(src, 0, 0,
