@@ -12,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 /* Record the digest of a copy of plain file e and what it stored. */
@@ -193,8 +195,17 @@ static int cap_unmap_writes(struct cap *c, struct ent *e, int src)
 	/* Starting the write-back is enough: a page is write-protected when its write-back
 	 * starts, not when it ends, and one already under way is waited for first (it may have
 	 * been dirtied again since). Where it fails, as on a file system without write-back
-	 * (tmpfs), nothing is lost but this. */
-	(void)sync_file_range(src, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE);
+	 * (tmpfs), nothing is lost but this. The pages of an overlayfs file, or of a FUSE file
+	 * with passthrough, are those of the file below it, which sync_file_range does not reach
+	 * (it writes back the mapping of the file it is given): there, fdatasync, which overlayfs
+	 * passes down, and a FUSE daemon does on its file. */
+	struct statfs sf;
+	if (fstatfs(src, &sf) == 0 && ((unsigned long)sf.f_type == OVERLAYFS_SUPER_MAGIC ||
+					(unsigned long)sf.f_type == FUSE_SUPER_MAGIC))
+		(void)fdatasync(src);
+	else
+		(void)sync_file_range(src, 0, 0,
+				      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE);
 	int rc = cap_fstat(src, &e->st);
 	if (rc)
 		return rc;
