@@ -628,7 +628,17 @@ static int cap_copy_companion(struct cap *c, struct ent *e, const char *suffix)
 	snprintf(name, sizeof name, "%s%s", e->name, suffix);
 	snprintf(rel, sizeof rel, "%s%s", e->path, suffix);
 	int fd = openat(e->d->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	int rc = fd < 0 ? -errno : cap_copy_fd_to_stage(c, fd, rel, 0, &r);
+	int rc = fd < 0 ? -errno : 0;
+	struct stat dst, cst;
+	if (!rc && (fstat(e->d->dbfd, &dst) < 0 || fstat(fd, &cst) < 0))
+		rc = -errno;
+	if (!rc && !sq_companion_ok(&dst, &cst)) {
+		log_err("%s: its %s is not readable by everyone who may read the database: not "
+			"copied", cap_where(c, e), suffix);
+		rc = -EACCES;
+	}
+	if (!rc)
+		rc = cap_copy_fd_to_stage(c, fd, rel, 0, &r);
 	if (fd >= 0)
 		close(fd);
 	return rc;
