@@ -6,7 +6,9 @@
 # in a directory shared with another user (a group's 2770 directory) puts the other user's
 # private -wal (0600) at the name `their.db-wal` beside a database of their own. The capture
 # then folds the victim's committed pages into the attacker's copy, which the attacker reads in
-# .snapshot. Locally the attacker cannot read the -wal at all. A companion the database's
+# .snapshot. The same with the victim's database in use: -wal and -shm renamed together are
+# read by the helper's own SQLite as a live WAL database's. Locally the attacker cannot read
+# the -wal at all. A companion the database's
 # owner could not read must not be copied (the capture fails, or the database is copied
 # without it).
 source "$(dirname "$0")/lib.sh"
@@ -66,4 +68,48 @@ if as_user cat "$mnt/.snapshot/team/a.db" 2>/dev/null | grep -aq "$secret"; then
 fi
 as_user cat "$mnt/.snapshot/team/a.db-wal" 2>/dev/null | grep -aq "$secret" &&
   t_fail "the attacker read the victim's private -wal in .snapshot"
-t_log "the victim's -wal did not reach the attacker"
+t_log "a cold -wal: the victim's pages did not reach the attacker"
+
+# The same with the victim's database in use: its connection holds the -shm (and its lock),
+# and both -wal and -shm are renamed beside the attacker's database, which the capture then
+# reads as a live WAL database with the victim's index and pages.
+secret2=SECRET-$$-live-wal
+cat >"$T_WORK/holder.py" <<'PY'
+import os, signal, sqlite3, sys
+os.umask(0o077)
+c = sqlite3.connect(sys.argv[1] + "/w.db")
+c.execute("pragma journal_mode=wal")
+c.execute("pragma wal_autocheckpoint=0")
+c.execute("create table t(x)")
+c.execute("insert into t values(?)", (sys.argv[2],))
+c.commit()
+c.execute("select * from t").fetchall()
+print("ready", flush=True)
+signal.pause()
+PY
+chmod 644 "$T_WORK/holder.py"
+setpriv --reuid "$victim" --regid "$victim" --init-groups -- \
+  /usr/bin/python3 "$T_WORK/holder.py" "$store/team" "$secret2" >"$T_WORK/holder.out" 2>&1 &
+holder=$!
+T_PIDS+=("$holder")
+t_wait_for 20 grep -q ready "$T_WORK/holder.out"
+as_user /usr/bin/python3 -c '
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1] + "/b.db")
+c.execute("pragma journal_mode=wal")
+c.execute("create table mine(y)")
+c.commit()
+c.close()' "$store/team"
+chmod 644 "$store/team/b.db"
+as_user mv "$store/team/w.db-wal" "$store/team/b.db-wal" || t_fail "setup: the rename was refused"
+as_user mv "$store/team/w.db-shm" "$store/team/b.db-shm" || t_fail "setup: the rename was refused"
+timeout -s KILL 60 "$STILLCTL" refresh "$mnt" >/dev/null 2>&1 && rc=0 || rc=$?
+t_log "refresh: exit $rc"
+[ "$rc" = 137 ] && t_fail "the refresh did not return"
+if as_user cat "$mnt/.snapshot/team/b.db" 2>/dev/null | grep -aq "$secret2"; then
+  t_fail "the attacker read the victim's live -wal through their own database's copy in .snapshot"
+fi
+t_log "a live -wal and -shm: the victim's pages did not reach the attacker"
+kill "$holder"
+wait "$holder" 2>/dev/null || true
+reld_forget "$holder"
