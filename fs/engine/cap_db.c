@@ -632,6 +632,8 @@ static int cap_copy_companion(struct cap *c, struct ent *e, const char *suffix)
 	struct stat dst, cst;
 	if (!rc && (fstat(e->d->dbfd, &dst) < 0 || fstat(fd, &cst) < 0))
 		rc = -errno;
+	if (!rc)
+		cst.st_mode = cap_acl_mode(fd, cst.st_mode); /* an ACL's denials count */
 	if (!rc && !sq_companion_ok(&dst, &cst)) {
 		log_err("%s: its %s is not readable by everyone who may read the database: not "
 			"copied", cap_where(c, e), suffix);

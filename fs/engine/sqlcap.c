@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* SQLite-specific parts of a capture: recognising databases, holding them still, copying. */
 #include "sqlcap.h"
+#include "capture.h"
 #include "dbdelta.h"
 #include "util.h"
 
@@ -136,6 +137,7 @@ static int sq_foreign_companion(const char *path, int fd)
 		base[len - n] = 0;
 		if (lstat(base, &db) < 0 || !S_ISREG(db.st_mode) || fstat(fd, &c) < 0)
 			return 0;
+		c.st_mode = cap_acl_mode(fd, c.st_mode); /* an ACL's denials count */
 		return !sq_companion_ok(&db, &c);
 	}
 	return 0;

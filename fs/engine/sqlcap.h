@@ -36,7 +36,7 @@ int sq_journal_is_hot(int dirfd, const char *name, int dbfd);
 
 /* 1 if companion c (a -wal, -journal or -shm) of database db is a regular file that each of
  * the database's readers (its owner; its group and others where db's mode lets them read) may
- * read too, 0 if not. What is folded into a database's copy is read with root's rights and
+ * read too (c's mode narrowed by its ACL beforehand), 0 if not. What is folded into a database's copy is read with root's rights and
  * ends up in a file with the database's owner and mode: a companion that a reader of the
  * database could not read (another user's, put at the name by a rename) must not be. */
 int sq_companion_ok(const struct stat *db, const struct stat *c);

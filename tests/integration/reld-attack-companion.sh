@@ -8,9 +8,8 @@
 # then folds the victim's committed pages into the attacker's copy, which the attacker reads in
 # .snapshot. The same with the victim's database in use: -wal and -shm renamed together are
 # read by the helper's own SQLite as a live WAL database's. Locally the attacker cannot read
-# the -wal at all. A companion the database's
-# owner could not read must not be copied (the capture fails, or the database is copied
-# without it).
+# the -wal at all. A companion that a reader of the database could not read must not be
+# folded into its copy (the capture fails instead).
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/reld-lib.sh"
 : "${STILLFS:?}"
@@ -68,7 +67,39 @@ if as_user cat "$mnt/.snapshot/team/a.db" 2>/dev/null | grep -aq "$secret"; then
 fi
 as_user cat "$mnt/.snapshot/team/a.db-wal" 2>/dev/null | grep -aq "$secret" &&
   t_fail "the attacker read the victim's private -wal in .snapshot"
+as_user rm -f "$store/team/a.db" "$store/team/a.db-wal"
 t_log "a cold -wal: the victim's pages did not reach the attacker"
+
+# A -wal the attacker's group may read by its mode, but that an ACL entry denies them.
+secret3=SECRET-$$-acl-wal
+as_victim /usr/bin/python3 -c '
+import os, sqlite3, sys
+os.umask(0o027)
+c = sqlite3.connect(sys.argv[1] + "/x.db")
+c.execute("pragma journal_mode=wal")
+c.execute("pragma wal_autocheckpoint=0")
+c.execute("create table t(x)")
+c.execute("insert into t values(?)", (sys.argv[2],))
+c.commit()
+os._exit(0)' "$store/team" "$secret3" || t_fail "setup: the victim's second database"
+setfacl -m "u:$user:---" "$store/team/x.db-wal" || t_fail "setfacl failed"
+as_user cat "$store/team/x.db-wal" >/dev/null 2>&1 && t_fail "setup: the ACL does not keep the attacker out"
+as_user /usr/bin/python3 -c '
+import os, sqlite3, sys
+os.umask(0o077)
+c = sqlite3.connect(sys.argv[1] + "/c.db")
+c.execute("pragma journal_mode=wal")
+c.execute("create table mine(y)")
+c.commit()
+c.close()' "$store/team"
+as_user mv "$store/team/x.db-wal" "$store/team/c.db-wal" || t_fail "setup: the rename was refused"
+timeout -s KILL 60 "$STILLCTL" refresh "$mnt" >/dev/null 2>&1 && rc=0 || rc=$?
+t_log "refresh: exit $rc"
+if as_user cat "$mnt/.snapshot/team/c.db" 2>/dev/null | grep -aq "$secret3"; then
+  t_fail "the attacker read a -wal an ACL denied them through their own database's copy"
+fi
+as_user rm -f "$store/team/c.db" "$store/team/c.db-wal"
+t_log "an ACL-denied -wal: the victim's pages did not reach the attacker"
 
 # The same with the victim's database in use: its connection holds the -shm (and its lock),
 # and both -wal and -shm are renamed beside the attacker's database, which the capture then
