@@ -628,10 +628,39 @@ static int cap_copy_companion(struct cap *c, struct ent *e, const char *suffix)
 	snprintf(name, sizeof name, "%s%s", e->name, suffix);
 	snprintf(rel, sizeof rel, "%s%s", e->path, suffix);
 	int fd = openat(e->d->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	int rc = fd < 0 ? -errno : cap_copy_fd_to_stage(c, fd, rel, 0, &r);
+	int rc = fd < 0 ? -errno : 0;
+	struct stat dst, cst;
+	if (!rc && (fstat(e->d->dbfd, &dst) < 0 || fstat(fd, &cst) < 0))
+		rc = -errno;
+	if (!rc)
+		cst.st_mode = cap_acl_mode(fd, cst.st_mode); /* an ACL's denials count */
+	if (!rc && !sq_companion_ok(&dst, &cst)) {
+		log_err("%s: its %s is not readable by everyone who may read the database: not "
+			"copied", cap_where(c, e), suffix);
+		rc = -EACCES;
+	}
+	if (!rc)
+		rc = cap_copy_fd_to_stage(c, fd, rel, 0, &r);
 	if (fd >= 0)
 		close(fd);
 	return rc;
+}
+
+/* 1 if e's owner may search directory fd (its mode narrowed by its ACL; the owner's
+ * supplementary groups are not known here, only the database's group). */
+static int cap_owner_may_search(const struct ent *e, int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISDIR(st.st_mode))
+		return 0;
+	if (e->st.st_uid == 0)
+		return 1;
+	mode_t m = cap_acl_mode(fd, st.st_mode);
+	if (st.st_uid == e->st.st_uid)
+		return (m & S_IXUSR) != 0;
+	if (st.st_gid == e->st.st_gid)
+		return (m & S_IXGRP) != 0;
+	return (m & S_IXOTH) != 0;
 }
 
 /* 1 if the super-journal `name` (its path as the writer saw it) exists, 0 if it does not, -1
@@ -645,14 +674,29 @@ static int cap_super_exists(const struct ent *e, const char *name)
 	const char *slash = strrchr(name, '/');
 	if (fstatat(e->d->dirfd, slash ? slash + 1 : name, &st, AT_SYMLINK_NOFOLLOW) == 0)
 		return 1;
-	if (name[0] != '/')
+	if (name[0] != '/' || strlen(name) >= sizeof dir)
 		return -1;
-	if (lstat(name, &st) == 0)
-		return 1;
-	if (errno != ENOENT)
-		return -1;
-	snprintf(dir, sizeof dir, "%.*s", (int)(slash - name), name);
-	return stat(dir[0] ? dir : "/", &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -1;
+	/* The name is the journal's content, which the database's owner writes: looked up as
+	 * that owner could, or the answer (seen in the copy) would tell them whether a path
+	 * exists below directories they may not search. */
+	strcpy(dir, name);
+	int rc = -1, dfd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	char *save = NULL, *comp = strtok_r(dir, "/", &save);
+	while (dfd >= 0 && comp && cap_owner_may_search(e, dfd)) {
+		char *next = strtok_r(NULL, "/", &save);
+		if (!next) {
+			rc = fstatat(dfd, comp, &st, AT_SYMLINK_NOFOLLOW) == 0 ? 1 :
+			     errno == ENOENT ? 0 : -1;
+			break;
+		}
+		int sub = openat(dfd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		close(dfd);
+		dfd = sub;
+		comp = next;
+	}
+	if (dfd >= 0)
+		close(dfd);
+	return rc;
 }
 
 /* Under the cut, database e's hot journal just staged beside its copy. A transaction over
@@ -695,9 +739,12 @@ static int cap_settle_super(struct cap *c, struct ent *e)
 	} else if (exists == 0) {
 		rc = unlinkat(c->stagefd, rel, 0) < 0 ? -errno : 0;
 	} else {
+		/* Taken as gone (committed), as SQLite does with one it cannot see: SQLite's own
+		 * look, as root, would answer what the owner may not ask. */
 		log_warn("%s: its hot journal belongs to a transaction over several databases, whose "
-			 "super-journal %s cannot be looked for here; SQLite decides when the copy is "
-			 "recovered", cap_where(c, e), name);
+			 "super-journal %s cannot be looked for here: taken as committed",
+			 cap_where(c, e), name);
+		rc = unlinkat(c->stagefd, rel, 0) < 0 ? -errno : 0;
 	}
 out:
 	close(fd);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* SQLite-specific parts of a capture: recognising databases, holding them still, copying. */
 #include "sqlcap.h"
+#include "capture.h"
 #include "dbdelta.h"
 #include "util.h"
 
@@ -105,6 +106,43 @@ int sq_journal_is_hot(int dirfd, const char *name, int dbfd)
 	return n == (ssize_t)sizeof magic && memcmp(magic, sq_journal_magic, sizeof magic) == 0;
 }
 
+int sq_companion_ok(const struct stat *db, const struct stat *c)
+{
+	if (!S_ISREG(c->st_mode))
+		return 0;
+	int oth = (c->st_mode & S_IROTH) != 0;
+	int grp = oth || (c->st_gid == db->st_gid && (c->st_mode & S_IRGRP));
+	/* (The owner of another user's companion is taken to be in the database's group.) */
+	int own = c->st_uid == db->st_uid ? db->st_uid == 0 || (c->st_mode & S_IRUSR) : grp;
+	if ((db->st_mode & S_IRGRP) && !grp)
+		return 0;
+	if ((db->st_mode & S_IROTH) && !oth)
+		return 0;
+	return own;
+}
+
+/* 1 if path names a companion of a database beside it (NAME-wal, -journal or -shm, with NAME
+ * a regular file) that its readers could not read (sq_companion_ok); 0 otherwise. */
+static int sq_foreign_companion(const char *path, int fd)
+{
+	static const char *sfx[] = { "-wal", "-journal", "-shm" };
+	char base[4200];
+	struct stat db, c;
+	size_t len = strlen(path);
+	for (unsigned k = 0; k < 3; k++) {
+		size_t n = strlen(sfx[k]);
+		if (len <= n || len - n >= sizeof base || strcmp(path + len - n, sfx[k]))
+			continue;
+		memcpy(base, path, len - n);
+		base[len - n] = 0;
+		if (lstat(base, &db) < 0 || !S_ISREG(db.st_mode) || fstat(fd, &c) < 0)
+			return 0;
+		c.st_mode = cap_acl_mode(fd, c.st_mode); /* an ACL's denials count */
+		return !sq_companion_ok(&db, &c);
+	}
+	return 0;
+}
+
 /* SQLite URIs need %-escapes for characters that mean something in a URI. */
 static int sq_uri(const char *path, const char *query, char *out, size_t len)
 {
@@ -205,6 +243,11 @@ static int sq_open_sys(const char *path, int flags, int mode)
 	if (fstat(fd, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISDIR(st.st_mode))) {
 		close(fd);
 		errno = ENXIO;
+		return -1;
+	}
+	if (S_ISREG(st.st_mode) && sq_foreign_companion(path, fd)) {
+		close(fd);
+		errno = EACCES;
 		return -1;
 	}
 	if (!(flags & O_NONBLOCK))

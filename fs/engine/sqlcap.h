@@ -13,6 +13,7 @@
 #define STILL_SQLCAP_H
 
 #include <stdint.h>
+#include <sys/stat.h>
 #include <stddef.h>
 #include <sqlite3.h>
 
@@ -32,6 +33,13 @@ int sq_writer_active(int dbfd);
 /* With the SHARED lock held on dbfd: 1 if NAME-journal beside it is hot (its writer died
  * mid-transaction), 0 if not, or -errno. */
 int sq_journal_is_hot(int dirfd, const char *name, int dbfd);
+
+/* 1 if companion c (a -wal, -journal or -shm) of database db is a regular file that each of
+ * the database's readers (its owner; its group and others where db's mode lets them read) may
+ * read too (c's mode narrowed by its ACL beforehand), 0 if not. What is folded into a database's copy is read with root's rights and
+ * ends up in a file with the database's owner and mode: a companion that a reader of the
+ * database could not read (another user's, put at the name by a rename) must not be. */
+int sq_companion_ok(const struct stat *db, const struct stat *c);
 
 /* Open a read-only connection to dirfd/name (not yet in a transaction). */
 int sq_open_ro(int dirfd, const char *name, sqlite3 **db);
