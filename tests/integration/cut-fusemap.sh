@@ -6,63 +6,16 @@
 # them: they stay dirty and writable, later stores move no time, and the sweep sees nothing.
 # The same writer and checker as cut-mmap; three rounds, each published snapshot must be one
 # instant.
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 : "${STILLFS:?STILLFS must point to the stillfs binary}"
-mkdir -p "$T_WORK/under" "$T_WORK/mnt"
-t_mount "$T_WORK/under" "$T_WORK/mnt" -o snapshot_max_age=3600,snapshot_linger=0
-t_log "passthrough: $(t_status "$T_WORK/mnt" passthrough)"
-N=12
-
-cat >"$T_WORK/writer.py" <<'PY'
-import mmap, os, struct, sys, time
-store, n, ready, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-maps = []
-for i in range(n):
-    fd = os.open(os.path.join(store, "f%02d.bin" % i), os.O_RDWR | os.O_CREAT, 0o644)
-    os.ftruncate(fd, 1 << 20)
-    maps.append(mmap.mmap(fd, 1 << 20, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
-    os.close(fd)
-v, end = 0, time.monotonic() + 2
-while time.monotonic() < end:
-    v += 1
-    for m in maps:
-        m[0:8] = struct.pack("<Q", v)
-    if v == 1:
-        open(ready, "w").close()
-    time.sleep(0.001)
-print(v, flush=True)
-while not os.path.exists(stop):
-    time.sleep(0.05)
-PY
-cat >"$T_WORK/check.py" <<'PY'
-import struct, sys
-d, n = sys.argv[1], int(sys.argv[2])
-vs = [struct.unpack("<Q", open("%s/f%02d.bin" % (d, i), "rb").read(8))[0] for i in range(n)]
-one = all(a >= b for a, b in zip(vs, vs[1:])) and vs[0] - vs[-1] <= 1
-print("one instant" if one else "torn", vs)
-PY
-
-for round in 1 2 3; do
-  R=$T_WORK/r$round S=$T_WORK/mnt/r$round
-  mkdir -p "$R" "$S"
-  echo plain >"$S/plain.txt"
-  t_bg python3 "$T_WORK/writer.py" "$S" "$N" "$R/ready" "$R/stop" >"$R/writer.out"
-  writer=$!
-  t_wait_for 30 test -e "$R/ready"
-  rc=0
-  "$STILLCTL" snapshot -q "$S" "$R/snap" 2>"$R/snap.err" || rc=$?
-  touch "$R/stop"
-  wait "$writer" || true
-  case $rc in
-    0)
-      "$STILLCTL" verify "$R/snap" >/dev/null || t_fail "round $round: the snapshot fails stillctl verify"
-      verdict=$(python3 "$T_WORK/check.py" "$R/snap" "$N")
-      [[ $verdict == one* ]] || t_fail "round $round: published, but its files are $verdict"
-      echo "round $round: published, $verdict; the writer wrote $(cat "$R/writer.out") versions"
-      ;;
-    3) [ ! -e "$R/snap" ] || t_fail "round $round: exit 3 but the snapshot exists"
-       t_fail "round $round: no cut: $(cat "$R/snap.err")" ;;
-    *) t_fail "round $round: stillctl snapshot exited $rc: $(cat "$R/snap.err")" ;;
-  esac
-  rm -rf "$R"
-done
+# The stillfs mount under the stores, made at the first round.
+map_store() {
+  if [ ! -d "$T_WORK/mnt" ]; then
+    mkdir -p "$T_WORK/under" "$T_WORK/mnt"
+    t_mount "$T_WORK/under" "$T_WORK/mnt" -o snapshot_max_age=3600,snapshot_linger=0
+    t_log "passthrough: $(t_status "$T_WORK/mnt" passthrough)"
+  fi
+  S=$T_WORK/mnt/${1##*/}
+  mkdir -p "$S"
+}
+map_store_done() { :; }
+source "$(dirname "${BASH_SOURCE[0]}")/cut-mmap.sh"

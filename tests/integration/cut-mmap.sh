@@ -8,8 +8,12 @@
 # so a snapshot whose stamps differ by more than one, or rise from one file to the next, was
 # not taken at one instant. The writer stops after 2 s, so that a capture can find the files
 # still. Three rounds; each published snapshot must be one instant.
+# cut-overlaymap and cut-fusemap run this same test on other stores: they define map_store
+# (sets S, round $1's store) and map_store_done, then source this file.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 N=12
+declare -F map_store >/dev/null || map_store() { S=$1/store; mkdir -p "$S"; }
+declare -F map_store_done >/dev/null || map_store_done() { :; }
 
 cat >"$T_WORK/writer.py" <<'PY'
 import mmap, os, struct, sys, time
@@ -42,13 +46,14 @@ PY
 
 for round in 1 2 3; do
   R=$T_WORK/r$round
-  mkdir -p "$R/store"
-  echo plain >"$R/store/plain.txt"
-  t_bg python3 "$T_WORK/writer.py" "$R/store" "$N" "$R/ready" "$R/stop" >"$R/writer.out"
+  mkdir -p "$R"
+  map_store "$R"
+  echo plain >"$S/plain.txt"
+  t_bg python3 "$T_WORK/writer.py" "$S" "$N" "$R/ready" "$R/stop" >"$R/writer.out"
   writer=$!
   t_wait_for 30 test -e "$R/ready"
   rc=0
-  "$STILLCTL" snapshot -q "$R/store" "$R/snap" 2>"$R/snap.err" || rc=$?
+  "$STILLCTL" snapshot -q "$S" "$R/snap" 2>"$R/snap.err" || rc=$?
   touch "$R/stop"
   wait "$writer" || true
   case $rc in
@@ -62,5 +67,6 @@ for round in 1 2 3; do
        t_fail "round $round: no cut: $(cat "$R/snap.err")" ;;
     *) t_fail "round $round: stillctl snapshot exited $rc: $(cat "$R/snap.err")" ;;
   esac
+  map_store_done "$R"
   rm -rf "$R"
 done

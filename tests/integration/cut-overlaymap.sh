@@ -6,64 +6,13 @@
 # they stay dirty and writable, later stores move no time, and the sweep sees nothing. The
 # same writer and checker as cut-mmap; three rounds, each published snapshot must be one
 # instant.
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-[ "$(id -u)" = 0 ] || t_fail "needs root (an overlay mount)"
-N=12
-
-cat >"$T_WORK/writer.py" <<'PY'
-import mmap, os, struct, sys, time
-store, n, ready, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-maps = []
-for i in range(n):
-    fd = os.open(os.path.join(store, "f%02d.bin" % i), os.O_RDWR | os.O_CREAT, 0o644)
-    os.ftruncate(fd, 1 << 20)
-    maps.append(mmap.mmap(fd, 1 << 20, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
-    os.close(fd)
-v, end = 0, time.monotonic() + 2
-while time.monotonic() < end:
-    v += 1
-    for m in maps:
-        m[0:8] = struct.pack("<Q", v)
-    if v == 1:
-        open(ready, "w").close()
-    time.sleep(0.001)
-print(v, flush=True)
-while not os.path.exists(stop):
-    time.sleep(0.05)
-PY
-cat >"$T_WORK/check.py" <<'PY'
-import struct, sys
-d, n = sys.argv[1], int(sys.argv[2])
-vs = [struct.unpack("<Q", open("%s/f%02d.bin" % (d, i), "rb").read(8))[0] for i in range(n)]
-one = all(a >= b for a, b in zip(vs, vs[1:])) and vs[0] - vs[-1] <= 1
-print("one instant" if one else "torn", vs)
-PY
-
-for round in 1 2 3; do
-  R=$T_WORK/r$round
-  mkdir -p "$R/lower" "$R/upper" "$R/ovlwork" "$R/store"
-  mount -t overlay overlay -o "lowerdir=$R/lower,upperdir=$R/upper,workdir=$R/ovlwork" "$R/store" ||
+[ "$(id -u)" = 0 ] || { echo "FAIL: needs root (an overlay mount)" >&2; exit 1; }
+map_store() {
+  S=$1/store
+  mkdir -p "$1/lower" "$1/upper" "$1/ovlwork" "$S"
+  mount -t overlay overlay -o "lowerdir=$1/lower,upperdir=$1/upper,workdir=$1/ovlwork" "$S" ||
     t_fail "cannot mount an overlay"
-  T_MOUNTS+=("$R/store")
-  echo plain >"$R/store/plain.txt"
-  t_bg python3 "$T_WORK/writer.py" "$R/store" "$N" "$R/ready" "$R/stop" >"$R/writer.out"
-  writer=$!
-  t_wait_for 30 test -e "$R/ready"
-  rc=0
-  "$STILLCTL" snapshot -q "$R/store" "$R/snap" 2>"$R/snap.err" || rc=$?
-  touch "$R/stop"
-  wait "$writer" || true
-  case $rc in
-    0)
-      "$STILLCTL" verify "$R/snap" >/dev/null || t_fail "round $round: the snapshot fails stillctl verify"
-      verdict=$(python3 "$T_WORK/check.py" "$R/snap" "$N")
-      [[ $verdict == one* ]] || t_fail "round $round: published, but its files are $verdict"
-      echo "round $round: published, $verdict; the writer wrote $(cat "$R/writer.out") versions"
-      ;;
-    3) [ ! -e "$R/snap" ] || t_fail "round $round: exit 3 but the snapshot exists"
-       t_fail "round $round: no cut: $(cat "$R/snap.err")" ;;
-    *) t_fail "round $round: stillctl snapshot exited $rc: $(cat "$R/snap.err")" ;;
-  esac
-  umount "$R/store"
-  rm -rf "$R"
-done
+  T_MOUNTS+=("$S")
+}
+map_store_done() { umount "$1/store"; }
+source "$(dirname "${BASH_SOURCE[0]}")/cut-mmap.sh"
