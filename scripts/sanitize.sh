@@ -12,6 +12,8 @@
 #     directories; then tests/integration/rel-symlinks.sh with every stillctl under memcheck.
 #     valgrind 3.19 (Debian 12) has no openat2: the engine's ENOSYS fallback is what runs.
 # Build directories: ${SANITIZE_PREFIX:-build-rel}-{gcc,asan} (-clang with --no-asan), beside the source.
+# SANITIZE_GCC=DIR: DIR, if a gcc build configured with -Dwerror=true (scripts/test.sh's own), is
+# step 1's gcc build and step 3's stillctl, instead of ${SANITIZE_PREFIX:-build-rel}-gcc.
 # --part runs one part, so that scripts/test.sh can run each beside the tests it suits:
 #   build  the builds of steps 1 and 2 (and their -Werror check);
 #   heavy  under ASan the engine tests of suite 'heavy' (tests/integration/meson.build), one at
@@ -61,11 +63,26 @@ ensure() {
   setup "$@"
 }
 
+# gcc_given: SANITIZE_GCC is configured with gcc and -Dwerror=true (else it is not used).
+gcc_given() {
+  local opts
+  [ -n "${SANITIZE_GCC:-}" ] || return 1
+  opts=$(meson introspect --buildoptions "$SANITIZE_GCC" 2>/dev/null) || return 1
+  python3 -c 'import json,sys; o={x["name"]: x["value"] for x in json.load(sys.stdin)}; sys.exit(o.get("werror") is not True)' <<<"$opts" || return 1
+  grep -q "^C compiler for the host machine: .*(gcc " "$SANITIZE_GCC/meson-logs/meson-log.txt"
+}
+gcc_given || SANITIZE_GCC=
+
 # ---- 1. warnings as errors, gcc and clang --------------------------------------------------
 if ((do_build)) && in_part build; then
   compilers=(gcc)
   ((do_asan)) || compilers+=(clang)
   for cc in "${compilers[@]}"; do
+    if [ "$cc" = gcc ] && [ -n "$SANITIZE_GCC" ]; then
+      if ninja -C "$SANITIZE_GCC" >"$SANITIZE_GCC/sanitize-ninja.log" 2>&1; then say "gcc -Dwerror=true: clean ($SANITIZE_GCC)"
+      else finding "gcc build with -Dwerror=true fails (log: $SANITIZE_GCC/sanitize-ninja.log)"; fi
+      continue
+    fi
     if setup "$prefix-$cc" "$cc" -Dwerror=true -Dbuildtype=debugoptimized; then
       say "$cc -Dwerror=true: clean"
     else
@@ -146,7 +163,7 @@ fi
 
 # ---- 3. valgrind memcheck of stillctl snapshot + verify ------------------------------------
 if ((do_valgrind)) && in_part pool; then
-  vbuild=$prefix-gcc
+  vbuild=$(realpath -m "${SANITIZE_GCC:-$prefix-gcc}")
   [ -x "$vbuild/fs/ctl/stillctl" ] || setup "$vbuild" gcc -Dwerror=true -Dbuildtype=debugoptimized ||
     finding "cannot build $vbuild for valgrind"
   if [ -x "$vbuild/fs/ctl/stillctl" ] && command -v valgrind >/dev/null; then
@@ -229,7 +246,7 @@ EOF
     # this walks links to /etc/shadow, "..", loops and replaced directories through the
     # engine's fallback; any memcheck error makes stillctl exit 97 and the test fail.
     printf '#!/bin/sh\nexec valgrind -q --error-exitcode=97 --leak-check=full --suppressions=%s --log-file=%s/vgt.%%p.log %s "$@"\n' \
-      "$supp" "$w" "$src/$vbuild/fs/ctl/stillctl" >"$w/stillctl-vg"
+      "$supp" "$w" "$vbuild/fs/ctl/stillctl" >"$w/stillctl-vg"
     chmod 755 "$w/stillctl-vg"
     if STILLCTL=$w/stillctl-vg bash tests/integration/rel-symlinks.sh >"$w/out.symlinks" 2>&1 &&
        ! grep -l 'ERROR SUMMARY: [1-9]\|definitely lost\|Invalid \|uninitialised' "$w"/vgt.*.log >/dev/null 2>&1; then

@@ -17,7 +17,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 build=${STILLFS_BUILD:-build}
-if [ -d "$build" ]; then meson setup --reconfigure "$build" >/dev/null; else meson setup "$build" >/dev/null; fi
+# -Dwerror=true: this build is also sanitize.sh's gcc -Werror build (SANITIZE_GCC).
+if [ -d "$build" ]; then meson setup --reconfigure "$build" -Dwerror=true >/dev/null
+else meson setup "$build" -Dwerror=true >/dev/null; fi
 ninja -C "$build"
 rc=0
 log=$(mktemp)
@@ -29,7 +31,7 @@ phase() { echo "== test.sh: $* ($((SECONDS - t0)) s)"; }
 # sanitize_part PART OUT: scripts/sanitize.sh --part=PART, its output to OUT.
 sanitize_part() {
   local part=$1 out=$2
-  bash scripts/sanitize.sh --part="$part" >"$out" 2>&1 ||
+  SANITIZE_GCC=$build bash scripts/sanitize.sh --part="$part" >"$out" 2>&1 ||
     echo "Fail: 1 (scripts/sanitize.sh --part=$part)" >>"$out"
 }
 # run_meson LOGBASE ARGS...: one `meson test` of the build, its output to the console and the log.
