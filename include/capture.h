@@ -61,6 +61,7 @@ struct cap_stats {
 	uint64_t bytes_cloned;    /* bytes shared with the live store (reflink), neither copied nor
 				   * linked */
 	unsigned retries;         /* cut attempts that had to be redone */
+	unsigned threads;         /* hashing and compare threads (cp_hashers) */
 	unsigned recycled;        /* database copies taken over from cap_opts.recycle */
 };
 

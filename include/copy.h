@@ -21,6 +21,10 @@ struct cp_result {
 	uint8_t head[16];     /* first bytes, to recognise SQLite files */
 };
 
+/* How many threads hash copies: one per CPU this process may use (ut_cpu_count), at most
+ * 16. The databases are compared and hashed on as many. */
+unsigned cp_hashers(void);
+
 /* Copy src to the empty file dst (both regular files) keeping holes, computing the digest.
  * dst < 0 only digests. want_digest = 0 skips hashing (the caller digests later).
  * Returns 0 or -errno. */

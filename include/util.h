@@ -25,9 +25,13 @@ const char *log_last_error(void);
 /* How many errors have been logged so far. */
 unsigned log_error_count(void);
 
-/* CPUs this process may use: its affinity mask, lowered to the cgroup's CPU quota (cgroup v2
- * cpu.max of its own cgroup and the ones above it, rounded up). At least 1; computed once. */
+/* CPUs this process may use: its affinity mask, lowered to its cgroups' CPU quota (the
+ * tightest of its own cgroup and the ones above it, rounded up). At least 1; computed once. */
 unsigned ut_cpu_count(void);
+/* That quota in CPUs, 0 if none: self_cgroup is read as /proc/self/cgroup, root as the
+ * directory where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup; cpu.max), v1's cpu
+ * controller under it as "cpu,cpuacct" or "cpu" (cpu.cfs_quota_us, cpu.cfs_period_us). */
+unsigned ut_cgroup_cpus_at(const char *self_cgroup, const char *root);
 
 /* Whether every read or listing of a file or directory on the file system holding fd leaves
  * its atime after its ctime (relatime or strictatime rules): 1 for ext4, XFS, btrfs and tmpfs

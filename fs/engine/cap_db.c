@@ -546,9 +546,11 @@ int cap_db_prepare(struct cap *c)
 
 /* Before the locks: map in the live file and the copy it is to be compared with (the staged
  * one, else the recycled snapshot's) of each rollback-mode database to be compared under its
- * lock (cap_db_copy), so that the compare takes no page fault while writers wait. Not one that has been quiet for a while and whose early copy or previous
- * snapshot's copy is still current: that one is most likely not compared at all (one written
- * just now is, its writer will not stop at once). Where the clone is the copy, nothing is
+ * lock (cap_db_copy), so that the compare takes no page fault while writers wait. Not one
+ * whose early copy is still current: that one is compared only if written in the moment
+ * between here and the lock. Nor one that has been quiet for a while and whose previous
+ * snapshot's copy is still current (one written just now is compared, its writer will not
+ * stop at once). Where the clone is the copy, nothing is
  * read under the lock (probed here: no copy may have tried a clone yet in this capture). Only
  * an optimisation: the compare maps what was not mapped here. */
 /* 1 if database fd's copy may be a clone (cap_clone_db); 0 if it cannot, found out once on a
@@ -582,9 +584,9 @@ void cap_db_premap(struct cap *c)
 		if (e->kind != K_DB || e->d->dbmode != DB_ROLLBACK || e->d->dbfd < 0 ||
 		    fstat(e->d->dbfd, &st) < 0 || 2 * (uint64_t)st.st_size > left)
 			continue;
+		if (e->precopied && !e->dirty && cap_precopy_current(c, e))
+			continue;
 		if (now - cap_ns(st.st_ctim) > (int64_t)(CAP_PREMAP_QUIET * 1e9)) {
-			if (e->precopied && !e->dirty && cap_precopy_current(c, e))
-				continue;
 			char *ident = cap_db_ident(e, e->d->dirfd);
 			const struct mf_entry *pe = cap_prev_same(c, e, ident);
 			free(ident);

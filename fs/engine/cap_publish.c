@@ -622,6 +622,7 @@ int cap_publish(struct cap *c, double t0)
 		if (c->e[i].kind == K_FILE || c->e[i].kind == K_DB)
 			c->st->files++;
 	c->st->duration_s = ut_now() - t0;
+	c->st->threads = cp_hashers();
 	rc = cap_write_manifest(c);
 	if (!rc)
 		cap_finish_root(c);

@@ -236,9 +236,11 @@ static void cap_summary(const struct cap *c)
 	ut_format_bytes(c->st->bytes_linked, b, sizeof b);
 	char d[32];
 	ut_format_bytes(c->st->bytes_cloned, d, sizeof d);
-	log_info("snapshot %s: %" PRIu64 " files, %s copied, %s shared, %s cloned, %.2f s, "
-		 "%u retries, longest lock %.1f ms (compares %.1f ms CPU, %" PRIu64 " faults)%s%s",
-		 c->o->dest, c->st->files, a, b, d, c->st->duration_s,
+	log_info("snapshot %s: %" PRIu64 " files, %s copied, %s shared, %s cloned, %.2f s "
+		 "on %u thread%s, %u retries, longest lock %.1f ms (compares %.1f ms CPU, %" PRIu64
+		 " faults)%s%s",
+		 c->o->dest, c->st->files, a, b, d, c->st->duration_s, c->st->threads,
+		 c->st->threads == 1 ? "" : "s",
 		 c->st->retries, c->st->lock_max_s * 1000, c->st->lock_cpu_s * 1000,
 		 c->st->lock_faults,
 		 c->st->recycled ? ", database copies recycled" : "",

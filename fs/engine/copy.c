@@ -51,7 +51,7 @@ static int cp_all_zero(const uint8_t *p, size_t n)
 /* One hashing thread per CPU we may use (affinity, cgroup quota): the copying thread mostly
  * waits for the kernel's copy, so on 2 CPUs 2 hashers keep both busy. */
 #define CP_HASHERS_MAX 16
-static unsigned cp_hashers(void)
+unsigned cp_hashers(void)
 {
 	unsigned n = ut_cpu_count();
 	return n > CP_HASHERS_MAX ? CP_HASHERS_MAX : n;

@@ -468,46 +468,110 @@ int ut_stillfs_mount(int fd, uid_t *uid)
 	return rc;
 }
 
-/* The tightest cpu.max quota from our cgroup up to the root, in CPUs rounded up; 0 if none. */
-static unsigned ut_cgroup_cpus(void)
+/* CPUs a quota of quota µs per period µs gives, rounded up, at least 1; 0 for none. */
+static unsigned ut_quota_cpus(long long quota, long long period)
 {
-	char line[4096], path[4200];
-	FILE *f = fopen("/proc/self/cgroup", "re");
-	if (!f)
+	if (quota <= 0 || period <= 0)
 		return 0;
-	char *rel = NULL;
-	while (fgets(line, sizeof line, f))
-		if (!strncmp(line, "0::", 3)) {
-			rel = line + 3;
-			rel[strcspn(rel, "\n")] = 0;
-			break;
-		}
-	fclose(f);
-	if (!rel)
+	long long n = (quota + period - 1) / period;
+	return n > 65536 ? 65536 : (unsigned)n;
+}
+
+/* The quota of cgroup directory dir: v2's cpu.max ("QUOTA PERIOD", "max PERIOD"), else v1's
+ * cpu.cfs_quota_us (-1: none) over cpu.cfs_period_us. 0 if none. */
+static unsigned ut_dir_quota(const char *dir)
+{
+	char path[4200];
+	long long quota = 0, period = 0;
+	char qs[32];
+	FILE *f;
+	if (snprintf(path, sizeof path, "%s/cpu.max", dir) >= (int)sizeof path)
 		return 0;
-	unsigned best = 0;
+	if ((f = fopen(path, "re"))) {
+		if (fscanf(f, "%31s %lld", qs, &period) == 2 && strcmp(qs, "max"))
+			quota = strtoll(qs, NULL, 10);
+		fclose(f);
+		return ut_quota_cpus(quota, period);
+	}
+	if (snprintf(path, sizeof path, "%s/cpu.cfs_quota_us", dir) >= (int)sizeof path)
+		return 0;
+	if ((f = fopen(path, "re"))) {
+		if (fscanf(f, "%lld", &quota) != 1)
+			quota = 0;
+		fclose(f);
+	}
+	if (snprintf(path, sizeof path, "%s/cpu.cfs_period_us", dir) >= (int)sizeof path)
+		return 0;
+	if (quota > 0 && (f = fopen(path, "re"))) {
+		if (fscanf(f, "%lld", &period) != 1)
+			period = 0;
+		fclose(f);
+	}
+	return ut_quota_cpus(quota, period);
+}
+
+/* The tightest quota from cgroup rel (a path from /proc/self/cgroup) up to its hierarchy's
+ * root mounted at mnt; tight is the tightest so far (0: none). In a cgroup namespace or a
+ * container, mnt's root may be a cgroup below the root rel is relative to: its quota is still
+ * found, as the last directory tried. */
+static unsigned ut_walk_quota(const char *mnt, char *rel, unsigned tight)
+{
+	char dir[4200];
 	for (;;) {
-		snprintf(path, sizeof path, "/sys/fs/cgroup%s/cpu.max", rel);
-		FILE *q = fopen(path, "re");
-		if (q) {
-			unsigned long long quota, period;
-			char qs[32];
-			if (fscanf(q, "%31s %llu", qs, &period) == 2 && strcmp(qs, "max") && period) {
-				quota = strtoull(qs, NULL, 10);
-				unsigned n = (unsigned)((quota + period - 1) / period);
-				if (n < 1)
-					n = 1;
-				if (!best || n < best)
-					best = n;
-			}
-			fclose(q);
-		}
+		snprintf(dir, sizeof dir, "%s%s", mnt, rel);
+		unsigned n = ut_dir_quota(dir);
+		if (n && (!tight || n < tight))
+			tight = n;
 		char *slash = strrchr(rel, '/');
 		if (!slash || !*rel || !strcmp(rel, "/"))
 			break;
 		*slash = 0; /* the parent; "" is the root */
 	}
-	return best;
+	return tight;
+}
+
+/* 1 if the comma-separated controller list ctl (up to end) names "cpu". */
+static int ut_names_cpu(const char *ctl, const char *end)
+{
+	while (ctl < end) {
+		const char *comma = memchr(ctl, ',', (size_t)(end - ctl));
+		size_t len = (size_t)((comma ? comma : end) - ctl);
+		if (len == 3 && !memcmp(ctl, "cpu", 3))
+			return 1;
+		ctl += len + 1;
+	}
+	return 0;
+}
+
+unsigned ut_cgroup_cpus_at(const char *self_cgroup, const char *root)
+{
+	char line[4096], mnt[4200];
+	FILE *f = fopen(self_cgroup, "re");
+	if (!f)
+		return 0;
+	unsigned tight = 0;
+	while (fgets(line, sizeof line, f)) {
+		/* HIERARCHY-ID:CONTROLLERS:PATH; v2's is "0::PATH" */
+		line[strcspn(line, "\n")] = 0;
+		char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+		if (!c2 || c2[1] != '/')
+			continue;
+		if (!strncmp(line, "0::", 3)) {
+			tight = ut_walk_quota(root, c2 + 1, tight);
+		} else if (ut_names_cpu(c1 + 1, c2)) {
+			/* Mounted under its controllers' names ("cpu,cpuacct"), usually also
+			 * linked as "cpu". */
+			char rel[4096];
+			snprintf(mnt, sizeof mnt, "%s/%.*s", root, (int)(c2 - c1 - 1), c1 + 1);
+			struct stat st;
+			if (stat(mnt, &st) < 0)
+				snprintf(mnt, sizeof mnt, "%s/cpu", root);
+			snprintf(rel, sizeof rel, "%s", c2 + 1);
+			tight = ut_walk_quota(mnt, rel, tight);
+		}
+	}
+	fclose(f);
+	return tight;
 }
 
 static unsigned ut_cpus;
@@ -523,7 +587,7 @@ static void ut_cpus_init(void)
 		long on = sysconf(_SC_NPROCESSORS_ONLN);
 		n = on > 0 ? (unsigned)on : 1;
 	}
-	unsigned q = ut_cgroup_cpus();
+	unsigned q = ut_cgroup_cpus_at("/proc/self/cgroup", "/sys/fs/cgroup");
 	if (q && q < n)
 		n = q;
 	ut_cpus = n;

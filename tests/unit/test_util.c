@@ -268,6 +268,116 @@ Test(cpus, within_the_affinity_mask)
 	cr_assert_leq(n, (unsigned)CPU_COUNT(&set));
 }
 
+/* ut_cgroup_cpus_at: the quota read from files laid out as /proc/self/cgroup and
+ * /sys/fs/cgroup are, in a temporary directory. */
+static char cg_root[64];
+
+static void cg_write(const char *rel, const char *text)
+{
+	char path[512], dir[512];
+	snprintf(path, sizeof path, "%s/%s", cg_root, rel);
+	/* make the parent directories */
+	for (char *p = path + strlen(cg_root) + 1; (p = strchr(p, '/')); p++) {
+		snprintf(dir, sizeof dir, "%.*s", (int)(p - path), path);
+		mkdir(dir, 0700);
+	}
+	FILE *f = fopen(path, "w");
+	cr_assert_not_null(f, "%s", path);
+	fputs(text, f);
+	cr_assert_eq(fclose(f), 0);
+}
+
+static unsigned cg_cpus(void)
+{
+	char self[128], root[128];
+	snprintf(self, sizeof self, "%s/self-cgroup", cg_root);
+	snprintf(root, sizeof root, "%s/sys", cg_root);
+	return ut_cgroup_cpus_at(self, root);
+}
+
+static void cg_setup(void)
+{
+	snprintf(cg_root, sizeof cg_root, "/tmp/stillfs-unit-cg-XXXXXX");
+	cr_assert_not_null(mkdtemp(cg_root));
+	char sys[128];
+	snprintf(sys, sizeof sys, "%s/sys", cg_root);
+	cr_assert_eq(mkdir(sys, 0700), 0);
+}
+
+static void cg_teardown(void)
+{
+	char cmd[128];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", cg_root);
+	cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(cgroup, .init = cg_setup, .fini = cg_teardown);
+
+Test(cgroup, v2_quota_of_own_cgroup_rounded_up)
+{
+	cg_write("self-cgroup", "0::/app.slice/job.scope\n");
+	cg_write("sys/app.slice/job.scope/cpu.max", "150000 100000\n");
+	cr_assert_eq(cg_cpus(), 2u);
+	cg_write("sys/app.slice/job.scope/cpu.max", "10000 100000\n");
+	cr_assert_eq(cg_cpus(), 1u, "a fraction of a CPU is one");
+	cg_write("sys/app.slice/job.scope/cpu.max", "400000 100000\n");
+	cr_assert_eq(cg_cpus(), 4u);
+}
+
+Test(cgroup, v2_tightest_from_own_cgroup_up)
+{
+	cg_write("self-cgroup", "0::/app.slice/job.scope\n");
+	cg_write("sys/app.slice/job.scope/cpu.max", "max 100000\n");
+	cg_write("sys/app.slice/cpu.max", "300000 100000\n");
+	cg_write("sys/cpu.max", "800000 100000\n");
+	cr_assert_eq(cg_cpus(), 3u, "a parent's quota limits its children");
+	cg_write("sys/app.slice/job.scope/cpu.max", "100000 100000\n");
+	cr_assert_eq(cg_cpus(), 1u);
+}
+
+Test(cgroup, none_when_unlimited_missing_or_unreadable)
+{
+	cr_assert_eq(cg_cpus(), 0u, "no /proc/self/cgroup");
+	cg_write("self-cgroup", "0::/\n");
+	cr_assert_eq(cg_cpus(), 0u, "no cpu.max");
+	cg_write("sys/cpu.max", "max 100000\n");
+	cr_assert_eq(cg_cpus(), 0u);
+	cg_write("sys/cpu.max", "garbage\n");
+	cr_assert_eq(cg_cpus(), 0u);
+	cg_write("sys/cpu.max", "100000 0\n");
+	cr_assert_eq(cg_cpus(), 0u, "a zero period is no quota");
+	cg_write("self-cgroup", "0::/gone\n");
+	cg_write("sys/cpu.max", "200000 100000\n");
+	cr_assert_eq(cg_cpus(), 2u, "a cgroup not mounted here still has its root's");
+}
+
+Test(cgroup, v1_cfs_quota)
+{
+	cg_write("self-cgroup", "12:memory:/user.slice\n4:cpu,cpuacct:/user.slice\n"
+				"1:name=systemd:/user.slice/session-1.scope\n");
+	cg_write("sys/cpu,cpuacct/user.slice/cpu.cfs_quota_us", "-1\n");
+	cg_write("sys/cpu,cpuacct/user.slice/cpu.cfs_period_us", "100000\n");
+	cr_assert_eq(cg_cpus(), 0u, "-1 is no quota");
+	cg_write("sys/cpu,cpuacct/user.slice/cpu.cfs_quota_us", "250000\n");
+	cr_assert_eq(cg_cpus(), 3u);
+	cg_write("sys/cpu,cpuacct/cpu.cfs_quota_us", "50000\n");
+	cg_write("sys/cpu,cpuacct/cpu.cfs_period_us", "100000\n");
+	cr_assert_eq(cg_cpus(), 1u, "the root's quota too");
+	/* "cpuacct" alone is not the cpu controller */
+	cg_write("self-cgroup", "3:cpuacct:/user.slice\n");
+	cr_assert_eq(cg_cpus(), 0u);
+}
+
+Test(cgroup, v1_mounted_as_cpu_and_with_v2)
+{
+	cg_write("self-cgroup", "5:cpuacct,cpu:/a\n0::/b\n");
+	cg_write("sys/cpu/a/cpu.cfs_quota_us", "200000\n");
+	cg_write("sys/cpu/a/cpu.cfs_period_us", "100000\n");
+	cr_assert_eq(cg_cpus(), 2u, "found through the \"cpu\" mount");
+	cg_write("sys/b/cpu.max", "100000 100000\n");
+	cr_assert_eq(cg_cpus(), 1u, "the tighter of both hierarchies");
+}
+
 /* ut_unread_since_change: a directory or file whose atime was set before its ctime counts as
  * unread until it is listed or read. */
 Test(unread, listing_and_reading_are_seen)
