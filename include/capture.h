@@ -46,6 +46,11 @@ struct cap_opts {
 	void *progress_arg;       /* passed to progress */
 	int quiet;                /* no summary line */
 	int sync;                 /* syncfs the snapshot before publishing it */
+	/* A directory of a FUSE mount of the store (the daemon's own), or NULL: stores through
+	 * a shared mapping made through it wait in its page cache until the kernel writes them
+	 * back to the store. They are written back (syncfs) before the first copy and after each
+	 * cut, before the stat of every file that judges it. */
+	const char *writeback;
 };
 
 struct cap_stats {

@@ -92,6 +92,8 @@ static void fh_close(fuse_req_t req, struct fh *h)
 		gen_unpin_file(sf.gm, h->node->gen, (uint64_t)h->node->ino);
 	if (h->shm_counted)
 		atomic_fetch_sub(&sf.shm_handles, 1);
+	if (h->wb_counted)
+		atomic_fetch_sub(&sf.wb_handles, 1);
 	free(h->text);
 	free(h);
 }
@@ -171,13 +173,19 @@ fail:
 
 /* How the kernel will serve h (passthru.c); returns the backing id for the reply. An SQLite
  * WAL index mapped without passthrough lives in the mount's page cache, not the store's: the
- * capture helper must then read databases through the mount (hp_capture). */
+ * capture helper must then read databases through the mount (hp_capture). So do stores through
+ * any shared mapping of a file opened for writing without passthrough, until the kernel writes
+ * them back: the helper must then have the mount to write them back. */
 static int fh_attach(fuse_req_t req, struct fh *h, struct fuse_file_info *fi)
 {
 	int id = pt_attach(req, h->node, h, fi);
 	if (h->node->kind == ND_LIVE && h->node->is_shm && h->pt != PT_BACKED) {
 		atomic_fetch_add(&sf.shm_handles, 1);
 		h->shm_counted = 1;
+	}
+	if (h->node->kind == ND_LIVE && h->writable && h->pt != PT_BACKED) {
+		atomic_fetch_add(&sf.wb_handles, 1);
+		h->wb_counted = 1;
 	}
 	return id;
 }

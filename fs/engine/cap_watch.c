@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static void cap_break(struct cap *c, const char *why)
 {
@@ -159,6 +160,15 @@ static void *cap_sweep_part(void *arg)
 			p->first = i;
 	}
 	return NULL;
+}
+
+/* Write back the dirty pages of the mount named by cap_opts.writeback: stores through a shared
+ * mapping made through it reach the store, and move its files' ctime, only then. syncfs waits
+ * until the daemon has written them (the daemon's other threads serve those writes). */
+void cap_writeback(struct cap *c)
+{
+	if (c->wbfd >= 0 && syncfs(c->wbfd) < 0)
+		log_warn("writing back %s: %s", c->o->writeback, strerror(errno));
 }
 
 /* Stat every copied plain file against its copy; each that changed is marked dirty and, in an
