@@ -445,6 +445,48 @@ static int hp_drop_privileges(void)
 	return 0;
 }
 
+/* cap_opts.writeback_inodes: what the daemon lists for us alone in the status file at the
+ * root of its mount (fh_status_text). */
+static ssize_t hp_writeback_inodes(void *arg, uint64_t **out)
+{
+	char path[PATH_MAX], *line = NULL;
+	size_t cap = 0, n = 0, room = 0;
+	ssize_t rc = -EPROTO;
+	uint64_t *v = NULL;
+
+	snprintf(path, sizeof path, "%s/" SF_STATUS, (const char *)arg);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	while (rc == -EPROTO && getline(&line, &cap, f) > 0) {
+		if (strncmp(line, "writeback_inodes:", 17))
+			continue;
+		rc = 0;
+		for (char *p = line + 17, *end;; p = end) {
+			unsigned long long x = strtoull(p, &end, 10);
+			if (end == p)
+				break;
+			if (n == room) {
+				uint64_t *more = realloc(v, (room = room * 2 + 16) * sizeof *v);
+				if (!more) {
+					rc = -ENOMEM;
+					break;
+				}
+				v = more;
+			}
+			v[n++] = x;
+		}
+	}
+	free(line);
+	fclose(f);
+	if (rc) {
+		free(v);
+		return rc;
+	}
+	*out = v;
+	return (ssize_t)n;
+}
+
 /* One line per report, for hp_take_progress; the engine's phases are single words. */
 static void hp_progress(const struct cap_progress *p, void *arg)
 {
@@ -506,6 +548,8 @@ int hp_main(int argc, char **argv)
 	o.redate_after = ra;
 	o.redate_until = ru;
 	o.writeback = strcmp(argv[7], "-") ? argv[7] : NULL;
+	o.writeback_inodes = hp_writeback_inodes;
+	o.writeback_arg = argv[7];
 	o.store = argv[9];
 	o.dest = argv[10];
 	o.previous = argc >= 12 ? argv[11] : NULL;

@@ -269,7 +269,7 @@ out:
 	 * written before it without one. Stores made through a mapping of the mount before the
 	 * cut are written back to the store first, so that the sweep sees them. */
 	if (!rc)
-		cap_writeback(c);
+		rc = cap_writeback(c);
 	if (!rc && cap_sweep(c, 1)) {
 		c->broken_why = c->sweep_first;
 		rc = -EAGAIN;

@@ -208,7 +208,7 @@ int cap_alias(struct cap *c, struct ent *e);
 /* cap_watch.c */
 int cap_drain(struct cap *c);
 size_t cap_sweep(struct cap *c, int after_cut);
-void cap_writeback(struct cap *c);
+int cap_writeback(struct cap *c);
 
 /* cap_files.c */
 int cap_collect(struct cap *c, struct ent *e);

@@ -331,7 +331,7 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 		log_err("%s: %s", o->store, errno == ENOTDIR ? "not a directory" : strerror(errno));
 		goto out;
 	}
-	if (o->writeback && (c.wbfd = open(o->writeback, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+	if (o->writeback && (c.wbfd = open(o->writeback, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0) {
 		rc = -errno;
 		log_err("%s: %s", o->writeback, strerror(errno));
 		goto out;
@@ -395,8 +395,9 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 		if (c.e[i].kind == K_FILE)
 			c.total_bytes += (uint64_t)c.e[i].st.st_size;
 	cap_phase(&c, "copy");
-	cap_writeback(&c);
-	rc = cap_settle(&c);
+	rc = cap_writeback(&c);
+	if (!rc)
+		rc = cap_settle(&c);
 	if (rc)
 		goto out;
 	/* The cut holds: no event matters from here on. */
