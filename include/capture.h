@@ -46,6 +46,15 @@ struct cap_opts {
 	void *progress_arg;       /* passed to progress */
 	int quiet;                /* no summary line */
 	int sync;                 /* syncfs the snapshot before publishing it */
+	/* The root of a FUSE mount of the store (the daemon's own), or NULL: stores through a
+	 * shared mapping made through it, of a file without passthrough, wait in its page cache
+	 * until the kernel writes them back to the store. Before the first copy and after each
+	 * cut (before the stat of every file that judges it), each file writeback_inodes names
+	 * is fdatasync'ed through the mount. writeback_inodes(writeback_arg, &ino) sets ino to
+	 * an array (malloc'ed) of inode numbers and returns how many, or -errno. */
+	const char *writeback;
+	ssize_t (*writeback_inodes)(void *arg, uint64_t **ino);
+	void *writeback_arg;
 };
 
 struct cap_stats {

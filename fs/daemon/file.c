@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,7 +53,33 @@ static char *fh_status_text(fuse_req_t req, const struct node *n, size_t *len)
 	uid_t uid = fuse_req_ctx(req)->uid;
 	struct stat st;
 	int detailed = uid == 0 || (fstat(sf.storefd, &st) == 0 && st.st_uid == uid);
-	return ob_status(detailed, n == &sf.status_json, len);
+	char *text = ob_status(detailed, n == &sf.status_json, len), *out = NULL;
+	if (!text || n == &sf.status_json || !hp_is_helper(fuse_req_ctx(req)->pid))
+		return text;
+	/* To the capture helper alone (cap_opts.writeback_inodes): the files open for writing
+	 * without passthrough, whose stores through a shared mapping may wait in the mount's
+	 * page cache. */
+	FILE *f = open_memstream(&out, len);
+	if (!f) {
+		free(text);
+		return NULL;
+	}
+	fputs(text, f);
+	free(text);
+	fputs("writeback_inodes:", f);
+	pthread_mutex_lock(&fh_mu);
+	for (struct sf_link *l = fh_all.next; l != &fh_all; l = l->next) {
+		struct fh *h = (struct fh *)((char *)l - offsetof(struct fh, all));
+		if (h->wb_counted)
+			fprintf(f, " %llu", (unsigned long long)h->node->ino);
+	}
+	pthread_mutex_unlock(&fh_mu);
+	fputc('\n', f);
+	if (fclose(f)) {
+		free(out);
+		return NULL;
+	}
+	return out;
 }
 
 /* A live file opened for a caller, never waiting for a lease: an open that conflicts with a
@@ -92,6 +119,8 @@ static void fh_close(fuse_req_t req, struct fh *h)
 		gen_unpin_file(sf.gm, h->node->gen, (uint64_t)h->node->ino);
 	if (h->shm_counted)
 		atomic_fetch_sub(&sf.shm_handles, 1);
+	if (h->wb_counted)
+		atomic_fetch_sub(&sf.wb_handles, 1);
 	free(h->text);
 	free(h);
 }
@@ -171,13 +200,21 @@ fail:
 
 /* How the kernel will serve h (passthru.c); returns the backing id for the reply. An SQLite
  * WAL index mapped without passthrough lives in the mount's page cache, not the store's: the
- * capture helper must then read databases through the mount (hp_capture). */
+ * capture helper must then read databases through the mount (hp_capture). So do stores through
+ * any shared mapping of a file opened for writing without passthrough, until the kernel writes
+ * them back: the helper must then have the mount to write them back. */
 static int fh_attach(fuse_req_t req, struct fh *h, struct fuse_file_info *fi)
 {
 	int id = pt_attach(req, h->node, h, fi);
 	if (h->node->kind == ND_LIVE && h->node->is_shm && h->pt != PT_BACKED) {
 		atomic_fetch_add(&sf.shm_handles, 1);
 		h->shm_counted = 1;
+	}
+	if (h->node->kind == ND_LIVE && h->writable && h->pt != PT_BACKED) {
+		atomic_fetch_add(&sf.wb_handles, 1);
+		pthread_mutex_lock(&fh_mu);    /* fh_status_text lists them */
+		h->wb_counted = 1;
+		pthread_mutex_unlock(&fh_mu);
 	}
 	return id;
 }

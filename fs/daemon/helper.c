@@ -7,12 +7,15 @@
  * closes *any* descriptor of the file. The daemon opens and closes store files all the time
  * for passthrough; in the same process it would silently drop the engine's locks.
  *
- * Protocol (argv): --capture-helper --settle-timeout S --nice N TIMES STORE DEST
+ * Protocol (argv): --capture-helper --settle-timeout S --nice N --writeback W TIMES STORE DEST
  * [PREVIOUS [RECYCLE]]
+ *   W is /proc/self/fd/M of the mount's own root (hp_open_mount), whose page cache the
+ *   engine writes back (cap_opts.writeback), or "-" when the mountpoint no longer leads to
+ *   the mount and no file is open for writing without passthrough.
  *   TIMES is UPLOADS_BEFORE,REDATE_AFTER,REDATE_UNTIL (cap_opts).
  *   STORE is /proc/self/fd/N of the store descriptor the daemon opened before mounting
  *   (inherited, so a store covered by our own mount is still reached), or of the mount's
- *   own root while a WAL index is open through it (hp_open_mount), DEST, PREVIOUS and
+ *   own root while a WAL index is open through it, DEST, PREVIOUS and
  *   RECYCLE (cap_opts.recycle) are /proc/self/fd/M/NAME below the inherited cache descriptor.
  *   stdin: a pipe the daemon never writes; EOF means the daemon is gone, so give up.
  *   stdout: progress lines, "progress PHASE FILES_DONE FILES_TOTAL BYTES_DONE BYTES_TOTAL
@@ -264,19 +267,32 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 {
 	int life[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
 	char store[PATH_MAX], dest[64], prevp[64], recyp[64], settle[32], before[80], nice[16],
-		obuf[1024], ebuf[4096];
+		wb[32] = "-", obuf[1024], ebuf[4096];
 	size_t olen = 0, elen = 0;
 	pid_t pid = -1;
 	int rc, status, mnt = -1;
 	(void)arg;
 
 	err[0] = 0;
+	/* A store through a shared mapping of a file without passthrough waits in the mount's
+	 * page cache until the kernel writes it back to us: the engine has it written back
+	 * before it judges a cut. Without the mount that is done only if no such file is open. */
+	if (hp_open_mount(&mnt) && atomic_load(&sf.wb_handles) > 0) {
+		rc = -EXDEV;
+		snprintf(err, errlen, "the mountpoint %s does not lead to this mount any more "
+			 "(moved?): cannot write back what is mapped through it", sf.o.mountpoint);
+		goto out;
+	}
+	if (mnt >= 0)
+		snprintf(wb, sizeof wb, "/proc/self/fd/%d", mnt);
 	if (atomic_load(&sf.shm_handles) > 0) {
 		/* An SQLite WAL index (-shm) is mapped through the mount: its current contents
 		 * live in the mount's page cache, not in the store's, so the engine must read the
 		 * databases through the mount to see them (and to leave its own marks where
-		 * the application sees them). */
-		if ((rc = hp_open_mount(&mnt))) {
+		 * the application sees them). A -shm handle counts in wb_handles too when it
+		 * was opened for writing; one opened read-only needs the mount all the same. */
+		if (mnt < 0) {
+			rc = -EXDEV;
 			snprintf(err, errlen, "the mountpoint %s does not lead to this mount any more "
 				 "(moved?): cannot read the store through it", sf.o.mountpoint);
 			goto out;
@@ -293,9 +309,9 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 		 redate_until);
 	snprintf(nice, sizeof nice, "%d", sf.o.capture_nice);
 	char *argv[] = { "stillfs", "--capture-helper", "--settle-timeout", settle, "--nice", nice,
-			 before, store, dest, prev ? prevp : NULL, NULL, NULL };
+			 "--writeback", wb, before, store, dest, prev ? prevp : NULL, NULL, NULL };
 	if (prev && recycle)
-		argv[10] = recyp;
+		argv[12] = recyp;
 
 	if (pipe2(life, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
 		rc = -errno;
@@ -429,6 +445,48 @@ static int hp_drop_privileges(void)
 	return 0;
 }
 
+/* cap_opts.writeback_inodes: what the daemon lists for us alone in the status file at the
+ * root of its mount (fh_status_text). */
+static ssize_t hp_writeback_inodes(void *arg, uint64_t **out)
+{
+	char path[PATH_MAX], *line = NULL;
+	size_t cap = 0, n = 0, room = 0;
+	ssize_t rc = -EPROTO;
+	uint64_t *v = NULL;
+
+	snprintf(path, sizeof path, "%s/" SF_STATUS, (const char *)arg);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	while (rc == -EPROTO && getline(&line, &cap, f) > 0) {
+		if (strncmp(line, "writeback_inodes:", 17))
+			continue;
+		rc = 0;
+		for (char *p = line + 17, *end;; p = end) {
+			unsigned long long x = strtoull(p, &end, 10);
+			if (end == p)
+				break;
+			if (n == room) {
+				uint64_t *more = realloc(v, (room = room * 2 + 16) * sizeof *v);
+				if (!more) {
+					rc = -ENOMEM;
+					break;
+				}
+				v = more;
+			}
+			v[n++] = x;
+		}
+	}
+	free(line);
+	fclose(f);
+	if (rc) {
+		free(v);
+		return rc;
+	}
+	*out = v;
+	return (ssize_t)n;
+}
+
 /* One line per report, for hp_take_progress; the engine's phases are single words. */
 static void hp_progress(const struct cap_progress *p, void *arg)
 {
@@ -465,8 +523,8 @@ int hp_main(int argc, char **argv)
 	/* Once the daemon is gone our log lines and result go to pipes nobody reads: a write
 	 * must fail, not kill us (SIGPIPE) before the engine has removed what it made. */
 	signal(SIGPIPE, SIG_IGN);
-	if (argc < 9 || argc > 11 || strcmp(argv[2], "--settle-timeout") ||
-	    strcmp(argv[4], "--nice")) {
+	if (argc < 11 || argc > 13 || strcmp(argv[2], "--settle-timeout") ||
+	    strcmp(argv[4], "--nice") || strcmp(argv[6], "--writeback")) {
 		fprintf(stderr, "stillfs: --capture-helper is for the daemon's own use\n");
 		return CAP_EXIT_USAGE;
 	}
@@ -483,16 +541,19 @@ int hp_main(int argc, char **argv)
 		return CAP_EXIT_FAIL;
 	}
 	long long ra = 0, ru = 0;
-	if (sscanf(argv[6], "%lf,%lld,%lld", &o.uploads_before, &ra, &ru) != 3) {
+	if (sscanf(argv[8], "%lf,%lld,%lld", &o.uploads_before, &ra, &ru) != 3) {
 		fprintf(stderr, "stillfs: --capture-helper is for the daemon's own use\n");
 		return CAP_EXIT_USAGE;
 	}
 	o.redate_after = ra;
 	o.redate_until = ru;
-	o.store = argv[7];
-	o.dest = argv[8];
-	o.previous = argc >= 10 ? argv[9] : NULL;
-	o.recycle = argc == 11 ? argv[10] : NULL;
+	o.writeback = strcmp(argv[7], "-") ? argv[7] : NULL;
+	o.writeback_inodes = hp_writeback_inodes;
+	o.writeback_arg = argv[7];
+	o.store = argv[9];
+	o.dest = argv[10];
+	o.previous = argc >= 12 ? argv[11] : NULL;
+	o.recycle = argc == 13 ? argv[12] : NULL;
 	if (pthread_create(&t, NULL, hp_lifeline, NULL) == 0)
 		pthread_detach(t);
 	memset(&st, 0, sizeof st);

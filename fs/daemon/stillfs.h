@@ -111,6 +111,7 @@ struct fh {
 	int writable;              /* opened for writing: a close may have errors to report */
 	enum pt_mode pt;           /* how the kernel serves its reads and writes */
 	int shm_counted;           /* counted in sf.shm_handles */
+	int wb_counted;            /* counted in sf.wb_handles */
 	struct node *node;
 	char *text;                /* a status file: its contents, made at open */
 	size_t len;
@@ -167,6 +168,7 @@ struct sf {
 	gid_t gid;
 	struct timespec started;
 	atomic_uint shm_handles;   /* open page-cached (not passthrough) handles on live "-shm" */
+	atomic_uint wb_handles;    /* and on any live file, opened for writing (hp_capture) */
 	atomic_int exiting;
 };
 

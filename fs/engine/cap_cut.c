@@ -266,7 +266,10 @@ out:
 	 * system, it takes long enough to keep their writers waiting past the hold budget, every
 	 * attempt. A change it finds may have come after the release: the cut is redone anyway.
 	 * Files written after the cut with an event are stat'ed too: they may also have been
-	 * written before it without one. */
+	 * written before it without one. Stores made through a mapping of the mount before the
+	 * cut are written back to the store first, so that the sweep sees them. */
+	if (!rc)
+		rc = cap_writeback(c);
 	if (!rc && cap_sweep(c, 1)) {
 		c->broken_why = c->sweep_first;
 		rc = -EAGAIN;

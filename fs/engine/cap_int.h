@@ -121,6 +121,7 @@ struct cap {
 	const struct cap_opts *o;
 	struct cap_stats *st;
 	int storefd, parentfd, stagefd, workfd, prevfd;
+	int wbfd;                /* cap_opts.writeback, or -1 */
 	char stage_name[NAME_MAX + 1], work_name[NAME_MAX + 1], dest_name[NAME_MAX + 1];
 	struct wt *w;
 	struct ent *e;
@@ -207,6 +208,7 @@ int cap_alias(struct cap *c, struct ent *e);
 /* cap_watch.c */
 int cap_drain(struct cap *c);
 size_t cap_sweep(struct cap *c, int after_cut);
+int cap_writeback(struct cap *c);
 
 /* cap_files.c */
 int cap_collect(struct cap *c, struct ent *e);

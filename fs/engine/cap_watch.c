@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static void cap_break(struct cap *c, const char *why)
 {
@@ -159,6 +160,49 @@ static void *cap_sweep_part(void *arg)
 			p->first = i;
 	}
 	return NULL;
+}
+
+static int cap_cmp_ino(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Write back what waits in the page cache of the mount cap_opts.writeback: stores through a
+ * shared mapping made through it reach the store, and move its file's ctime, only then. Each
+ * file that may hold some (cap_opts.writeback_inodes) is fdatasync'ed through the mount, which
+ * returns once the daemon has written them into the store (syncfs, on the whole mount, may
+ * return before). 0, or -errno. */
+int cap_writeback(struct cap *c)
+{
+	uint64_t *ino = NULL;
+	if (c->wbfd < 0)
+		return 0;
+	ssize_t n = c->o->writeback_inodes(c->o->writeback_arg, &ino);
+	if (n < 0) {
+		log_err("cannot tell which files of %s to write back: %s", c->o->writeback,
+			strerror((int)-n));
+		return (int)n;
+	}
+	if (n > 1)
+		qsort(ino, (size_t)n, sizeof *ino, cap_cmp_ino);
+	for (size_t i = 0; n && i < c->n; i++) {
+		struct ent *e = &c->e[i];
+		uint64_t key = (uint64_t)e->st.st_ino;
+		if ((e->kind != K_FILE && e->kind != K_DB) ||
+		    !bsearch(&key, ino, (size_t)n, sizeof *ino, cap_cmp_ino))
+			continue;
+		struct stat st;
+		int fd = cap_openat2(c->wbfd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+		if (fd < 0)
+			continue; /* gone or replaced: the rescan sorts it out */
+		if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_ino == key &&
+		    fdatasync(fd) < 0)
+			log_warn("writing back %s: %s", cap_where(c, e), strerror(errno));
+		close(fd);
+	}
+	free(ino);
+	return 0;
 }
 
 /* Stat every copied plain file against its copy; each that changed is marked dirty and, in an

@@ -316,7 +316,7 @@ void cap_opts_init(struct cap_opts *o)
 int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 {
 	struct cap c = { .o = o, .st = st, .storefd = -1, .parentfd = -1, .stagefd = -1,
-			 .workfd = -1, .prevfd = -1, .recyfd = -1 };
+			 .workfd = -1, .prevfd = -1, .recyfd = -1, .wbfd = -1 };
 	int rc;
 	size_t root;
 	double t0 = ut_now();
@@ -331,6 +331,11 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	if (c.storefd < 0) {
 		rc = -errno;
 		log_err("%s: %s", o->store, errno == ENOTDIR ? "not a directory" : strerror(errno));
+		goto out;
+	}
+	if (o->writeback && (c.wbfd = open(o->writeback, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		rc = -errno;
+		log_err("%s: %s", o->writeback, strerror(errno));
 		goto out;
 	}
 	rc = cap_prepare_dest(&c);
@@ -392,7 +397,9 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 		if (c.e[i].kind == K_FILE)
 			c.total_bytes += (uint64_t)c.e[i].st.st_size;
 	cap_phase(&c, "copy");
-	rc = cap_settle(&c);
+	rc = cap_writeback(&c);
+	if (!rc)
+		rc = cap_settle(&c);
 	if (rc)
 		goto out;
 	/* The cut holds: no event matters from here on. */
@@ -443,7 +450,7 @@ out:
 		mf_free(&c.prev);
 	if (c.have_recy && !c.recy_is_prev)
 		mf_free(&c.recy);
-	int fds[] = { c.storefd, c.parentfd, c.stagefd, c.workfd, c.prevfd, c.recyfd };
+	int fds[] = { c.storefd, c.parentfd, c.stagefd, c.workfd, c.prevfd, c.recyfd, c.wbfd };
 	for (unsigned i = 0; i < sizeof fds / sizeof fds[0]; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
