@@ -12,7 +12,7 @@ source "$(dirname "$0")/lib.sh"
 src=$(cd "$(dirname "$0")/../.." && pwd)
 export CONTAINERS_CONF=$src/tests/containers/containers.conf
 name=stillfs-test-deb-$$
-trap 'rc=$?; podman rm -f "$name" >/dev/null 2>&1 || true; (exit $rc); t_cleanup' EXIT
+trap 'rc=$?; podman rm -f "$name" >/dev/null 2>&1 || true; set +e; (exit $rc); t_cleanup' EXIT
 for tool in dpkg-buildpackage dh lintian; do
   command -v "$tool" >/dev/null || t_fail "$tool is missing (scripts/setup.sh installs it)"
 done
