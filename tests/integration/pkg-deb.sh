@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0-or-later
 # The Debian package: built from this tree (a copy of it, so the checkout gets no build
-# artefacts), lintian-clean of errors, then installed into a clean Debian 12 container with
-# apt-get (which fetches fuse3 and the libraries from Debian). There both fstab types
-# (fuse.stillfs through mount.fuse3, stillfs through mount.stillfs) mount with `mount`, a
-# snapshot copied out of .snapshot verifies, `umount` stops the daemons, and `apt-get purge`
-# leaves none of the package's files behind, nor the daemon's cache under /var/cache/stillfs.
+# artefacts), lintian-clean of errors, and installed into a clean Debian 12 container with
+# apt-get (which fetches fuse3 and the libraries from Debian); the container starts first, its
+# `apt-get update` running while the package builds, and lintian runs while it installs. There
+# both fstab types (fuse.stillfs through mount.fuse3, stillfs through mount.stillfs) mount with
+# `mount`, a snapshot copied out of .snapshot verifies, `umount` stops the daemons, and
+# `apt-get purge` leaves none of the package's files behind, nor the daemon's cache under
+# /var/cache/stillfs.
 source "$(dirname "$0")/lib.sh"
 src=$(cd "$(dirname "$0")/../.." && pwd)
 export CONTAINERS_CONF=$src/tests/containers/containers.conf
 name=stillfs-test-deb-$$
-trap 'rc=$?; podman rm -f "$name" >/dev/null 2>&1 || true; (exit $rc); t_cleanup' EXIT
+trap 'rc=$?; podman rm -f "$name" >/dev/null 2>&1 || true; set +e; (exit $rc); t_cleanup' EXIT
 for tool in dpkg-buildpackage dh lintian; do
   command -v "$tool" >/dev/null || t_fail "$tool is missing (scripts/setup.sh installs it)"
 done
@@ -24,38 +26,20 @@ if ! err=$(podman run --rm --name "$name" --device /dev/fuse --cap-add SYS_ADMIN
   exit 77
 fi
 
-# ---- build, in a copy of the tracked (and new, not ignored) files --------------------------
-start=$SECONDS
-mkdir "$T_WORK/src"
-if git -C "$src" rev-parse --git-dir >/dev/null 2>&1; then
-  git -C "$src" ls-files -z --cached --others --exclude-standard |
-    tar -C "$src" --null -T - -cf - | tar -C "$T_WORK/src" -xf -
-else
-  tar -C "$src" --exclude='./build*' -cf - . | tar -C "$T_WORK/src" -xf -
-fi
-(cd "$T_WORK/src" && DEB_BUILD_OPTIONS=nocheck dpkg-buildpackage -us -uc -b) >"$T_WORK/build.log" 2>&1 ||
-  { tail -n 30 "$T_WORK/build.log" >&2; t_fail "dpkg-buildpackage failed"; }
-debs=("$T_WORK"/stillfs_*.deb)
-[ ${#debs[@]} -eq 1 ] && [ -f "${debs[0]}" ] || t_fail "expected one stillfs_*.deb, got: ${debs[*]}"
-t_log "built $(basename "${debs[0]}") in $((SECONDS - start)) s"
-start=$SECONDS
-rc=0
-lintian "$T_WORK"/stillfs_*.changes >"$T_WORK/lintian.out" 2>&1 || rc=$?
-grep -v 'running with root privileges' "$T_WORK/lintian.out" | sed 's/^/# lintian: /' >&2 || true
-[ "$rc" -eq 0 ] || t_fail "lintian reports errors (exit $rc)"
-t_log "lintian: no errors ($((SECONDS - start)) s)"
-
-# ---- install, mount from fstab, snapshot, unmount, purge -------------------------------------
-start=$SECONDS
+# ---- the container, started now: its `apt-get update` runs while the package builds --------
+# The script waits for the package in /pkg (put there once it is built, /pkg/ready after it),
+# then installs it, mounts from fstab, snapshots, unmounts and purges.
 mkdir "$T_WORK/pkg"
-cp "${debs[0]}" "$T_WORK/pkg/"
-podman run --rm -i --name "$name" --device /dev/fuse --cap-add SYS_ADMIN \
-  -v "$T_WORK/pkg:/pkg:ro" "$image" bash -s >"$T_WORK/container.log" 2>&1 <<'EOF' ||
+cat >"$T_WORK/container.sh" <<'EOF'
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 step() { echo "== $*"; }
-step install
+step update
 apt-get update -qq
+step wait for the package
+for _ in $(seq 3000); do [ ! -e /pkg/ready ] || break; sleep 0.1; done
+[ -e /pkg/ready ] || { echo "no package in /pkg after 300 s"; exit 1; }
+step install
 apt-get install -y -qq --no-install-recommends /pkg/stillfs_*.deb >/dev/null
 for f in /usr/bin/stillfs /usr/bin/stillctl /sbin/mount.stillfs /usr/lib/systemd/system/stillfs@.service \
          /usr/share/man/man1/stillfs.1.gz /usr/share/man/man1/stillctl.1.gz /usr/share/man/man8/mount.stillfs.8.gz \
@@ -106,6 +90,37 @@ left=$(for f in $files; do [ ! -e "$f" ] || echo "$f"; done)
 [ ! -e /var/cache/stillfs ] || { echo "left behind by purge: /var/cache/stillfs"; exit 1; }
 step done
 EOF
+t_bg podman run --rm --name "$name" --device /dev/fuse --cap-add SYS_ADMIN -v "$T_WORK/pkg:/pkg:ro" \
+  -v "$T_WORK/container.sh:/container.sh:ro" "$image" bash /container.sh >"$T_WORK/container.log" 2>&1
+container=${T_PIDS[-1]}
+
+# ---- build, in a copy of the tracked (and new, not ignored) files --------------------------
+start=$SECONDS
+mkdir "$T_WORK/src"
+if git -C "$src" rev-parse --git-dir >/dev/null 2>&1; then
+  git -C "$src" ls-files -z --cached --others --exclude-standard |
+    tar -C "$src" --null -T - -cf - | tar -C "$T_WORK/src" -xf -
+else
+  tar -C "$src" --exclude='./build*' -cf - . | tar -C "$T_WORK/src" -xf -
+fi
+(cd "$T_WORK/src" && DEB_BUILD_OPTIONS=nocheck dpkg-buildpackage -us -uc -b) >"$T_WORK/build.log" 2>&1 ||
+  { tail -n 30 "$T_WORK/build.log" >&2; t_fail "dpkg-buildpackage failed"; }
+debs=("$T_WORK"/stillfs_*.deb)
+[ ${#debs[@]} -eq 1 ] && [ -f "${debs[0]}" ] || t_fail "expected one stillfs_*.deb, got: ${debs[*]}"
+t_log "built $(basename "${debs[0]}") in $((SECONDS - start)) s"
+# ---- hand the package to the container, and lint it meanwhile --------------------------------
+start=$SECONDS
+cp "${debs[0]}" "$T_WORK/pkg/"
+touch "$T_WORK/pkg/ready"
+rc=0
+lintian "$T_WORK"/stillfs_*.changes >"$T_WORK/lintian.out" 2>&1 || rc=$?
+grep -v 'running with root privileges' "$T_WORK/lintian.out" | sed 's/^/# lintian: /' >&2 || true
+[ "$rc" -eq 0 ] || t_fail "lintian reports errors (exit $rc)"
+t_log "lintian: no errors ($((SECONDS - start)) s)"
+rc=0
+wait "$container" || rc=$?
+unset 'T_PIDS[-1]'
+[ "$rc" -eq 0 ] ||
   { cat "$T_WORK/container.log" >&2; t_fail "the package failed in the Debian 12 container"; }
 grep -q '^== done$' "$T_WORK/container.log" || { cat "$T_WORK/container.log" >&2; t_fail "the container script stopped early"; }
-t_log "installed, mounted from fstab (fuse.stillfs and stillfs), snapshot verified, unmounted, purged clean ($((SECONDS - start)) s)"
+t_log "installed, mounted from fstab (fuse.stillfs and stillfs), snapshot verified, unmounted, purged clean ($((SECONDS - start)) s after the package was ready)"

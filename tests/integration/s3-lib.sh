@@ -29,7 +29,15 @@ s3_require_peers() {
 }
 
 s3_versions() {
-  echo "$("$AWS" --version 2>&1 | cut -d' ' -f1), s3rver $(node -p "require('$S3_PEERS/node_modules/s3rver/package.json').version"), node $(node --version)"
+  local aws
+  # Debian's CLI: its package's version, without starting the CLI (a second of CPU for Python
+  # to load it); any other CLI is asked.
+  if [ "$AWS" = /usr/bin/aws ] && aws=$(dpkg-query -W -f='${Version}' awscli 2>/dev/null) && [ -n "$aws" ]; then
+    aws=${aws#*:} aws=aws-cli/${aws%%-*}
+  else
+    aws=$("$AWS" --version 2>&1 | cut -d' ' -f1)
+  fi
+  echo "$aws, s3rver $(node -p "require('$S3_PEERS/node_modules/s3rver/package.json').version"), node $(node --version)"
 }
 
 # s3_start [S3_CONFIG_LINE...] -- BUCKET...: start the server with the buckets, write the CLI's
