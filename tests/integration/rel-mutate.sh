@@ -44,37 +44,44 @@ mutate() {  # mutate K: object K goes from intact to mutated
     5) rm -rf "$d/x$k"; ln -s "$out" "$d/x$k" ;;
   esac
 }
-# state SNAP K: prints "intact", "mutated" or "bad" for object K in snapshot SNAP.
+# What an intact victim file holds, and a truncated one (k % 6 == 2), one file each, so that
+# judging compares bytes with one process per file.
+expect=$T_WORK/expect
+mkdir "$expect"
+for k in $(seq 0 $((M - 1))); do
+  ((k % 6 == 5)) && continue
+  content "$k" >"$expect/v$k"
+  if ((k % 6 == 2)); then printf -v c 'victim %d\n%s' "$k" "$pad"; printf '%s' "${c:0:100}" >"$expect/t$k"; fi
+done
+# state SNAP K: sets ST to "intact", "mutated" or "bad" for object K in snapshot SNAP.
 state() {
-  local s=$1 k=$2 d rel; d=$(dir_of "$2"); rel=${d#"$store"}; d=$s$rel
+  local s=$1 k=$2 d=$1/d$(($2 % D)) v=$expect/v$2
+  ST=bad
   case $((k % 6)) in
-    0) if [ ! -e "$d/v$k" ]; then echo mutated; elif cmp -s "$d/v$k" <(content "$k"); then echo intact; else echo bad; fi ;;
-    1) if [ -f "$d/v$k" ] && [ ! -e "$d/v$k.moved" ] && cmp -s "$d/v$k" <(content "$k"); then echo intact
-       elif [ ! -e "$d/v$k" ] && [ -f "$d/v$k.moved" ] && cmp -s "$d/v$k.moved" <(content "$k"); then echo mutated
-       else echo bad; fi ;;
-    2) if cmp -s "$d/v$k" <(content "$k"); then echo intact
-       elif cmp -s "$d/v$k" <(content "$k" | head -c 100); then echo mutated; else echo bad; fi ;;
-    3) if [ -f "$d/v$k" ] && cmp -s "$d/v$k" <(content "$k"); then echo intact
-       elif [ -d "$d/v$k" ] && [ "$(ls -A "$d/v$k")" = inner ] && [ "$(cat "$d/v$k/inner")" = "dir $k" ]; then echo mutated
-       else echo bad; fi ;;
+    0) if [ ! -e "$d/v$k" ]; then ST=mutated; elif cmp -s "$d/v$k" "$v"; then ST=intact; fi ;;
+    1) if [ -f "$d/v$k" ] && [ ! -e "$d/v$k.moved" ] && cmp -s "$d/v$k" "$v"; then ST=intact
+       elif [ ! -e "$d/v$k" ] && [ -f "$d/v$k.moved" ] && cmp -s "$d/v$k.moved" "$v"; then ST=mutated; fi ;;
+    2) if cmp -s "$d/v$k" "$v"; then ST=intact
+       elif cmp -s "$d/v$k" "$expect/t$k"; then ST=mutated; fi ;;
+    3) if [ -f "$d/v$k" ] && cmp -s "$d/v$k" "$v"; then ST=intact
+       elif [ -d "$d/v$k" ] && [ "$(ls -A "$d/v$k")" = inner ] && [ "$(cat "$d/v$k/inner")" = "dir $k" ]; then ST=mutated; fi ;;
     4) local a=$s/d$(((k + 1) % D))/v$k.across
-       if [ -f "$d/v$k" ] && [ ! -e "$a" ] && cmp -s "$d/v$k" <(content "$k"); then echo intact
-       elif [ ! -e "$d/v$k" ] && [ -f "$a" ] && cmp -s "$a" <(content "$k"); then echo mutated
-       else echo bad; fi ;;
-    5) if [ -d "$d/x$k" ] && [ ! -L "$d/x$k" ] && [ "$(cat "$d/x$k/f")" = "x $k" ]; then echo intact
-       elif [ -L "$d/x$k" ] && [ "$(readlink "$d/x$k")" = "$out" ]; then echo mutated; else echo bad; fi ;;
+       if [ -f "$d/v$k" ] && [ ! -e "$a" ] && cmp -s "$d/v$k" "$v"; then ST=intact
+       elif [ ! -e "$d/v$k" ] && [ -f "$a" ] && cmp -s "$a" "$v"; then ST=mutated; fi ;;
+    5) if [ -d "$d/x$k" ] && [ ! -L "$d/x$k" ] && [ "$(cat "$d/x$k/f")" = "x $k" ]; then ST=intact
+       elif [ -L "$d/x$k" ] && [ "$(readlink "$d/x$k")" = "$out" ]; then ST=mutated; fi ;;
   esac
 }
 # entries each object adds to the tree when intact / when mutated
-delta() { case $(($1 % 6)) in 0 | 5) echo -1 ;; 3) echo 1 ;; *) echo 0 ;; esac; }
+delta() { case $(($1 % 6)) in 0 | 5) DELTA=-1 ;; 3) DELTA=1 ;; *) DELTA=0 ;; esac; }
 # judge SNAP: the snapshot is one real state; prints j.
 judge() {
-  local s=$1 k st j=-1 extra=0
-  for k in $(seq 0 $((M - 1))); do
-    st=$(state "$s" "$k")
-    case $st in
+  local s=$1 k j=-1 extra=0
+  for ((k = 0; k < M; k++)); do
+    state "$s" "$k"
+    case $ST in
       mutated) ((j < 0)) || t_fail "$s: object $k mutated after intact object $j: not one instant"
-               extra=$((extra + $(delta "$k"))) ;;
+               delta "$k"; extra=$((extra + DELTA)) ;;
       intact) ((j >= 0)) || j=$k ;;
       *) t_fail "$s: object $k is neither intact nor mutated: torn or foreign" ;;
     esac

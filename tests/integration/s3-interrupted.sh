@@ -27,8 +27,8 @@ for k in $(seq -f %03g 0 $((N - 1))); do
 done
 "$STILLCTL" snapshot -q "$store" "$T_WORK/s1" || t_fail "snapshot 1 failed"
 
-# One request at a time, so the sync takes long enough to be caught part-way.
-s3_start "max_concurrent_requests = 1" -- "$BUCKET"
+# The CLI's default concurrency, except for the sync to be interrupted below.
+s3_start -- "$BUCKET"
 s3_aws s3 sync --no-progress --only-show-errors "$T_WORK/s1" "s3://$BUCKET/p/" || t_fail "first sync failed"
 s3_aws s3 sync --no-progress --only-show-errors "s3://$BUCKET/p/" "$T_WORK/dl1" || t_fail "download 1 failed"
 "$STILLCTL" verify "$T_WORK/dl1" >"$T_WORK/verify1.out" || { cat "$T_WORK/verify1.out" >&2; t_fail "the first full upload does not verify"; }
@@ -44,8 +44,11 @@ done
 "$STILLCTL" snapshot -q --previous "$T_WORK/s1" "$store" "$T_WORK/s2" || t_fail "snapshot 2 failed"
 total=$(find "$T_WORK/s2" -type f | wc -l)
 
-# The sync is started directly (not through a shell function) so that $! is aws itself.
-t_bg env HOME="$S3_HOME" "$AWS" --endpoint-url "$S3_ENDPOINT" s3 sync --no-progress --delete \
+# The sync is started directly (not through a shell function) so that $! is aws itself. One
+# request at a time, so that it takes long enough to be caught part-way.
+sed 's/^s3 =$/&\n  max_concurrent_requests = 1/' "$AWS_CONFIG_FILE" >"$T_WORK/s3/aws-config-one"
+grep -q '^  max_concurrent_requests = 1$' "$T_WORK/s3/aws-config-one" || t_fail "no one-request config"
+t_bg env HOME="$S3_HOME" AWS_CONFIG_FILE="$T_WORK/s3/aws-config-one" "$AWS" --endpoint-url "$S3_ENDPOINT" s3 sync --no-progress --delete \
   "$T_WORK/s2" "s3://$BUCKET/p/" >"$T_WORK/sync2.out" 2>&1
 sync_pid=${T_PIDS[-1]}
 # Part-way: a tenth of the new files are there, and the sync is still running.
