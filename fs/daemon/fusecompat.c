@@ -332,7 +332,7 @@ static ssize_t fc_splice_send(int fdin, off_t *offin, int fdout, off_t *offout, 
 	return splice(fdin, offin, fdout, offout, len, flags);
 }
 
-int fc_setup(struct fuse_session *se, int passthrough, int slot)
+int fc_setup(struct fuse_session *se, int passthrough, int above)
 {
 	static const struct fuse_custom_io io = {
 		.read = fc_read,
@@ -342,17 +342,20 @@ int fc_setup(struct fuse_session *se, int passthrough, int slot)
 	};
 	int fd = fuse_session_fd(se);
 	fc_wanted = passthrough;
-	/* When the daemon dies, the kernel closes its descriptors in increasing order, and
-	 * fusermount3 (auto_unmount) unmounts only if opening the mountpoint then fails with
-	 * ENOTCONN. With /dev/fuse numbered above fusermount3's socket, fusermount3 can wake and
-	 * open the mountpoint before the connection is aborted; its request then fails with
-	 * ECONNABORTED and the dead mount stays. So /dev/fuse moves to a slot taken before the
-	 * mount made that socket, which takes custom I/O on that descriptor. */
-	if (slot >= 0 && slot < fd && dup3(fd, slot, O_CLOEXEC) == slot) {
-		close(fd);
-		fd = slot;
-	} else if (slot >= 0) {
-		close(slot);
+	/* fusermount3 (auto_unmount) unmounts when the last descriptor of its socket closes, but
+	 * only if opening the mountpoint then fails with ENOTCONN: the connection must be aborted
+	 * by then, which the close of /dev/fuse's last descriptor does. A killed daemon's
+	 * descriptors are closed in increasing order, but their files are released afterwards in
+	 * the reverse order (the exiting task's deferred work runs last-queued first), with time
+	 * in between on a loaded machine. With /dev/fuse below the socket, fusermount3 could wake
+	 * and open the mountpoint first; its request then failed with ECONNABORTED and the dead
+	 * mount stayed. So /dev/fuse moves above the socket, and takes custom I/O there. */
+	if (above >= fd) {
+		int moved = fcntl(fd, F_DUPFD_CLOEXEC, above + 1);
+		if (moved >= 0) {
+			close(fd);
+			fd = moved;
+		}
 	}
 	fc_devfd = fd;
 	if (fuse_session_custom_io(se, &io, fd) != 0) {

@@ -24,10 +24,11 @@
 /* 1 where libfuse itself negotiates passthrough and fills open replies (>= 3.17). */
 #define FC_LIBFUSE_PASSTHROUGH (FUSE_VERSION >= FUSE_MAKE_VERSION(3, 17))
 
-/* After fuse_session_mount: move /dev/fuse to the descriptor slot (consumed) if that is lower,
- * and install the I/O hooks (with an older libfuse they also negotiate passthrough if
- * `passthrough`). 0, or -1 if libfuse refused the hooks (no passthrough then). */
-int fc_setup(struct fuse_session *se, int passthrough, int slot);
+/* After fuse_session_mount: move /dev/fuse to a descriptor above `above` (fusermount3's
+ * socket, or -1) if it is not already, and install the I/O hooks (with an older libfuse they
+ * also negotiate passthrough if `passthrough`). 0, or -1 if libfuse refused the hooks (no
+ * passthrough then). */
+int fc_setup(struct fuse_session *se, int passthrough, int above);
 /* From the init operation: ask for passthrough if fc_setup was told to and the kernel offers
  * it (with an older libfuse, fc_setup's hooks do this on the wire instead). */
 void fc_init(struct fuse_conn_info *conn);

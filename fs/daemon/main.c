@@ -710,6 +710,26 @@ static void sf_cloexec_all(void)
 	closedir(d);
 }
 
+/* Which of the descriptors below SF_SOCKET_SCAN are sockets; and the highest that became one
+ * since (the socket libfuse keeps open for fusermount3 with auto_unmount), or -1. */
+#define SF_SOCKET_SCAN 1024
+static void sf_sockets(unsigned char *is)
+{
+	struct stat st;
+	for (int fd = 0; fd < SF_SOCKET_SCAN; fd++)
+		is[fd] = fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+static int sf_new_socket(const unsigned char *before)
+{
+	unsigned char now[SF_SOCKET_SCAN];
+	sf_sockets(now);
+	for (int fd = SF_SOCKET_SCAN - 1; fd >= 0; fd--)
+		if (now[fd] && !before[fd])
+			return fd;
+	return -1;
+}
+
 static int sf_open_fds(void)
 {
 	struct stat st;
@@ -894,7 +914,7 @@ int main(int argc, char **argv)
 	struct fuse_lowlevel_ops ops;
 	struct fuse_loop_config *lc = NULL;
 	pthread_t hk;
-	int hk_started = 0, mounted = 0, rc = SF_EXIT_FAIL, fuse_slot = -1;
+	int hk_started = 0, mounted = 0, rc = SF_EXIT_FAIL;
 
 	if (argc > 1 && !strcmp(argv[1], "--capture-helper"))
 		return hp_main(argc, argv);
@@ -946,8 +966,6 @@ int main(int argc, char **argv)
 	}
 	free(sf.o.mountpoint);
 	sf.o.mountpoint = strdup(cmd.mountpoint);
-	/* A low descriptor number for /dev/fuse, taken before libfuse mounts (fc_setup). */
-	fuse_slot = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if ((rc = sf_validate()) != SF_EXIT_OK)
 		goto out;
 	rc = SF_EXIT_FAIL;
@@ -1000,12 +1018,13 @@ int main(int argc, char **argv)
 	}
 	if (fuse_set_signal_handlers(sf.se) != 0)
 		goto out;
+	unsigned char sockets[SF_SOCKET_SCAN];
+	sf_sockets(sockets);
 	if (fuse_session_mount(sf.se, sf.o.mountpoint) != 0)
 		goto out;
 	mounted = 1;
 	sf_cloexec_all();
-	fc_setup(sf.se, !sf.o.no_passthrough, fuse_slot);
-	fuse_slot = -1;
+	fc_setup(sf.se, !sf.o.no_passthrough, sf_new_socket(sockets));
 	if (fuse_daemonize(cmd.foreground) != 0)
 		goto out;
 	/* Only now: /proc/self names the process that opens it, and daemonizing forks. */
@@ -1096,8 +1115,6 @@ out:
 		    ut_same_file(&a, &b))
 			rmdir(sf.o.cache);
 	}
-	if (fuse_slot >= 0)
-		close(fuse_slot);
 	free(cmd.mountpoint);
 	fuse_opt_free_args(&args);
 	return rc;
