@@ -8,7 +8,7 @@
 # the others run alone):
 #   1. the 'heavy' tests beside each other, and beside them sanitize.sh's builds and its ASan
 #      run of those tests;
-#   2. every test that may run beside others, as many at a time as there are CPUs, and beside
+#   2. every test that may run beside others, one more at a time than there are CPUs, and beside
 #      them sanitize.sh's ASan run of such tests (one at a time) and its valgrind runs;
 #   3. the tests of suite 'alone', one at a time, with nothing else running;
 #   4. sanitize.sh's ASan run of such tests, one at a time, with nothing else running.
@@ -64,7 +64,10 @@ else
 
   phase "2/4: tests that may run beside others"
   if ((sanitize)); then SANITIZE_JOBS=1 sanitize_part pool "$work/sanitize-pool" & fi
-  run_meson testlog-pool --no-suite alone --no-suite heavy
+  # One more at a time than there are CPUs: most of these tests wait (whole seconds, uploads,
+  # lingers) more than they compute. STILLFS_POOL_JOBS overrides.
+  run_meson testlog-pool --num-processes "${STILLFS_POOL_JOBS:-$(($(nproc) + 1))}" \
+    --no-suite alone --no-suite heavy
   wait
   if ((sanitize)); then tee -a "$log" <"$work/sanitize-pool" >&2; fi
 
