@@ -10,7 +10,8 @@
 # - operations on the link itself through the mount (touch -h, chown -h, ln, mv, rm, xattrs)
 #   act on the link and leave the target untouched;
 # - the daemon and its capture helper, traced with strace -f -y while all this happens, never
-#   hold a descriptor of anything outside the store, the cache, /proc and the system's
+#   hold a descriptor of anything outside the store, the cache, their own mount (the helper
+#   writes mapped pages back through it), /proc, the cgroup's CPU quota and the system's
 #   libraries, and every name they open below the store or the cache is opened O_NOFOLLOW
 #   (or O_DIRECTORY through openat2 with RESOLVE_NO_SYMLINKS).
 source "$(dirname "$0")/lib.sh"
@@ -90,7 +91,7 @@ ls -lR "$mnt/.snapshot/" >/dev/null
 reld_untrace
 [ -s "$T_WORK/strace.log" ] || t_fail "strace recorded nothing: $(cat "$T_WORK/strace.log.err")"
 exe=$(readlink -f "$STILLFS")
-allowed_ere="^($store|$cache|$T_DAEMON_LOG|/proc|/dev/(fuse|null|urandom)|/(usr/)?lib(64|32|x32)?|/etc/ld\.so\.(cache|preload)|/etc/localtime|/usr/share/zoneinfo|$(dirname "$exe"))(/|$)|^(pipe|socket|anon_inode):"
+allowed_ere="^($store|$cache|$mnt|$T_DAEMON_LOG|/proc|/sys/fs/cgroup|/dev/(fuse|null|urandom)|/(usr/)?lib(64|32|x32)?|/etc/ld\.so\.(cache|preload)|/etc/localtime|/usr/share/zoneinfo|$(dirname "$exe"))(/|$)|^(pipe|socket|anon_inode):"
 ancestors_ere="^($(p=$cache; a=; while [ "$p" != / ]; do p=$(dirname "$p"); a="$a|$p"; done; echo "${a#|}"))$"
 # Every <path> strace shows for a descriptor, i.e. everything the daemon had open.
 grep -o '<[^<>]*>' "$T_WORK/strace.log" | sed 's/^<//; s/>$//' | grep -Ev '^(\.\.\. .* resumed|unfinished \.\.\.|detached \.\.\.)$' |
