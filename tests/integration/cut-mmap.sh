@@ -15,27 +15,6 @@ N=12
 declare -F map_store >/dev/null || map_store() { S=$1/store; mkdir -p "$S"; }
 declare -F map_store_done >/dev/null || map_store_done() { :; }
 
-cat >"$T_WORK/writer.py" <<'PY'
-import mmap, os, struct, sys, time
-store, n, ready, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-maps = []
-for i in range(n):
-    fd = os.open(os.path.join(store, "f%02d.bin" % i), os.O_RDWR | os.O_CREAT, 0o644)
-    os.ftruncate(fd, 1 << 20)
-    maps.append(mmap.mmap(fd, 1 << 20, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
-    os.close(fd)
-v, end = 0, time.monotonic() + 2
-while time.monotonic() < end:
-    v += 1
-    for m in maps:
-        m[0:8] = struct.pack("<Q", v)
-    if v == 1:
-        open(ready, "w").close()
-    time.sleep(0.001)
-print(v, flush=True)
-while not os.path.exists(stop):
-    time.sleep(0.05)
-PY
 cat >"$T_WORK/check.py" <<'PY'
 import struct, sys
 d, n = sys.argv[1], int(sys.argv[2])
@@ -49,7 +28,7 @@ for round in 1 2 3; do
   mkdir -p "$R"
   map_store "$R"
   echo plain >"$S/plain.txt"
-  t_bg python3 "$T_WORK/writer.py" "$S" "$N" "$R/ready" "$R/stop" >"$R/writer.out"
+  t_bg python3 "$(dirname "${BASH_SOURCE[0]}")/cut-mmap-writer.py" "$S" "$N" "$R/ready" "$R/stop" 1 >"$R/writer.out"
   writer=$!
   t_wait_for 30 test -e "$R/ready"
   rc=0

@@ -8,27 +8,6 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 : "${STILLFS:?STILLFS must point to the stillfs binary}"
 N=12
-cat >"$T_WORK/writer.py" <<'PY'
-import mmap, os, struct, sys, time
-store, n, ready, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-maps = []
-for i in range(n):
-    fd = os.open(os.path.join(store, "f%02d.bin" % i), os.O_RDWR | os.O_CREAT, 0o644)
-    os.ftruncate(fd, 1 << 20)
-    maps.append(mmap.mmap(fd, 1 << 20, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
-    os.close(fd)
-v, end = 0, time.monotonic() + 2
-while time.monotonic() < end:
-    v += 1
-    for m in maps:
-        m[0:8] = struct.pack("<Q", v)
-    if v == 50:
-        open(ready, "w").close()
-    time.sleep(0.001)
-print(v, flush=True)
-while not os.path.exists(stop):
-    time.sleep(0.05)
-PY
 stamps() { python3 -c 'import struct, sys
 print(*[struct.unpack("<Q", open("%s/f%02d.bin" % (sys.argv[1], i), "rb").read(8))[0] for i in range(int(sys.argv[2]))])' "$@"; }
 
@@ -38,8 +17,8 @@ t_mount "$store" "$mnt" -o snapshot_max_age=3600,snapshot_linger=0,no_passthroug
 for round in 1 2 3; do
   R=$mnt/r$round
   mkdir "$R"
-  t_bg python3 "$T_WORK/writer.py" "$R" "$N" "$T_WORK/ready$round" "$T_WORK/stop$round" \
-    >"$T_WORK/writer$round.out"
+  t_bg python3 "$(dirname "${BASH_SOURCE[0]}")/cut-mmap-writer.py" "$R" "$N" \
+    "$T_WORK/ready$round" "$T_WORK/stop$round" 50 >"$T_WORK/writer$round.out"
   writer=$!
   t_wait_for 30 test -e "$T_WORK/ready$round"
   read -r before _ < <(stamps "$R" 1)
