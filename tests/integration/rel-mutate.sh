@@ -12,8 +12,9 @@
 # below, several processes) can be left between two steps for longer than the quiet window
 # (under I/O an `rm` was seen to take 160 ms to exit after its unlink, the next step coming
 # only then), and a cut there is a true instant. The mutator times each change, and a
-# snapshot torn inside one is accepted only if its cut (the manifest's cut_ns) fell in that
-# change at least the quiet window after the change began.
+# snapshot torn inside one is accepted only if the object is as the change leaves it between
+# two steps and the cut (the manifest's cut_ns) fell in that change at least the quiet window
+# after the change began.
 # Then the store directory itself is removed during a capture: a clear failure naming it,
 # nothing published; and renamed during one: the capture follows it.
 # env: REL_MUTATE_OBJECTS (default 300); REL_MUTATE_BIG_MB (default 40), the size of the big files
@@ -69,6 +70,20 @@ stalled() {
   echo "# $s: object $k torn; its change took $(((t1 - t0) / 1000000)) ms, the cut came $(((cut - t0) / 1000000)) ms into it" >&2
   ((t0 + Q * 1000000 <= cut && cut <= t1))
 }
+# between SNAP K: 0 if object K in SNAP is as its change leaves it between two steps: for 3, no
+# v (removed) or an empty directory v, or one holding only an empty inner; for 5, no x (its
+# file and then itself removed) or an empty directory x.
+between() {
+  local d=$1/d$(($2 % D)) k=$2
+  case $((k % 6)) in
+    3) [ ! -e "$d/v$k" ] && [ ! -L "$d/v$k" ] && return 0
+       [ -d "$d/v$k" ] && [ ! -L "$d/v$k" ] || return 1
+       [ -z "$(ls -A "$d/v$k")" ] || { [ "$(ls -A "$d/v$k")" = inner ] && [ ! -s "$d/v$k/inner" ]; } ;;
+    5) [ ! -e "$d/x$k" ] && [ ! -L "$d/x$k" ] && return 0
+       [ -d "$d/x$k" ] && [ ! -L "$d/x$k" ] && [ -z "$(ls -A "$d/x$k")" ] ;;
+    *) return 1 ;;
+  esac
+}
 # entries of object K in tree S (its names and what lies under them)
 entries_of() { local d=$1/d$(($2 % D)); find "$d" -mindepth 1 \( -path "$d/v$2" -o -path "$d/v$2/*" -o -path "$d/x$2" -o -path "$d/x$2/*" \) | wc -l; }
 # What an intact victim file holds, and a truncated one (k % 6 == 2), one file each, so that
@@ -106,7 +121,7 @@ judge() {
   local s=$1 k j=-1 extra=0 stalls=0
   for ((k = 0; k < M; k++)); do
     state "$s" "$k"
-    if [ "$ST" = bad ] && ((j < 0 && (k % 6 == 3 || k % 6 == 5))) && stalled "$s" "$k"; then
+    if [ "$ST" = bad ] && ((j < 0)) && between "$s" "$k" && stalled "$s" "$k"; then
       # the cut fell inside this change, stretched by the mutator: count the object's entries
       # as they are, and judge the rest as state k
       ST=intact j=$k; stalls=$((stalls + 1))
