@@ -31,19 +31,26 @@ t_mount "$store" "$mnt" -o auto_unmount,allow_other,snapshot_max_age=3600,snapsh
 # The victim's private WAL database, its commits still in the -wal (its process ended without
 # closing it, so nothing was checkpointed).
 secret=SECRET-$$-wal-pages
+# victim.py DIR NAME SECRET [hold]: the victim's private WAL database DIR/NAME with SECRET in
+# its -wal; the process then ends without closing it, or with "hold" keeps the connection (and
+# its -shm) until killed.
 cat >"$T_WORK/victim.py" <<'PY'
-import os, sqlite3, sys
+import os, signal, sqlite3, sys
 os.umask(0o077)
-c = sqlite3.connect(sys.argv[1] + "/v.db")
+c = sqlite3.connect(sys.argv[1] + "/" + sys.argv[2])
 c.execute("pragma journal_mode=wal")
 c.execute("pragma wal_autocheckpoint=0")
 c.execute("create table t(x)")
-c.execute("insert into t values(?)", (sys.argv[2],))
+c.execute("insert into t values(?)", (sys.argv[3],))
 c.commit()
-os._exit(0)
+if sys.argv[4:] != ["hold"]:
+    os._exit(0)
+c.execute("select * from t").fetchall()
+print("ready", flush=True)
+signal.pause()
 PY
 chmod 644 "$T_WORK/victim.py"
-as_victim /usr/bin/python3 "$T_WORK/victim.py" "$store/team" "$secret" || t_fail "setup: the victim's database"
+as_victim /usr/bin/python3 "$T_WORK/victim.py" "$store/team" v.db "$secret" || t_fail "setup: the victim's database"
 grep -q "$secret" "$store/team/v.db-wal" || t_fail "setup: the secret is not in the victim's -wal"
 as_user cat "$store/team/v.db-wal" >/dev/null 2>&1 && t_fail "setup: the attacker can read the victim's -wal directly"
 
@@ -105,22 +112,8 @@ t_log "an ACL-denied -wal: the victim's pages did not reach the attacker"
 # and both -wal and -shm are renamed beside the attacker's database, which the capture then
 # reads as a live WAL database with the victim's index and pages.
 secret2=SECRET-$$-live-wal
-cat >"$T_WORK/holder.py" <<'PY'
-import os, signal, sqlite3, sys
-os.umask(0o077)
-c = sqlite3.connect(sys.argv[1] + "/w.db")
-c.execute("pragma journal_mode=wal")
-c.execute("pragma wal_autocheckpoint=0")
-c.execute("create table t(x)")
-c.execute("insert into t values(?)", (sys.argv[2],))
-c.commit()
-c.execute("select * from t").fetchall()
-print("ready", flush=True)
-signal.pause()
-PY
-chmod 644 "$T_WORK/holder.py"
 setpriv --reuid "$victim" --regid "$victim" --init-groups -- \
-  /usr/bin/python3 "$T_WORK/holder.py" "$store/team" "$secret2" >"$T_WORK/holder.out" 2>&1 &
+  /usr/bin/python3 "$T_WORK/victim.py" "$store/team" w.db "$secret2" hold >"$T_WORK/holder.out" 2>&1 &
 holder=$!
 T_PIDS+=("$holder")
 t_wait_for 20 grep -q ready "$T_WORK/holder.out"
