@@ -30,6 +30,10 @@
 #define SF_DEFAULT_MAX_AGE 10.0
 #define SF_DEFAULT_LINGER 30.0
 #define SF_DEFAULT_THREADS 64
+/* Request threads that callers waiting for a capture may never take: the live view is served
+ * meanwhile, and the capture's helper writes mapped pages back through the mount (gen.c). */
+#define SF_FREE_THREADS(n) ((n) / 4 > 2 ? (n) / 4 : 2)
+#define SF_MIN_THREADS 4
 #define SF_DEFAULT_CAPTURE_NICE 10
 #define SF_FUSE_MAGIC 0x65735546
 
@@ -964,6 +968,14 @@ int main(int argc, char **argv)
 		rc = SF_EXIT_USAGE;
 		goto out;
 	}
+	sf.threads = sf.o.max_threads_given ? cmd.max_threads : SF_DEFAULT_THREADS;
+	if (cmd.singlethread || sf.threads < SF_MIN_THREADS) {
+		fprintf(stderr, "stillfs: %s: a capture needs request threads besides the ones "
+			"waiting for it (max_threads=%d at least)\n", cmd.singlethread ? "-s" :
+			"max_threads is too small", SF_MIN_THREADS);
+		rc = SF_EXIT_USAGE;
+		goto out;
+	}
 	free(sf.o.mountpoint);
 	sf.o.mountpoint = strdup(cmd.mountpoint);
 	if ((rc = sf_validate()) != SF_EXIT_OK)
@@ -975,9 +987,11 @@ int main(int argc, char **argv)
 	sf.uid = geteuid();
 	sf.gid = getegid();
 	sf.started = ut_realtime();
+	/* The thread of the caller that starts a capture waits in it too. */
 	struct gen_cfg gc = { .cachefd = sf.cachefd, .max_age = sf.o.max_age,
 			      .linger = sf.o.linger, .recycle = !sf.o.no_recycle,
-			      .kept_until = sf.kept_until, .capture = hp_capture };
+			      .kept_until = sf.kept_until, .capture = hp_capture,
+			      .max_waiters = sf.threads - SF_FREE_THREADS(sf.threads) - 1 };
 	if (nd_init() || lk_init() || gen_init(&sf.gm, &gc)) {
 		fprintf(stderr, "stillfs: out of memory\n");
 		goto out;
@@ -1070,21 +1084,15 @@ int main(int argc, char **argv)
 
 	/* Mounted and serving from here on: units ordered after ours find the mount in place. */
 	ob_notify("READY=1");
-	if (cmd.singlethread) {
-		rc = fuse_session_loop(sf.se);
-	} else {
-		if (!(lc = fuse_loop_cfg_create()))
-			goto out;
-		fuse_loop_cfg_set_clone_fd(lc, (unsigned)cmd.clone_fd);
-		if (cmd.max_idle_threads != UINT_MAX)
-			fuse_loop_cfg_set_idle_threads(lc, cmd.max_idle_threads);
-		/* Lookups waiting for a capture each hold a thread; the live view must still be
-		 * served meanwhile. (Blocking lock requests hold none: lock.c answers them
-		 * later.) */
-		fuse_loop_cfg_set_max_threads(lc, sf.o.max_threads_given ? cmd.max_threads :
-						   SF_DEFAULT_THREADS);
-		rc = fuse_session_loop_mt(sf.se, lc);
-	}
+	if (!(lc = fuse_loop_cfg_create()))
+		goto out;
+	fuse_loop_cfg_set_clone_fd(lc, (unsigned)cmd.clone_fd);
+	if (cmd.max_idle_threads != UINT_MAX)
+		fuse_loop_cfg_set_idle_threads(lc, cmd.max_idle_threads);
+	/* Lookups waiting for a capture each hold a thread, SF_FREE_THREADS never (gen.c).
+	 * Blocking lock requests hold none: lock.c answers them later. */
+	fuse_loop_cfg_set_max_threads(lc, sf.threads);
+	rc = fuse_session_loop_mt(sf.se, lc);
 	/* libfuse reports a stop by signal as the signal's number: that is a clean exit. */
 	rc = rc == 0 || rc == SIGTERM || rc == SIGINT || rc == SIGHUP ? SF_EXIT_OK : SF_EXIT_FAIL;
 	log_info("unmounting %s", sf.o.mountpoint);

@@ -147,6 +147,7 @@ struct sf {
 	int cachefd;               /* the cache directory */
 	int cachelockfd;           /* flock'ed marker: one daemon per cache */
 	double kept_until;         /* an earlier daemon's generation is in the cache (gen_init) */
+	unsigned threads;          /* request threads at most (max_threads) */
 	int cache_made, cache_marked; /* this run created the cache directory / its marker */
 	int procfd;                /* /proc/self/fd, to reopen O_PATH descriptors */
 	struct node root;

@@ -8,7 +8,10 @@
  * - A generation is pinned while a handle under it is open and for `linger` seconds after it
  *   was last used (a handle closed, or a path through .snapshot resolved to it). Pinning only
  *   stops automatic replacement; gen_refresh replaces anyway.
- * - One capture at a time; whoever asks while it runs waits for it and takes its result.
+ * - One capture at a time; whoever asks while it runs waits for it and takes its result, but
+ *   at most cfg.max_waiters at once: each waiter holds one of the daemon's request threads,
+ *   and the capture itself needs some free (its helper writes mapped pages back through the
+ *   mount), as does the live view. Those beyond get -EBUSY at once.
  * - An old generation is deleted as soon as it is no longer pinned; but with cfg.recycle the
  *   last one deleted is kept, renamed GEN_SPARE, for the next capture, which takes over the
  *   copies of databases that changed and rewrites only their changed pages (cap_opts.recycle)
@@ -81,6 +84,8 @@ struct genmgr {
 	struct gen *cur;
 	unsigned long next_seq;
 	int capturing;
+	unsigned waiters;          /* callers waiting for the capture under way */
+	unsigned long n_busy;      /* callers refused: cfg.max_waiters were waiting already */
 	int spare;                 /* GEN_SPARE is in the cache, for the next capture */
 	int rotating;              /* gen_reap is making a dead generation GEN_SPARE */
 	unsigned long epoch;       /* captures finished so far */
@@ -505,6 +510,21 @@ static int gen_capture_locked(struct genmgr *gm)
 	return rc;
 }
 
+/* With gm->mu held and a capture under way: 1 if the caller may wait for it (counted in
+ * gm->waiters), else 0 with gm->mu released. */
+static int gen_wait_begin(struct genmgr *gm)
+{
+	if (!gm->cfg.max_waiters || gm->waiters < gm->cfg.max_waiters) {
+		gm->waiters++;
+		return 1;
+	}
+	if (gm->n_busy++ % 1000 == 0)
+		log_warn("%u callers are waiting for the capture under way already: one more "
+			 "refused (EBUSY; %lu so far)", gm->waiters, gm->n_busy);
+	pthread_mutex_unlock(&gm->mu);
+	return 0;
+}
+
 int gen_acquire(struct genmgr *gm, struct gen **out)
 {
 	struct gen *g;
@@ -512,8 +532,11 @@ int gen_acquire(struct genmgr *gm, struct gen **out)
 	if (gm->capturing) {
 		/* Take the result of the capture under way rather than starting another. */
 		unsigned long e = gm->epoch;
+		if (!gen_wait_begin(gm))
+			return -EBUSY;
 		while (gm->capturing && gm->epoch == e)
 			pthread_cond_wait(&gm->done, &gm->mu);
+		gm->waiters--;
 	} else {
 		double now = ut_now();
 		if (now >= gm->fail_until && (gen_stale(gm, gm->cur, now) || gen_overtaken(gm)))
@@ -533,8 +556,13 @@ int gen_refresh(struct genmgr *gm)
 {
 	pthread_mutex_lock(&gm->mu);
 	/* A capture already running may have cut before the caller asked: wait, then take one. */
-	while (gm->capturing)
-		pthread_cond_wait(&gm->done, &gm->mu);
+	if (gm->capturing) {
+		if (!gen_wait_begin(gm))
+			return -EBUSY;
+		while (gm->capturing)
+			pthread_cond_wait(&gm->done, &gm->mu);
+		gm->waiters--;
+	}
 	int rc = gen_capture_locked(gm);
 	pthread_mutex_unlock(&gm->mu);
 	return rc;
@@ -758,6 +786,8 @@ char *gen_status(struct genmgr *gm, int detailed)
 		fprintf(f, "generation: none\n");
 	}
 	fprintf(f, "capturing: %s\n", gm->capturing ? "yes" : "no");
+	fprintf(f, "capture_waiters: %u\n", gm->waiters);
+	fprintf(f, "capture_waiters_refused: %lu\n", gm->n_busy);
 	fprintf(f, "generations_kept: %u\n", kept);
 	fprintf(f, "handles_all: %u\n", handles);
 	fprintf(f, "captures_ok: %lu\n", gm->n_ok);

@@ -32,6 +32,7 @@ struct gen_cfg {
 	double kept_until;         /* from gen_clean_cache */
 	gen_capture_fn capture;
 	void *arg;
+	unsigned max_waiters;      /* callers that may wait for a capture at once; 0: any */
 };
 int gen_init(struct genmgr **out, const struct gen_cfg *cfg);
 void gen_destroy(struct genmgr *gm);
@@ -40,9 +41,11 @@ void gen_destroy(struct genmgr *gm);
  * usable. *kept_until: when the kept one stopped being readable (real time), or 0. */
 int gen_clean_cache(int cachefd, const char *keep, double *kept_until);
 /* The generation `.snapshot` resolves to now, capturing one if needed. Returns a reference
- * (gen_unref) or -EIO when there is none to serve. */
+ * (gen_unref), -EIO when there is none to serve, or -EBUSY when cfg.max_waiters callers are
+ * waiting for the capture under way already. */
 int gen_acquire(struct genmgr *gm, struct gen **out);
-/* Capture a new generation now, even if the current one is pinned. 0 or -errno. */
+/* Capture a new generation now, even if the current one is pinned. 0 or -errno (-EBUSY as
+ * gen_acquire). */
 int gen_refresh(struct genmgr *gm);
 void gen_ref(struct genmgr *gm, struct gen *g);
 void gen_unref(struct genmgr *gm, struct gen *g);

@@ -25,6 +25,7 @@ struct fake {
 	int calls;
 	int fail;               /* -errno to return instead of capturing */
 	double delay;           /* seconds to take */
+	int gate;               /* > 0: a pipe to read a byte from before capturing */
 	char name[32], prev[32], recycle[32];
 	double uploads_before;
 	int64_t redate_after, redate_until;
@@ -44,6 +45,9 @@ static int fake_capture(void *arg, const char *name, const char *prev, const cha
 	f->redate_until = redate_until;
 	if (f->delay > 0)
 		usleep((useconds_t)(f->delay * 1e6));
+	char byte;
+	if (f->gate > 0 && read(f->gate, &byte, 1) != 1)
+		return -EIO;
 	if (f->fail) {
 		snprintf(err, errlen, "fake capture failed");
 		return f->fail;
@@ -340,6 +344,49 @@ Test(gen, callers_during_a_capture_take_its_result)
 	}
 	cr_assert_eq(f.calls, 1, "one capture at a time, and its result for all");
 	gen_destroy(gm);
+}
+
+/* Wait (the suite's timeout bounds it) until the status holds line. */
+static void status_wait(struct genmgr *gm, const char *line)
+{
+	while (!status_has(gm, 1, line))
+		usleep(1000);
+}
+
+Test(gen, callers_beyond_max_waiters_are_refused_while_a_capture_runs)
+{
+	int gate[2];
+	cr_assert_eq(pipe(gate), 0);
+	struct fake f = { .gate = gate[0] };
+	struct genmgr *gm;
+	struct gen_cfg cfg = { .cachefd = cachefd, .max_age = 3600, .capture = fake_capture,
+			       .arg = &f, .max_waiters = 2 };
+	cr_assert_eq(gen_init(&gm, &cfg), 0);
+	struct racer r[3];
+	pthread_t t[3];
+	for (int i = 0; i < 3; i++) {
+		r[i].gm = gm;
+		cr_assert_eq(pthread_create(&t[i], NULL, racer_run, &r[i]), 0);
+		/* the first captures, the next two wait for it */
+		status_wait(gm, i ? (i == 1 ? "capture_waiters: 1\n" : "capture_waiters: 2\n")
+			      : "capturing: yes\n");
+	}
+	struct gen *g = NULL;
+	cr_assert_eq(gen_acquire(gm, &g), -EBUSY, "a third waiter must be refused at once");
+	cr_assert_null(g);
+	cr_assert_eq(gen_refresh(gm), -EBUSY);
+	cr_assert(status_has(gm, 0, "capture_waiters_refused: 2\n"));
+	cr_assert_eq(write(gate[1], "x", 1), 1);
+	for (int i = 0; i < 3; i++) {
+		pthread_join(t[i], NULL);
+		cr_assert_eq(r[i].seq, 1, "caller %d waited for the capture and took its result", i);
+	}
+	cr_assert(status_has(gm, 0, "capture_waiters: 0\n"));
+	cr_assert_eq(acquire_seq(gm), 1, "waiting is allowed again");
+	cr_assert_eq(f.calls, 1);
+	gen_destroy(gm);
+	close(gate[0]);
+	close(gate[1]);
 }
 
 /* ---- the cache across daemons ------------------------------------------------------------ */
