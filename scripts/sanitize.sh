@@ -186,14 +186,24 @@ if ((do_valgrind)) && in_part pool; then
       ".shell cp '$s/cold.sqlite3' '$w/c.keep'; cp '$s/cold.sqlite3-wal' '$w/c.keep-wal'" >/dev/null
     mv "$w/c.keep" "$s/cold.sqlite3"; mv "$w/c.keep-wal" "$s/cold.sqlite3-wal"
     sqlite3 "$s/live.sqlite3" 'pragma journal_mode=wal; create table t(x); insert into t values (7);' >/dev/null
-    # A live WAL connection for the capture to pin: a shell that keeps it open.
+    # A live WAL connection for the capture to pin: a shell that keeps it open. Its inserts
+    # wait for locks (a connection of rows() closing last checkpoints under an exclusive
+    # lock), and its errors are kept: an insert lost to SQLITE_BUSY is a finding, not a hang.
     mkfifo "$w/live.in"
-    sqlite3 "$s/live.sqlite3" <"$w/live.in" >/dev/null 2>&1 &
+    sqlite3 "$s/live.sqlite3" <"$w/live.in" >"$w/live.out" 2>&1 &
     live_pid=$!
     exec 9>"$w/live.in"
-    rows() { sqlite3 "$s/live.sqlite3" 'select count(*) from t'; }
+    echo '.timeout 30000' >&9
+    rows() { sqlite3 -cmd '.timeout 30000' "$s/live.sqlite3" 'select count(*) from t'; }
+    live_rows() {   # live_rows N: wait (60 s at most) until the live database holds N rows
+      local deadline=$((SECONDS + 60))
+      until [ "$(rows)" = "$1" ]; do
+        ((SECONDS < deadline)) || { finding "valgrind setup: live.sqlite3 never held $1 rows: $(cat "$w/live.out")"; return 0; }
+        sleep 0.05
+      done
+    }
     echo 'insert into t values (8);' >&9
-    until [ "$(rows)" = 2 ]; do sleep 0.05; done
+    live_rows 2
     supp=$w/stillfs.supp
     cat >"$supp" <<'EOF'
 {
@@ -228,7 +238,7 @@ EOF
     }
     vg snapshot snapshot "$s" "$w/snap1"
     echo 'insert into t values (10);' >&9
-    until [ "$(rows)" = 3 ]; do sleep 0.05; done
+    live_rows 3
     echo "changed" >>"$s/a/b/c/d/f7"
     vg snapshot-previous snapshot --previous "$w/snap1" "$s" "$w/snap2"
     vg verify verify "$w/snap2"
