@@ -207,6 +207,12 @@ int ctl_refresh(int argc, char **argv)
 	int e = fsetxattr(fd, CTL_XATTR_REFRESH, "1", 1, 0) < 0 ? errno : 0;
 	close(fd);
 	char *text = ctl_read_status(mnt);
+	if (e == EBUSY) {
+		fprintf(stderr, "stillctl: refresh of %s refused (%s): as many openers of .snapshot "
+			"as may are waiting for the capture under way; try again\n", mnt, strerror(e));
+		free(text);
+		return CAP_EXIT_FAIL;
+	}
 	if (e) {
 		rep_field(text ? text : "", "last_error", err, sizeof err);
 		fprintf(stderr, "stillctl: refresh of %s failed: %s%s%s\n", mnt, strerror(e),

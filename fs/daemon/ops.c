@@ -641,7 +641,7 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 	if ((n == &sf.root || n->kind == ND_STATUS) && !strcmp(name, SF_XATTR_REFRESH)) {
 		rc = gen_refresh(sf.gm);
 		/* The caller sees why in the status file and the log; keep errno plain. */
-		if (rc && rc != -EAGAIN && rc != -ENOSPC)
+		if (rc && rc != -EAGAIN && rc != -ENOSPC && rc != -EBUSY)
 			rc = -EIO;
 		/* The VFS turns EAGAIN from setxattr into EOPNOTSUPP: "did not settle" is sent
 		 * as ETIMEDOUT. */
