@@ -916,7 +916,6 @@ int main(int argc, char **argv)
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts cmd;
 	struct fuse_lowlevel_ops ops;
-	struct fuse_loop_config *lc = NULL;
 	pthread_t hk;
 	int hk_started = 0, mounted = 0, rc = SF_EXIT_FAIL;
 
@@ -968,6 +967,9 @@ int main(int argc, char **argv)
 		rc = SF_EXIT_USAGE;
 		goto out;
 	}
+	if (cmd.clone_fd || cmd.max_idle_threads != UINT_MAX)
+		fprintf(stderr, "stillfs: clone_fd and max_idle_threads are ignored: requests are "
+			"read by the request threads themselves, which stay\n");
 	sf.threads = sf.o.max_threads_given ? cmd.max_threads : SF_DEFAULT_THREADS;
 	if (cmd.singlethread || sf.threads < SF_MIN_THREADS) {
 		fprintf(stderr, "stillfs: %s: a capture needs request threads besides the ones "
@@ -1084,17 +1086,12 @@ int main(int argc, char **argv)
 
 	/* Mounted and serving from here on: units ordered after ours find the mount in place. */
 	ob_notify("READY=1");
-	if (!(lc = fuse_loop_cfg_create()))
-		goto out;
-	fuse_loop_cfg_set_clone_fd(lc, (unsigned)cmd.clone_fd);
-	if (cmd.max_idle_threads != UINT_MAX)
-		fuse_loop_cfg_set_idle_threads(lc, cmd.max_idle_threads);
-	/* Lookups waiting for a capture each hold a thread, SF_FREE_THREADS never (gen.c).
-	 * Blocking lock requests hold none: lock.c answers them later. */
-	fuse_loop_cfg_set_max_threads(lc, sf.threads);
-	rc = fuse_session_loop_mt(sf.se, lc);
-	/* libfuse reports a stop by signal as the signal's number: that is a clean exit. */
-	rc = rc == 0 || rc == SIGTERM || rc == SIGINT || rc == SIGHUP ? SF_EXIT_OK : SF_EXIT_FAIL;
+	/* A share of the threads per user (loop.c); openers waiting for a capture never take
+	 * SF_FREE_THREADS of them (gen.c); blocking lock requests hold none (lock.c). */
+	rc = lp_run(sf.se, sf.threads);
+	if (rc)
+		log_err("reading requests: %s", strerror(-rc));
+	rc = rc ? SF_EXIT_FAIL : SF_EXIT_OK;
 	log_info("unmounting %s", sf.o.mountpoint);
 	ob_notify("STOPPING=1");
 out:
@@ -1112,8 +1109,6 @@ out:
 		fuse_remove_signal_handlers(sf.se);
 		fuse_session_destroy(sf.se);
 	}
-	if (lc)
-		fuse_loop_cfg_destroy(lc);
 	gen_destroy(sf.gm);
 	/* A start that failed before mounting leaves no cache it made itself behind. */
 	if (!mounted && sf.cache_marked && sf.cachefd >= 0) {

@@ -88,6 +88,7 @@ char *ob_status(int detailed, int json, size_t *len)
 	ob_path_line(f, "cache", sf.o.cache);
 	fprintf(f, "passthrough: %s\n", fc_passthrough() ? "on" : "off");
 	fprintf(f, "request_threads_max: %u\n", sf.threads);
+	lp_report(f);
 	fprintf(f, "lock_waiters: %u\n", lk_waiting());
 	fprintf(f, "descriptors_nodes: %zu\n", nodes);
 	fprintf(f, "descriptors_handles: %zu\n", handles);

@@ -303,5 +303,14 @@ void hp_report(FILE *f);
  * mount when a WAL index is open there, and must never reach .snapshot: its own capture is
  * what .snapshot would wait for). */
 int hp_is_helper(pid_t tid);
+/* 1 if tid is the capture helper's main thread (the one that uses the mount); no system call. */
+int hp_is_helper_pid(pid_t tid);
+
+/* loop.c */
+/* Serve the session's requests on up to max_threads threads, a share of them per user, until
+ * it exits (unmount or a stop signal). 0, or -errno of a failed read of /dev/fuse. */
+int lp_run(struct fuse_session *se, unsigned max_threads);
+/* request_threads, requests_parked* and requests_refused status lines. */
+void lp_report(FILE *f);
 
 #endif

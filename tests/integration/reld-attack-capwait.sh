@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0-or-later
-# Readers waiting for a capture cannot take every request thread. A lookup in .snapshot that
-# needs a new generation waits for the capture in one of the daemon's request threads. A user
-# who started more such lookups than the daemon has threads (max_threads) hung the live view
-# for as long as the capture lasted; and a capture whose helper writes mapped pages back
-# through the mount (a file mapped shared without passthrough) then hung for good, since no
-# thread was left to serve that write. Now a quarter of the threads (2 at least) never wait
-# for a capture: callers beyond are refused at once with EBUSY, the live view and the status
-# file answer meanwhile, and the capture writes the mapped page back and ends.
-#
+# Requests waiting in the daemon cannot take every request thread. An open of .snapshot that
+# needs a new generation waits for the capture in a request thread. A user who opened it from
+# more processes than the daemon has threads (max_threads) hung the live view for as long as
+# the capture lasted; and a capture whose helper writes mapped pages back through the mount (a
+# file mapped shared without passthrough) then hung for good, as no thread was left to serve
+# that write. Now (fs/daemon/loop.c, gen.c):
+#   - a user's requests run on a quarter of the threads at most; the others wait in the daemon
+#     holding none, and another user's requests, root's, the capture's are served meanwhile;
+#   - openers waiting for a capture never take the last quarter of the threads: past that they
+#     get EBUSY at once (root here, whose requests may use all threads but 2);
+#   - the capture writes the mapped page back through the mount, ends, and every opener that
+#     waited takes its result.
 # The capture is held by the user's rollback database, locked EXCLUSIVE directly on the store,
 # for as long as the test needs (settle_timeout is long); the user's file mapped through a
 # no_passthrough mount holds a dirty page the capture must write back.
@@ -33,12 +36,12 @@ store=$T_WORK/store mnt=$T_WORK/mnt
 mkdir -p "$store/pub" "$mnt"
 chmod 1777 "$store/pub"
 head -c 65536 /dev/zero >"$store/pub/map.bin"
-n=12
-for ((i = 0; i < n; i++)); do echo "$i" >"$store/f$i"; done
+echo hello >"$store/f0"
 chown "$user:" "$store/pub/map.bin"
-# 8 threads: 2 never wait for a capture, the one that starts it and 5 more may.
-t_mount "$store" "$mnt" -o auto_unmount,allow_other,no_passthrough,max_threads=8,snapshot_max_age=0,snapshot_linger=0,settle_timeout=300
-[ "$(t_status "$mnt" request_threads_max)" = 8 ] || t_fail "status: request_threads_max is not 8"
+# 16 threads: 4 never wait for a capture, the one that starts it and 11 more may; a user's
+# requests run on 4, root's on 14.
+t_mount "$store" "$mnt" -o auto_unmount,allow_other,no_passthrough,max_threads=16,snapshot_max_age=0,snapshot_linger=0,settle_timeout=300
+[ "$(t_status "$mnt" request_threads_max)" = 16 ] || t_fail "status: request_threads_max is not 16"
 
 cat >"$T_WORK/user.py" <<'PY'
 import mmap, os, signal, sqlite3, sys
@@ -70,61 +73,76 @@ mapper=$upid
 start_user lock "$store/pub/db"
 locker=$upid
 
-# More openers of .snapshot needing a new generation than the daemon has threads. (Opens, as
-# `ls` makes: the kernel sends lookups in one directory one at a time, opens all at once.)
-pids=()
-for ((i = 0; i < n; i++)); do
-  setpriv --reuid "$user" --regid "$user" --init-groups -- ls "$mnt/.snapshot/" >"$T_WORK/look.$i" 2>&1 &
-  pids+=("$!")
-  T_PIDS+=("$!")
-done
-# each has been answered, or waits in the kernel for the daemon's answer
-settled() {
+# Openers of .snapshot needing a new generation (opens, as `ls` makes: the kernel sends lookups
+# in one directory one at a time, opens all at once): first the user's, 8 of them.
+upids=() rpids=()
+# asked PID...: each has been answered, or waits in the kernel for the daemon's answer
+asked() {
   local p
-  for p in "${pids[@]}"; do
-    [ -e "/proc/$p" ] || continue
-    grep -q request_wait_answer "/proc/$p/stack" 2>/dev/null || return 1
+  for p in "$@"; do
+    [ ! -e "/proc/$p" ] || grep -q request_wait_answer "/proc/$p/stack" 2>/dev/null || return 1
   done
 }
-t_wait_for 60 settled
-waiting=0
-for p in "${pids[@]}"; do [ ! -e "/proc/$p" ] || waiting=$((waiting + 1)); done
-t_log "$waiting of $n openers wait for the capture"
-
-# The live view and the status file answer meanwhile (a name the kernel has not seen yet).
+for ((i = 0; i < 8; i++)); do
+  setpriv --reuid "$user" --regid "$user" --init-groups -- ls "$mnt/.snapshot/" >"$T_WORK/u.$i" 2>&1 &
+  upids+=("$!")
+  T_PIDS+=("$!")
+done
+t_wait_for 60 asked "${upids[@]}"
+t_wait_for 20 eval '[ "$(t_status "$mnt" capturing)" = yes ]'
+field() { awk -v k="$1:" '$1 == k { print $2 }' "$T_WORK/status"; }
+status() {   # the status file, as root, answered within 20 s
+  timeout -s KILL 20 cat "$mnt/.stillfs-status" >"$T_WORK/status" ||
+    t_fail "the status file did not answer while openers wait for a capture ($1)"
+}
+status "the user's"
+t_log "the user's 8 openers: $(field capture_waiters) wait for the capture, $(field requests_parked) requests parked"
+[ "$(field capture_waiters)" = 3 ] || t_fail "capture_waiters is $(field capture_waiters), not 3: a user's requests run on 4 threads"
+[ "$(field requests_parked)" -ge 4 ] || t_fail "requests_parked is $(field requests_parked), not 4 or more"
+# The live view answers root and another user meanwhile (names the kernel has not seen yet).
 echo new >"$store/pub/new.txt"
-out=$(timeout -s KILL 20 cat "$mnt/pub/new.txt") ||
-  t_fail "a read through the live view did not answer while $waiting openers wait for a capture"
-[ "$out" = new ] || t_fail "the live view read '$out'"
-status=$(timeout -s KILL 20 cat "$mnt/.stillfs-status") ||
-  t_fail "the status file did not answer while $waiting openers wait for a capture"
-grep -qx 'capturing: yes' <<<"$status" || t_fail "the capture is not held by the locked database: $status"
-wait_n=$(awk '$1 == "capture_waiters:" { print $2 }' <<<"$status")
-refused=$(awk '$1 == "capture_waiters_refused:" { print $2 }' <<<"$status")
-t_log "status: capture_waiters $wait_n, refused $refused"
-[ "$wait_n" = 5 ] || t_fail "capture_waiters is '$wait_n', not 5 (8 threads, 2 kept free, 1 capturing)"
-[ "$refused" = $((n - 6)) ] || t_fail "capture_waiters_refused is '$refused', not $((n - 6))"
-[ "$waiting" = 6 ] || t_fail "$waiting openers wait, not 6 (the capturing one and 5)"
+[ "$(timeout -s KILL 20 cat "$mnt/pub/new.txt")" = new ] ||
+  t_fail "root's read through the live view did not answer while the user's openers wait"
+victim=sfcv$$
+t_useradd "$victim"
+echo other >"$store/pub/other.txt"
+[ "$(setpriv --reuid "$victim" --regid "$victim" --init-groups -- timeout -s KILL 20 cat "$mnt/pub/other.txt")" = other ] ||
+  t_fail "another user's read through the live view did not answer while the user's openers wait"
+
+# Then root's 12: 8 more may wait (11 in all), the other 4 are refused at once.
+for ((i = 0; i < 12; i++)); do
+  ls "$mnt/.snapshot/" >"$T_WORK/r.$i" 2>&1 &
+  rpids+=("$!")
+  T_PIDS+=("$!")
+done
+t_wait_for 60 asked "${rpids[@]}"
+status "root's too"
+t_log "and root's 12: $(field capture_waiters) wait, $(field capture_waiters_refused) refused"
+[ "$(field capturing)" = yes ] || t_fail "the capture is not held by the locked database"
+[ "$(field capture_waiters)" = 11 ] || t_fail "capture_waiters is $(field capture_waiters), not 11 (16 threads, 4 kept free, 1 capturing)"
+[ "$(field capture_waiters_refused)" = 4 ] || t_fail "capture_waiters_refused is $(field capture_waiters_refused), not 4"
 
 # Once the database is free, the capture writes the mapped page back through the mount, ends,
 # and the waiting openers take its result.
 kill "$locker"
-ended() { local p; for p in "${pids[@]}"; do [ ! -e "/proc/$p" ] || return 1; done; }
+ended() { local p; for p in "${upids[@]}" "${rpids[@]}"; do [ ! -e "/proc/$p" ] || return 1; done; }
 t_wait_for 120 ended
 ok=0 busy=0
-for ((i = 0; i < n; i++)); do
+for ((i = 0; i < 20; i++)); do
+  if ((i < 8)); then p=${upids[$i]} out=$T_WORK/u.$i; else p=${rpids[$((i - 8))]} out=$T_WORK/r.$((i - 8)); fi
   rc=0
-  wait "${pids[$i]}" || rc=$?
+  wait "$p" || rc=$?
   if ((rc == 0)); then
-    grep -qx "f$i" "$T_WORK/look.$i" || t_fail "ls $i: $(cat "$T_WORK/look.$i")"
+    grep -qx f0 "$out" || t_fail "ls $out: $(cat "$out")"
     ok=$((ok + 1))
   else
-    grep -q 'Device or resource busy' "$T_WORK/look.$i" || t_fail "ls $i failed otherwise: $(cat "$T_WORK/look.$i")"
+    ((i >= 8)) || t_fail "the user's ls $i failed: $(cat "$out")"
+    grep -q 'Device or resource busy' "$out" || t_fail "ls $out failed otherwise: $(cat "$out")"
     busy=$((busy + 1))
   fi
 done
 t_log "openers: $ok answered from the capture, $busy refused with EBUSY"
-((ok == 6 && busy == n - 6)) || t_fail "$ok answered and $busy refused, not 6 and $((n - 6))"
+((ok == 16 && busy == 4)) || t_fail "$ok answered and $busy refused, not 16 and 4"
 [ "$(t_status "$mnt" capturing)" = no ] || t_fail "still capturing"
 [ "$(t_status "$mnt" captures_ok)" -ge 1 ] || t_fail "no capture succeeded: $(grep -i error "$T_DAEMON_LOG" | tail -n 3)"
 cmp -s <(head -c 5 <(tail -c +4097 "$mnt/.snapshot/pub/map.bin")) <(printf dirty) ||
@@ -132,4 +150,4 @@ cmp -s <(head -c 5 <(tail -c +4097 "$mnt/.snapshot/pub/map.bin")) <(printf dirty
 kill "$mapper"
 wait "$mapper" 2>/dev/null || true
 t_unmount "$mnt"
-echo "PASS: openers of .snapshot waiting for a capture leave threads free: the live view answers, the write-back ends the capture, the rest get EBUSY"
+echo "PASS: requests waiting for a capture leave threads free: the live view answers root and others, the write-back ends the capture, openers past the bound get EBUSY"
