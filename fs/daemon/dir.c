@@ -40,6 +40,7 @@ struct dr {
 	struct dr_ent *ents;       /* root only */
 	size_t nents;
 	size_t charged_bytes;      /* of ents, charged to uid (dr_charge) */
+	size_t stream_bytes;       /* of dp, charged to uid (dr_charge) */
 };
 
 /* Open handles of `.snapshot` itself. A name looked up below `.snapshot` belongs to the
@@ -108,6 +109,10 @@ struct gen *dr_snapdir_gen(pid_t pid)
  * with ENOMEM. */
 #define DR_USER_BYTES (32UL << 20)
 #define DR_ALL_BYTES (128UL << 20)
+/* Every handle's DIR stream is charged the same way: glibc gives each a buffer of 32 KiB (and
+ * the handle's own state is about 1 KiB more), so one user's handles of any directories hold
+ * at most DR_USER_BYTES too, about 1,000 of them at once. */
+#define DR_STREAM_BYTES (33UL << 10)
 struct dr_user {
 	uid_t uid;
 	size_t bytes;
@@ -133,8 +138,9 @@ static struct dr_user *dr_user_of(uid_t uid)
 	return &dr_users[dr_nusers++];
 }
 
-/* Charge n more bytes of d's root listing to its user: 0 or -ENOMEM. */
-static int dr_charge(struct dr *d, size_t n)
+/* Charge n more bytes of d (its root listing, or its stream) to its user, counted in *to:
+ * 0 or -ENOMEM. */
+static int dr_charge_to(struct dr *d, size_t n, size_t *to)
 {
 	int rc = 0;
 	if (d->uid == 0 || d->uid == sf.uid)
@@ -146,23 +152,33 @@ static int dr_charge(struct dr *d, size_t n)
 	} else {
 		u->bytes += n;
 		dr_all_bytes += n;
-		d->charged_bytes += n;
+		*to += n;
 	}
 	pthread_mutex_unlock(&dr_mmu);
 	return rc;
 }
 
-static void dr_uncharge(struct dr *d)
+static int dr_charge(struct dr *d, size_t n)
 {
-	if (!d->charged_bytes)
+	return dr_charge_to(d, n, &d->charged_bytes);
+}
+
+static void dr_uncharge_from(struct dr *d, size_t *from)
+{
+	if (!*from)
 		return;
 	pthread_mutex_lock(&dr_mmu);
 	struct dr_user *u = dr_user_of(d->uid);
 	if (u)
-		u->bytes -= d->charged_bytes;
-	dr_all_bytes -= d->charged_bytes;
+		u->bytes -= *from;
+	dr_all_bytes -= *from;
 	pthread_mutex_unlock(&dr_mmu);
-	d->charged_bytes = 0;
+	*from = 0;
+}
+
+static void dr_uncharge(struct dr *d)
+{
+	dr_uncharge_from(d, &d->charged_bytes);
 }
 
 static void dr_free_ents(struct dr *d)
@@ -186,6 +202,7 @@ static void dr_free(struct dr *d)
 	if (d->charged)
 		sf_fd_uncharge(d->uid);
 	dr_free_ents(d);
+	dr_uncharge_from(d, &d->stream_bytes);
 	free(d);
 }
 
@@ -219,6 +236,8 @@ static void dr_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if ((rc = sf_fd_charge(d->uid)))
 		goto out;
 	d->charged = 1;
+	if ((rc = dr_charge_to(d, DR_STREAM_BYTES, &d->stream_bytes)))
+		goto out;
 	if ((rc = nd_pin(n)))
 		goto out;
 	fd = openat(n->kind == ND_SNAPDIR ? gen_fd(g) : n->fd, ".",

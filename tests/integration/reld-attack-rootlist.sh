@@ -6,7 +6,8 @@
 # long names and opened it hundreds of times (up to -o max_user_fds handles), and the daemon
 # grew by the size of the root per handle until the kernel killed it. Now a user's root
 # listings are charged to them (32 MiB per user, 128 MiB for all users but root); past that a
-# listing of the root fails with ENOMEM. With 20,000 names of 200 bytes in a 1777 root:
+# listing of the root (or an open of any directory: each handle's stream is charged too)
+# fails with ENOMEM. With 20,000 names of 200 bytes in a 1777 root:
 # - 100 handles of the root, each listed, leave the daemon under 200 MiB (it was ~500 MiB);
 # - some of them fail with ENOMEM, not all; root and another user still list the root whole
 #   while the attacker holds them.
@@ -33,14 +34,15 @@ setpriv --reuid "$user" --regid "$user" --init-groups -- "$py" - "$mnt" 100 "$T_
 import errno, os, sys, time
 fds, failed = [], 0
 for i in range(int(sys.argv[2])):
-    fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
     try:
+        # the open is refused too once the handles' streams and listings fill the budget
+        fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+        fds.append(fd)
         os.listdir(fd)    # reads from the handle's own offset: the listing is loaded
     except OSError as e:
         if e.errno != errno.ENOMEM:
             raise
         failed += 1
-    fds.append(fd)
 with open(sys.argv[3] + ".tmp", "w") as f:
     f.write("%d\n" % failed)
 os.rename(sys.argv[3] + ".tmp", sys.argv[3])
