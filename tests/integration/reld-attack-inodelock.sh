@@ -106,11 +106,11 @@ openers=$upid
 start_user writer "$store/pub/F" "$mnt/pub/G"
 writer=$upid
 
-# For 20 s, root must be answered within 10 s each time: a stat of a name the kernel has not
+# For 10 s, root must be answered within 10 s each time: a stat of a name the kernel has not
 # seen (a lookup the daemon must serve), and the status file.
 hung=""
 i=0
-end=$((SECONDS + 20))
+end=$((SECONDS + 10))
 while ((SECONDS < end)); do
   i=$((i + 1))
   echo "$i" >"$store/probe$i"
