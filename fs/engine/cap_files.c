@@ -217,6 +217,19 @@ static int cap_unmap_writes(struct cap *c, struct ent *e, int src)
 	return 0;
 }
 
+/* A change that raised no event (AIO, a write through a name outside the store, a store through
+ * a shared mapping) may come after the capture last looked at a file and before it copies it:
+ * the copy takes it in, and nothing else tells that the file changed just then. The quiet window
+ * counts from that change, which the file's ctime dates (a ctime ahead of our clock counts as
+ * now). */
+static void cap_changed_at(struct cap *c, const struct cap_stat *st)
+{
+	int64_t age = cap_ns(ut_realtime()) - cap_ns(st->st_ctim);
+	double at = ut_now() - (age > 0 ? (double)age / 1e9 : 0);
+	if (at > c->last_change)
+		c->last_change = at;
+}
+
 /* Copy (or share) one regular file; classifies it as a database on the way. */
 static int cap_copy_file(struct cap *c, struct ent *e)
 {
@@ -256,6 +269,7 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	rc = cap_unmap_writes(c, e, src);
 	if (rc)
 		goto out;
+	cap_changed_at(c, &e->st);
 	if (e->st.st_nlink > 1 && (rc = cap_alias(c, e)) != 0) {
 		if (rc > 0)
 			rc = 0;
