@@ -139,9 +139,12 @@ if ((do_asan && !asan_failed)) && { in_part heavy || in_part pool || in_part alo
     mapfile -t heavy_tests < <(meson test -C "$asan" --list --suite heavy 2>/dev/null | sed -n "$engine_re")
     mapfile -t alone_tests < <(meson test -C "$asan" --list --suite alone 2>/dev/null | sed -n "$engine_re")
     mapfile -t unit_tests < <(meson test -C "$asan" --list --suite unit 2>/dev/null | sed -n 's/^.* \/ //p')
+    # Not under ASan: rel-killwriter, whose engine paths (a hot journal left by a killed writer)
+    # engine-hotjournal runs under ASan in a second instead of its 25.
+    asan_skip=" rel-killwriter "
     pool_tests=()
     for t in "${engine_tests[@]}"; do
-      [[ " ${heavy_tests[*]} ${alone_tests[*]} " == *" $t "* ]] || pool_tests+=("$t")
+      [[ " ${heavy_tests[*]} ${alone_tests[*]} " == *" $t "* || $asan_skip == *" $t "* ]] || pool_tests+=("$t")
     done
     ((${#engine_tests[@]})) || finding "no engine integration tests found in $asan"
     if in_part heavy && ((${#heavy_tests[@]})); then

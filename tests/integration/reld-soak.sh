@@ -15,13 +15,13 @@
 # (median of the last tenth within 10% + 2 MiB of the median of the first tenth after a
 # warm-up), only the current generation left once readers are gone, the writer never failed,
 # the daemon unmounts cleanly with a clean log.
-# env: RELD_SOAK_CYCLES (default 40; scripts/soak.sh runs 1000), RELD_SOAK_EVERY (default 10),
+# env: RELD_SOAK_CYCLES (default 30; scripts/soak.sh runs 1000), RELD_SOAK_EVERY (default 10),
 #      RELD_SOAK_WRITER=mount|store (default mount), RELD_SOAK_SUMMARY=FILE (append the figures),
 #      RELD_SOAK_SERIES=FILE (per-cycle "descriptors RSS_KiB"), RELD_SOAK_RSS_RULE=off (sanitizers).
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/reld-lib.sh"
 : "${STILLFS:?}" "${TORTURE:?}"
-cycles=${RELD_SOAK_CYCLES:-40} every=${RELD_SOAK_EVERY:-10} wmode=${RELD_SOAK_WRITER:-mount}
+cycles=${RELD_SOAK_CYCLES:-30} every=${RELD_SOAK_EVERY:-10} wmode=${RELD_SOAK_WRITER:-mount}
 store=$T_WORK/store mnt=$T_WORK/mnt cache=$T_WORK/cache.mnt up=$T_WORK/upload
 mkdir -p "$mnt" "$up"
 "$TORTURE" init "$store" >/dev/null

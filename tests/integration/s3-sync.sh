@@ -19,7 +19,7 @@ source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/s3-lib.sh"
 : "${TORTURE:?}"
 s3_require_peers
-ROUNDS=${S3_SYNC_ROUNDS:-5}
+ROUNDS=${S3_SYNC_ROUNDS:-4}
 HAZARD_ROUND=3     # the hazard file is rewritten just before this round
 CHURN_ROUND=4      # a file is deleted and another created just before this round
 ((ROUNDS >= CHURN_ROUND)) || t_fail "S3_SYNC_ROUNDS must be >= $CHURN_ROUND"
