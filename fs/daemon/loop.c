@@ -291,6 +291,14 @@ static void *lp_worker(void *arg)
 		pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
 		if (res == -EINTR)
 			continue;
+		/* The kernel ends the connection with ENODEV at an unmount, or ECONNABORTED when
+		 * it aborts the requests still queued (an unmount while many releases of a killed
+		 * process are pending, or an abort through /sys/fs/fuse/connections): both end
+		 * the session. */
+		if (res == -ECONNABORTED) {
+			fuse_session_exit(lp.se);
+			res = 0;
+		}
 		if (res <= 0) {
 			if (res < 0) {
 				pthread_mutex_lock(&lp.mu);

@@ -12,7 +12,7 @@ source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/s3-lib.sh"
 : "${TORTURE:?}"
 s3_require_peers
-N=${S3_INTERRUPT_FILES:-200}   # of each kind: rewritten, added, removed
+N=${S3_INTERRUPT_FILES:-100}   # of each kind: rewritten, added, removed
 BUCKET=stillfs
 t_log "peers: $(s3_versions)"
 
