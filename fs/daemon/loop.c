@@ -262,14 +262,15 @@ static void lp_spawn_if_needed(void)
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
-static void lp_process(struct fuse_buf *buf, enum lp_class c, struct lp_user *u)
+/* Run the request in buf, then (unless forget: a FORGET frees no place of root's or a
+ * user's) the parked ones that may run. */
+static void lp_process(struct fuse_buf *buf, enum lp_class c, struct lp_user *u, int forget)
 {
 	fuse_session_process_buf(lp.se, buf);
 	pthread_mutex_lock(&lp.mu);
 	lp_end(c, u);
-	/* Run what waited for this thread while it may. */
 	struct lp_parked *p;
-	while ((p = lp_take(&c, &u))) {
+	while (!forget && (p = lp_take(&c, &u))) {
 		lp_begin(c, u);
 		pthread_mutex_unlock(&lp.mu);
 		struct fuse_buf pb = { .size = p->size, .mem = p->mem };
@@ -341,13 +342,20 @@ static void *lp_worker(void *arg)
 			continue;
 		}
 		lp_begin(c, u);
-		lp.receiving--;
-		lp_spawn_if_needed();
+		/* A FORGET is answered at once, without a reply: a burst of them (the kernel
+		 * pruning its inodes) must not start a thread each. */
+		int forget = in->opcode == LP_OP_FORGET || in->opcode == LP_OP_BATCH_FORGET;
+		if (!forget) {
+			lp.receiving--;
+			lp_spawn_if_needed();
+		}
 		pthread_mutex_unlock(&lp.mu);
-		lp_process(&buf, c, u);
-		pthread_mutex_lock(&lp.mu);
-		lp.receiving++;
-		pthread_mutex_unlock(&lp.mu);
+		lp_process(&buf, c, u, forget);
+		if (!forget) {
+			pthread_mutex_lock(&lp.mu);
+			lp.receiving++;
+			pthread_mutex_unlock(&lp.mu);
+		}
 	}
 	free(buf.mem);
 	sem_post(&lp.finish);
