@@ -9,8 +9,8 @@
  *
  * Here every worker thread reads requests from /dev/fuse as libfuse's do, but first reads the
  * request's header. Requests in three classes may run at once, at most:
- *   - the kernel's own (pid 0: write-back of mapped pages), FORGET and INTERRUPT, and the
- *     capture helper's: every thread;
+ *   - the kernel's own (uid and pid 0: write-back of mapped pages), FORGET and INTERRUPT,
+ *     and the capture helper's: every thread;
  *   - root's: all but LP_KERNEL_SPARE, so the class above always finds a thread;
  *   - any other user's: all but LP_ROOT_SPARE more, and LP_SHARE(threads) per user.
  * A request over its limit is parked, copied out of the worker's buffer, and run in arrival
@@ -77,8 +77,10 @@ static struct {
 
 static enum lp_class lp_class_of(const struct lp_in_header *in)
 {
+	/* The kernel's write-back carries no caller: uid and pid 0. (A user's process that the
+	 * daemon's pid namespace cannot see comes with pid 0 too, but with its own uid.) */
 	if (in->opcode == LP_OP_FORGET || in->opcode == LP_OP_BATCH_FORGET ||
-	    in->opcode == LP_OP_INTERRUPT || in->pid == 0 ||
+	    in->opcode == LP_OP_INTERRUPT || (in->uid == 0 && in->pid == 0) ||
 	    (in->uid == 0 && hp_is_helper_pid((pid_t)in->pid)))
 		return LP_KERNEL;
 	return in->uid == 0 ? LP_ROOT : LP_USER;
