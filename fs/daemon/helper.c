@@ -49,8 +49,7 @@
 extern char **environ;
 
 static pthread_mutex_t hp_mu = PTHREAD_MUTEX_INITIALIZER;
-static pid_t hp_pid;
-static _Atomic pid_t hp_pid_now;   /* hp_pid, for hp_is_helper_pid without the lock */
+static _Atomic pid_t hp_pid;        /* set and cleared under hp_mu; read without it too */
 static int hp_last;                /* the last capture: 0 none yet, 1 ok, -1 failed (hp_mu) */
 /* The running capture's last progress line, if it sent one (hp_mu). */
 static struct {
@@ -132,7 +131,7 @@ int hp_is_helper(pid_t tid)
 
 int hp_is_helper_pid(pid_t tid)
 {
-	return tid > 0 && tid == atomic_load(&hp_pid_now);
+	return tid > 0 && tid == atomic_load(&hp_pid);
 }
 
 static int hp_spawn(char *const argv[], int life, int out, int err, int mnt, pid_t *pid)
@@ -328,7 +327,6 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 	rc = hp_spawn(argv, life[0], out[1], errp[1], mnt, &pid);
 	if (!rc)
 		hp_pid = pid;
-	atomic_store(&hp_pid_now, hp_pid);
 	pthread_mutex_unlock(&hp_mu);
 	if (rc) {
 		snprintf(err, errlen, "cannot start the capture helper: %s", strerror(-rc));
@@ -385,7 +383,6 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 out:
 	pthread_mutex_lock(&hp_mu);
 	hp_pid = 0;
-	atomic_store(&hp_pid_now, 0);
 	hp_last = rc ? -1 : 1;
 	hp_prog.valid = 0;
 	pthread_mutex_unlock(&hp_mu);
