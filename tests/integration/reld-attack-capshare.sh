@@ -13,6 +13,7 @@
 # threads (the rest wait in the daemon, holding none), so one user cannot fill the waiting
 # places; another user's opener meanwhile waits for the capture and gets its result.
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/reld-lib.sh"
 : "${STILLFS:?}"
 [ "$(id -u)" = 0 ] || t_fail "needs root"
 /usr/bin/python3 -c 'import sqlite3' 2>/dev/null || t_fail "python3's sqlite3 module is needed"
@@ -30,7 +31,7 @@ ls "$mnt/.snapshot/" >/dev/null || t_fail "no first generation"
 
 cat >"$T_WORK/lock.py" <<'PY'
 import signal, sqlite3, sys
-c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c = sqlite3.connect(sys.argv[2], isolation_level=None)
 c.execute("create table if not exists t(x)")
 c.execute("begin exclusive")
 c.execute("insert into t values(1)")
@@ -38,11 +39,8 @@ print("ready", flush=True)
 signal.pause()
 PY
 chmod 644 "$T_WORK/lock.py"
-setpriv --reuid "$user" --regid "$user" --init-groups -- \
-  /usr/bin/python3 "$T_WORK/lock.py" "$store/pub/db" >"$T_WORK/lock.out" 2>&1 &
-locker=$!
-T_PIDS+=("$locker")
-t_wait_for 20 grep -q ready "$T_WORK/lock.out"
+reld_user_py "$T_WORK/lock.py" lock "$store/pub/db"
+locker=$upid
 
 # The attacker's openers: one starts the capture (held by the lock), the others wait for it
 # or for a request thread of the attacker's share (2 of 8).
@@ -52,10 +50,7 @@ for ((i = 0; i < 8; i++)); do
   pids+=("$!")
   T_PIDS+=("$!")
 done
-# each has been answered, or waits in the kernel for the daemon's answer
-asked() { [ ! -e "/proc/$1" ] || grep -q request_wait_answer "/proc/$1/stack" 2>/dev/null; }
-all_asked() { local p; for p in "$@"; do asked "$p" || return 1; done; }
-t_wait_for 60 all_asked "${pids[@]}"
+t_wait_for 60 reld_asked "${pids[@]}"
 t_wait_for 20 eval '[ "$(t_status "$mnt" capturing)" = yes ]'
 t_log "the attacker's openers: $(t_status "$mnt" capture_waiters) wait for the capture, $(t_status "$mnt" requests_parked) requests parked, $(t_status "$mnt" capture_waiters_refused) refused"
 
@@ -63,7 +58,7 @@ t_log "the attacker's openers: $(t_status "$mnt" capture_waiters) wait for the c
 setpriv --reuid "$victim" --regid "$victim" --init-groups -- ls "$mnt/.snapshot/" >"$T_WORK/v.out" 2>&1 &
 vpid=$!
 T_PIDS+=("$vpid")
-t_wait_for 60 asked "$vpid"
+t_wait_for 60 reld_asked "$vpid"
 release() {
   kill "$locker" 2>/dev/null || true
   local p

@@ -16,6 +16,7 @@
 # for as long as the test needs (settle_timeout is long); the user's file mapped through a
 # no_passthrough mount holds a dirty page the capture must write back.
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/reld-lib.sh"
 : "${STILLFS:?}"
 [ "$(id -u)" = 0 ] || t_fail "needs root"
 /usr/bin/python3 -c 'import sqlite3' 2>/dev/null || t_fail "python3's sqlite3 module is needed"
@@ -61,34 +62,20 @@ print("ready", flush=True)
 signal.pause()
 PY
 chmod 644 "$T_WORK/user.py"
-start_user() {  # start_user WHAT PATH: the user's process; sets $upid
-  setpriv --reuid "$user" --regid "$user" --init-groups -- \
-    /usr/bin/python3 "$T_WORK/user.py" "$1" "$2" >"$T_WORK/$1.out" 2>&1 &
-  upid=$!
-  T_PIDS+=("$upid")
-  t_wait_for 20 grep -q ready "$T_WORK/$1.out"
-}
-start_user map "$mnt/pub/map.bin"
+reld_user_py "$T_WORK/user.py" map "$mnt/pub/map.bin"
 mapper=$upid
-start_user lock "$store/pub/db"
+reld_user_py "$T_WORK/user.py" lock "$store/pub/db"
 locker=$upid
 
 # Openers of .snapshot needing a new generation (opens, as `ls` makes: the kernel sends lookups
 # in one directory one at a time, opens all at once): first the user's, 8 of them.
 upids=() rpids=()
-# asked PID...: each has been answered, or waits in the kernel for the daemon's answer
-asked() {
-  local p
-  for p in "$@"; do
-    [ ! -e "/proc/$p" ] || grep -q request_wait_answer "/proc/$p/stack" 2>/dev/null || return 1
-  done
-}
 for ((i = 0; i < 8; i++)); do
   setpriv --reuid "$user" --regid "$user" --init-groups -- ls "$mnt/.snapshot/" >"$T_WORK/u.$i" 2>&1 &
   upids+=("$!")
   T_PIDS+=("$!")
 done
-t_wait_for 60 asked "${upids[@]}"
+t_wait_for 60 reld_asked "${upids[@]}"
 t_wait_for 20 eval '[ "$(t_status "$mnt" capturing)" = yes ]'
 field() { awk -v k="$1:" '$1 == k { print $2 }' "$T_WORK/status"; }
 status() {   # the status file, as root, answered within 20 s
@@ -115,7 +102,7 @@ for ((i = 0; i < 12; i++)); do
   rpids+=("$!")
   T_PIDS+=("$!")
 done
-t_wait_for 60 asked "${rpids[@]}"
+t_wait_for 60 reld_asked "${rpids[@]}"
 status "root's too"
 t_log "and root's 12: $(field capture_waiters) wait, $(field capture_waiters_refused) refused"
 [ "$(field capturing)" = yes ] || t_fail "the capture is not held by the locked database"

@@ -25,6 +25,7 @@
 # The defence this checks: while the user attacks, root is answered (a stat of a name the
 # kernel has not seen, the status file).
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/reld-lib.sh"
 : "${STILLFS:?}"
 [ "$(id -u)" = 0 ] || t_fail "needs root"
 /usr/bin/python3 -c 'import ctypes, mmap' 2>/dev/null || t_fail "python3 is needed"
@@ -83,14 +84,6 @@ else:
         signal.pause()
 PY
 chmod 644 "$T_WORK/user.py"
-start_user() {  # start_user NAME ARGS...: the user's process; sets $upid
-  local name=$1; shift
-  setpriv --reuid "$user" --regid "$user" --init-groups -- \
-    /usr/bin/python3 "$T_WORK/user.py" "$name" "$@" >"$T_WORK/$name.out" 2>&1 &
-  upid=$!
-  T_PIDS+=("$upid")
-  t_wait_for 20 grep -q ready "$T_WORK/$name.out"
-}
 stop_user() {
   local p
   for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -101,9 +94,9 @@ stop_user() {
 echo before >"$store/probe0"
 timeout -s KILL 10 stat "$mnt/probe0" >/dev/null || t_fail "root's stat did not answer before the attack"
 
-start_user openers "$mnt/pub/F" $((threads + 16))
+reld_user_py "$T_WORK/user.py" openers "$mnt/pub/F" $((threads + 16))
 openers=$upid
-start_user writer "$store/pub/F" "$mnt/pub/G"
+reld_user_py "$T_WORK/user.py" writer "$store/pub/F" "$mnt/pub/G"
 writer=$upid
 
 # For 10 s, root must be answered within 10 s each time: a stat of a name the kernel has not

@@ -49,3 +49,25 @@ reld_verify() {
 
 # reld_gens CACHE: the generation directories in CACHE, on one line.
 reld_gens() { find "$1" -mindepth 1 -maxdepth 1 -name 'gen-*' -printf '%f\n' | sort | tr '\n' ' '; }
+
+# reld_user_py SCRIPT NAME ARGS...: run python SCRIPT NAME ARGS... as the test's $user
+# (t_attacker) in the background, its output in $T_WORK/NAME.out; wait until it prints
+# "ready". Sets $upid, which the cleanup kills.
+reld_user_py() {
+  local script=$1 name=$2
+  shift 2
+  setpriv --reuid "$user" --regid "$user" --init-groups -- \
+    /usr/bin/python3 "$script" "$name" "$@" >"$T_WORK/$name.out" 2>&1 &
+  upid=$!
+  T_PIDS+=("$upid")
+  t_wait_for 20 grep -q ready "$T_WORK/$name.out"
+}
+
+# reld_asked PID...: each has been answered (has exited), or waits in the kernel for the
+# daemon's answer to a request.
+reld_asked() {
+  local p
+  for p in "$@"; do
+    [ ! -e "/proc/$p" ] || grep -q request_wait_answer "/proc/$p/stack" 2>/dev/null || return 1
+  done
+}
