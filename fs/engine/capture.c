@@ -171,6 +171,15 @@ static const char *cap_worst(const struct cap *c)
 	return out;
 }
 
+/* Seconds until the wall clock reaches `barrier`, but no later than `stop` on the monotonic
+ * clock (a clock stepped back is not waited for). */
+static double cap_left(double barrier, double stop)
+{
+	struct timespec now = ut_realtime();
+	double left = barrier - ((double)now.tv_sec + now.tv_nsec / 1e9);
+	return stop - ut_now() < left ? stop - ut_now() : left;
+}
+
 static int cap_settle(struct cap *c)
 {
 	/* The first pass copies the whole store; the settle timeout starts after it. */
@@ -182,19 +191,14 @@ static int cap_settle(struct cap *c)
 	 * (see cap_set_times); keep up with the store while that second comes. It is at most a
 	 * second away unless the clock was stepped back: then it is not waited for, and
 	 * cap_set_times dates the changed files past uploads_before instead. */
-	double barrier = floor(c->uploads_before) + 1, stop = ut_now() + 1.0;
-	for (;;) {
-		struct timespec now = ut_realtime();
-		double left = barrier - ((double)now.tv_sec + now.tv_nsec / 1e9);
-		if (stop - ut_now() < left)
-			left = stop - ut_now();
-		if (left <= 0)
-			break;
+	double barrier = floor(c->uploads_before) + 1, stop = ut_now() + 1.0, left;
+	while ((left = cap_left(barrier, stop)) > 0) {
 		int rc = cap_quiet(c, ut_now() + left);
 		if (rc && rc != -EAGAIN)
 			return rc;
-		if (rc == 0) {
-			/* quiet early: wait out the rest, still reading events */
+		/* Quiet early: wait out the rest, still reading events. The copying cap_quiet
+		 * did took time of its own: what is left is counted again. */
+		if (rc == 0 && (left = cap_left(barrier, stop)) > 0) {
 			struct pollfd p = { .fd = wt_fd(c->w), .events = POLLIN };
 			poll(&p, 1, (int)(left * 1000) + 1);
 		}
