@@ -192,6 +192,19 @@ static int cap_fs_notifies(int fd)
 	return 0;
 }
 
+/* The newest ctime the scans saw, of an entry of directory di (di itself included), for the
+ * quiet window at start. Whether every ctime seen dates its change to a clock tick: one of a
+ * local file system that notifies (our clock, no file server's) and keeps fractions of a
+ * second (a ctime the kernel set falls on a whole second one time in 10^9; on ext4 with small
+ * inodes and some others, always). */
+static void cap_saw_ctime(struct cap *c, size_t di, dev_t dev, struct timespec ctim)
+{
+	if (c->e[di].unwatched || dev != c->e[di].st.st_dev || ctim.tv_nsec == 0)
+		c->ctime_coarse = 1;
+	if (cap_ns(ctim) > c->newest_ctime)
+		c->newest_ctime = cap_ns(ctim);
+}
+
 /* 1 and *id if s can be trusted as proof of "unchanged" at `at`, else 0. */
 static int cap_id_of(const struct cap_stat *s, int64_t at, struct cap_id *id)
 {
@@ -467,8 +480,7 @@ static int cap_scan_dir(struct cap *c, size_t di)
 		 * now reports as di alone, so both are swept like a directory no event covers. */
 		c->e[di].unwatched = c->e[was].unwatched = 1;
 	}
-	if (cap_ns(c->e[di].st.st_ctim) > c->newest_ctime)
-		c->newest_ctime = cap_ns(c->e[di].st.st_ctim);
+	cap_saw_ctime(c, di, c->e[di].st.st_dev, c->e[di].st.st_ctim);
 	if (di && mkdirat(c->stagefd, c->e[di].path, 0700) < 0 && errno != EEXIST) {
 		rc = -errno;
 		log_err("cannot create %s in the snapshot: %s", c->e[di].path, strerror(errno));
@@ -532,8 +544,7 @@ static int cap_scan_dir(struct cap *c, size_t di)
 		if (rc)
 			break;
 		cap_keep_stat(&c->e[idx].st, &st);
-		if (cap_ns(st.st_ctim) > c->newest_ctime)
-			c->newest_ctime = cap_ns(st.st_ctim);
+		cap_saw_ctime(c, di, st.st_dev, st.st_ctim);
 		c->e[idx].dirty = 1;
 		if (kind == K_DIR)
 			c->e[idx].rescan = 1;

@@ -45,7 +45,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define CAP_CTIME_DOUBT_MS 2500 /* how far a file's ctime is not trusted to date its change */
+/* How long before the end of the change it dates a file's ctime may be: where timestamps are
+ * whole seconds or a file server's clock, 2.5 s; else a clock tick and the time a write takes
+ * after it stamped the ctime. */
+#define CAP_CTIME_DOUBT_MS 2500
+#define CAP_CTIME_DOUBT_FINE_MS 200
 
 volatile sig_atomic_t cap_stop;
 void cap_interrupt(void) { cap_stop = 1; }
@@ -389,14 +393,15 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	if (rc)
 		goto out;
 	/* Writes made before the watches began were not seen as events, but they left their
-	 * ctime. Only an old one is trusted to say the store has been still: timestamps may be
-	 * whole seconds (small ext4 inodes, some network file systems) and a file server's clock
-	 * may lag ours, either of which makes a write a moment ago look older than it is. Else
-	 * the quiet window starts now. */
+	 * ctime: the store last changed at most the doubt after the newest one (and not after
+	 * now). Timestamps may be whole seconds (small ext4 inodes, some network file systems) and
+	 * a file server's clock may lag ours, either of which makes a write a moment ago look
+	 * older than it is: then only an old ctime says the store has been still. */
 	int64_t since = cap_ns(ut_realtime()) - c.newest_ctime;
+	int64_t doubt = (c.ctime_coarse ? CAP_CTIME_DOUBT_MS : CAP_CTIME_DOUBT_FINE_MS) * 1000000LL;
 	c.last_change = ut_now();
-	if (since > (int64_t)(o->quiet_ms + CAP_CTIME_DOUBT_MS) * 1000000)
-		c.last_change -= (double)since / 1e9;
+	if (since > doubt)
+		c.last_change -= (double)(since - doubt) / 1e9;
 	for (size_t i = 0; i < c.n; i++)
 		if (c.e[i].kind == K_FILE)
 			c.total_bytes += (uint64_t)c.e[i].st.st_size;
