@@ -396,8 +396,15 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	 * ctime: the store last changed at most the doubt after the newest one (and not after
 	 * now). Timestamps may be whole seconds (small ext4 inodes, some network file systems) and
 	 * a file server's clock may lag ours, either of which makes a write a moment ago look
-	 * older than it is: then only an old ctime says the store has been still. */
-	int64_t since = cap_ns(ut_realtime()) - c.newest_ctime;
+	 * older than it is: then only an old ctime says the store has been still. Now is the
+	 * earlier of our clock and the one that stamps ctimes (the staging directory's, touched),
+	 * in case ours runs ahead. */
+	int64_t now_ns = cap_ns(ut_realtime());
+	struct stat probe;
+	if (futimens(c.stagefd, NULL) == 0 && fstat(c.stagefd, &probe) == 0 &&
+	    cap_ns(probe.st_ctim) < now_ns)
+		now_ns = cap_ns(probe.st_ctim);
+	int64_t since = now_ns - c.newest_ctime;
 	int64_t doubt = (c.ctime_coarse ? CAP_CTIME_DOUBT_MS : CAP_CTIME_DOUBT_FINE_MS) * 1000000LL;
 	c.last_change = ut_now();
 	if (since > doubt)

@@ -64,10 +64,11 @@ for step in -15 +3600; do
   echo "# clock step $step s during a capture: $ms ms"
 done
 
-# 4. A wall clock ahead of the store's timestamps (a file server's clock that lags, or whole-second
-# timestamps) must not make a write of a moment ago look old: a group of three files written
-# 150 ms apart, the capture started right after the first, with its clock 1.5 s ahead (before:
-# the cut fell after the first file, 5 times in 5).
+# 4. A wall clock ahead of the store's timestamps (a file server's clock that lags) must not make
+# a write of a moment ago look old: a group of three files written 150 ms apart, the capture
+# started right after the first, with its clock 1.5 s ahead (before: the cut fell after the
+# first file, 5 times in 5; and again once the ctimes of a local file system were trusted to
+# 0.2 s, until the capture also read the clock that stamps them).
 rm -rf "$store"/*
 mkdir "$store/g"
 for f in 0 1 2; do echo 0 >"$store/g/f$f"; done
