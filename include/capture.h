@@ -42,6 +42,11 @@ struct cap_opts {
 	 * their names, may have ended in or after that second (the daemon: a generation read
 	 * after a newer one was cut). Both 0: none. */
 	int64_t redate_after, redate_until;
+	/* Do not wait for the whole second after uploads_before before the cut: date the changed
+	 * files in it all the same, ahead of the cut by up to a second, and leave it to the
+	 * caller to let no upload read them before it comes (cap_stats.dated_until; the daemon
+	 * holds opens of them). 0: wait (stillctl: its caller uploads when it returns). */
+	int date_ahead;
 	cap_progress_fn *progress; /* progress reports (see cap_progress_fn), or NULL */
 	void *progress_arg;       /* passed to progress */
 	int quiet;                /* no summary line */
@@ -72,6 +77,9 @@ struct cap_stats {
 	unsigned retries;         /* cut attempts that had to be redone */
 	unsigned threads;         /* hashing and compare threads (cp_hashers) */
 	unsigned recycled;        /* database copies taken over from cap_opts.recycle */
+	int64_t dated_until;      /* the latest whole second (real time) a changed file was dated
+				   * in: an upload that reads it before then leaves an object dated
+				   * before its mtime, which the next aws s3 sync sends again */
 };
 
 /* Exit codes shared by stillctl and the daemon's capture helper. */

@@ -165,6 +165,7 @@ static int fh_make(fuse_req_t req, struct node *n, struct fuse_file_info *fi, in
 		}
 		if ((rc = gen_pin(sf.gm, n->gen, 1)))
 			goto fail;
+		gen_hold_reads(n->gen);
 		h->fd = nd_reopen(n, O_RDONLY | (fi->flags & O_NONBLOCK));
 		if (h->fd < 0) {
 			rc = h->fd;

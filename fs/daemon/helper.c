@@ -257,9 +257,11 @@ static int hp_parse(const char *line, struct cap_stats *st)
 	if (sscanf(line, "err %d", &e) == 1)
 		return e > 0 ? -e : -EIO;
 	if (sscanf(line, "ok id=%47s cut=%lld.%ld dur=%lf lock=%lf files=%" SCNu64
-		   " copied=%" SCNu64 " linked=%" SCNu64 " cloned=%" SCNu64 " retries=%u",
+		   " copied=%" SCNu64 " linked=%" SCNu64 " cloned=%" SCNu64 " retries=%u"
+		   " dated=%" SCNd64,
 		   st->id, &sec, &nsec, &st->duration_s, &st->lock_max_s, &st->files,
-		   &st->bytes_copied, &st->bytes_linked, &st->bytes_cloned, &st->retries) != 10)
+		   &st->bytes_copied, &st->bytes_linked, &st->bytes_cloned, &st->retries,
+		   &st->dated_until) != 11)
 		return -EPROTO;
 	st->cut.tv_sec = (time_t)sec;
 	st->cut.tv_nsec = nsec;
@@ -552,6 +554,7 @@ int hp_main(int argc, char **argv)
 	}
 	o.redate_after = ra;
 	o.redate_until = ru;
+	o.date_ahead = 1; /* opens of .snapshot files wait for cap_stats.dated_until (file.c) */
 	o.writeback = strcmp(argv[7], "-") ? argv[7] : NULL;
 	o.writeback_inodes = hp_writeback_inodes;
 	o.writeback_arg = argv[7];
@@ -566,10 +569,11 @@ int hp_main(int argc, char **argv)
 	rc = cap_snapshot(&o, &st);
 	if (rc == 0)
 		printf("ok id=%s cut=%lld.%09ld dur=%.6f lock=%.6f files=%" PRIu64
-		       " copied=%" PRIu64 " linked=%" PRIu64 " cloned=%" PRIu64 " retries=%u\n",
+		       " copied=%" PRIu64 " linked=%" PRIu64 " cloned=%" PRIu64 " retries=%u"
+		       " dated=%" PRId64 "\n",
 		       st.id, (long long)st.cut.tv_sec, st.cut.tv_nsec, st.duration_s,
 		       st.lock_max_s, st.files, st.bytes_copied, st.bytes_linked, st.bytes_cloned,
-		       st.retries);
+		       st.retries, st.dated_until);
 	else
 		printf("err %d\n", -rc);
 	fflush(stdout);

@@ -22,10 +22,11 @@
  * seconds, truncated: an upload of this snapshot comes after the cut, so its LastModified is
  * at least this second and the next sync does not send the file again; an upload of an earlier
  * snapshot came before uploads_before, which the cut's second is after (cap_settle waits for
- * that), so this mtime is newer and the file is sent. rsync compares whole seconds too: a new
+ * that, or with cap_opts.date_ahead this is that second and the caller holds reads until it
+ * comes: cap_stats.dated_until), so this mtime is newer and the file is sent. rsync compares whole seconds too: a new
  * second also tells it the file changed. prev_sec: the previous snapshot's file's second, or
  * INT64_MIN. */
-static int64_t cap_changed_sec(const struct cap *c, int64_t prev_sec)
+static int64_t cap_changed_sec(struct cap *c, int64_t prev_sec)
 {
 	int64_t sec = c->cut_ns / 1000000000LL;
 	int64_t after = (int64_t)floor(c->uploads_before) + 1;
@@ -37,6 +38,8 @@ static int64_t cap_changed_sec(const struct cap *c, int64_t prev_sec)
 		sec = c->o->redate_until + 1; /* idem: uploads_before covers it */
 	if (sec >= INT64_MAX / 1000000000LL) /* a previous mtime past 2262 */
 		sec = INT64_MAX / 1000000000LL - 1;
+	if (sec > c->st->dated_until)
+		c->st->dated_until = sec;
 	return sec;
 }
 

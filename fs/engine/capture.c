@@ -194,8 +194,10 @@ static int cap_settle(struct cap *c)
 	/* The cut should fall in a later whole second than any upload of an earlier snapshot
 	 * (see cap_set_times); keep up with the store while that second comes. It is at most a
 	 * second away unless the clock was stepped back: then it is not waited for, and
-	 * cap_set_times dates the changed files past uploads_before instead. */
-	double barrier = floor(c->uploads_before) + 1, stop = ut_now() + 1.0, left;
+	 * cap_set_times dates the changed files past uploads_before instead; so it does with
+	 * date_ahead, whose caller holds reads until then. */
+	double barrier = c->o->date_ahead ? 0 : floor(c->uploads_before) + 1,
+	       stop = ut_now() + 1.0, left;
 	while ((left = cap_left(barrier, stop)) > 0) {
 		int rc = cap_quiet(c, ut_now() + left);
 		if (rc && rc != -EAGAIN)

@@ -582,6 +582,23 @@ void gen_unref(struct genmgr *gm, struct gen *g)
 	pthread_mutex_unlock(&gm->mu);
 }
 
+void gen_hold_reads(const struct gen *g)
+{
+	double until = (double)g->stats.dated_until, limit = ut_now() + 2.0;
+	for (;;) {
+		struct timespec rt = ut_realtime();
+		double left = until - ((double)rt.tv_sec + rt.tv_nsec / 1e9);
+		if (left > limit - ut_now())
+			left = limit - ut_now();
+		if (left <= 0)
+			return;
+		struct timespec ts = { (time_t)left, (long)((left - (double)(time_t)left) * 1e9) + 1 };
+		if (ts.tv_nsec >= 1000000000L)
+			ts = (struct timespec){ ts.tv_sec + 1, 0 };
+		nanosleep(&ts, NULL);
+	}
+}
+
 int gen_pin(struct genmgr *gm, struct gen *g, int file)
 {
 	int rc = 0;

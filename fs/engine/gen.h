@@ -56,6 +56,10 @@ void gen_unpin(struct genmgr *gm, struct gen *g, int file);
 /* gen_unpin of a file's handle, ino its inode number: a file of an older generation that the
  * current one shares is not an overtaking read (see gen.c). */
 void gen_unpin_file(struct genmgr *gm, struct gen *g, uint64_t ino);
+/* Hold a reader of g's files until the whole second its changes were dated in has come (real
+ * time; cap_opts.date_ahead), so that an upload of them is not dated before their mtimes: at
+ * most a second after the cut, and never more than 2 s (a clock stepped back). */
+void gen_hold_reads(const struct gen *g);
 int gen_dead(const struct gen *g);
 int gen_fd(const struct gen *g);
 unsigned long gen_seq(const struct gen *g);
