@@ -804,6 +804,10 @@ int cap_db_copy(struct cap *c, struct ent *e)
 			if (!rc && fstatat(c->stagefd, e->path, &st, 0) == 0)
 				w = (uint64_t)st.st_size;
 		}
+		if (rc == -EAGAIN) {
+			e->dirty = 1; /* it shrank while read (sq_backup): copied again at the next try */
+			return -EAGAIN;
+		}
 	} else if (e->d->dbmode == DB_ROLLBACK && !e->hot) {
 		/* The early copy went stale: under the lock, only what differs is rewritten. */
 		e->d->synced_at = ut_now();

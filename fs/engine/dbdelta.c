@@ -163,6 +163,8 @@ struct dd_guard {
 };
 
 static __thread struct dd_guard *volatile dd_guarded;
+static __thread volatile sig_atomic_t dd_zf_on, dd_zf_hit;
+static uintptr_t dd_pagesz;
 static struct sigaction dd_old_bus;
 static pthread_once_t dd_bus_once = PTHREAD_ONCE_INIT;
 static volatile sig_atomic_t dd_bus_ok;
@@ -180,6 +182,16 @@ static void dd_on_sigbus(int sig, siginfo_t *si, void *uc)
 	const uint8_t *a = si->si_addr;
 	if (si->si_code > 0 && g && a >= g->lo && a < g->hi) /* > 0: a fault, not kill(2) */
 		siglongjmp(g->jb, 1);
+	if (si->si_code > 0 && dd_zf_on) {
+		/* SQLite's mapping (dd_zerofill_begin): a page of zeros where the file ended, and
+		 * the access runs again on it. */
+		void *pg = (void *)((uintptr_t)a & ~(dd_pagesz - 1));
+		if (mmap(pg, (size_t)dd_pagesz, PROT_READ, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS,
+			 -1, 0) != MAP_FAILED) {
+			dd_zf_hit = 1;
+			return;
+		}
+	}
 	/* Not ours: put back what was there. A fault runs its access again and gets that action;
 	 * a signal someone sent is sent again (blocked until we return). */
 	dd_bus_ok = 0;
@@ -190,6 +202,7 @@ static void dd_on_sigbus(int sig, siginfo_t *si, void *uc)
 
 static void dd_bus_install(void)
 {
+	dd_pagesz = (uintptr_t)sysconf(_SC_PAGESIZE);
 	struct sigaction sa = { .sa_sigaction = dd_on_sigbus, .sa_flags = SA_SIGINFO };
 	sigemptyset(&sa.sa_mask);
 	dd_bus_ok = sigaction(SIGBUS, &sa, &dd_old_bus) == 0;
@@ -202,6 +215,23 @@ static int dd_bus_usable(void)
 	sigset_t cur;
 	pthread_once(&dd_bus_once, dd_bus_install);
 	return dd_bus_ok && pthread_sigmask(SIG_BLOCK, NULL, &cur) == 0 && !sigismember(&cur, SIGBUS);
+}
+
+int dd_zerofill_begin(void)
+{
+	if (!dd_bus_usable())
+		return -1;
+	dd_zf_hit = 0;
+	dd_zf_on = 1;
+	atomic_signal_fence(memory_order_seq_cst);
+	return 0;
+}
+
+int dd_zerofill_end(void)
+{
+	atomic_signal_fence(memory_order_seq_cst);
+	dd_zf_on = 0;
+	return dd_zf_hit != 0;
 }
 
 /* Compare the n bytes s (block i of the live file) with dst and rewrite the pages that

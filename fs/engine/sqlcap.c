@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 /* SQLite's lock bytes (os_unix.c): one page at 1 GiB that no page ever occupies. */
+#define SQ_MMAP_MAX "2147418112" /* SQLite's own default limit (SQLITE_MAX_MMAP_SIZE) */
 #define SQ_PENDING_BYTE 0x40000000
 #define SQ_RESERVED_BYTE (SQ_PENDING_BYTE + 1)
 #define SQ_SHARED_FIRST (SQ_PENDING_BYTE + 2)
@@ -574,6 +575,14 @@ static int sq_backup(sqlite3 *src, const char *dst_path, int flags, const char *
 	if (rc == SQLITE_OK)
 		rc = sqlite3_exec(dst, "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF", NULL, NULL,
 				  NULL);
+	/* The live database is read through SQLite's own mapping of it, not a read(2) per page:
+	 * half the CPU time. A page past a truncation meanwhile reads as zeros (dd_zerofill) and
+	 * the copy is made again. */
+	int mapped = 0, shrank = 0;
+	if (rc == SQLITE_OK && dd_zerofill_begin() == 0) {
+		mapped = 1;
+		sqlite3_exec(src, "PRAGMA main.mmap_size=" SQ_MMAP_MAX, NULL, NULL, NULL);
+	}
 	if (rc == SQLITE_OK) {
 		sqlite3_backup *b = sqlite3_backup_init(dst, "main", src, "main");
 		if (!b) {
@@ -584,9 +593,15 @@ static int sq_backup(sqlite3 *src, const char *dst_path, int flags, const char *
 			rc = rc == SQLITE_DONE ? frc : rc;
 		}
 	}
+	if (mapped) {
+		sqlite3_exec(src, "PRAGMA main.mmap_size=0", NULL, NULL, NULL);
+		shrank = dd_zerofill_end();
+	}
+	sqlite3_close(dst);
+	if (shrank)
+		return -EAGAIN; /* whatever rc says, it was made from zeros: not published */
 	if (rc != SQLITE_OK)
 		log_err("backup to %s: %s", dst_path, dst ? sqlite3_errmsg(dst) : sqlite3_errstr(rc));
-	sqlite3_close(dst);
 	return rc == SQLITE_OK ? 0 : ((rc & 0xff) == SQLITE_FULL ? -ENOSPC : -EIO);
 }
 

@@ -293,6 +293,56 @@ Test(dbdelta, sigbus_not_ours_keeps_its_action)
 	}
 }
 
+Test(dbdelta, zerofill_reads_zeros_past_a_truncation)
+{
+	/* SQLite's own mapping of a live database (dd_zerofill): a page past a truncation reads
+	 * as zeros and is reported; outside dd_zerofill_begin/end the fault is not ours. In a
+	 * child: exit 0 if so, else a code saying what went wrong. */
+	const uint64_t len = 4 * MiB;
+	int copy, live = make_live(len, &copy), pp[2];
+	cr_assert_eq(pipe(pp), 0);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		close(pp[0]);
+		uint8_t first;
+		if (pread(live, &first, 1, 0) != 1)
+			_exit(2);
+		const volatile uint8_t *m = mmap(NULL, 2 * PAGE, PROT_READ, MAP_SHARED, live, 0);
+		if (m == MAP_FAILED || ftruncate(live, PAGE) < 0)
+			_exit(3);
+		if (dd_zerofill_begin() != 0)
+			_exit(4);
+		uint8_t a = m[0], b = m[PAGE + 7];
+		if (dd_zerofill_end() != 1)
+			_exit(5);
+		if (a != first || b != 0)
+			_exit(6);
+		if (dd_zerofill_begin() != 0)
+			_exit(7);
+		a = m[1];
+		if (dd_zerofill_end() != 0)
+			_exit(7);
+		munmap((void *)(uintptr_t)m, 2 * PAGE);
+		m = mmap(NULL, 2 * PAGE, PROT_READ, MAP_SHARED, live, 0);
+		if (m == MAP_FAILED)
+			_exit(8);
+		if (write(pp[1], "ok", 2) != 2)
+			_exit(9);
+		(void)m[PAGE]; /* not within begin/end: SIGBUS as always */
+		_exit(10);
+	}
+	close(pp[1]);
+	char got[3] = { 0 };
+	ssize_t n = read(pp[0], got, 2);
+	close(pp[0]);
+	int st = child_status(pid);
+	cr_assert(n == 2 && WIFSIGNALED(st) && WTERMSIG(st) == SIGBUS,
+		  "status %#x (exit %d, %s): zeros past the truncation, reported, and SIGBUS outside",
+		  st, WIFEXITED(st) ? WEXITSTATUS(st) : -1, n == 2 ? "reached the end" : "died early");
+	close(live), close(copy);
+}
+
 /* Both files mapped in before "the lock": writes in place, growth and truncation after that
  * are all seen, and the compare takes (almost) no page fault where one without the premap
  * takes one per few pages. */
