@@ -149,7 +149,6 @@ struct cap {
 	double last_change;      /* when a plain file or the tree was last seen changing */
 	double uploads_before;   /* realtime; see cap_opts */
 	int64_t newest_ctime;    /* of anything the scans saw, for the quiet window at start */
-	int ctime_coarse;        /* some of those ctimes are whole seconds or a file server's */
 	int holding;             /* rollback databases are locked: writers wait on us */
 	int no_clone;            /* the snapshot's filesystem cannot clone the store's files */
 	int clone_ok;            /* it could clone one (cap_db_premap's probe) */

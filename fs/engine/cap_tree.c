@@ -192,15 +192,9 @@ static int cap_fs_notifies(int fd)
 	return 0;
 }
 
-/* The newest ctime the scans saw, of an entry of directory di (di itself included), for the
- * quiet window at start. Whether every ctime seen dates its change to a clock tick: one of a
- * local file system that notifies (our clock, no file server's) and keeps fractions of a
- * second (a ctime the kernel set falls on a whole second one time in 10^9; on ext4 with small
- * inodes and some others, always). */
-static void cap_saw_ctime(struct cap *c, size_t di, dev_t dev, struct timespec ctim)
+/* The newest ctime the scans saw, for the quiet window at start. */
+static void cap_saw_ctime(struct cap *c, struct timespec ctim)
 {
-	if (c->e[di].unwatched || dev != c->e[di].st.st_dev || ctim.tv_nsec == 0)
-		c->ctime_coarse = 1;
 	if (cap_ns(ctim) > c->newest_ctime)
 		c->newest_ctime = cap_ns(ctim);
 }
@@ -480,7 +474,7 @@ static int cap_scan_dir(struct cap *c, size_t di)
 		 * now reports as di alone, so both are swept like a directory no event covers. */
 		c->e[di].unwatched = c->e[was].unwatched = 1;
 	}
-	cap_saw_ctime(c, di, c->e[di].st.st_dev, c->e[di].st.st_ctim);
+	cap_saw_ctime(c, c->e[di].st.st_ctim);
 	if (di && mkdirat(c->stagefd, c->e[di].path, 0700) < 0 && errno != EEXIST) {
 		rc = -errno;
 		log_err("cannot create %s in the snapshot: %s", c->e[di].path, strerror(errno));
@@ -544,7 +538,7 @@ static int cap_scan_dir(struct cap *c, size_t di)
 		if (rc)
 			break;
 		cap_keep_stat(&c->e[idx].st, &st);
-		cap_saw_ctime(c, di, st.st_dev, st.st_ctim);
+		cap_saw_ctime(c, st.st_ctim);
 		c->e[idx].dirty = 1;
 		if (kind == K_DIR)
 			c->e[idx].rescan = 1;

@@ -45,11 +45,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* How long before the end of the change it dates a file's ctime may be: where timestamps are
- * whole seconds or a file server's clock, 2.5 s; else a clock tick and the time a write takes
- * after it stamped the ctime. */
+/* How long before the end of the change it dates a file's ctime may be: timestamps may be whole
+ * seconds (small ext4 inodes, some network file systems), a file server's clock may lag ours,
+ * and a write stamps the ctime when it begins, however long it takes to land (a source buffer
+ * paged in from a slow device, dirty-page throttling). */
 #define CAP_CTIME_DOUBT_MS 2500
-#define CAP_CTIME_DOUBT_FINE_MS 200
 
 volatile sig_atomic_t cap_stop;
 void cap_interrupt(void) { cap_stop = 1; }
@@ -396,18 +396,16 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 		goto out;
 	/* Writes made before the watches began were not seen as events, but they left their
 	 * ctime: the store last changed at most the doubt after the newest one (and not after
-	 * now). Timestamps may be whole seconds (small ext4 inodes, some network file systems) and
-	 * a file server's clock may lag ours, either of which makes a write a moment ago look
-	 * older than it is: then only an old ctime says the store has been still. Now is the
-	 * earlier of our clock and the one that stamps ctimes (the staging directory's, touched),
-	 * in case ours runs ahead. */
+	 * now), so only an old ctime says the store has been still. Now is the earlier of our
+	 * clock and the one that stamps ctimes (the staging directory's, touched), in case ours
+	 * runs ahead. */
 	int64_t now_ns = cap_ns(ut_realtime());
 	struct stat probe;
 	if (futimens(c.stagefd, NULL) == 0 && fstat(c.stagefd, &probe) == 0 &&
 	    cap_ns(probe.st_ctim) < now_ns)
 		now_ns = cap_ns(probe.st_ctim);
 	int64_t since = now_ns - c.newest_ctime;
-	int64_t doubt = (c.ctime_coarse ? CAP_CTIME_DOUBT_MS : CAP_CTIME_DOUBT_FINE_MS) * 1000000LL;
+	int64_t doubt = CAP_CTIME_DOUBT_MS * 1000000LL;
 	c.last_change = ut_now();
 	if (since > doubt)
 		c.last_change -= (double)(since - doubt) / 1e9;

@@ -62,6 +62,8 @@ struct gen {
 	int fd;                    /* O_PATH of the generation root */
 	struct cap_stats stats;
 	double born;               /* monotonic time the capture finished */
+	double hold_until;         /* monotonic: opens of its files wait until then at most
+				    * (gen_hold_reads) */
 	unsigned handles;
 	unsigned files;            /* of the handles, those of files: they read data */
 	double last_close;
@@ -484,6 +486,12 @@ static int gen_capture_locked(struct genmgr *gm)
 		g->fd = fd;
 		g->stats = st;
 		g->born = now;
+		/* The second its changes are dated in, as far off on the monotonic clock as it is
+		 * now on the real-time one (and a moment more): a clock stepped back later does not
+		 * hold readers longer. */
+		struct timespec end = ut_realtime();
+		double ahead = (double)st.dated_until - ((double)end.tv_sec + end.tv_nsec / 1e9);
+		g->hold_until = now + (ahead > 0 ? ahead + 0.05 : 0);
 		g->refs = 1;
 		g->next = gm->list;
 		gm->list = g;
@@ -584,7 +592,7 @@ void gen_unref(struct genmgr *gm, struct gen *g)
 
 void gen_hold_reads(const struct gen *g)
 {
-	double until = (double)g->stats.dated_until, limit = ut_now() + 2.0;
+	double until = (double)g->stats.dated_until, limit = g->hold_until;
 	for (;;) {
 		struct timespec rt = ut_realtime();
 		double left = until - ((double)rt.tv_sec + rt.tv_nsec / 1e9);

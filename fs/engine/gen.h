@@ -57,8 +57,10 @@ void gen_unpin(struct genmgr *gm, struct gen *g, int file);
  * current one shares is not an overtaking read (see gen.c). */
 void gen_unpin_file(struct genmgr *gm, struct gen *g, uint64_t ino);
 /* Hold a reader of g's files until the whole second its changes were dated in has come (real
- * time; cap_opts.date_ahead), so that an upload of them is not dated before their mtimes: at
- * most a second after the cut, and never more than 2 s (a clock stepped back). */
+ * time; cap_opts.date_ahead), so that an upload of them is not dated before their mtimes:
+ * usually at most a second after the capture, more only where each of several generations in
+ * a row dated a file one second after the one before (captures faster than one a second);
+ * never longer than that second was away when the capture ended (a clock stepped back). */
 void gen_hold_reads(const struct gen *g);
 int gen_dead(const struct gen *g);
 int gen_fd(const struct gen *g);

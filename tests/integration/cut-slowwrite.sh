@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Guarantee A against a long write: the group x.bin, y.bin is rewritten in place, y.bin 300 ms
 # after x.bin's write returned (shorter than the 400 ms quiet window). x.bin's write(2) takes
-# 1.5 s because its source buffer faults slowly (atk-slowwrite.c, userfaultfd; a buffer mapped
+# 1.5 s because its source buffer faults slowly (slowwrite.c, userfaultfd; a buffer mapped
 # from a slow or network file does the same). The kernel stamps x.bin's ctime when the write
 # begins, so a capture started right after the write returned reads the store's newest ctime
 # as 1.5 s old, takes the store to have been quiet for 1.3 s, and copies x.bin new and y.bin
@@ -18,7 +18,7 @@ for r in $(seq 1 "$rounds"); do
   for i in $(seq 1 20); do echo "$i" >"$store/d/f$i"; done
   head -c 4096 /dev/zero | tr '\0' "$old" >"$store/x.bin"
   cp "$store/x.bin" "$store/y.bin"
-  "$ATKSLOWWRITE" "$store/x.bin" "$store/y.bin" 1500 300 "$new" -- \
+  "$SLOWWRITE" "$store/x.bin" "$store/y.bin" 1500 300 "$new" -- \
     "$STILLCTL" snapshot -q --uploads-before 1 "$store" "$T_WORK/snap"
   rc=$?
   [ "$rc" = 77 ] && { t_log "SKIP: no userfaultfd here"; exit 77; }

@@ -4,11 +4,13 @@
  * or swapped out, does the same). The kernel stamps the file's mtime and ctime when the write
  * begins, before it copies the data in, and raises the inotify event when it ends.
  *
- * usage: atk-slowwrite FIRST SECOND FAULT_MS PAUSE_MS BYTE -- CMD...
+ * usage: slowwrite FIRST SECOND FAULT_MS PAUSE_MS BYTE -- CMD...
  * Writes 4 KiB of BYTE into FIRST (its buffer's fault served after FAULT_MS), runs CMD (a
  * capture started right after the group's first file), waits PAUSE_MS, writes 4 KiB of BYTE
  * into SECOND, then waits for CMD and exits with its status. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
