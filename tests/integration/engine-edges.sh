@@ -67,8 +67,8 @@ done
 # 4. A wall clock ahead of the store's timestamps (a file server's clock that lags) must not make
 # a write of a moment ago look old: a group of three files written 150 ms apart, the capture
 # started right after the first, with its clock 1.5 s ahead (before: the cut fell after the
-# first file, 5 times in 5; and again once the ctimes of a local file system were trusted to
-# 0.2 s, until the capture also read the clock that stamps them).
+# first file, 5 times in 5). The capture reads the time against the clock that stamps ctimes
+# too, so a clock of its own that runs ahead is not believed.
 rm -rf "$store"/*
 mkdir "$store/g"
 for f in 0 1 2; do echo 0 >"$store/g/f$f"; done
