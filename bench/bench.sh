@@ -187,10 +187,10 @@ make_store1() {
 }
 
 # A store between two of its application's writes: still for longer than the capture's quiet
-# window (400 ms) and the 0.2 s it allows a ctime (on ext4, XFS, btrfs) to fall short of the
-# write it dates. A capture that starts sooner first waits out the rest of that window (a
-# figure-2 note measures it).
-still() { sleep 0.7; }
+# window (400 ms) and the 2.5 s by which it allows a ctime to fall short of the write it
+# dates. A capture that starts sooner first waits out the rest of that window (a figure-2 note
+# measures one started right after the change).
+still() { sleep 3.2; }
 
 # 1% of the store changes: rows appended to the database, two segment files rewritten in place.
 mutate_store1() {
@@ -282,7 +282,7 @@ fig2() {
 	rm -rf "$W/snapA" "$W/snapB"
 	local mr
 	mr=$(printf '%s\n' "${rat[@]}" | med)
-	row 2 "incremental capture after 1% changed (--recycle the previous; store still 0.7 s), vs full" \
+	row 2 "incremental capture after 1% changed (--recycle the previous; store still 3.2 s), vs full" \
 	    "$(calc "$mr * 100" 0)% ($(calc "$(printf '%s\n' "${ti[@]}" | med)") s vs $(calc "$(printf '%s\n' "${tf[@]}" | med)") s; ${copied:-?} copied)" \
 	    "≤ 10%" "$(verdict "$mr" '<=' 0.10)"
 	note "fig2: incremental times ${ti[*]}; full ${tf[*]}; bytes copied by the incremental: ${copied:-?}"
@@ -802,7 +802,7 @@ figR() {
 	    "$(calc "$cloned / 1048576" 0) MiB cloned, $(calc "$copied / 1048576" 1) MiB copied ($(calc "$(printf '%s\n' "${tcap[@]}" | med)") s vs cp -a $(calc "$(printf '%s\n' "${tcp[@]}" | med)") s: the capture reads and hashes every byte)" \
 	    "all cloned" "$ok"
 	mr=$(printf '%s\n' "${irat[@]}" | med)
-	row R "$fs: incremental capture after 1% changed (--recycle the previous; store still 0.7 s), vs full" \
+	row R "$fs: incremental capture after 1% changed (--recycle the previous; store still 3.2 s), vs full" \
 	    "$(calc "$mr * 100" 0)% ($(calc "$(printf '%s\n' "${tinc[@]}" | med)") s vs $(calc "$(printf '%s\n' "${tcap[@]}" | med)") s; $(calc "${icl:-nan} / 1048576" 1) MiB cloned, $(calc "${icp:-nan} / 1048576" 1) MiB copied)" \
 	    "≤ 10%" "$(verdict "$mr" '<=' 0.10)"
 	mr=$(printf '%s\n' "${irat2[@]}" | med)
