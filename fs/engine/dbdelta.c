@@ -184,7 +184,7 @@ static void dd_on_sigbus(int sig, siginfo_t *si, void *uc)
 		siglongjmp(g->jb, 1);
 	if (si->si_code > 0 && dd_zf_on) {
 		/* SQLite's mapping (dd_zerofill_begin): a page of zeros where the file ended, and
-		 * the access runs again on it. */
+		 * the access runs again on it (mmap is a plain system call, safe here). */
 		void *pg = (void *)((uintptr_t)a & ~(dd_pagesz - 1));
 		if (mmap(pg, (size_t)dd_pagesz, PROT_READ, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS,
 			 -1, 0) != MAP_FAILED) {

@@ -16,8 +16,9 @@
 #include <time.h>
 #include <unistd.h>
 
-/* SQLite's lock bytes (os_unix.c): one page at 1 GiB that no page ever occupies. */
 #define SQ_MMAP_MAX "2147418112" /* SQLite's own default limit (SQLITE_MAX_MMAP_SIZE) */
+
+/* SQLite's lock bytes (os_unix.c): one page at 1 GiB that no page ever occupies. */
 #define SQ_PENDING_BYTE 0x40000000
 #define SQ_RESERVED_BYTE (SQ_PENDING_BYTE + 1)
 #define SQ_SHARED_FIRST (SQ_PENDING_BYTE + 2)
@@ -576,8 +577,8 @@ static int sq_backup(sqlite3 *src, const char *dst_path, int flags, const char *
 		rc = sqlite3_exec(dst, "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF", NULL, NULL,
 				  NULL);
 	/* The live database is read through SQLite's own mapping of it, not a read(2) per page:
-	 * half the CPU time. A page past a truncation meanwhile reads as zeros (dd_zerofill) and
-	 * the copy is made again. */
+	 * half the CPU time. A page past a truncation meanwhile (or one the disk failed to read)
+	 * reads as zeros (dd_zerofill), and the copy is made again at the next attempt. */
 	int mapped = 0, shrank = 0;
 	if (rc == SQLITE_OK && dd_zerofill_begin() == 0) {
 		mapped = 1;
