@@ -24,8 +24,8 @@
  * snapshot came before uploads_before, which the cut's second is after (cap_settle waits for
  * that; or with cap_opts.date_ahead this is that second, and the caller holds reads until it
  * comes: cap_stats.dated_until), so this mtime is newer and the file is sent. rsync compares
- * whole seconds too: a new second also tells it the file changed. prev_sec: the previous snapshot's file's second, or
- * INT64_MIN. */
+ * whole seconds too: a new second also tells it the file changed. prev_sec: the previous
+ * snapshot's file's second, or INT64_MIN. Notes the latest second given in dated_until. */
 static int64_t cap_changed_sec(struct cap *c, int64_t prev_sec)
 {
 	int64_t sec = c->cut_ns / 1000000000LL;
