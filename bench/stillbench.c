@@ -874,7 +874,7 @@ static int sb_rss(int argc, char **argv)
 		sb_die("%s", "usage: stillbench rss PID OUT [--ms N]");
 	pid_t pid = (pid_t)atol(argv[0]);
 	int ms = atoi(sb_opt(argc, argv, "--ms", "10"));
-	long peak = 0, child_peak = 0, samples = 0;
+	long peak = 0, child_peak = 0, child_anon = 0, samples = 0;
 	signal(SIGTERM, sb_on_term);
 	signal(SIGINT, sb_on_term);
 	while (!sb_stop) {
@@ -903,6 +903,10 @@ static int sb_rss(int argc, char **argv)
 				long c = sb_status_kib((pid_t)atol(e->d_name), "VmHWM");
 				if (c > child_peak)
 					child_peak = c;
+				/* Its own memory, without the file pages it maps (RssFile). */
+				c = sb_status_kib((pid_t)atol(e->d_name), "RssAnon");
+				if (c > child_anon)
+					child_anon = c;
 			}
 		}
 		if (d)
@@ -915,8 +919,8 @@ static int sb_rss(int argc, char **argv)
 	FILE *f = fopen(argv[1], "w");
 	if (!f)
 		sb_die("cannot write %s", argv[1]);
-	fprintf(f, "rss_peak_kib=%ld hwm_kib=%ld child_peak_kib=%ld samples=%ld\n", peak, hwm,
-		child_peak, samples);
+	fprintf(f, "rss_peak_kib=%ld hwm_kib=%ld child_peak_kib=%ld child_anon_peak_kib=%ld "
+		"samples=%ld\n", peak, hwm, child_peak, child_anon, samples);
 	fclose(f);
 	return 0;
 }
