@@ -121,6 +121,10 @@ static int cap_writer_waiting(const struct cap *c)
  * to lock (WAL databases only, or none), it waits for quiet itself: nobody waits on us. */
 int cap_attempt(struct cap *c, double deadline)
 {
+	/* A -shm (or a database) truncated under the mappings SQLite makes of it reads as zeros
+	 * instead of killing us (a user who may write the store could otherwise stop every
+	 * capture), and the attempt is redone with new connections. */
+	int zerofill = dd_zerofill_begin() == 0;
 	/* The plain files copied so far are hashed before any writer is made to wait on us, not
 	 * while the databases are held. */
 	int rc = cap_collect_all(c);
@@ -258,6 +262,10 @@ out:
 		}
 	}
 	cap_db_release(c);
+	if (zerofill && dd_zerofill_end()) {
+		c->broken_why = "a database's -shm or file truncated while it was read";
+		rc = -EAGAIN;
+	}
 	c->holding = 0;
 	c->in_attempt = 0;
 	/* What no event reports (AIO, a write through another name of a hard link, a file

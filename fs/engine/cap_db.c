@@ -469,6 +469,8 @@ int cap_held_disturbed(struct ent *e)
 
 int cap_db_unreadable(struct cap *c, struct ent *e)
 {
+	if (dd_zerofill_hit())
+		return -EAGAIN; /* its -shm or file was truncated under us: cap_attempt retries */
 	log_err("cannot read database %s: %s", cap_where(c, e), sqlite3_errmsg(e->d->db));
 	return -EIO;
 }

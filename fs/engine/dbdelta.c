@@ -164,6 +164,7 @@ struct dd_guard {
 
 static __thread struct dd_guard *volatile dd_guarded;
 static __thread volatile sig_atomic_t dd_zf_on, dd_zf_hit;
+static __thread unsigned dd_zf_depth;
 static uintptr_t dd_pagesz;
 static struct sigaction dd_old_bus;
 static pthread_once_t dd_bus_once = PTHREAD_ONCE_INIT;
@@ -221,17 +222,26 @@ int dd_zerofill_begin(void)
 {
 	if (!dd_bus_usable())
 		return -1;
-	dd_zf_hit = 0;
-	dd_zf_on = 1;
+	if (!dd_zf_depth++) {
+		dd_zf_hit = 0;
+		dd_zf_on = 1;
+	}
 	atomic_signal_fence(memory_order_seq_cst);
 	return 0;
 }
 
-int dd_zerofill_end(void)
+int dd_zerofill_hit(void)
 {
 	atomic_signal_fence(memory_order_seq_cst);
-	dd_zf_on = 0;
 	return dd_zf_hit != 0;
+}
+
+int dd_zerofill_end(void)
+{
+	int hit = dd_zerofill_hit();
+	if (dd_zf_depth && !--dd_zf_depth)
+		dd_zf_on = 0;
+	return hit;
 }
 
 /* Compare the n bytes s (block i of the live file) with dst and rewrite the pages that

@@ -86,12 +86,15 @@ void dd_premap_drop(struct dd_premap *p);
 int dd_sync_premapped(int src, int dst, unsigned threads, struct dd_blocks *b,
 		      const struct dd_premap *p, struct dd_result *r);
 
-/* Reads SQLite makes through its own mapping of a live database (PRAGMA mmap_size) between
- * dd_zerofill_begin and dd_zerofill_end, on this thread: a page past a truncation of the file
- * reads as zeros instead of raising SIGBUS, and dd_zerofill_end returns 1 if one did (what was
- * read is then worthless). dd_zerofill_begin returns 0, or -1 where SIGBUS cannot be caught on
- * this thread (then do not let SQLite map the file). */
+/* Reads SQLite makes through its own mappings of a live database and its -shm (PRAGMA
+ * mmap_size; the WAL index) between dd_zerofill_begin and dd_zerofill_end, on this thread: a
+ * page past a truncation of the file reads as zeros instead of raising SIGBUS, and
+ * dd_zerofill_hit (and dd_zerofill_end) return 1 once one did: what was read since the
+ * outermost begin is worthless, and the connections that read it must be closed (their
+ * mappings hold the zeros). Pairs nest. dd_zerofill_begin returns 0, or -1 where SIGBUS cannot
+ * be caught on this thread (then end must not be called). */
 int dd_zerofill_begin(void);
+int dd_zerofill_hit(void);
 int dd_zerofill_end(void);
 
 /* Hash the invalid blocks of the file fd (which b describes). 0 or -errno. */

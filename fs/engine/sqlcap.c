@@ -578,7 +578,8 @@ static int sq_backup(sqlite3 *src, const char *dst_path, int flags, const char *
 				  NULL);
 	/* The live database is read through SQLite's own mapping of it, not a read(2) per page:
 	 * half the CPU time. A page past a truncation meanwhile (or one the disk failed to read)
-	 * reads as zeros (dd_zerofill), and the copy is made again at the next attempt. */
+	 * reads as zeros (dd_zerofill), and the copy is made again at the next attempt (so it
+	 * is after a -shm truncated since cap_attempt began). */
 	int mapped = 0, shrank = 0;
 	if (rc == SQLITE_OK && dd_zerofill_begin() == 0) {
 		mapped = 1;
