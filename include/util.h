@@ -45,6 +45,9 @@ int ut_unread_since_change(const struct stat *st);
 
 double ut_now(void);                 /* CLOCK_MONOTONIC seconds */
 struct timespec ut_realtime(void);
+/* Seconds until the real-time clock reads `wall` (seconds since the epoch), but no later than
+ * the monotonic time `limit` (ut_now): a clock stepped back is not waited for longer. */
+double ut_wall_left(double wall, double limit);
 int64_t ut_ts_ns(struct timespec t);
 struct timespec ut_ns_ts(int64_t ns);  /* the inverse, also before 1970 */
 struct stat;

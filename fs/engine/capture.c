@@ -175,15 +175,6 @@ static const char *cap_worst(const struct cap *c)
 	return out;
 }
 
-/* Seconds until the wall clock reaches `barrier`, but no later than `stop` on the monotonic
- * clock (a clock stepped back is not waited for). */
-static double cap_left(double barrier, double stop)
-{
-	struct timespec now = ut_realtime();
-	double left = barrier - ((double)now.tv_sec + now.tv_nsec / 1e9);
-	return stop - ut_now() < left ? stop - ut_now() : left;
-}
-
 static int cap_settle(struct cap *c)
 {
 	/* The first pass copies the whole store; the settle timeout starts after it. */
@@ -198,13 +189,13 @@ static int cap_settle(struct cap *c)
 	 * date_ahead, whose caller holds reads until then. */
 	double barrier = c->o->date_ahead ? 0 : floor(c->uploads_before) + 1,
 	       stop = ut_now() + 1.0, left;
-	while ((left = cap_left(barrier, stop)) > 0) {
+	while ((left = ut_wall_left(barrier, stop)) > 0) {
 		int rc = cap_quiet(c, ut_now() + left);
 		if (rc && rc != -EAGAIN)
 			return rc;
 		/* Quiet early: wait out the rest, still reading events. The copying cap_quiet
 		 * did took time of its own: what is left is counted again. */
-		if (rc == 0 && (left = cap_left(barrier, stop)) > 0) {
+		if (rc == 0 && (left = ut_wall_left(barrier, stop)) > 0) {
 			struct pollfd p = { .fd = wt_fd(c->w), .events = POLLIN };
 			poll(&p, 1, (int)(left * 1000) + 1);
 		}

@@ -163,8 +163,7 @@ struct dd_guard {
 };
 
 static __thread struct dd_guard *volatile dd_guarded;
-static __thread volatile sig_atomic_t dd_zf_on, dd_zf_hit;
-static __thread unsigned dd_zf_depth;
+static __thread volatile sig_atomic_t dd_zf_depth, dd_zf_hit; /* nested begins; a fault filled */
 static uintptr_t dd_pagesz;
 static struct sigaction dd_old_bus;
 static pthread_once_t dd_bus_once = PTHREAD_ONCE_INIT;
@@ -183,7 +182,7 @@ static void dd_on_sigbus(int sig, siginfo_t *si, void *uc)
 	const uint8_t *a = si->si_addr;
 	if (si->si_code > 0 && g && a >= g->lo && a < g->hi) /* > 0: a fault, not kill(2) */
 		siglongjmp(g->jb, 1);
-	if (si->si_code > 0 && dd_zf_on) {
+	if (si->si_code > 0 && dd_zf_depth > 0) {
 		/* SQLite's mapping (dd_zerofill_begin): a page of zeros where the file ended, and
 		 * the access runs again on it (mmap is a plain system call, safe here). */
 		void *pg = (void *)((uintptr_t)a & ~(dd_pagesz - 1));
@@ -222,10 +221,9 @@ int dd_zerofill_begin(void)
 {
 	if (!dd_bus_usable())
 		return -1;
-	if (!dd_zf_depth++) {
+	if (!dd_zf_depth)
 		dd_zf_hit = 0;
-		dd_zf_on = 1;
-	}
+	dd_zf_depth++;
 	atomic_signal_fence(memory_order_seq_cst);
 	return 0;
 }
@@ -239,8 +237,8 @@ int dd_zerofill_hit(void)
 int dd_zerofill_end(void)
 {
 	int hit = dd_zerofill_hit();
-	if (dd_zf_depth && !--dd_zf_depth)
-		dd_zf_on = 0;
+	if (dd_zf_depth > 0)
+		dd_zf_depth--;
 	return hit;
 }
 

@@ -43,6 +43,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -489,8 +490,7 @@ static int gen_capture_locked(struct genmgr *gm)
 		/* The second its changes are dated in, as far off on the monotonic clock as it is
 		 * now on the real-time one (and a moment more): a clock stepped back later does not
 		 * hold readers longer. */
-		struct timespec end = ut_realtime();
-		double ahead = (double)st.dated_until - ((double)end.tv_sec + end.tv_nsec / 1e9);
+		double ahead = ut_wall_left((double)st.dated_until, HUGE_VAL);
 		g->hold_until = now + (ahead > 0 ? ahead + 0.05 : 0);
 		g->refs = 1;
 		g->next = gm->list;
@@ -592,14 +592,8 @@ void gen_unref(struct genmgr *gm, struct gen *g)
 
 void gen_hold_reads(const struct gen *g)
 {
-	double until = (double)g->stats.dated_until, limit = g->hold_until;
-	for (;;) {
-		struct timespec rt = ut_realtime();
-		double left = until - ((double)rt.tv_sec + rt.tv_nsec / 1e9);
-		if (left > limit - ut_now())
-			left = limit - ut_now();
-		if (left <= 0)
-			return;
+	double left;
+	while ((left = ut_wall_left((double)g->stats.dated_until, g->hold_until)) > 0) {
 		struct timespec ts = { (time_t)left, (long)((left - (double)(time_t)left) * 1e9) + 1 };
 		if (ts.tv_nsec >= 1000000000L)
 			ts = (struct timespec){ ts.tv_sec + 1, 0 };

@@ -177,6 +177,13 @@ struct timespec ut_realtime(void)
 	return t;
 }
 
+double ut_wall_left(double wall, double limit)
+{
+	struct timespec now = ut_realtime();
+	double left = wall - ((double)now.tv_sec + now.tv_nsec / 1e9), bound = limit - ut_now();
+	return bound < left ? bound : left;
+}
+
 /* Saturated: a file can be dated past 2262 (touch -d 2300-01-01), which int64 nanoseconds do
  * not reach. */
 int64_t ut_ts_ns(struct timespec t)
