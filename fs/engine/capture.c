@@ -50,6 +50,7 @@
  * and a write stamps the ctime when it begins, however long it takes to land (a source buffer
  * paged in from a slow device, dirty-page throttling). */
 #define CAP_CTIME_DOUBT_MS 2500
+#define CAP_TICK_S 0.02 /* more than a tick of the kernel's coarse clock (HZ 100: 10 ms) */
 
 volatile sig_atomic_t cap_stop;
 void cap_interrupt(void) { cap_stop = 1; }
@@ -187,8 +188,11 @@ static int cap_settle(struct cap *c)
 	 * second away unless the clock was stepped back: then it is not waited for, and
 	 * cap_set_times dates the changed files past uploads_before instead; so it does with
 	 * date_ahead, whose caller holds reads until then. */
-	double barrier = c->o->date_ahead ? 0 : floor(c->uploads_before) + 1,
-	       stop = ut_now() + 1.0, left;
+	/* 20 ms into that second: the snapshot's files are dated in it (their atimes too), and
+	 * the ctimes the kernel then stamps on them, from a clock that may lag a tick, must come
+	 * after that, or the snapshot looks read already (cap_snapshot_unread). */
+	double barrier = c->o->date_ahead ? 0 : floor(c->uploads_before) + 1 + CAP_TICK_S,
+	       stop = ut_now() + 1.0 + CAP_TICK_S, left;
 	while ((left = ut_wall_left(barrier, stop)) > 0) {
 		int rc = cap_quiet(c, ut_now() + left);
 		if (rc && rc != -EAGAIN)
