@@ -50,6 +50,13 @@ run() {
   T_PIDS=()
   # A full snapshot of the quiet store: everything in it is a clone of the live file.
   "$STILLCTL" snapshot -q "$store" "$mnt/full" || t_fail "$fs: quiet snapshot failed"
+  # Hashing the database's clone must not leave its pages cached (checked before anything here
+  # reads it): they would double the store's cached database, and the next capture that
+  # recycles the copy would wait for their eviction.
+  local dbsize res
+  dbsize=$(stat -c %s "$mnt/full/chroma.sqlite3")
+  res=$(fincore --bytes --noheadings --output RES "$mnt/full/chroma.sqlite3")
+  (( res * 10 < dbsize )) || t_fail "$fs: $res of the $dbsize bytes of the database clone stayed in the page cache"
   "$TORTURE" check --strict "$mnt/full" >/dev/null || t_fail "$fs: quiet snapshot is not consistent"
   local size full_cloned
   size=$(du -sb --exclude=.stillfs-manifest "$store" | cut -f1)
