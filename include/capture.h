@@ -47,6 +47,10 @@ struct cap_opts {
 	 * caller to let no upload read them before it comes (cap_stats.dated_until; the daemon
 	 * holds opens of them). 0: wait (stillctl: its caller uploads when it returns). */
 	int date_ahead;
+	/* The niceness to run at while databases are held, when it is below the one the capture
+	 * runs at (a caller that lowered its own priority for the copying: the writers waiting
+	 * on our locks must not wait for a CPU too). CAP_NICE_KEEP: never change it. */
+	int hold_nice;
 	cap_progress_fn *progress; /* progress reports (see cap_progress_fn), or NULL */
 	void *progress_arg;       /* passed to progress */
 	int quiet;                /* no summary line */
@@ -90,6 +94,8 @@ enum cap_exit {
 	CAP_EXIT_UNSETTLED = 3,   /* no consistent cut within the settle timeout */
 	CAP_EXIT_IO = 4,          /* I/O error (disk full, unreadable file, ...) */
 };
+
+#define CAP_NICE_KEEP 100
 
 void cap_opts_init(struct cap_opts *o);
 

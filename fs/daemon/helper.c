@@ -408,9 +408,11 @@ out:
  * between generations (FOWNER), set-group-ID bits included (FSETID); and write to and move
  * copies that already carry other owners and read-only modes, which recycling an earlier
  * generation's database copies does (DAC_OVERRIDE; without it captures still succeed, but
- * copy such databases whole). */
+ * copy such databases whole); and go back to the daemon's CPU priority while it holds
+ * databases, after copying at a lower one (SYS_NICE; cap_opts.hold_nice). */
 #define HP_CAPS ((1ULL << CAP_CHOWN) | (1ULL << CAP_DAC_OVERRIDE) | \
-		 (1ULL << CAP_DAC_READ_SEARCH) | (1ULL << CAP_FOWNER) | (1ULL << CAP_FSETID))
+		 (1ULL << CAP_DAC_READ_SEARCH) | (1ULL << CAP_FOWNER) | (1ULL << CAP_FSETID) | \
+		 (1ULL << CAP_SYS_NICE))
 
 /* Give up every other privilege, for good, before any thread exists (capabilities are per
  * thread; new ones inherit them). A daemon run by a user has none to give up, but still
@@ -527,6 +529,8 @@ int hp_main(int argc, char **argv)
 	pthread_t t;
 
 	log_init("stillfs");
+	/* Started as /proc/self/exe, it would show in ps and top as "exe". */
+	prctl(PR_SET_NAME, "stillfs-capture", 0, 0, 0);
 	/* Once the daemon is gone our log lines and result go to pipes nobody reads: a write
 	 * must fail, not kill us (SIGPIPE) before the engine has removed what it made. */
 	signal(SIGPIPE, SIG_IGN);
@@ -537,7 +541,13 @@ int hp_main(int argc, char **argv)
 	}
 	cap_opts_init(&o);
 	o.settle_timeout = atof(argv[3]);
-	/* Before any thread exists: the engine's threads inherit it. Best effort. */
+	/* Before any thread exists: the engine's threads inherit it. Best effort. While it holds
+	 * databases, the capture goes back to the daemon's own niceness (cap_opts.hold_nice:
+	 * needs CAP_SYS_NICE, which it keeps when the daemon has it). */
+	errno = 0;
+	int was = getpriority(PRIO_PROCESS, 0);
+	if (atoi(argv[5]) && !errno)
+		o.hold_nice = was;
 	errno = 0;
 	if (atoi(argv[5]) && setpriority(PRIO_PROCESS, 0, atoi(argv[5])) < 0)
 		log_warn("capture priority %s: %s", argv[5], strerror(errno));

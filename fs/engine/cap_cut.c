@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -114,6 +115,28 @@ static int cap_writer_waiting(const struct cap *c)
 	return 0;
 }
 
+/* While databases are held their writers wait for this thread and the compare threads it
+ * starts (which inherit its niceness): run them at cap_opts.hold_nice, best effort (lowering
+ * the niceness needs CAP_SYS_NICE or RLIMIT_NICE). Niceness is per thread on Linux. */
+static void cap_boost(struct cap *c)
+{
+	pid_t tid = gettid();
+	errno = 0;
+	int cur = getpriority(PRIO_PROCESS, (id_t)tid);
+	c->nice_held = CAP_NICE_KEEP;
+	if (c->o->hold_nice == CAP_NICE_KEEP || errno || cur <= c->o->hold_nice)
+		return;
+	if (setpriority(PRIO_PROCESS, (id_t)tid, c->o->hold_nice) == 0)
+		c->nice_held = cur;
+}
+
+static void cap_unboost(struct cap *c)
+{
+	if (c->nice_held != CAP_NICE_KEEP)
+		(void)setpriority(PRIO_PROCESS, (id_t)gettid(), c->nice_held);
+	c->nice_held = CAP_NICE_KEEP;
+}
+
 /* One attempt at a cut, the files quiet. 0 when the snapshot's databases are staged, -EAGAIN
  * to retry. Nothing here waits for files while databases are held: a writer held up by our
  * lock stalls wherever it is, maybe halfway through a group of files, and would look quiet.
@@ -151,8 +174,10 @@ int cap_attempt(struct cap *c, double deadline)
 			}
 			goto out;
 		}
-		if (c->lock_t0 <= 0)
+		if (c->lock_t0 <= 0) {
 			c->lock_t0 = ut_now(); /* writers wait from here, not while we waited */
+			cap_boost(c);
+		}
 		e->d->locked = 1;
 		c->holding = 1;
 		cap_held_mark(e);
@@ -262,6 +287,8 @@ out:
 		}
 	}
 	cap_db_release(c);
+	if (c->lock_t0 > 0)
+		cap_unboost(c);
 	if (zerofill && dd_zerofill_end()) {
 		c->broken_why = "a database's -shm or file truncated while it was read";
 		rc = -EAGAIN;

@@ -316,6 +316,7 @@ void cap_opts_init(struct cap_opts *o)
 	memset(o, 0, sizeof *o);
 	o->settle_timeout = 30;
 	o->quiet_ms = 400;
+	o->hold_nice = CAP_NICE_KEEP;
 }
 
 int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)

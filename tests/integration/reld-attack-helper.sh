@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # The capture helper (a child of the root daemon that reads the whole store) holds only the
 # privileges a capture needs: while a capture runs, its effective, permitted and bounding
-# capability sets are CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER and FSETID, it has no
+# capability sets are CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID and SYS_NICE, it has no
 # inheritable or ambient ones, and no_new_privs is set. The capture it makes
 # still gives every file its owner and mode.
 # And it reads the store through no path a user can redirect.
@@ -35,8 +35,8 @@ found() { helper=$(pgrep -P "$T_DAEMON_PID" -f -- '--capture-helper' | head -n 1
 t_wait_for 20 found
 T_PIDS+=("$helper")
 field() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$helper/status"; }
-# CHOWN 0, DAC_OVERRIDE 1, DAC_READ_SEARCH 2, FOWNER 3, FSETID 4
-want=000000000000001f
+# CHOWN 0, DAC_OVERRIDE 1, DAC_READ_SEARCH 2, FOWNER 3, FSETID 4, SYS_NICE 23
+want=000000000080001f
 # Just spawned, it may not have given them up yet (it does before it starts working).
 dropped() { [ "$(field CapEff)" = "$want" ]; }
 t_wait_for 10 dropped
