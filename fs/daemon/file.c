@@ -165,13 +165,15 @@ static int fh_make(fuse_req_t req, struct node *n, struct fuse_file_info *fi, in
 		}
 		if ((rc = gen_pin(sf.gm, n->gen, 1)))
 			goto fail;
-		gen_hold_reads(n->gen);
 		h->fd = nd_reopen(n, O_RDONLY | (fi->flags & O_NONBLOCK));
 		if (h->fd < 0) {
 			rc = h->fd;
 			gen_unpin(sf.gm, n->gen, 1);
 			goto fail;
 		}
+		/* No data before the file's own second: its generation may date it ahead. */
+		struct stat st;
+		gen_hold_reads(n->gen, fstat(h->fd, &st) == 0 ? (int64_t)st.st_mtime : INT64_MAX);
 		fi->keep_cache = 1;
 		break;
 	case ND_LIVE:

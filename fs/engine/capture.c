@@ -176,6 +176,22 @@ static const char *cap_worst(const struct cap *c)
 	return out;
 }
 
+/* The latest whole second the previous snapshot dated a file in (its manifest's too), or 0. */
+static double cap_prev_dated(const struct cap *c)
+{
+	struct stat st;
+	int64_t sec = 0;
+	if (!c->have_prev)
+		return 0;
+	for (size_t i = 0; i < c->prev.n; i++)
+		if (c->prev.e[i].mtime_ns / 1000000000LL > sec)
+			sec = c->prev.e[i].mtime_ns / 1000000000LL;
+	if (fstatat(c->prevfd, CAP_MANIFEST_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    st.st_mtime > sec)
+		sec = st.st_mtime;
+	return (double)sec;
+}
+
 static int cap_settle(struct cap *c)
 {
 	/* The first pass copies the whole store; the settle timeout starts after it. */
@@ -191,7 +207,13 @@ static int cap_settle(struct cap *c)
 	/* 20 ms into that second: the snapshot's files are dated in it (their atimes too), and
 	 * the ctimes the kernel then stamps on them, from a clock that may lag a tick, must come
 	 * after that, or the snapshot looks read already (cap_snapshot_unread). */
-	double barrier = c->o->date_ahead ? 0 : floor(c->uploads_before) + 1 + CAP_TICK_S,
+	/* With date_ahead, the cut waits only for the second the previous snapshot dated its
+	 * latest change in, if that is still to come: its changes are dated at most a second
+	 * past it (cap_changed_sec), so captures in quick succession never date a file, or the
+	 * manifest, which changes every time, more than a second ahead of the clock, nor make
+	 * the caller hold reads longer. */
+	double barrier = c->o->date_ahead ? cap_prev_dated(c) + CAP_TICK_S :
+					    floor(c->uploads_before) + 1 + CAP_TICK_S,
 	       stop = ut_now() + 1.0 + CAP_TICK_S, left;
 	while ((left = ut_wall_left(barrier, stop)) > 0) {
 		int rc = cap_quiet(c, ut_now() + left);

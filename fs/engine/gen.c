@@ -32,8 +32,8 @@
  *   generation other than the current one closed, or one closed while a capture runs) is
  *   noted as overtaken; the next capture dates anew every file whose mtime lies between the
  *   cut of the generation read and the read (cap_opts.redate_after/until), and a current
- *   generation made before the reads is not served to the next opener, once no file of any
- *   generation is open: a new one is captured first, pinned or not. */
+ *   generation made before the reads is not served to the next opener: a new one is captured
+ *   first, pinned or not, even while files of some generation are open. */
 #include "gen.h"
 
 #include "copy.h"
@@ -52,6 +52,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Captures one gen_acquire makes or waits for, at most, while older generations are read. */
+#define GEN_ROUNDS 3
 #define GEN_SPARE "spare"
 #define GEN_KEPT "kept"
 #define GEN_KEPT_TIME "kept.time"
@@ -375,17 +377,16 @@ static int gen_stale(const struct genmgr *gm, const struct gen *g, double now)
 	return !g || (now - g->born >= gm->cfg.max_age && !gen_pinned(gm, g, now));
 }
 
-/* 1 if an older generation was read after the current one was cut (see the top), and no file
- * of any generation is open: a capture now dates those reads' files anew for good. Not while
- * one is open: an upload still reading would overtake that capture in turn, and one that
- * keeps reading would have a new generation captured under it again and again. */
+/* 1 if an older generation was read after the current one was cut (see the top): a capture
+ * now dates those reads' files anew. Also while files of some generation are still open: the
+ * current generation dated its changes before those reads ended, and whoever opens it next
+ * would upload them with upload times at or after their mtimes, and skip them for good. An
+ * upload that goes on reading an older generation overtakes this capture in turn, and the
+ * opener after it gets another (one per new opening of `.snapshot`, not per read). */
 static int gen_overtaken(struct genmgr *gm)
 {
 	if (!gm->over_n || !gm->cur)
 		return 0;
-	for (struct gen *g = gm->list; g; g = g->next)
-		if (!atomic_load(&g->dead) && g->files)
-			return 0;
 	log_info("generation %lu was cut before an upload of an older generation ended: "
 		 "capturing anew so that no upload skips what changed", gm->cur->seq);
 	return 1;
@@ -537,18 +538,29 @@ int gen_acquire(struct genmgr *gm, struct gen **out)
 {
 	struct gen *g;
 	pthread_mutex_lock(&gm->mu);
-	if (gm->capturing) {
-		/* Take the result of the capture under way rather than starting another. */
-		unsigned long e = gm->epoch;
-		if (!gen_wait_begin(gm))
-			return -EBUSY;
-		while (gm->capturing && gm->epoch == e)
-			pthread_cond_wait(&gm->done, &gm->mu);
-		gm->waiters--;
-	} else {
+	/* Take the result of a capture under way rather than starting another; but not when an
+	 * older generation was read while it ran (an upload that ended just before this opener
+	 * began, in the second that capture dated its changes in): capture once more. A few
+	 * rounds at most: uploads that never stop reading older generations get what there is. */
+	int fresh = 0; /* the current generation was captured since this call began */
+	for (int round = 0;; round++) {
+		if (gm->capturing) {
+			unsigned long e = gm->epoch;
+			if (!gen_wait_begin(gm))
+				return -EBUSY;
+			while (gm->capturing && gm->epoch == e)
+				pthread_cond_wait(&gm->done, &gm->mu);
+			gm->waiters--;
+			fresh = 1;
+		}
 		double now = ut_now();
-		if (now >= gm->fail_until && (gen_stale(gm, gm->cur, now) || gen_overtaken(gm)))
+		if (round < GEN_ROUNDS && !gm->capturing && now >= gm->fail_until &&
+		    ((!fresh && gen_stale(gm, gm->cur, now)) || gen_overtaken(gm))) {
 			gen_capture_locked(gm);
+			fresh = 1;
+			continue;
+		}
+		break;
 	}
 	g = gm->cur;
 	if (g) {
@@ -590,10 +602,12 @@ void gen_unref(struct genmgr *gm, struct gen *g)
 	pthread_mutex_unlock(&gm->mu);
 }
 
-void gen_hold_reads(const struct gen *g)
+void gen_hold_reads(const struct gen *g, int64_t sec)
 {
 	double left;
-	while ((left = ut_wall_left((double)g->stats.dated_until, g->hold_until)) > 0) {
+	if (sec > g->stats.dated_until)
+		sec = g->stats.dated_until;
+	while ((left = ut_wall_left((double)sec, g->hold_until)) > 0) {
 		struct timespec ts = { (time_t)left, (long)((left - (double)(time_t)left) * 1e9) + 1 };
 		if (ts.tv_nsec >= 1000000000L)
 			ts = (struct timespec){ ts.tv_sec + 1, 0 };

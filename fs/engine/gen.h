@@ -56,12 +56,13 @@ void gen_unpin(struct genmgr *gm, struct gen *g, int file);
 /* gen_unpin of a file's handle, ino its inode number: a file of an older generation that the
  * current one shares is not an overtaking read (see gen.c). */
 void gen_unpin_file(struct genmgr *gm, struct gen *g, uint64_t ino);
-/* Hold a reader of g's files until the whole second its changes were dated in has come (real
- * time; cap_opts.date_ahead), so that an upload of them is not dated before their mtimes:
- * usually at most a second after the capture, more only where each of several generations in
- * a row dated a file one second after the one before (captures faster than one a second);
- * never longer than that second was away when the capture ended (a clock stepped back). */
-void gen_hold_reads(const struct gen *g);
+/* Hold a reader of one of g's files, whose mtime is in the whole second sec, until that second
+ * has come (real time; cap_opts.date_ahead dates changes ahead), so that an upload of it is
+ * not dated before its mtime: at most a second after the capture (a capture waits for the
+ * second the one before dated its changes in), none for a file dated in the past; never
+ * longer than g's latest date was away when the capture ended (a clock stepped back).
+ * INT64_MAX: g's latest date. */
+void gen_hold_reads(const struct gen *g, int64_t sec);
 int gen_dead(const struct gen *g);
 int gen_fd(const struct gen *g);
 unsigned long gen_seq(const struct gen *g);
