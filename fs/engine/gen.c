@@ -52,8 +52,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Captures one gen_acquire makes or waits for, at most, while older generations are read. */
-#define GEN_ROUNDS 3
+/* Captures one gen_acquire makes of its own, at most: a reader that keeps reading an older
+ * generation would otherwise have every opener capture again and again. */
+#define GEN_ROUNDS 1
 #define GEN_SPARE "spare"
 #define GEN_KEPT "kept"
 #define GEN_KEPT_TIME "kept.time"
@@ -540,8 +541,8 @@ int gen_acquire(struct genmgr *gm, struct gen **out)
 	pthread_mutex_lock(&gm->mu);
 	/* Take the result of a capture under way rather than starting another; but not when an
 	 * older generation was read while it ran (an upload that ended just before this opener
-	 * began, in the second that capture dated its changes in): capture once more. A few
-	 * rounds at most: uploads that never stop reading older generations get what there is. */
+	 * began, in the second that capture dated its changes in): capture once more. Once at
+	 * most: uploads that never stop reading older generations get what there is then. */
 	int fresh = 0; /* the current generation was captured since this call began */
 	for (int round = 0;; round++) {
 		if (gm->capturing) {
