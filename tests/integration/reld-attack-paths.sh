@@ -45,7 +45,9 @@ start_refused "metrics_file through the user's symlink" -o "cache=$T_WORK/cache,
 # Controls.
 as_user rm "$u/prom"
 t_mount "$store" "$mnt" -o auto_unmount,metrics_file="$u/stillfs.prom"
-[ -s "$u/stillfs.prom" ] || t_fail "control: no metrics file in the user's directory below root's"
+# Written right after the mount comes up, not before.
+metrics_there() { [ -s "$u/stillfs.prom" ]; }
+t_wait_for 10 metrics_there
 [ "$(stat -c %u "$u/stillfs.prom")" = 0 ] || t_fail "control: the metrics file is not root's"
 t_unmount "$mnt"
 t_log "OK"
