@@ -27,7 +27,9 @@ status_rc() { local rc=0; "$STILLCTL" status "$@" >"$T_WORK/out" 2>"$T_WORK/err"
 [ "$(status_rc --max-age 3600 "$mnt")" = 6 ] || t_fail "status --max-age without a generation is not 6"
 grep -q "no generation" "$T_WORK/err" || t_fail "status --max-age did not say why: $(cat "$T_WORK/err")"
 [ "$(status_rc --max-age x "$mnt")" = 2 ] || t_fail "status --max-age x is not a usage error"
-[ -f "$prom/stillfs.prom" ] || t_fail "no metrics file after start"
+# Written right after the mount comes up, not before.
+prom_there() { [ -f "$prom/stillfs.prom" ]; }
+t_wait_for 10 prom_there
 grep -q '^stillfs_captures_total{.*result="ok"} 0$' "$prom/stillfs.prom" ||
   t_fail "the first metrics file does not count 0 captures"
 
