@@ -49,7 +49,8 @@ struct cap_opts {
 	int date_ahead;
 	/* The niceness to run at while databases are held, when it is below the one the capture
 	 * runs at (a caller that lowered its own priority for the copying: the writers waiting
-	 * on our locks must not wait for a CPU too). CAP_NICE_KEEP: never change it. */
+	 * on our locks must not wait for a CPU too). cap_opts_init sets the calling thread's
+	 * niceness then; CAP_NICE_KEEP: never change it. */
 	int hold_nice;
 	cap_progress_fn *progress; /* progress reports (see cap_progress_fn), or NULL */
 	void *progress_arg;       /* passed to progress */

@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -204,10 +203,6 @@ static int cmd_snapshot(int argc, char **argv)
 	/* Before the engine starts its threads, which inherit it. Relative to what we were
 	 * started with; best effort (a container may forbid it). */
 	if (nice_level > 0) {
-		errno = 0;
-		int was = getpriority(PRIO_PROCESS, 0);
-		if (!errno)
-			o.hold_nice = was; /* the databases' writers wait on us: not for a CPU too */
 		errno = 0;
 		if (nice((int)nice_level) == -1 && errno)
 			log_warn("--nice %ld: %s", nice_level, strerror(errno));

@@ -542,12 +542,8 @@ int hp_main(int argc, char **argv)
 	cap_opts_init(&o);
 	o.settle_timeout = atof(argv[3]);
 	/* Before any thread exists: the engine's threads inherit it. Best effort. While it holds
-	 * databases, the capture goes back to the daemon's own niceness (cap_opts.hold_nice:
-	 * needs CAP_SYS_NICE, which it keeps when the daemon has it). */
-	errno = 0;
-	int was = getpriority(PRIO_PROCESS, 0);
-	if (atoi(argv[5]) && !errno)
-		o.hold_nice = was;
+	 * databases, the capture goes back to the daemon's own niceness (cap_opts.hold_nice, as
+	 * cap_opts_init found it: needs CAP_SYS_NICE, which it keeps when the daemon has it). */
 	errno = 0;
 	if (atoi(argv[5]) && setpriority(PRIO_PROCESS, 0, atoi(argv[5])) < 0)
 		log_warn("capture priority %s: %s", argv[5], strerror(errno));

@@ -117,24 +117,23 @@ static int cap_writer_waiting(const struct cap *c)
 
 /* While databases are held their writers wait for this thread and the compare threads it
  * starts (which inherit its niceness): run them at cap_opts.hold_nice, best effort (lowering
- * the niceness needs CAP_SYS_NICE or RLIMIT_NICE). Niceness is per thread on Linux. */
-static void cap_boost(struct cap *c)
+ * the niceness needs CAP_SYS_NICE or RLIMIT_NICE). Niceness is per thread on Linux. Returns
+ * the niceness to go back to (cap_unboost), or CAP_NICE_KEEP. */
+static int cap_boost(const struct cap *c)
 {
 	pid_t tid = gettid();
 	errno = 0;
 	int cur = getpriority(PRIO_PROCESS, (id_t)tid);
-	c->nice_held = CAP_NICE_KEEP;
-	if (c->o->hold_nice == CAP_NICE_KEEP || errno || cur <= c->o->hold_nice)
-		return;
-	if (setpriority(PRIO_PROCESS, (id_t)tid, c->o->hold_nice) == 0)
-		c->nice_held = cur;
+	if (c->o->hold_nice == CAP_NICE_KEEP || errno || cur <= c->o->hold_nice ||
+	    setpriority(PRIO_PROCESS, (id_t)tid, c->o->hold_nice) < 0)
+		return CAP_NICE_KEEP;
+	return cur;
 }
 
-static void cap_unboost(struct cap *c)
+static void cap_unboost(int was)
 {
-	if (c->nice_held != CAP_NICE_KEEP)
-		(void)setpriority(PRIO_PROCESS, (id_t)gettid(), c->nice_held);
-	c->nice_held = CAP_NICE_KEEP;
+	if (was != CAP_NICE_KEEP)
+		(void)setpriority(PRIO_PROCESS, (id_t)gettid(), was);
 }
 
 /* One attempt at a cut, the files quiet. 0 when the snapshot's databases are staged, -EAGAIN
@@ -147,7 +146,7 @@ int cap_attempt(struct cap *c, double deadline)
 	/* A -shm (or a database) truncated under the mappings SQLite makes of it reads as zeros
 	 * instead of killing us (a user who may write the store could otherwise stop every
 	 * capture), and the attempt is redone with new connections. */
-	int zerofill = dd_zerofill_begin() == 0;
+	int zerofill = dd_zerofill_begin() == 0, nice_was = CAP_NICE_KEEP;
 	/* The plain files copied so far are hashed before any writer is made to wait on us, not
 	 * while the databases are held. */
 	int rc = cap_collect_all(c);
@@ -176,7 +175,7 @@ int cap_attempt(struct cap *c, double deadline)
 		}
 		if (c->lock_t0 <= 0) {
 			c->lock_t0 = ut_now(); /* writers wait from here, not while we waited */
-			cap_boost(c);
+			nice_was = cap_boost(c);
 		}
 		e->d->locked = 1;
 		c->holding = 1;
@@ -287,8 +286,7 @@ out:
 		}
 	}
 	cap_db_release(c);
-	if (c->lock_t0 > 0)
-		cap_unboost(c);
+	cap_unboost(nice_was);
 	if (zerofill && dd_zerofill_end()) {
 		c->broken_why = "a database's -shm or file truncated while it was read";
 		rc = -EAGAIN;

@@ -143,7 +143,6 @@ struct cap {
 	double progress_at;
 	uint64_t total_bytes, done_bytes;
 	double lock_t0;
-	int nice_held;           /* the niceness before cap_boost raised the priority, or CAP_NICE_KEEP */
 	double lock_cpu_s;       /* this attempt: CPU time of database compares under the locks */
 	uint64_t lock_faults;    /* and their page faults */
 	int64_t cut_ns;

@@ -42,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -202,16 +203,15 @@ static int cap_settle(struct cap *c)
 	/* The cut should fall in a later whole second than any upload of an earlier snapshot
 	 * (see cap_set_times); keep up with the store while that second comes. It is at most a
 	 * second away unless the clock was stepped back: then it is not waited for, and
-	 * cap_set_times dates the changed files past uploads_before instead; so it does with
-	 * date_ahead, whose caller holds reads until then. */
-	/* 20 ms into that second: the snapshot's files are dated in it (their atimes too), and
-	 * the ctimes the kernel then stamps on them, from a clock that may lag a tick, must come
-	 * after that, or the snapshot looks read already (cap_snapshot_unread). */
-	/* With date_ahead, the cut waits only for the second the previous snapshot dated its
-	 * latest change in, if that is still to come: its changes are dated at most a second
-	 * past it (cap_changed_sec), so captures in quick succession never date a file, or the
-	 * manifest, which changes every time, more than a second ahead of the clock, nor make
-	 * the caller hold reads longer. */
+	 * cap_set_times dates the changed files past uploads_before instead. With date_ahead the
+	 * changed files are dated in that second all the same and the caller holds reads until
+	 * it comes; the cut waits only for the second the previous snapshot dated its latest
+	 * change in, if that is still to come, so that captures in quick succession never date
+	 * a file, or the manifest, which changes every time, more than a second ahead (their
+	 * changes are dated at most a second past it: cap_changed_sec). 20 ms into the second
+	 * waited for: the snapshot's files are dated in it (their atimes too), and the ctimes
+	 * the kernel then stamps on them, from a clock that may lag a tick, must come after
+	 * that, or the snapshot looks read already (cap_snapshot_unread). */
 	double barrier = c->o->date_ahead ? cap_prev_dated(c) + CAP_TICK_S :
 					    floor(c->uploads_before) + 1 + CAP_TICK_S,
 	       stop = ut_now() + 1.0 + CAP_TICK_S, left;
@@ -338,7 +338,9 @@ void cap_opts_init(struct cap_opts *o)
 	memset(o, 0, sizeof *o);
 	o->settle_timeout = 30;
 	o->quiet_ms = 400;
-	o->hold_nice = CAP_NICE_KEEP;
+	errno = 0;
+	int nice = getpriority(PRIO_PROCESS, 0);
+	o->hold_nice = errno ? CAP_NICE_KEEP : nice;
 }
 
 int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
