@@ -4,6 +4,7 @@
  * digests the hashing threads compute meanwhile (cap_collect). A file found to be a database is
  * handed to cap_db.c. */
 #include "cap_int.h"
+#include "clone.h"
 #include "sha256.h"
 
 #include <errno.h>
@@ -217,6 +218,26 @@ static int cap_unmap_writes(struct cap *c, struct ent *e, int src)
 	return 0;
 }
 
+/* On XFS the bytes of a file can be replaced without a write: XFS_IOC_SWAPEXT, which any user
+ * who may write two files of one size may call, gives one the other's extents, and moves
+ * neither file's mtime nor ctime, nor raises an event. There e->emap keeps the fingerprint of
+ * the live file's extent map as it was copied (cl_map_sig), and a change of it is a change of
+ * the file: right after the copy, in the sweep after the cut (cap_stale), and in the identity
+ * that lets a later snapshot share this copy (cap_prev_same). Elsewhere e->emap is 0. */
+static void cap_map_note(struct ent *e, int src)
+{
+	struct statfs sf;
+	e->emap = 0;
+	if (fstatfs(src, &sf) == 0 && (unsigned long)sf.f_type == XFS_SUPER_MAGIC)
+		(void)cl_map_sig(src, (uint64_t)e->st.st_size, 0, &e->emap);
+}
+
+int cap_map_moved(uint64_t emap, int fd, uint64_t size, int sync)
+{
+	uint64_t now;
+	return emap && (cl_map_sig(fd, size, sync, &now) < 0 || now != emap);
+}
+
 /* A change that raised no event (AIO, a write through a name outside the store, a store through
  * a shared mapping) may come after the capture last looked at a file and before it copies it:
  * the copy takes it in, and nothing else tells that the file changed just then. The quiet window
@@ -270,6 +291,7 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	if (rc)
 		goto out;
 	cap_changed_at(c, &e->st);
+	cap_map_note(e, src);
 	if (e->st.st_nlink > 1 && (rc = cap_alias(c, e)) != 0) {
 		if (rc > 0)
 			rc = 0;
@@ -277,6 +299,7 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	}
 	char id[CAP_ID_MAX];
 	cap_set_ident(e, &e->st, at);
+	e->id.emap = e->emap;
 	const struct mf_entry *pe = cap_prev_same(c, e, cap_ident_of(e, id));
 	if (pe && cap_link_prev(c, e, pe, NULL) == 0) {
 		c->done_bytes += e->size;
@@ -303,6 +326,14 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	e->has_digest = 0;
 	e->copied = 1;
 	e->reused = 0;
+	/* Written back first: a clone is hashed by reading the live file, and a write that moves
+	 * no time (XFS invisible I/O, root only) to an extent the clone shares moves the map only
+	 * once it reaches the disk. */
+	if (cap_map_moved(e->emap, src, (uint64_t)e->st.st_size, 1)) {
+		e->dirty = 1; /* it changed while it was read: copy it again */
+		e->dirty_count++;
+		c->last_change = ut_now();
+	}
 	if (!e->pend) {
 		cap_apply_owner(dst, &e->st);
 		cap_copied(c, e, &r);

@@ -57,6 +57,7 @@ struct cap_stat {
 struct cap_id {
 	uint64_t dev, ino;
 	int64_t size, mtime_ns, ctime_ns;
+	uint64_t emap;           /* the file's extent map fingerprint (ent.emap), or 0 */
 };
 #define CAP_ID_MAX 160 /* room for an identity as text */
 
@@ -96,6 +97,8 @@ struct ent {
 	struct cp_pending *pend; /* plain files: the last copy, its digest still being computed */
 	uint64_t written;        /* bytes the last copy of it stored (holes are not) */
 	uint64_t size;
+	uint64_t emap;           /* plain files on XFS: the fingerprint of the live file's extent
+				  * map as copied (cl_map_sig; see cap_map_note), else 0 */
 	int64_t mtime_ns;        /* for reused entries: the previous snapshot's */
 	struct cap_stat st;      /* source, as copied */
 	struct cap_id id;        /* identity to record, if has_id (cap_ident_of) */
@@ -173,6 +176,11 @@ struct cap {
 extern volatile sig_atomic_t cap_stop; /* set by cap_interrupt */
 
 static inline int64_t cap_ns(struct timespec t) { return ut_ts_ns(t); }
+
+/* cap_files.c: 1 if fd, a live file of size bytes whose extent map had the fingerprint emap
+ * when it was copied (ent.emap), now lies elsewhere or cannot tell (its dirty pages written
+ * back first if sync); 0 if emap is 0. */
+int cap_map_moved(uint64_t emap, int fd, uint64_t size, int sync);
 
 /* cap_tree.c */
 int cap_openat2(int dirfd, const char *path, int flags);

@@ -212,8 +212,10 @@ static int cap_id_of(const struct cap_stat *s, int64_t at, struct cap_id *id)
 
 static const char *cap_id_format(const struct cap_id *id, char *buf)
 {
-	snprintf(buf, CAP_ID_MAX, "%" PRIx64 ".%" PRIu64 ".%" PRId64 ".%" PRId64 ".%" PRId64,
-		 id->dev, id->ino, id->size, id->mtime_ns, id->ctime_ns);
+	int n = snprintf(buf, CAP_ID_MAX, "%" PRIx64 ".%" PRIu64 ".%" PRId64 ".%" PRId64 ".%" PRId64,
+			 id->dev, id->ino, id->size, id->mtime_ns, id->ctime_ns);
+	if (id->emap && n > 0 && n < CAP_ID_MAX)
+		snprintf(buf + n, CAP_ID_MAX - (size_t)n, ".m%016" PRIx64, id->emap);
 	return buf;
 }
 

@@ -2,6 +2,7 @@
 /* Shared extents for the capture (see clone.h). */
 #include "clone.h"
 #include "dbdelta.h"
+#include "sha256.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -71,16 +72,16 @@ struct cl_map {
 		   FIEMAP_EXTENT_DATA_ENCRYPTED | FIEMAP_EXTENT_NOT_ALIGNED | \
 		   FIEMAP_EXTENT_DATA_INLINE | FIEMAP_EXTENT_DATA_TAIL | FIEMAP_EXTENT_UNWRITTEN)
 
-/* The whole extent map of fd, written back first (FIEMAP_FLAG_SYNC) so that it describes what
- * the page cache holds. 0 or -errno. */
-static int cl_map_read(int fd, uint64_t len, struct cl_map *m)
+/* The whole extent map of fd, written back first (FIEMAP_FLAG_SYNC) if sync, so that it
+ * describes what the page cache holds. 0 or -errno. */
+static int cl_map_read(int fd, uint64_t len, int sync, struct cl_map *m)
 {
 	enum { BATCH = 512 };
 	struct fiemap *f = malloc(sizeof *f + BATCH * sizeof(struct fiemap_extent));
 	if (!f)
 		return -ENOMEM;
 	uint64_t start = 0;
-	int rc = 0, flags = FIEMAP_FLAG_SYNC, last = 0;
+	int rc = 0, flags = sync ? FIEMAP_FLAG_SYNC : 0, last = 0;
 	m->e = NULL;
 	m->n = 0;
 	while (!last && start < len) {
@@ -171,9 +172,9 @@ int cl_adopt(int clone, int ref, struct dd_blocks *b)
 	uint64_t len = (uint64_t)cs.st_size;
 	rc = dd_resize(b, len);
 	if (!rc)
-		rc = cl_map_read(clone, len, &cm);
+		rc = cl_map_read(clone, len, 1, &cm);
 	if (!rc)
-		rc = cl_map_read(ref, len, &rm);
+		rc = cl_map_read(ref, len, 1, &rm);
 	if (rc)
 		goto out;
 	size_t ia = 0, ib = 0;
@@ -189,4 +190,50 @@ out:
 	if (rc && fstat(clone, &cs) == 0)
 		(void)dd_reset(b, (uint64_t)cs.st_size); /* on failure b is empty: the caller's turn */
 	return rc;
+}
+
+int cl_map_sig(int fd, uint64_t size, int sync, uint64_t *sig)
+{
+	struct cl_map m;
+	int rc = cl_map_read(fd, size, sync, &m);
+	if (rc)
+		return rc;
+	/* Runs of bytes that lie contiguously on disk, within [0, size), each as (logical,
+	 * physical, length): how the file system happens to cut a run into extents, and flags
+	 * such as shared or unwritten, change without the bytes changing. An extent whose
+	 * physical address means nothing (delayed allocation) counts as an address of its own:
+	 * the fingerprint moves when it is allocated, which only costs a copy. */
+	struct sha256 h;
+	sha256_init(&h);
+	uint64_t run[3] = { 0, 0, 0 };
+	for (size_t i = 0; i <= m.n; i++) {
+		uint64_t lo = 0, ph = 0, len = 0;
+		if (i < m.n) {
+			const struct fiemap_extent *x = &m.e[i];
+			lo = x->fe_logical;
+			len = x->fe_length;
+			if (lo >= size)
+				continue;
+			if (len > size - lo)
+				len = size - lo;
+			ph = x->fe_flags & CL_UNSURE & ~FIEMAP_EXTENT_UNWRITTEN ? UINT64_MAX
+										  : x->fe_physical;
+			if (run[2] && ph != UINT64_MAX && run[0] + run[2] == lo &&
+			    run[1] + run[2] == ph) {
+				run[2] += len;
+				continue;
+			}
+		}
+		if (run[2])
+			sha256_update(&h, run, sizeof run);
+		run[0] = lo;
+		run[1] = ph;
+		run[2] = len;
+	}
+	free(m.e);
+	uint8_t d[32];
+	sha256_final(&h, d);
+	memcpy(sig, d, sizeof *sig);
+	*sig |= 1; /* never 0, which means "none" to the caller */
+	return 0;
 }

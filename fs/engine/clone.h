@@ -10,6 +10,8 @@
 #ifndef STILL_CLONE_H
 #define STILL_CLONE_H
 
+#include <stdint.h>
+
 struct dd_blocks;
 
 /* Create dirfd/name (it must not exist; mode 0600) sharing all of src's content. The new
@@ -31,5 +33,14 @@ int cl_probe(int from, int to, const char **why);
  * becomes invalid. Only extent maps are read, no data. 0 or -errno (b then describes clone
  * with every block invalid). */
 int cl_adopt(int clone, int ref, struct dd_blocks *b);
+
+/* A fingerprint of where the first `size` bytes of fd lie on disk, from its extent map
+ * (FIEMAP; the file's dirty pages written back first if sync): never 0. On a file system where
+ * the bytes of a file can be replaced without a write, by giving it the extents of another
+ * file (XFS_IOC_SWAPEXT, which moves neither mtime nor ctime and raises no event), the
+ * fingerprint moves. So does a write to an extent the file shares with another (a clone), once
+ * written back. A write in place to an extent of its own may leave it as it was. 0, or -errno
+ * (-EOPNOTSUPP where the file system has no extent map). */
+int cl_map_sig(int fd, uint64_t size, int sync, uint64_t *sig);
 
 #endif
