@@ -119,3 +119,21 @@ t_log_clean() {
     t_fail "unexpected messages in the daemon log $log"
   fi
 }
+
+# t_xfs MNT: a 1 GiB XFS with reflink on a loop device ($T_WORK/xfs.img), mounted on MNT (made)
+# and unmounted at exit; skips the test where XFS cannot be made or mounted. t_xfs_mount MNT
+# mounts it again after an umount.
+t_xfs() {
+  [ "$(id -u)" -eq 0 ] || { echo "SKIP: loop mounts need root" >&2; exit 77; }
+  command -v mkfs.xfs >/dev/null || { echo "SKIP: mkfs.xfs is missing (xfsprogs)" >&2; exit 77; }
+  grep -qw xfs /proc/filesystems || modprobe xfs 2>/dev/null || true
+  truncate -s 1G "$T_WORK/xfs.img"
+  mkfs.xfs -q -f -m reflink=1 "$T_WORK/xfs.img"
+  mkdir -p "$1"
+  T_MOUNTS+=("$1")
+  t_xfs_mount "$1"
+}
+t_xfs_mount() {
+  flock /tmp/stillfs-test-loopdev.lock mount -o loop "$T_WORK/xfs.img" "$1" ||
+    { echo "SKIP: cannot loop-mount xfs" >&2; exit 77; }
+}

@@ -9,19 +9,11 @@
 # never existed. Store and snapshots share one reflink XFS, where the earlier copy of b is a
 # clone of the live file and the handle write to it moved the live file's extent.
 source "$(dirname "$0")/lib.sh"
-[ "$(id -u)" -eq 0 ] || { echo "SKIP: loop mounts and XFS handles need root" >&2; exit 77; }
-command -v mkfs.xfs >/dev/null || { echo "SKIP: mkfs.xfs is missing (xfsprogs)" >&2; exit 77; }
 python3 -c 'import ctypes; ctypes.CDLL("libhandle.so.1")' 2>/dev/null ||
   { echo "SKIP: libhandle.so.1 is missing (xfsprogs)" >&2; exit 77; }
-grep -qw xfs /proc/filesystems || modprobe xfs 2>/dev/null || true
 
-img=$T_WORK/xfs.img mnt=$T_WORK/xfs
-truncate -s 512M "$img"
-mkfs.xfs -q -f -m reflink=1 "$img"
-mkdir -p "$mnt"
-T_MOUNTS+=("$mnt")
-flock /tmp/stillfs-test-loopdev.lock mount -o loop "$img" "$mnt" ||
-  { echo "SKIP: cannot loop-mount xfs" >&2; exit 77; }
+mnt=$T_WORK/xfs
+t_xfs "$mnt"
 S=$mnt/store
 mkdir -p "$S"
 

@@ -9,22 +9,11 @@
 # there. A snapshot that stillctl publishes must hold the bytes its manifest names: before or
 # after that write, either is a state the file was in.
 source "$(dirname "$0")/lib.sh"
-[ "$(id -u)" -eq 0 ] || { echo "SKIP: loop mounts and XFS handles need root" >&2; exit 77; }
-command -v mkfs.xfs >/dev/null || { echo "SKIP: mkfs.xfs is missing (xfsprogs)" >&2; exit 77; }
 python3 -c 'import ctypes; ctypes.CDLL("libhandle.so.1")' 2>/dev/null ||
   { echo "SKIP: libhandle.so.1 is missing (xfsprogs)" >&2; exit 77; }
-grep -qw xfs /proc/filesystems || modprobe xfs 2>/dev/null || true
 
-img=$T_WORK/xfs.img mnt=$T_WORK/xfs
-truncate -s 1G "$img"
-mkfs.xfs -q -f -m reflink=1 "$img"
-mkdir -p "$mnt"
-T_MOUNTS+=("$mnt")
-loopmount() {
-  flock /tmp/stillfs-test-loopdev.lock mount -o loop "$img" "$mnt" ||
-    { echo "SKIP: cannot loop-mount xfs" >&2; exit 77; }
-}
-loopmount
+mnt=$T_WORK/xfs
+t_xfs "$mnt"
 S=$mnt/store
 mkdir -p "$S"
 python3 -c 'import struct, sys; open(sys.argv[1], "wb").write(struct.pack("<Q", 1) * (256 << 17))' "$S/b"
@@ -69,7 +58,7 @@ hexh=$(python3 "$T_WORK/handle.py" get "$S/b")
 # Mounted again, nothing of the store is in the dentry cache: the handle's dentry has no
 # parent, and stays so when the capture looks the file up by its name.
 umount "$mnt"
-loopmount
+t_xfs_mount "$mnt"
 t_bg python3 "$T_WORK/handle.py" write "$mnt" "$hexh" "$T_WORK/ready" >"$T_WORK/writer.out"
 writer=${T_PIDS[-1]}
 t_wait_for 30 test -e "$T_WORK/ready"
