@@ -65,6 +65,11 @@ struct cap_opts {
 	const char *writeback;
 	ssize_t (*writeback_inodes)(void *arg, uint64_t **ino);
 	void *writeback_arg;
+	/* Where store is a FUSE mount of a store (the daemon's helper reading through its
+	 * mount), that store itself, or NULL: FUSE has no extent maps, so those the capture
+	 * compares on XFS (see cap_map_note) are read from the same names below it, of files
+	 * with the inode number the mount shows. */
+	const char *extents;
 };
 
 struct cap_stats {

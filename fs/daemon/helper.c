@@ -274,7 +274,7 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 {
 	int life[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
 	char store[PATH_MAX], dest[64], prevp[64], recyp[64], settle[32], before[80], nice[16],
-		wb[32] = "-", obuf[1024], ebuf[4096];
+		wb[32] = "-", extents[32] = "-", obuf[1024], ebuf[4096];
 	size_t olen = 0, elen = 0;
 	pid_t pid = -1;
 	int rc, status, mnt = -1;
@@ -305,6 +305,8 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 			goto out;
 		}
 		snprintf(store, sizeof store, "/proc/self/fd/%d", mnt);
+		/* FUSE has no extent maps: those of the files are read below the store */
+		snprintf(extents, sizeof extents, "/proc/self/fd/%d", sf.storefd);
 	} else {
 		snprintf(store, sizeof store, "/proc/self/fd/%d", sf.storefd);
 	}
@@ -316,9 +318,10 @@ int hp_capture(void *arg, const char *name, const char *prev, const char *recycl
 		 redate_until);
 	snprintf(nice, sizeof nice, "%d", sf.o.capture_nice);
 	char *argv[] = { "stillfs", "--capture-helper", "--settle-timeout", settle, "--nice", nice,
-			 "--writeback", wb, before, store, dest, prev ? prevp : NULL, NULL, NULL };
+			 "--writeback", wb, "--extents", extents, before, store, dest,
+			 prev ? prevp : NULL, NULL, NULL };
 	if (prev && recycle)
-		argv[12] = recyp;
+		argv[14] = recyp;
 
 	if (pipe2(life, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
 		rc = -errno;
@@ -534,8 +537,9 @@ int hp_main(int argc, char **argv)
 	/* Once the daemon is gone our log lines and result go to pipes nobody reads: a write
 	 * must fail, not kill us (SIGPIPE) before the engine has removed what it made. */
 	signal(SIGPIPE, SIG_IGN);
-	if (argc < 11 || argc > 13 || strcmp(argv[2], "--settle-timeout") ||
-	    strcmp(argv[4], "--nice") || strcmp(argv[6], "--writeback")) {
+	if (argc < 13 || argc > 15 || strcmp(argv[2], "--settle-timeout") ||
+	    strcmp(argv[4], "--nice") || strcmp(argv[6], "--writeback") ||
+	    strcmp(argv[8], "--extents")) {
 		fprintf(stderr, "stillfs: --capture-helper is for the daemon's own use\n");
 		return CAP_EXIT_USAGE;
 	}
@@ -554,7 +558,7 @@ int hp_main(int argc, char **argv)
 		return CAP_EXIT_FAIL;
 	}
 	long long ra = 0, ru = 0;
-	if (sscanf(argv[8], "%lf,%lld,%lld", &o.uploads_before, &ra, &ru) != 3) {
+	if (sscanf(argv[10], "%lf,%lld,%lld", &o.uploads_before, &ra, &ru) != 3) {
 		fprintf(stderr, "stillfs: --capture-helper is for the daemon's own use\n");
 		return CAP_EXIT_USAGE;
 	}
@@ -564,10 +568,11 @@ int hp_main(int argc, char **argv)
 	o.writeback = strcmp(argv[7], "-") ? argv[7] : NULL;
 	o.writeback_inodes = hp_writeback_inodes;
 	o.writeback_arg = argv[7];
-	o.store = argv[9];
-	o.dest = argv[10];
-	o.previous = argc >= 12 ? argv[11] : NULL;
-	o.recycle = argc == 13 ? argv[12] : NULL;
+	o.extents = strcmp(argv[9], "-") ? argv[9] : NULL;
+	o.store = argv[11];
+	o.dest = argv[12];
+	o.previous = argc >= 14 ? argv[13] : NULL;
+	o.recycle = argc == 15 ? argv[14] : NULL;
 	if (pthread_create(&t, NULL, hp_lifeline, NULL) == 0)
 		pthread_detach(t);
 	memset(&st, 0, sizeof st);

@@ -224,18 +224,50 @@ static int cap_unmap_writes(struct cap *c, struct ent *e, int src)
  * the live file's extent map as it was copied (cl_map_sig), and a change of it is a change of
  * the file: right after the copy, in the sweep after the cut (cap_stale), and in the identity
  * that lets a later snapshot share this copy (cap_prev_same). Elsewhere e->emap is 0. */
-static void cap_map_note(struct ent *e, int src)
+/* The descriptor whose extent map stands for e's live file: src itself (when it is not -1),
+ * or one opened anew below the store by e's path (where cap_opts.extents is given, below it),
+ * if it is still the file e was copied from. -1 if none; *own: the caller closes it. */
+static int cap_map_fd(const struct cap *c, const struct ent *e, int src, int *own)
 {
-	struct statfs sf;
-	e->emap = 0;
-	if (fstatfs(src, &sf) == 0 && (unsigned long)sf.f_type == XFS_SUPER_MAGIC)
-		(void)cl_map_sig(src, (uint64_t)e->st.st_size, 0, &e->emap);
+	struct stat st;
+	*own = 0;
+	if (src >= 0 && c->extfd < 0)
+		return src;
+	int fd = cap_openat2(c->extfd >= 0 ? c->extfd : c->storefd, e->path,
+			     O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0)
+		return -1;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_ino != e->st.st_ino) {
+		close(fd);
+		return -1;
+	}
+	*own = 1;
+	return fd;
 }
 
-int cap_map_moved(uint64_t emap, int fd, uint64_t size, int sync)
+static void cap_map_note(const struct cap *c, struct ent *e, int src)
+{
+	struct statfs sf;
+	int own, fd = cap_map_fd(c, e, src, &own);
+	e->emap = 0;
+	if (fd >= 0 && fstatfs(fd, &sf) == 0 && (unsigned long)sf.f_type == XFS_SUPER_MAGIC)
+		(void)cl_map_sig(fd, (uint64_t)e->st.st_size, 0, &e->emap);
+	if (own)
+		close(fd);
+}
+
+int cap_map_moved(const struct cap *c, const struct ent *e, int src, int sync)
 {
 	uint64_t now;
-	return emap && (cl_map_sig(fd, size, sync, &now) < 0 || now != emap);
+	int own, fd;
+	if (!e->emap)
+		return 0;
+	fd = cap_map_fd(c, e, src, &own);
+	int moved = fd < 0 || cl_map_sig(fd, (uint64_t)e->st.st_size, sync, &now) < 0 ||
+		    now != e->emap;
+	if (own)
+		close(fd);
+	return moved;
 }
 
 /* A change that raised no event (AIO, a write through a name outside the store, a store through
@@ -291,7 +323,7 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	if (rc)
 		goto out;
 	cap_changed_at(c, &e->st);
-	cap_map_note(e, src);
+	cap_map_note(c, e, src);
 	if (e->st.st_nlink > 1 && (rc = cap_alias(c, e)) != 0) {
 		if (rc > 0)
 			rc = 0;
@@ -329,7 +361,7 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	/* Written back first: a clone is hashed by reading the live file, and a write that moves
 	 * no time (XFS invisible I/O, root only) to an extent the clone shares moves the map only
 	 * once it reaches the disk. */
-	if (cap_map_moved(e->emap, src, (uint64_t)e->st.st_size, 1)) {
+	if (cap_map_moved(c, e, src, 1)) {
 		e->dirty = 1; /* it changed while it was read: copy it again */
 		e->dirty_count++;
 		c->last_change = ut_now();

@@ -125,6 +125,7 @@ struct cap {
 	struct cap_stats *st;
 	int storefd, parentfd, stagefd, workfd, prevfd;
 	int wbfd;                /* cap_opts.writeback, or -1 */
+	int extfd;               /* cap_opts.extents (O_PATH), or -1 */
 	char stage_name[NAME_MAX + 1], work_name[NAME_MAX + 1], dest_name[NAME_MAX + 1];
 	struct wt *w;
 	struct ent *e;
@@ -177,10 +178,10 @@ extern volatile sig_atomic_t cap_stop; /* set by cap_interrupt */
 
 static inline int64_t cap_ns(struct timespec t) { return ut_ts_ns(t); }
 
-/* cap_files.c: 1 if fd, a live file of size bytes whose extent map had the fingerprint emap
- * when it was copied (ent.emap), now lies elsewhere or cannot tell (its dirty pages written
- * back first if sync); 0 if emap is 0. */
-int cap_map_moved(uint64_t emap, int fd, uint64_t size, int sync);
+/* cap_files.c: 1 if the live file of copied plain file e (src, its descriptor, or -1), whose
+ * extent map had the fingerprint e->emap when it was copied, now lies elsewhere or cannot
+ * tell (its dirty pages written back first if sync); 0 if e->emap is 0. */
+int cap_map_moved(const struct cap *c, const struct ent *e, int src, int sync);
 
 /* cap_tree.c */
 int cap_openat2(int dirfd, const char *path, int flags);

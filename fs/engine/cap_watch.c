@@ -139,15 +139,7 @@ static int cap_stale(const struct cap *c, const struct ent *e)
 	if (!cap_same_file_state(&now, was))
 		return 1;
 	/* Its extents swapped for another file's (see cap_map_note): on XFS only. */
-	uint64_t emap = e->alias ? c->e[e->alias].emap : e->emap;
-	if (!emap)
-		return 0;
-	int fd = cap_openat2(c->storefd, e->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
-	if (fd < 0)
-		return 1;
-	int moved = cap_map_moved(emap, fd, (uint64_t)was->st_size, 0);
-	close(fd);
-	return moved;
+	return cap_map_moved(c, e->alias ? &c->e[e->alias] : e, -1, 0);
 }
 
 /* One share of a sweep: entries [from, to) are stat'ed, those that changed marked dirty. */

@@ -346,7 +346,7 @@ void cap_opts_init(struct cap_opts *o)
 int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 {
 	struct cap c = { .o = o, .st = st, .storefd = -1, .parentfd = -1, .stagefd = -1,
-			 .workfd = -1, .prevfd = -1, .recyfd = -1, .wbfd = -1 };
+			 .workfd = -1, .prevfd = -1, .recyfd = -1, .wbfd = -1, .extfd = -1 };
 	int rc;
 	size_t root;
 	double t0 = ut_now();
@@ -366,6 +366,11 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 	if (o->writeback && (c.wbfd = open(o->writeback, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0) {
 		rc = -errno;
 		log_err("%s: %s", o->writeback, strerror(errno));
+		goto out;
+	}
+	if (o->extents && (c.extfd = open(o->extents, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		rc = -errno;
+		log_err("%s: %s", o->extents, strerror(errno));
 		goto out;
 	}
 	rc = cap_prepare_dest(&c);
@@ -486,7 +491,8 @@ out:
 		mf_free(&c.prev);
 	if (c.have_recy && !c.recy_is_prev)
 		mf_free(&c.recy);
-	int fds[] = { c.storefd, c.parentfd, c.stagefd, c.workfd, c.prevfd, c.recyfd, c.wbfd };
+	int fds[] = { c.storefd, c.parentfd, c.stagefd, c.workfd, c.prevfd, c.recyfd, c.wbfd,
+		      c.extfd };
 	for (unsigned i = 0; i < sizeof fds / sizeof fds[0]; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
