@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Root's `stillctl snapshot --recycle DIR STORE DEST` gives DIR up: it moves DIR's copies of
 # the databases that changed into DEST and removes DIR's manifest. With DEST and DIR in an
-# uploader's directory (the rotation docs/stillctl.1 shows), the uploader may put a symlink at
+# uploader's directory (stillctl(1)'s rotation, `--recycle /srv/snap.1 STORE /srv/snap.2`, with
+# /srv an uploader's), the uploader may put a symlink at
 # DIR's name; stillctl opens DIR following it, so root gives up whatever snapshot of the same
 # store the symlink names - here one of root's in a 0700 directory (a daemon's cache generation,
 # whose path the status file shows, would do as well): its database is moved out and its
