@@ -5,8 +5,9 @@
 # uploader's directory (stillctl(1)'s rotation, `--recycle /srv/snap.1 STORE /srv/snap.2`, with
 # /srv an uploader's), the uploader may put a symlink at
 # DIR's name; stillctl opens DIR following it, so root gives up whatever snapshot of the same
-# store the symlink names - here one of root's in a 0700 directory (a daemon's cache generation,
-# whose path the status file shows, would do as well): its database is moved out and its
+# store the symlink names - here one of root's in a 0700 directory (a running daemon's current
+# generation in its cache, whose path the status file shows, goes the same way when tried by
+# hand: `.snapshot` then lacks the database and the manifest): its database is moved out and its
 # manifest deleted. Writes outside DEST that the uploader chose. Root's snapshot there must be
 # left whole.
 source "$(dirname "$0")/lib.sh"
