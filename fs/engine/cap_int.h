@@ -189,7 +189,8 @@ void cap_keep_stat(struct cap_stat *to, const struct stat *s);
 int cap_stat_fresh(int dirfd, const char *name, struct stat *st);
 int cap_fstat(int fd, struct cap_stat *to);
 /* Narrow st's mode so that no user gets more from it alone than the access ACL of fd's file
- * grants them (a snapshot keeps no ACL). */
+ * grants them (a snapshot keeps no ACL), and without the set-ID bits of a file on a nosuid
+ * mount. */
 void cap_acl_narrow(int fd, struct cap_stat *st);
 int cap_lstatat(int dirfd, const char *name, struct cap_stat *to);
 char *cap_ident(const struct cap_stat *s, int64_t at);

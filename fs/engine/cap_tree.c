@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -62,6 +63,13 @@ enum { CAP_ACL_USER = 0x02, CAP_ACL_GROUP_OBJ = 0x04, CAP_ACL_GROUP = 0x08,
  * snapshot. fd is open on the source itself (O_PATH will do). */
 void cap_acl_narrow(int fd, struct cap_stat *st)
 {
+	/* Set-ID bits grant nothing on a nosuid mount, and a user's own FUSE mount (always
+	 * nosuid) reports whatever owner and mode its daemon likes: a copy of its file, set-ID
+	 * and root's, would grant them wherever the snapshot lies. */
+	struct statvfs vs;
+	if (S_ISREG(st->st_mode) && (st->st_mode & (S_ISUID | S_ISGID)) &&
+	    (fstatvfs(fd, &vs) < 0 || (vs.f_flag & ST_NOSUID)))
+		st->st_mode &= ~(mode_t)(S_ISUID | S_ISGID);
 	struct {
 		uint16_t tag, perm;
 		uint32_t id;
