@@ -95,6 +95,18 @@ static int cap_recycle(struct cap *c, struct ent *e)
 		rc = -ESTALE;
 		goto out;
 	}
+	/* Whoever could open the copy where it was (its owner, anyone its mode let in) may
+	 * hold it open still, and would read what is written into it now, another file's
+	 * bytes perhaps (the name may have passed to another owner). Made ours alone first, so
+	 * that nobody else can open it again, it is taken only if nobody has it open (a write
+	 * lease is granted only then, mappings included) and it has no other name. */
+	if (fchown(fd, geteuid(), getegid()) < 0 || fchmod(fd, 0600) < 0 ||
+	    fcntl(fd, F_SETLEASE, F_WRLCK) < 0 || fstat(fd, &ns) < 0 || ns.st_nlink != 1) {
+		rc = errno == EAGAIN ? -EBUSY : -EPERM;
+		unlinkat(to, e->name, 0);
+		goto out;
+	}
+	(void)fcntl(fd, F_SETLEASE, F_UNLCK);
 	rc = 0;
 out:
 	if (from >= 0)
