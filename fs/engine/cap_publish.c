@@ -385,7 +385,10 @@ static int cap_write_manifest(struct cap *c)
 			l.order[n++] = (uint32_t)i;
 	}
 	qsort_r(l.order, n, sizeof *l.order, cap_by_path, c);
-	int fd = openat(c->stagefd, CAP_MANIFEST_NAME, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+	/* It names every entry and holds every file's digest, and a short secret's digest gives
+	 * it away: readable by whoever made the snapshot only (the daemon serves it to the store's
+	 * owner). Also, a later capture builds on it only while it is theirs (cap_load_earlier). */
+	int fd = openat(c->stagefd, CAP_MANIFEST_NAME, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0400);
 	FILE *f = fd < 0 ? NULL : fdopen(fd, "w");
 	if (!f) {
 		rc = fd < 0 ? -errno : -ENOMEM;

@@ -278,6 +278,18 @@ static void cap_summary(const struct cap *c)
  * why not). 1 if m holds it; else 0, and a warning saying why and what follows. */
 static int cap_load_earlier(const char *dir, int fd, struct mf *m, const char *otherwise)
 {
+	/* Its manifest says which of its files may stand for which of the store's: one that
+	 * someone else may have written would let them have their own file linked into this
+	 * snapshot, or one of ours given up, under any name. */
+	struct stat st;
+	if (fd >= 0 && fstatat(fd, CAP_MANIFEST_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    (!S_ISREG(st.st_mode) || (st.st_uid != geteuid() && st.st_uid != 0) ||
+	     (st.st_mode & 022) || st.st_nlink != 1)) {
+		log_warn("%s: its %s is not the caller's or root's alone (owner %u, mode %o, %ju "
+			 "names); %s", dir, CAP_MANIFEST_NAME, (unsigned)st.st_uid,
+			 (unsigned)(st.st_mode & 07777), (uintmax_t)st.st_nlink, otherwise);
+		return 0;
+	}
 	int rc = fd < 0 ? -errno : mf_load(fd, CAP_MANIFEST_NAME, m);
 	if (rc && fd < 0)
 		log_warn("%s: %s; %s", dir, strerror(-rc), otherwise);
@@ -381,8 +393,9 @@ int cap_snapshot(const struct cap_opts *o, struct cap_stats *st)
 		c.have_prev = cap_load_earlier(o->previous, c.prevfd, &c.prev, "copying everything");
 	}
 	if (o->recycle) {
-		/* Files are moved out of it: never out of the live store. */
-		c.recyfd = open(o->recycle, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		/* Files are moved out of it: never out of the live store, nor out of a snapshot
+		 * a symlink put in its place leads to. */
+		c.recyfd = open(o->recycle, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (c.recyfd >= 0 && cap_inside_store(&c, c.recyfd)) {
 			log_err("%s is inside the store %s", o->recycle, o->store);
 			rc = -EINVAL;
