@@ -51,7 +51,14 @@ def clear(donor_fd, orig):
     except OSError as e:
         sys.exit("moving %s into %s: %s" % (orig, os.readlink("/proc/self/fd/%d" % donor_fd), e))
     os.close(o)
-    os.posix_fadvise(donor_fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    # Its clean pages dropped, so that it reads as it now is on disk: a page a reader (the
+    # capture) holds just then is not dropped, so ask until the cleared block is what reads.
+    for _ in range(100000):
+        os.posix_fadvise(donor_fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if os.pread(donor_fd, 8, 0) == bytes(8):
+            return
+        os.sched_yield()
+    sys.exit("%s still reads as before its clearing" % os.readlink("/proc/self/fd/%d" % donor_fd))
 if sys.argv[1] == "--one":
     fill(sys.argv[3], 7, 4096)
     d = os.open(sys.argv[2], os.O_RDWR)
