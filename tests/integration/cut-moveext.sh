@@ -5,14 +5,14 @@
 # clean pages are dropped, which any reader may ask for): its bytes change, but neither its
 # mtime nor its ctime moves, and no IN_MODIFY is raised. An unprivileged writer clears the first
 # block (the header, stamped with the generation) of each of a group of files f00..f19 (8 MiB
-# each, every 8 bytes stamped 1) this way, starting with the first file
-# the capture has copied (read and closed: IN_CLOSE_NOWRITE), then the others in order. At every
-# instant the store holds that first file cleared if any other file is. A snapshot that
-# stillctl publishes must verify, and must not hold the first file at 1 beside a cleared one.
-# Then the same between two snapshots: a file cleared after a snapshot must not be shared from
-# it, by `stillctl snapshot --previous` nor by the daemon's next capture (`.snapshot` after
-# `stillctl refresh`). Store and snapshots on a fresh ext4 (this machine's root file system
-# refuses the call with EPERM). Each failure is reported; the test fails if any happened.
+# each, every 8 bytes stamped 1) this way, starting with the first file the capture has copied
+# (read and closed: IN_CLOSE_NOWRITE), then the others in order. At every instant the store
+# holds that first file cleared if any other file is. A snapshot that stillctl publishes must
+# verify, and must not hold the first file at 1 beside a cleared one. Then the same between two
+# snapshots: a file cleared after a snapshot must not be shared from it, by `stillctl snapshot
+# --previous` nor by the daemon's next capture (`.snapshot` after `stillctl refresh`). Store and
+# snapshots on a fresh ext4 (this machine's root file system refuses the call with EPERM). Each
+# failure is reported; the test fails if any happened.
 source "$(dirname "$0")/lib.sh"
 : "${STILLFS:?STILLFS must point to the stillfs binary}"
 [ "$(id -u)" -eq 0 ] || { echo "SKIP: loop mounts need root" >&2; exit 77; }
