@@ -2,15 +2,15 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # On a file system that dates changes in whole seconds (ext4 with 128-byte inodes, which mkfs
 # still makes on request; some network file systems), a write that raises no inotify event
-# (Linux native AIO) in the same second as an earlier write of the same file leaves its stat
-# as it was: a copy taken between the two is never found stale. A writer rewrites a group of
-# files f00..f19 (1 MiB each, its first and last 4 KiB blocks stamped with the generation) to
+# (Linux native AIO) in the same second as an earlier write of the same file leaves its stat as
+# it was: a copy taken between the two is never found stale. A writer rewrites a group of files
+# f00..f19 (1 MiB each, its first and last 4 KiB blocks stamped with the generation) to
 # generation 2 with io_submit, within one second: when the capture has read and closed its first
 # file, every file's first block, then, as the capture reads and closes each file, that file's
-# last block (the rest at the end); generation 1 is dated in an earlier second. Every file of a snapshot that stillctl publishes must be
-# whole (both blocks from one generation), and all from one generation. Three rounds whose
-# writes all fell in one second (up to six tried, a fresh store each: one whose writes did not
-# proves nothing).
+# last block (the rest at the end); generation 1 is dated in an earlier second. Every file of a
+# snapshot that stillctl publishes must be whole (both blocks from one generation), and all from
+# one generation. Three rounds whose writes all fell in one second (up to six tried, a fresh
+# store each: one whose writes did not proves nothing).
 source "$(dirname "$0")/lib.sh"
 [ "$(id -u)" -eq 0 ] || { echo "SKIP: loop mounts need root" >&2; exit 77; }
 command -v mkfs.ext4 >/dev/null || { echo "SKIP: mkfs.ext4 is missing (e2fsprogs)" >&2; exit 77; }
