@@ -218,12 +218,15 @@ static int cap_unmap_writes(struct cap *c, struct ent *e, int src)
 	return 0;
 }
 
-/* On XFS the bytes of a file can be replaced without a write: XFS_IOC_SWAPEXT, which any user
- * who may write two files of one size may call, gives one the other's extents, and moves
- * neither file's mtime nor ctime, nor raises an event. There e->emap keeps the fingerprint of
- * the live file's extent map as it was copied (cl_map_sig), and a change of it is a change of
- * the file: right after the copy, in the sweep after the cut (cap_stale), and in the identity
- * that lets a later snapshot share this copy (cap_prev_same). Elsewhere e->emap is 0. */
+/* A file's bytes can be replaced without a write: XFS_IOC_SWAPEXT on XFS and
+ * EXT4_IOC_MOVE_EXT on ext4 (the defragmenters' calls, which any user who may write two files
+ * may make) give one file the other's extents, and move neither file's mtime nor ctime, nor
+ * raise an event. So e->emap keeps the fingerprint of the live file's extent map as it was
+ * copied (cl_map_sig), and a change of it is a change of the file: right after the copy, in
+ * the sweep after the cut (cap_stale), and in the identity that lets a later snapshot share
+ * this copy (cap_prev_same). Where the file system has no extent map (tmpfs, network file
+ * systems, FUSE), e->emap is 0. Not on btrfs, which has no such call, and whose FIEMAP walks
+ * every extent's back-references. */
 /* The descriptor whose extent map stands for e's live file: src itself (when it is not -1),
  * or one opened anew below the store by e's path (where cap_opts.extents is given, below it),
  * if it is still the file e was copied from. -1 if none; *own: the caller closes it. */
@@ -250,7 +253,7 @@ static void cap_map_note(const struct cap *c, struct ent *e, int src)
 	struct statfs sf;
 	int own, fd = cap_map_fd(c, e, src, &own);
 	e->emap = 0;
-	if (fd >= 0 && fstatfs(fd, &sf) == 0 && (unsigned long)sf.f_type == XFS_SUPER_MAGIC)
+	if (fd >= 0 && fstatfs(fd, &sf) == 0 && (unsigned long)sf.f_type != BTRFS_SUPER_MAGIC)
 		(void)cl_map_sig(fd, (uint64_t)e->st.st_size, 0, &e->emap);
 	if (own)
 		close(fd);
@@ -358,10 +361,10 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	e->has_digest = 0;
 	e->copied = 1;
 	e->reused = 0;
-	/* Written back first: a clone is hashed by reading the live file, and a write that moves
-	 * no time (XFS invisible I/O, root only) to an extent the clone shares moves the map only
-	 * once it reaches the disk. */
-	if (cap_map_moved(c, e, src, 1)) {
+	/* A clone is written back first: it is hashed by reading the live file, and a write that
+	 * moves no time (XFS invisible I/O, root only) to an extent the clone shares moves the
+	 * map only once it reaches the disk. */
+	if (cap_map_moved(c, e, src, e->cloned)) {
 		e->dirty = 1; /* it changed while it was read: copy it again */
 		e->dirty_count++;
 		c->last_change = ut_now();
