@@ -286,6 +286,22 @@ static void cap_changed_at(struct cap *c, const struct cap_stat *st)
 		c->last_change = at;
 }
 
+/* A copy is clean for as long as the file's stat stays as it was, which a write moves only
+ * if it falls in a later tick of the clock that stamps the file's ctime: a second on a file
+ * system that keeps whole seconds (ext4 with 128-byte inodes, some network file systems,
+ * where no ctime has nanoseconds), a scheduler tick (4-10 ms) on kernels that stamp coarsely.
+ * A write with no event (AIO, a name outside the store) in the tick the copy began in, after
+ * an earlier write in that tick, would go unseen: such a copy is taken again once the tick
+ * is over (the quiet window starts again). 1 if the copy that began at `at` is so. */
+#define CAP_TICK_COARSE_NS 2000000000LL /* whole seconds: FAT-like ones keep two */
+#define CAP_TICK_FINE_NS 20000000LL
+static int cap_racily_clean(const struct cap_stat *st, int64_t at)
+{
+	int64_t tick = st->st_ctim.tv_nsec ? CAP_TICK_FINE_NS : CAP_TICK_COARSE_NS;
+	int64_t d = at - cap_ns(st->st_ctim);
+	return d < tick && d > -tick;
+}
+
 /* Copy (or share) one regular file; classifies it as a database on the way. */
 static int cap_copy_file(struct cap *c, struct ent *e)
 {
@@ -364,8 +380,8 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	/* A clone is written back first: it is hashed by reading the live file, and a write that
 	 * moves no time (XFS invisible I/O, root only) to an extent the clone shares moves the
 	 * map only once it reaches the disk. */
-	if (cap_map_moved(c, e, src, e->cloned)) {
-		e->dirty = 1; /* it changed while it was read: copy it again */
+	if (cap_map_moved(c, e, src, e->cloned) || cap_racily_clean(&e->st, at)) {
+		e->dirty = 1; /* it changed while it was read, or may yet unseen: copy it again */
 		e->dirty_count++;
 		c->last_change = ut_now();
 	}
