@@ -287,19 +287,19 @@ static void cap_changed_at(struct cap *c, const struct cap_stat *st)
 }
 
 /* A copy is clean for as long as the file's stat stays as it was, which a write moves only
- * if it falls in a later tick of the clock that stamps the file's ctime: a second on a file
- * system that keeps whole seconds (ext4 with 128-byte inodes, some network file systems,
- * where no ctime has nanoseconds), a scheduler tick (4-10 ms) on kernels that stamp coarsely.
- * A write with no event (AIO, a name outside the store) in the tick the copy began in, after
- * an earlier write in that tick, would go unseen: such a copy is taken again once the tick
- * is over (the quiet window starts again). 1 if the copy that began at `at` is so. */
-#define CAP_TICK_COARSE_NS 2000000000LL /* whole seconds: FAT-like ones keep two */
-#define CAP_TICK_FINE_NS 20000000LL
+ * if it falls in a later tick of the clock that stamps the file's ctime. Where that tick is
+ * a whole second (ext4 with 128-byte inodes, some network file systems: no ctime has
+ * nanoseconds), a write with no event (AIO, a name outside the store) in the second the copy
+ * began in, after an earlier write in that second, would go unseen: such a copy is taken
+ * again once the second is over (the quiet window starts again). So a file written every
+ * second there keeps the capture from its cut. Elsewhere the tick is a nanosecond (since
+ * Linux 6.13, a change after a stat gets a ctime of its own) or a scheduler tick (before:
+ * README, "Not covered"). 1 if the copy that began at `at` is racy so. */
+#define CAP_TICK_COARSE_NS 2000000000LL /* whole seconds; FAT-like ones keep two */
 static int cap_racily_clean(const struct cap_stat *st, int64_t at)
 {
-	int64_t tick = st->st_ctim.tv_nsec ? CAP_TICK_FINE_NS : CAP_TICK_COARSE_NS;
 	int64_t d = at - cap_ns(st->st_ctim);
-	return d < tick && d > -tick;
+	return st->st_ctim.tv_nsec == 0 && d < CAP_TICK_COARSE_NS && d > -CAP_TICK_COARSE_NS;
 }
 
 /* Copy (or share) one regular file; classifies it as a database on the way. */
