@@ -218,15 +218,6 @@ static int cap_unmap_writes(struct cap *c, struct ent *e, int src)
 	return 0;
 }
 
-/* A file's bytes can be replaced without a write: XFS_IOC_SWAPEXT on XFS and
- * EXT4_IOC_MOVE_EXT on ext4 (the defragmenters' calls, which any user who may write two files
- * may make) give one file the other's extents, and move neither file's mtime nor ctime, nor
- * raise an event. So e->emap keeps the fingerprint of the live file's extent map as it was
- * copied (cl_map_sig), and a change of it is a change of the file: right after the copy, in
- * the sweep after the cut (cap_stale), and in the identity that lets a later snapshot share
- * this copy (cap_prev_same). Where the file system has no extent map (tmpfs, network file
- * systems, FUSE), e->emap is 0. Not on btrfs, which has no such call, and whose FIEMAP walks
- * every extent's back-references. */
 /* The descriptor whose extent map stands for e's live file: src itself (when it is not -1),
  * or one opened anew below the store by e's path (where cap_opts.extents is given, below it),
  * if it is still the file e was copied from. -1 if none; *own: the caller closes it. */
@@ -248,26 +239,34 @@ static int cap_map_fd(const struct cap *c, const struct ent *e, int src, int *ow
 	return fd;
 }
 
+/* A file's bytes can be replaced without a write: XFS_IOC_SWAPEXT on XFS and
+ * EXT4_IOC_MOVE_EXT on ext4 (the defragmenters' calls, which any user who may write two files
+ * may make) give one file the other's extents, and move neither file's mtime nor ctime, nor
+ * raise an event. So e->emap keeps the fingerprint of the live file's extent map (cl_map_sig)
+ * as it was before the copy, and a change of it is a change of the file: in the sweep after
+ * the cut (cap_stale: the cut is redone) and in the identity that lets a later snapshot share
+ * this copy (cap_prev_same). Where the file system has no extent map (tmpfs, network file
+ * systems, FUSE), e->emap is 0. Not on btrfs, which has no such call, and whose FIEMAP walks
+ * every extent's back-references. What this does not see: cl_map_sig. */
 static void cap_map_note(const struct cap *c, struct ent *e, int src)
 {
 	struct statfs sf;
 	int own, fd = cap_map_fd(c, e, src, &own);
 	e->emap = 0;
 	if (fd >= 0 && fstatfs(fd, &sf) == 0 && (unsigned long)sf.f_type != BTRFS_SUPER_MAGIC)
-		(void)cl_map_sig(fd, (uint64_t)e->st.st_size, 0, &e->emap);
+		(void)cl_map_sig(fd, (uint64_t)e->st.st_size, &e->emap);
 	if (own)
 		close(fd);
 }
 
-int cap_map_moved(const struct cap *c, const struct ent *e, int src, int sync)
+int cap_map_moved(const struct cap *c, const struct ent *e)
 {
 	uint64_t now;
 	int own, fd;
 	if (!e->emap)
 		return 0;
-	fd = cap_map_fd(c, e, src, &own);
-	int moved = fd < 0 || cl_map_sig(fd, (uint64_t)e->st.st_size, sync, &now) < 0 ||
-		    now != e->emap;
+	fd = cap_map_fd(c, e, -1, &own);
+	int moved = fd < 0 || cl_map_sig(fd, (uint64_t)e->st.st_size, &now) < 0 || now != e->emap;
 	if (own)
 		close(fd);
 	return moved;
@@ -377,11 +376,8 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	e->has_digest = 0;
 	e->copied = 1;
 	e->reused = 0;
-	/* A clone is written back first: it is hashed by reading the live file, and a write that
-	 * moves no time (XFS invisible I/O, root only) to an extent the clone shares moves the
-	 * map only once it reaches the disk. */
-	if (cap_map_moved(c, e, src, e->cloned) || cap_racily_clean(&e->st, at)) {
-		e->dirty = 1; /* it changed while it was read, or may yet unseen: copy it again */
+	if (cap_racily_clean(&e->st, at)) {
+		e->dirty = 1; /* a change in this second would go unseen: copy it again after */
 		e->dirty_count++;
 		c->last_change = ut_now();
 	}

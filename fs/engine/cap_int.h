@@ -178,10 +178,10 @@ extern volatile sig_atomic_t cap_stop; /* set by cap_interrupt */
 
 static inline int64_t cap_ns(struct timespec t) { return ut_ts_ns(t); }
 
-/* cap_files.c: 1 if the live file of copied plain file e (src, its descriptor, or -1), whose
- * extent map had the fingerprint e->emap when it was copied, now lies elsewhere or cannot
- * tell (its dirty pages written back first if sync); 0 if e->emap is 0. */
-int cap_map_moved(const struct cap *c, const struct ent *e, int src, int sync);
+/* cap_files.c: 1 if the live file of copied plain file e, whose extent map had the
+ * fingerprint e->emap when it was copied, now lies elsewhere or cannot tell; 0 if e->emap
+ * is 0. */
+int cap_map_moved(const struct cap *c, const struct ent *e);
 
 /* cap_tree.c */
 int cap_openat2(int dirfd, const char *path, int flags);

@@ -138,8 +138,8 @@ static int cap_stale(const struct cap *c, const struct ent *e)
 		return 1;
 	if (!cap_same_file_state(&now, was))
 		return 1;
-	/* Its extents swapped for another file's (see cap_map_note): on XFS only. */
-	return cap_map_moved(c, e->alias ? &c->e[e->alias] : e, -1, 0);
+	/* Its extents swapped for another file's (see cap_map_note). */
+	return cap_map_moved(c, e->alias ? &c->e[e->alias] : e);
 }
 
 /* One share of a sweep: entries [from, to) are stat'ed, those that changed marked dirty. */

@@ -192,17 +192,17 @@ out:
 	return rc;
 }
 
-int cl_map_sig(int fd, uint64_t size, int sync, uint64_t *sig)
+int cl_map_sig(int fd, uint64_t size, uint64_t *sig)
 {
 	struct cl_map m;
-	int rc = cl_map_read(fd, size, sync, &m);
+	int rc = cl_map_read(fd, size, 0, &m);
 	if (rc)
 		return rc;
 	/* Runs of bytes that lie contiguously on disk, within [0, size), each as (logical,
-	 * physical, length): how the file system happens to cut a run into extents, and flags
-	 * such as shared or unwritten, change without the bytes changing. An extent whose
-	 * physical address means nothing (delayed allocation) counts as an address of its own:
-	 * the fingerprint moves when it is allocated, which only costs a copy. */
+	 * physical, length), unwritten or not: how the file system happens to cut a run into
+	 * extents, and whether they are shared, change without the bytes changing. An extent
+	 * whose physical address means nothing (delayed allocation) counts as an address of its
+	 * own: the fingerprint moves when it is allocated, which only costs a copy. */
 	struct sha256 h;
 	sha256_init(&h);
 	uint64_t run[3] = { 0, 0, 0 };
@@ -218,6 +218,10 @@ int cl_map_sig(int fd, uint64_t size, int sync, uint64_t *sig)
 				len = size - lo;
 			ph = x->fe_flags & CL_UNSURE & ~FIEMAP_EXTENT_UNWRITTEN ? UINT64_MAX
 										  : x->fe_physical;
+			/* An unwritten extent reads as zeros, whatever its blocks hold: a
+			 * write in place elsewhere (below) may leave the same blocks behind */
+			if (ph != UINT64_MAX && (x->fe_flags & FIEMAP_EXTENT_UNWRITTEN))
+				ph |= (uint64_t)1 << 63;
 			if (run[2] && ph != UINT64_MAX && run[0] + run[2] == lo &&
 			    run[1] + run[2] == ph) {
 				run[2] += len;

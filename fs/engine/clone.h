@@ -35,12 +35,14 @@ int cl_probe(int from, int to, const char **why);
 int cl_adopt(int clone, int ref, struct dd_blocks *b);
 
 /* A fingerprint of where the first `size` bytes of fd lie on disk, from its extent map
- * (FIEMAP; the file's dirty pages written back first if sync): never 0. On a file system where
- * the bytes of a file can be replaced without a write, by giving it the extents of another
- * file (XFS_IOC_SWAPEXT, which moves neither mtime nor ctime and raises no event), the
- * fingerprint moves. So does a write to an extent the file shares with another (a clone), once
- * written back. A write in place to an extent of its own may leave it as it was. 0, or -errno
- * (-EOPNOTSUPP where the file system has no extent map). */
-int cl_map_sig(int fd, uint64_t size, int sync, uint64_t *sig);
+ * (FIEMAP; nothing written back first): never 0. Where the bytes of a file can be replaced
+ * without a write, by giving it the extents of another file (XFS_IOC_SWAPEXT,
+ * EXT4_IOC_MOVE_EXT: neither moves mtime or ctime or raises an event), the fingerprint moves.
+ * So does a write to an extent the file shares with another (a clone), once written back, and
+ * the first write to an unwritten (preallocated) one. A write in place to an extent of its
+ * own leaves it as it was (those move the times), and so does one made while the extents were
+ * swapped out, once they are swapped back. 0, or -errno (-EOPNOTSUPP where the file system
+ * has no extent map). */
+int cl_map_sig(int fd, uint64_t size, uint64_t *sig);
 
 #endif

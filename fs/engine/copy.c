@@ -871,12 +871,20 @@ static int cp_copy(int src, int dst, int want_digest, struct cp_result *r,
 	if (hn < 0)
 		return -errno;
 
+	int clone = -1;
 	if (dst >= 0 && size > 0 && ioctl(dst, FICLONE, src) == 0) {
 		r->cloned = 1;
+		if (fstat(dst, &st) < 0)
+			return -errno;
+		size = (uint64_t)st.st_size;
 		r->size = size;
 		if (!want_digest)
 			return 0;
-		dst = -1; /* content is shared; only the digest is left to do */
+		/* The content is shared; the digest is read from the clone, which is what the
+		 * snapshot holds: the live file may have been given other bytes meanwhile
+		 * without a write (its extents swapped out and back). */
+		clone = src = dst;
+		dst = -1;
 	}
 	if (dst >= 0 && want_digest && size >= CP_CFR_MIN) {
 		rc = cp_cfr_file(src, dst, size, r, pend);
@@ -931,6 +939,10 @@ static int cp_copy(int src, int dst, int want_digest, struct cp_result *r,
 		}
 	}
 	cp_pipe_finish(&p, want_digest && !rc ? r->digest : NULL);
+	/* A clone shares the live file's blocks but not its page cache: what hashing it read
+	 * would double the file's cached bytes in memory. */
+	if (clone >= 0)
+		(void)posix_fadvise(clone, 0, 0, POSIX_FADV_DONTNEED);
 	if (rc)
 		return rc;
 	r->size = size;
