@@ -243,7 +243,8 @@ static int cap_map_fd(const struct cap *c, const struct ent *e, int src, int *ow
  * EXT4_IOC_MOVE_EXT on ext4 (the defragmenters' calls, which any user who may write two files
  * may make) give one file the other's extents, and move neither file's mtime nor ctime, nor
  * raise an event. So e->emap keeps the fingerprint of the live file's extent map (cl_map_sig)
- * as it was before the copy, and a change of it is a change of the file: in the sweep after
+ * as it was before the copy (its write-back, begun by cap_unmap_writes, waited for: until it
+ * ends, the extents it allocates are unwritten), and a change of it is a change of the file: in the sweep after
  * the cut (cap_stale: the cut is redone) and in the identity that lets a later snapshot share
  * this copy (cap_prev_same). Where the file system has no extent map (tmpfs, network file
  * systems, FUSE), e->emap is 0. Not on btrfs, which has no such call, and whose FIEMAP walks
@@ -254,7 +255,7 @@ static void cap_map_note(const struct cap *c, struct ent *e, int src)
 	int own, fd = cap_map_fd(c, e, src, &own);
 	e->emap = 0;
 	if (fd >= 0 && fstatfs(fd, &sf) == 0 && (unsigned long)sf.f_type != BTRFS_SUPER_MAGIC)
-		(void)cl_map_sig(fd, (uint64_t)e->st.st_size, &e->emap);
+		(void)cl_map_sig(fd, (uint64_t)e->st.st_size, 1, &e->emap);
 	if (own)
 		close(fd);
 }
@@ -266,7 +267,8 @@ int cap_map_moved(const struct cap *c, const struct ent *e)
 	if (!e->emap)
 		return 0;
 	fd = cap_map_fd(c, e, -1, &own);
-	int moved = fd < 0 || cl_map_sig(fd, (uint64_t)e->st.st_size, &now) < 0 || now != e->emap;
+	int moved = fd < 0 || cl_map_sig(fd, (uint64_t)e->st.st_size, 0, &now) < 0 ||
+		    now != e->emap;
 	if (own)
 		close(fd);
 	return moved;

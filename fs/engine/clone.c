@@ -192,10 +192,10 @@ out:
 	return rc;
 }
 
-int cl_map_sig(int fd, uint64_t size, uint64_t *sig)
+int cl_map_sig(int fd, uint64_t size, int sync, uint64_t *sig)
 {
 	struct cl_map m;
-	int rc = cl_map_read(fd, size, 0, &m);
+	int rc = cl_map_read(fd, size, sync, &m);
 	if (rc)
 		return rc;
 	/* Runs of bytes that lie contiguously on disk, within [0, size), each as (logical,

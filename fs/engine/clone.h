@@ -35,14 +35,16 @@ int cl_probe(int from, int to, const char **why);
 int cl_adopt(int clone, int ref, struct dd_blocks *b);
 
 /* A fingerprint of where the first `size` bytes of fd lie on disk, from its extent map
- * (FIEMAP; nothing written back first): never 0. Where the bytes of a file can be replaced
- * without a write, by giving it the extents of another file (XFS_IOC_SWAPEXT,
- * EXT4_IOC_MOVE_EXT: neither moves mtime or ctime or raises an event), the fingerprint moves.
- * So does a write to an extent the file shares with another (a clone), once written back, and
- * the first write to an unwritten (preallocated) one. A write in place to an extent of its
- * own leaves it as it was (those move the times), and so does one made while the extents were
- * swapped out, once they are swapped back. 0, or -errno (-EOPNOTSUPP where the file system
- * has no extent map). */
-int cl_map_sig(int fd, uint64_t size, uint64_t *sig);
+ * (FIEMAP; the file's dirty pages written back first if sync): never 0. Where the bytes of a
+ * file can be replaced without a write, by giving it the extents of another file
+ * (XFS_IOC_SWAPEXT, EXT4_IOC_MOVE_EXT: neither moves mtime or ctime or raises an event), the
+ * fingerprint moves. So does a write to an extent the file shares with another (a clone),
+ * once written back, and the first write to an unwritten (preallocated) one, once its write-back
+ * has ended (until then, a write-back that has begun also leaves the extents it allocates
+ * unwritten: taken with sync, the fingerprint stays put unless the file is written again). A
+ * write in place to an extent of the file's own leaves it as it was (those move the times),
+ * and so does one made while the extents were swapped out, once they are swapped back. 0, or
+ * -errno (-EOPNOTSUPP where the file system has no extent map). */
+int cl_map_sig(int fd, uint64_t size, int sync, uint64_t *sig);
 
 #endif
