@@ -102,7 +102,7 @@ static int cap_recycle(struct cap *c, struct ent *e)
 	 * lease is granted only then, mappings included) and it has no other name. */
 	if (fchown(fd, geteuid(), getegid()) < 0 || fchmod(fd, 0600) < 0 ||
 	    fcntl(fd, F_SETLEASE, F_WRLCK) < 0 || fstat(fd, &ns) < 0 || ns.st_nlink != 1) {
-		rc = errno == EAGAIN ? -EBUSY : -EPERM;
+		rc = -EBUSY;
 		unlinkat(to, e->name, 0);
 		goto out;
 	}

@@ -243,12 +243,12 @@ static int cap_map_fd(const struct cap *c, const struct ent *e, int src, int *ow
  * EXT4_IOC_MOVE_EXT on ext4 (the defragmenters' calls, which any user who may write two files
  * may make) give one file the other's extents, and move neither file's mtime nor ctime, nor
  * raise an event. So e->emap keeps the fingerprint of the live file's extent map (cl_map_sig)
- * as it was before the copy (its write-back, begun by cap_unmap_writes, waited for: until it
- * ends, the extents it allocates are unwritten), and a change of it is a change of the file: in the sweep after
- * the cut (cap_stale: the cut is redone) and in the identity that lets a later snapshot share
- * this copy (cap_prev_same). Where the file system has no extent map (tmpfs, network file
- * systems, FUSE), e->emap is 0. Not on btrfs, which has no such call, and whose FIEMAP walks
- * every extent's back-references. What this does not see: cl_map_sig. */
+ * as it was before the copy, its write-back (begun by cap_unmap_writes) waited for: until that
+ * ends, the extents it allocates are unwritten. A change of it is a change of the file: in
+ * the sweep after the cut (cap_stale: the cut is redone) and in the identity that lets a
+ * later snapshot share this copy (cap_prev_same). Where the file system has no extent map
+ * (tmpfs, network file systems, FUSE), e->emap is 0. Not on btrfs, which has no such call,
+ * and whose FIEMAP walks every extent's back-references. What this misses: cl_map_sig. */
 static void cap_map_note(const struct cap *c, struct ent *e, int src)
 {
 	struct statfs sf;

@@ -97,8 +97,8 @@ struct ent {
 	struct cp_pending *pend; /* plain files: the last copy, its digest still being computed */
 	uint64_t written;        /* bytes the last copy of it stored (holes are not) */
 	uint64_t size;
-	uint64_t emap;           /* plain files on XFS: the fingerprint of the live file's extent
-				  * map as copied (cl_map_sig; see cap_map_note), else 0 */
+	uint64_t emap;           /* plain files: the fingerprint of the live file's extent map as
+				  * copied (cl_map_sig; see cap_map_note), or 0 */
 	int64_t mtime_ns;        /* for reused entries: the previous snapshot's */
 	struct cap_stat st;      /* source, as copied */
 	struct cap_id id;        /* identity to record, if has_id (cap_ident_of) */
