@@ -76,8 +76,9 @@ struct cl_map {
  * describes what the page cache holds. 0 or -errno. */
 static int cl_map_read(int fd, uint64_t len, int sync, struct cl_map *m)
 {
-	enum { BATCH = 512 };
-	struct fiemap *f = malloc(sizeof *f + BATCH * sizeof(struct fiemap_extent));
+	enum { BATCH = 64 }; /* most files have a few extents; more take more calls */
+	size_t fsize = sizeof(struct fiemap) + BATCH * sizeof(struct fiemap_extent);
+	struct fiemap *f = malloc(fsize);
 	if (!f)
 		return -ENOMEM;
 	uint64_t start = 0;
@@ -85,7 +86,7 @@ static int cl_map_read(int fd, uint64_t len, int sync, struct cl_map *m)
 	m->e = NULL;
 	m->n = 0;
 	while (!last && start < len) {
-		memset(f, 0, sizeof *f);
+		memset(f, 0, fsize); /* what the kernel fills in, valgrind cannot tell */
 		f->fm_start = start;
 		f->fm_length = len - start;
 		f->fm_flags = (uint32_t)flags;
