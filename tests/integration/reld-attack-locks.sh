@@ -179,7 +179,17 @@ for kind in ("flock", "posix"):
         pid = os.fork()
         if pid == 0:                           # the holder, another process
             h = os.open(holder_path, os.O_RDWR)
-            op(h, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The round before closed its descriptor of the mount, whose lock the daemon
+            # lets go when the kernel's RELEASE arrives, after close returned: wait for that.
+            until = time.monotonic() + 10
+            while True:
+                try:
+                    op(h, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > until:
+                        raise
+                    time.sleep(0.01)
             os.write(locked_w, b"x"); os.read(go_r, 1); os._exit(0)
         os.read(locked_r, 1)
         fd = os.open(mnt, os.O_RDWR)
