@@ -12,18 +12,11 @@
 # one generation. Three rounds whose writes all fell in one second (up to six tried, a fresh
 # store each: one whose writes did not proves nothing).
 source "$(dirname "$0")/lib.sh"
-[ "$(id -u)" -eq 0 ] || { echo "SKIP: loop mounts need root" >&2; exit 77; }
-command -v mkfs.ext4 >/dev/null || { echo "SKIP: mkfs.ext4 is missing (e2fsprogs)" >&2; exit 77; }
 [ -x /usr/bin/python3 ] || { echo "SKIP: /usr/bin/python3 is missing" >&2; exit 77; }
 N=20
 
-img=$T_WORK/ext4.img mnt=$T_WORK/ext4
-truncate -s 2G "$img"
-mkfs.ext4 -q -F -I 128 "$img" >/dev/null 2>&1 || { echo "SKIP: mkfs.ext4 -I 128 refused" >&2; exit 77; }
-mkdir -p "$mnt"
-T_MOUNTS+=("$mnt")
-flock /tmp/stillfs-test-loopdev.lock mount -o loop "$img" "$mnt" ||
-  { echo "SKIP: cannot loop-mount ext4" >&2; exit 77; }
+mnt=$T_WORK/ext4
+t_ext4 "$mnt" -I 128
 touch "$mnt/probe"
 [ "$(stat -c %z "$mnt/probe" | sed -E 's/.*\.([0-9]+) .*/\1/')" = 000000000 ] ||
   { echo "SKIP: this ext4 dates changes finer than whole seconds" >&2; exit 77; }

@@ -15,18 +15,11 @@
 # failure is reported; the test fails if any happened.
 source "$(dirname "$0")/lib.sh"
 : "${STILLFS:?STILLFS must point to the stillfs binary}"
-[ "$(id -u)" -eq 0 ] || { echo "SKIP: loop mounts need root" >&2; exit 77; }
-command -v mkfs.ext4 >/dev/null || { echo "SKIP: mkfs.ext4 is missing (e2fsprogs)" >&2; exit 77; }
 command -v setpriv >/dev/null && [ -x /usr/bin/python3 ] || { echo "SKIP: setpriv (util-linux) or /usr/bin/python3 is missing" >&2; exit 77; }
 N=20
 
-img=$T_WORK/ext4.img mnt=$T_WORK/ext4
-truncate -s 2G "$img"
-mkfs.ext4 -q -F -b 4096 "$img"
-mkdir -p "$mnt"
-T_MOUNTS+=("$mnt")
-flock /tmp/stillfs-test-loopdev.lock mount -o loop "$img" "$mnt" ||
-  { echo "SKIP: cannot loop-mount ext4" >&2; exit 77; }
+mnt=$T_WORK/ext4
+t_ext4 "$mnt" -b 4096
 S=$mnt/store D=$mnt/origs
 mkdir -p "$S" "$D"
 chmod 711 "$T_WORK"

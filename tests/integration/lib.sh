@@ -137,3 +137,20 @@ t_xfs_mount() {
   flock /tmp/stillfs-test-loopdev.lock mount -o loop "$T_WORK/xfs.img" "$1" ||
     { echo "SKIP: cannot loop-mount xfs" >&2; exit 77; }
 }
+
+# t_ext4 MNT [MKFS_OPTION...]: a 2 GiB ext4 on a loop device ($T_WORK/ext4.img), made with
+# the options given, mounted on MNT (made) and unmounted at exit; skips the test where it cannot
+# be made or mounted (this machine's own ext4 may refuse what a fresh one allows).
+t_ext4() {
+  local mnt=$1
+  shift
+  [ "$(id -u)" -eq 0 ] || { echo "SKIP: loop mounts need root" >&2; exit 77; }
+  command -v mkfs.ext4 >/dev/null || { echo "SKIP: mkfs.ext4 is missing (e2fsprogs)" >&2; exit 77; }
+  truncate -s 2G "$T_WORK/ext4.img"
+  mkfs.ext4 -q -F "$@" "$T_WORK/ext4.img" >/dev/null 2>&1 ||
+    { echo "SKIP: mkfs.ext4 $* refused" >&2; exit 77; }
+  mkdir -p "$mnt"
+  T_MOUNTS+=("$mnt")
+  flock /tmp/stillfs-test-loopdev.lock mount -o loop "$T_WORK/ext4.img" "$mnt" ||
+    { echo "SKIP: cannot loop-mount ext4" >&2; exit 77; }
+}

@@ -9,18 +9,10 @@
 # clone holds generation 1 and the store is at 1 again, but the digest the capture recorded is
 # of bytes read partly from the donor. A snapshot that stillctl publishes must verify.
 source "$(dirname "$0")/lib.sh"
-[ "$(id -u)" -eq 0 ] || { echo "SKIP: loop mounts need root" >&2; exit 77; }
-command -v mkfs.xfs >/dev/null || { echo "SKIP: mkfs.xfs is missing (xfsprogs)" >&2; exit 77; }
 command -v setpriv >/dev/null && [ -x /usr/bin/python3 ] || { echo "SKIP: setpriv (util-linux) or /usr/bin/python3 is missing" >&2; exit 77; }
-grep -qw xfs /proc/filesystems || modprobe xfs 2>/dev/null || true
 
-img=$T_WORK/xfs.img mnt=$T_WORK/xfs
-truncate -s 1G "$img"
-mkfs.xfs -q -f -m reflink=1 "$img"
-mkdir -p "$mnt"
-T_MOUNTS+=("$mnt")
-flock /tmp/stillfs-test-loopdev.lock mount -o loop "$img" "$mnt" ||
-  { echo "SKIP: cannot loop-mount xfs" >&2; exit 77; }
+mnt=$T_WORK/xfs
+t_xfs "$mnt"
 S=$mnt/store D=$mnt/donors
 mkdir -p "$S" "$D"
 chmod 711 "$T_WORK"

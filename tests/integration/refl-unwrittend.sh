@@ -10,18 +10,10 @@
 # generation's f05 beside the new f06.
 source "$(dirname "$0")/lib.sh"
 : "${STILLFS:?}"
-[ "$(id -u)" -eq 0 ] || { echo "SKIP: loop mounts need root" >&2; exit 77; }
-command -v mkfs.xfs >/dev/null || { echo "SKIP: mkfs.xfs is missing (xfsprogs)" >&2; exit 77; }
 command -v setpriv >/dev/null && [ -x /usr/bin/python3 ] || { echo "SKIP: setpriv (util-linux) or /usr/bin/python3 is missing" >&2; exit 77; }
-grep -qw xfs /proc/filesystems || modprobe xfs 2>/dev/null || true
 
-img=$T_WORK/xfs.img xfs=$T_WORK/xfs
-truncate -s 512M "$img"
-mkfs.xfs -q -f -m reflink=1 "$img"
-mkdir -p "$xfs"
-T_MOUNTS+=("$xfs")
-flock /tmp/stillfs-test-loopdev.lock mount -o loop "$img" "$xfs" ||
-  { echo "SKIP: cannot loop-mount xfs" >&2; exit 77; }
+xfs=$T_WORK/xfs
+t_xfs "$xfs"
 S=$xfs/store D=$xfs/donors mnt=$T_WORK/mnt
 mkdir -p "$S" "$D" "$mnt"
 chmod 711 "$T_WORK"
