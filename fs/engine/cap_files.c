@@ -343,12 +343,12 @@ static int cap_copy_file(struct cap *c, struct ent *e)
 	if (rc)
 		goto out;
 	cap_changed_at(c, &e->st);
-	cap_map_note(c, e, src);
 	if (e->st.st_nlink > 1 && (rc = cap_alias(c, e)) != 0) {
 		if (rc > 0)
 			rc = 0;
 		goto out;
 	}
+	cap_map_note(c, e, src); /* another name of a file copied once uses that copy's */
 	char id[CAP_ID_MAX];
 	cap_set_ident(e, &e->st, at);
 	e->id.emap = e->emap;
